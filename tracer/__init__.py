@@ -1,0 +1,38 @@
+"""tracer: a multiprocessing-safe distributed tracing runtime.
+
+Every span from every process (threads, fork/spawn/forkserver children, pools) lands in one
+trace. See README.md for the guide; the docstrings here are the API reference.
+"""
+
+from .api import (
+    TracedThreadPoolExecutor,
+    current_logger,
+    current_span,
+    flush,
+    init_logger,
+    permalink,
+    start_span,
+    traced,
+    update_span,
+)
+from .event import SPAN_TYPES
+from .logger import Logger
+from .recorder import FlushError
+from .span import NoopSpan, Span
+
+__all__ = [
+    "SPAN_TYPES",
+    "FlushError",
+    "Logger",
+    "NoopSpan",
+    "Span",
+    "TracedThreadPoolExecutor",
+    "current_logger",
+    "current_span",
+    "flush",
+    "init_logger",
+    "permalink",
+    "start_span",
+    "traced",
+    "update_span",
+]

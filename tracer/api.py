@@ -1,0 +1,399 @@
+"""The user-facing API: ``init_logger``, ``traced``, ``start_span``, ``current_span`` and friends."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import config, event, launcher, slug, wire
+from .context import current, state
+from .ids import new_id
+from .logger import Logger
+from .recorder import sync_all
+from .serialize import pack, packed
+from .span import NOOP_SPAN, NoopSpan, Span, error_of, make_permalink, start_child, start_root
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_YIELDED = 1000  # items of a traced generator kept in its output
+
+state.app_url = (os.environ.get("TRACER_APP_URL") or config.DEFAULT_APP_URL).rstrip("/")
+# A spawn/forkserver child of an initialised process finds its parent's logger here.
+_inherited = os.environ.get(config.ENV_CONTAINER) if os.environ.get("TRACER_ENDPOINT") else None
+if _inherited:
+    state.active = True
+
+
+def init_logger(project: str | None = None, *, api_key: str | None = None,
+                store: str | None = None, endpoint: str | None = None,
+                app_url: str | None = None, set_current: bool = True) -> Logger:
+    """Start logging spans of ``project`` (default ``"default"``) and return its Logger.
+
+    The first call in a process tree starts one aggregator process for ``store`` (default
+    ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
+    ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``).
+    ``api_key`` is accepted for compatibility with the reference SDK and not used.
+    Nothing here blocks: the aggregator starts in the background.
+    """
+    del api_key  # self-hosted: no key; never stored or logged
+    if project is None:
+        project = "default"
+    if not isinstance(project, str) or not project:
+        raise TypeError("init_logger: project must be a non-empty string")
+    settings = config.load()
+    rec = launcher.recorder_for(settings, store, endpoint)
+    logger = Logger(project, wire.logs_container(project), rec)
+    if app_url is not None:
+        state.app_url = app_url.rstrip("/")
+    if set_current:
+        state.logger = logger
+        launcher.export_to_children(rec, store)
+        os.environ[config.ENV_CONTAINER] = logger.container
+    state.active = True
+    return logger
+
+
+def current_logger() -> Logger | None:
+    """The logger set by the last ``init_logger(set_current=True)``, or None."""
+    global _inherited
+    if state.logger is None and _inherited:
+        container, _inherited = _inherited, None
+        rec = launcher.recorder_for(config.load())
+        state.logger = Logger(wire.split_container(container)[1], container, rec)
+    return state.logger
+
+
+def current_span() -> Span | NoopSpan:
+    """The span of the innermost ``@traced`` call or ``with start_span()`` block; a no-op span
+    when there is none."""
+    return current.get() or NOOP_SPAN
+
+
+def start_span(name: str | None = None, type: str | None = None, parent: str | None = None,
+               event: dict | None = None, **event_fields: Any) -> Span | NoopSpan:
+    """Start a span: a child of ``parent`` (a slug from ``Span.export()``, from any process),
+    else of the current span, else a root in the current logger; a no-op span if nothing is
+    being traced. Use it as a context manager, or end it with ``span.end()``.
+
+    ``event`` and keyword arguments are logged at start (``input=...``, ``metadata=...``).
+    """
+    where = "start_span"
+    row_id = event_fields.pop("id", None)
+    if isinstance(parent, Span):
+        return start_child(parent, name, type, event, event_fields, where)
+    ref = _parent_ref(parent)
+    if ref is not None:
+        return start_root(_recorder_for_slugs(), ref.container, name, type, event, event_fields,
+                          where, ref, row_id)
+    cur = current.get()
+    if cur is not None:
+        return start_child(cur, name, type, event, event_fields, where)
+    logger = current_logger()
+    if logger is None:
+        _validate_noop(name, type, event, event_fields, where)
+        return NOOP_SPAN
+    return start_root(logger.recorder, logger.container, name, type, event, event_fields, where,
+                      None, row_id)
+
+
+def update_span(exported: str, **fields: Any) -> None:
+    """Merge ``fields`` into the row of an exported span, from any process."""
+    ref = slug.decode(exported)
+    event.check(fields, "update_span")
+    _recorder_for_slugs().add(pack((wire.UPDATE, ref.container, ref.id, fields)))
+
+
+def permalink(slug_: str) -> str:
+    """The link ``Span.permalink()`` gives, built from an exported slug."""
+    ref = slug.decode(slug_)
+    return make_permalink(ref.container, ref.trace, ref.span, ref.root)
+
+
+def flush(timeout: float | None = 30.0) -> None:
+    """Wait until every span this process ended before the call is committed to the store.
+
+    Raises ``tracer.FlushError`` if the aggregator is gone, failed, or ``timeout`` passed.
+    """
+    sync_all(wire.COMMITTED, timeout)
+
+
+def _parent_ref(parent: object) -> slug.SpanRef | None:
+    if parent is None or parent == "":
+        return None
+    return slug.decode(parent)
+
+
+def _recorder_for_slugs():
+    # A process that never called init_logger may still continue a trace it was handed.
+    logger = current_logger()
+    return logger.recorder if logger is not None else launcher.recorder_for(config.load())
+
+
+def _validate_noop(name, type, event_dict, event_fields, where) -> None:
+    fields = dict(event_dict or {})
+    fields.update(event_fields)
+    event.check(fields, where)
+    event.check_name(name, where)
+    event.check_type(type, where)
+
+
+# -- @traced ---------------------------------------------------------------------------------
+
+
+def traced(fn: F | None = None, *, name: str | None = None, type: str | None = None,
+           notrace_io: bool = False) -> Any:
+    """Trace every call of a function: ``@traced`` or ``@traced(name=..., type=...)``.
+
+    Works on functions, ``async def`` functions, generators and async generators. The span is
+    named after the function; its input is the bound arguments (``self``/``cls`` left out), its
+    output the return value (for generators, the yielded items). An exception is logged in
+    ``error`` (type, message, traceback) and re-raised. ``notrace_io=True`` records neither.
+    With no logger anywhere this costs one attribute check per call.
+    """
+    if fn is None:
+        return lambda f: traced(f, name=name, type=type, notrace_io=notrace_io)
+    if not callable(fn):
+        raise TypeError(f"traced: expected a function, got {fn.__class__.__name__}")
+    event.check_name(name, "traced")
+    event.check_type(type, "traced")
+    tracer = _Traced(fn, name or getattr(fn, "__name__", "function"), type,
+                     None if notrace_io else _input_capture(fn))
+    if inspect.isasyncgenfunction(fn):
+        wrapper = tracer.async_gen_wrapper()
+    elif inspect.iscoroutinefunction(fn):
+        wrapper = tracer.async_wrapper()
+    elif inspect.isgeneratorfunction(fn):
+        wrapper = tracer.gen_wrapper()
+    else:
+        wrapper = tracer.sync_wrapper()
+    return functools.wraps(fn)(wrapper)
+
+
+class _Traced:
+    """The per-function part of ``@traced``: how to open and finish that function's spans."""
+
+    def __init__(self, fn: Callable, name: str, type: str | None,
+                 capture: Callable | None) -> None:
+        self.fn = fn
+        self.name = name
+        self.type = type
+        self.capture = capture
+
+    def open(self, args: tuple, kwargs: dict) -> Span | None:
+        parent = current.get()
+        if parent is None:
+            logger = state.logger or current_logger()
+            if logger is None:
+                return None
+            sid = new_id()
+            span = Span(logger.recorder, logger.container, new_id(), sid, None, sid, self.name,
+                        self.type, time.time())
+        else:
+            span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
+                        parent.root, self.name, self.type, time.time())
+        if self.capture is not None:
+            span._input = packed(self.capture(args, kwargs))
+        span._rec.open_spans.add(span)
+        return span
+
+    def finish(self, span: Span, output: Any, exc: BaseException | None) -> None:
+        if span.end_time is not None:  # the function ended its own span
+            return
+        end = span.end_time = time.time()
+        rec = span._rec
+        rec.open_spans.discard(span)
+        if self.capture is None:
+            fields = None if exc is None else {"error": error_of(exc)}
+        elif exc is None:
+            fields = {"input": span._input, "output": output}
+        else:
+            fields = {"input": span._input, "error": error_of(exc)}
+        rec.add(pack((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
+                      span.root, span.row_id, span.name, span.type, span.start, end, fields)))
+
+    def sync_wrapper(self) -> Callable:
+        fn, open_, finish = self.fn, self.open, self.finish
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not state.active:
+                return fn(*args, **kwargs)
+            span = open_(args, kwargs)
+            if span is None:
+                return fn(*args, **kwargs)
+            token = current.set(span)
+            try:
+                output = fn(*args, **kwargs)
+            except BaseException as exc:
+                current.reset(token)
+                finish(span, None, exc)
+                raise
+            current.reset(token)
+            finish(span, output, None)
+            return output
+
+        return wrapper
+
+    def async_wrapper(self) -> Callable:
+        fn, open_, finish = self.fn, self.open, self.finish
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span = open_(args, kwargs) if state.active else None
+            if span is None:
+                return await fn(*args, **kwargs)
+            token = current.set(span)
+            try:
+                output = await fn(*args, **kwargs)
+            except BaseException as exc:
+                current.reset(token)
+                finish(span, None, exc)
+                raise
+            current.reset(token)
+            finish(span, output, None)
+            return output
+
+        return wrapper
+
+    def gen_wrapper(self) -> Callable:
+        fn, open_, finish = self.fn, self.open, self.finish
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span = open_(args, kwargs) if state.active else None
+            if span is None:
+                return (yield from fn(*args, **kwargs))
+            items = _Yielded()
+            gen = fn(*args, **kwargs)
+            # The span is current only while the generator body runs, never between yields,
+            # so it does not leak into the caller's code.
+            method, arg = gen.send, None
+            try:
+                while True:
+                    token = current.set(span)
+                    try:
+                        item = method(arg)
+                    except StopIteration as stop:
+                        finish(span, items.output(), None)
+                        return stop.value
+                    finally:
+                        current.reset(token)
+                    items.add(item)
+                    try:
+                        arg = yield item
+                        method = gen.send
+                    except GeneratorExit:
+                        gen.close()
+                        finish(span, items.output(), None)
+                        raise
+                    except BaseException as exc:
+                        method, arg = gen.throw, exc
+            except BaseException as exc:
+                finish(span, None, exc)
+                raise
+
+        return wrapper
+
+    def async_gen_wrapper(self) -> Callable:
+        fn, open_, finish = self.fn, self.open, self.finish
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span = open_(args, kwargs) if state.active else None
+            if span is None:
+                async for item in fn(*args, **kwargs):
+                    yield item
+                return
+            items = _Yielded()
+            agen = fn(*args, **kwargs)
+            method, arg = agen.asend, None
+            try:
+                while True:
+                    token = current.set(span)
+                    try:
+                        item = await method(arg)
+                    except StopAsyncIteration:
+                        finish(span, items.output(), None)
+                        return
+                    finally:
+                        current.reset(token)
+                    items.add(item)
+                    try:
+                        arg = yield item
+                        method = agen.asend
+                    except GeneratorExit:
+                        await agen.aclose()
+                        finish(span, items.output(), None)
+                        raise
+                    except BaseException as exc:
+                        method, arg = agen.athrow, exc
+            except BaseException as exc:
+                finish(span, None, exc)
+                raise
+
+        return wrapper
+
+
+class _Yielded:
+    """The output of a traced generator: its first MAX_YIELDED items, and a count of the rest."""
+
+    __slots__ = ("items", "extra")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.extra = 0
+
+    def add(self, item: Any) -> None:
+        if len(self.items) < MAX_YIELDED:
+            self.items.append(item)
+        else:
+            self.extra += 1
+
+    def output(self) -> list:
+        if self.extra:
+            return self.items + [f"<{self.extra} more items not kept>"]
+        return self.items
+
+
+def _input_capture(fn: Callable) -> Callable[[tuple, dict], Any]:
+    """How to turn a call's (args, kwargs) into the span's input, decided once per function."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return lambda args, kwargs: {"args": list(args), "kwargs": kwargs}
+    params = list(sig.parameters.values())
+    skip = 1 if params and params[0].name in ("self", "cls") else 0
+    if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+        # The common case, ~10x cheaper than Signature.bind.
+        names = tuple(p.name for p in params)
+
+        def capture(args: tuple, kwargs: dict) -> dict:
+            bound = dict(zip(names[skip:], args[skip:]))
+            if kwargs:
+                bound.update(kwargs)
+            return bound
+
+        return capture
+    first = params[0].name if skip else None
+
+    def capture_bound(args: tuple, kwargs: dict) -> Any:
+        try:
+            bound = sig.bind(*args, **kwargs).arguments
+        except TypeError:  # the call itself will raise; record what was passed
+            return {"args": list(args), "kwargs": kwargs}
+        if first is not None:
+            bound.pop(first, None)
+        return dict(bound)
+
+    return capture_bound
+
+
+class TracedThreadPoolExecutor(ThreadPoolExecutor):
+    """A ``ThreadPoolExecutor`` whose tasks run in the submitter's context, so spans created in
+    a task are children of the span that was current at ``submit`` time."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):  # type: ignore[override]
+        ctx = contextvars.copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)

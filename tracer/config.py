@@ -1,0 +1,138 @@
+"""Settings from the environment.
+
+Each setting is read as ``TRACER_<NAME>`` and, for users migrating from the reference SDK, as
+``BRAINTRUST_<NAME>``; the TRACER_ name wins. Keyword arguments to ``init_logger``/``init`` win
+over both. A malformed value raises ValueError naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+
+DEFAULT_APP_URL = "http://127.0.0.1:8585"
+DEFAULT_STORE = os.path.join(".tracer", "traces.db")
+
+# Private variables a process that started (or attached to) an aggregator leaves for its
+# children, so that spawn/forkserver children attach without calling init_logger.
+ENV_AGGREGATOR_PID = "_TRACER_AGGREGATOR_PID"
+ENV_AGGREGATOR_STORE = "_TRACER_AGGREGATOR_STORE"
+ENV_CONTAINER = "_TRACER_CONTAINER"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The tuning knobs of the reference's "Tuning parameters", plus our own."""
+
+    sync_flush: bool = False
+    max_request_size: int = 6 * 1024 * 1024
+    batch_size: int = 1000
+    num_retries: int = 5
+    queue_size: int = 15000
+    queue_drop_when_full: bool = False
+    queue_drop_exceeding_maxsize: int = 0
+    failed_payloads_dir: str | None = None
+    all_payloads_dir: str | None = None
+    store: str | None = None
+    endpoint: str | None = None
+    app_url: str = DEFAULT_APP_URL
+
+
+def _raw(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    for prefix in ("TRACER_", "BRAINTRUST_"):
+        value = env.get(prefix + name)
+        if value is not None and value != "":
+            return prefix + name, value
+    return None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    found = _raw(env, name)
+    if found is None:
+        return default
+    var, value = found
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{var}={value!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    found = _raw(env, name)
+    if found is None:
+        return default
+    var, value = found
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{var}={value!r}: expected an integer") from None
+    if number < minimum:
+        raise ValueError(f"{var}={value!r}: must be >= {minimum}")
+    return number
+
+
+def _str(env: Mapping[str, str], name: str) -> str | None:
+    found = _raw(env, name)
+    return None if found is None else found[1]
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    return Settings(
+        sync_flush=_bool(env, "SYNC_FLUSH", False),
+        max_request_size=_int(env, "MAX_REQUEST_SIZE", Settings.max_request_size, 1024),
+        batch_size=_int(env, "DEFAULT_BATCH_SIZE", Settings.batch_size, 1),
+        num_retries=_int(env, "NUM_RETRIES", Settings.num_retries, 0),
+        queue_size=_int(env, "QUEUE_SIZE", Settings.queue_size, 0),
+        queue_drop_when_full=_bool(env, "QUEUE_DROP_WHEN_FULL", False),
+        queue_drop_exceeding_maxsize=_int(env, "QUEUE_DROP_EXCEEDING_MAXSIZE", 0, 0),
+        failed_payloads_dir=_str(env, "FAILED_PUBLISH_PAYLOADS_DIR"),
+        all_payloads_dir=_str(env, "ALL_PUBLISH_PAYLOADS_DIR"),
+        store=env.get("TRACER_STORE") or None,
+        endpoint=env.get("TRACER_ENDPOINT") or None,
+        app_url=(env.get("TRACER_APP_URL") or DEFAULT_APP_URL).rstrip("/"),
+    )
+
+
+def store_path(store: str | None) -> str:
+    """The absolute SQLite path for a ``store`` setting.
+
+    Accepts a plain path or a URL in SQLAlchemy's spelling: ``sqlite:///relative.db``,
+    ``sqlite:////absolute/path.db``.
+    """
+    if store is None:
+        store = DEFAULT_STORE
+    if store.startswith("sqlite:///"):
+        store = store[len("sqlite:///") :]
+    elif "://" in store:
+        raise ValueError(f"store={store!r}: only SQLite stores (a path or sqlite:///path) exist yet")
+    if not store:
+        raise ValueError("store: empty path")
+    return os.path.abspath(os.path.expanduser(store))
+
+
+def runtime_dir() -> str:
+    """A directory only this user can enter, for ipc sockets; created if missing.
+
+    Refuses (RuntimeError) a directory owned by someone else or open to others, since a socket
+    there could be hijacked.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        base = tempfile.gettempdir()
+    path = os.path.join(base, f"tracer-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is not a directory owned by uid {os.getuid()}")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise RuntimeError(f"{path} is accessible to other users (mode {info.st_mode:o})")
+    return path

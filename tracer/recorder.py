@@ -1,0 +1,422 @@
+"""The per-process span recorder: a buffer, one lazy ZeroMQ socket and one small flusher thread.
+
+The caller's thread only appends an already packed record to a deque (see ``Recorder.add``).
+A daemon flusher thread, started on first use and again after fork, turns the buffer into DATA
+messages at least every ``FLUSH_INTERVAL`` (or as soon as ``KICK_RECORDS`` are waiting), announces
+spans that are still running, and carries flush handshakes. It exits when it has had nothing to do
+for ``IDLE_EXIT`` seconds and is started again by the next record.
+
+Fork: the child must never touch the parent's ZeroMQ context or socket (ZeroMQ is not fork-safe).
+An ``os.register_at_fork`` hook gives every recorder fresh state in the child (new buffer - the
+inherited one belongs to the parent -, new lock, no socket, no thread, a new sender generation);
+the socket is reopened lazily, and ``_ensure_open`` checks the pid as a second line of defence.
+Children of multiprocessing leave through ``os._exit``, so besides ``atexit`` the recorder
+registers a ``multiprocessing.util.Finalize`` in each process that sends anything.
+
+Exit never hangs: every send has a timeout, every close a bounded linger, every handshake a
+deadline, and a dead aggregator is detected through its pid.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+
+import zmq
+
+from . import wire
+from .ids import reseed_after_fork
+
+FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
+KICK_RECORDS = 64  # records that wake the flusher early
+FRAME_MAX_RECORDS = 1024
+FRAME_MAX_BYTES = 1 << 20
+IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
+SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive this often
+LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
+EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
+WARN_INTERVAL = 10.0  # at most one warning per reason per interval
+
+_HOST = socket.gethostname()
+_recorders: list[Recorder] = []
+
+
+class _Sync:
+    """A flush handshake waiting in the buffer, in order with the records before it."""
+
+    __slots__ = ("token", "level", "done", "error")
+
+    def __init__(self, token: int, level: int):
+        self.token = token
+        self.level = level
+        self.done = threading.Event()
+        self.error: str | None = None
+
+
+class FlushError(RuntimeError):
+    """A flush did not complete: the aggregator is gone, failed to commit, or timed out."""
+
+
+class Recorder:
+    """Sends this process's records to one aggregator at ``endpoint``."""
+
+    def __init__(self, endpoint: str, aggregator_pid: int | None = None, owner: bool = False,
+                 max_buffer: int = 0):
+        self.endpoint = endpoint
+        self.aggregator_pid = aggregator_pid
+        self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
+        self._owner_pid = os.getpid() if owner else None
+        self._tokens = itertools.count(1)
+        self._reset()
+        _recorders.append(self)
+
+    def _reset(self) -> None:
+        """Fresh per-process state; runs at construction and in a fork child."""
+        self._pid = os.getpid()
+        self._gen = int.from_bytes(os.urandom(4), "big")
+        self._buffer: deque = deque()
+        self.open_spans: set = set()  # spans started and not yet ended, see _announce
+        self._announced: set = set()
+        self._seq = 0
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._lock = threading.Lock()
+        self._room = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._kicked = False
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._close_deadline = 0.0
+        self._closed = False
+        self._waiting: dict[int, _Sync] = {}
+        self._warned: dict[str, float] = {}
+        self.counters: Counter = Counter()
+
+    @property
+    def owner(self) -> bool:
+        """True in the process that started the aggregator this recorder sends to."""
+        return self._owner_pid == os.getpid()
+
+    # -- the caller's side -------------------------------------------------------------------
+
+    def add(self, record: bytes) -> None:
+        """Queue one packed record. This is the hot path: keep it to a few attribute reads."""
+        buffer = self._buffer
+        buffer.append(record)
+        if len(buffer) >= KICK_RECORDS:
+            self._kick(len(buffer))
+        elif self._thread is None:
+            self._start_thread()
+
+    def _kick(self, queued: int) -> None:
+        if self._thread is None:
+            self._start_thread()
+        if not self._kicked:
+            self._kicked = True
+            self._wake.set()
+        if self.max_buffer and queued >= self.max_buffer:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        # Blocking policy: the caller waits while the aggregator is alive and busy; a dead
+        # aggregator never blocks it (the flusher drops and counts instead).
+        if threading.current_thread() is self._thread:
+            return
+        while len(self._buffer) >= self.max_buffer and not self._closed:
+            self._wake.set()
+            with self._room:
+                self._room.wait(0.05)
+            if self.aggregator_dead():
+                return
+
+    def sync(self, level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
+        """Wait until the aggregator has received (or committed) everything added so far.
+
+        Raises FlushError on failure or timeout.
+        """
+        if self._closed and self._pid == os.getpid():
+            return
+        waiter = _Sync(next(self._tokens), level)
+        self._buffer.append(waiter)
+        if self._thread is None:
+            self._start_thread()
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not waiter.done.wait(0.05):
+            if self.aggregator_dead():
+                raise FlushError(f"the aggregator at {self.endpoint} is not running")
+            if deadline is not None and time.monotonic() > deadline:
+                raise FlushError(f"flush timed out after {timeout}s ({self.endpoint})")
+        if waiter.error:
+            raise FlushError(waiter.error)
+
+    def aggregator_dead(self) -> bool:
+        """True when we know the aggregator's pid and that process is gone (or a zombie)."""
+        pid = self.aggregator_pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        import psutil  # only on this slow path: it costs ~10 ms to import
+
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    # -- the flusher thread ------------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        # The first record of a process arms the exit handlers, however soon it then exits.
+        _register_exit()
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="tracer-flusher", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            self._wake.wait(0.002 if self._waiting else FLUSH_INTERVAL)
+            self._wake.clear()
+            self._kicked = False
+            try:
+                busy = self._send_buffered()
+                busy = self._announce() or busy
+                self._read_replies()
+            except Exception as exc:  # never let the flusher die silently
+                self._warn("flusher", f"tracer: flusher error: {exc!r}")
+                busy = True
+            with self._room:
+                self._room.notify_all()
+            if self._closing and not self._buffer and not self._waiting:
+                self._finish()
+                return
+            now = time.monotonic()
+            if busy or self._buffer or self._waiting:
+                idle_since = now
+            elif now - idle_since > IDLE_EXIT:
+                # Exit when idle. Clear _thread before looking at the buffer, under the lock,
+                # so a concurrent add() either sees None and starts a new thread or added its
+                # record before our look and we stay.
+                with self._lock:
+                    self._thread = None
+                    if not self._buffer:
+                        return
+                    self._thread = threading.current_thread()
+
+    def _ensure_open(self) -> zmq.Socket:
+        if self._sock is not None and self._pid == os.getpid():
+            return self._sock
+        if self._pid != os.getpid():  # forked without our hook having run
+            self._reset()
+        self._ctx = zmq.Context(io_threads=1)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        if self.max_buffer:
+            # What sits in ZeroMQ's queue counts against the bound too (design point 8).
+            sock.setsockopt(zmq.SNDHWM, max(2, self.max_buffer // FRAME_MAX_RECORDS))
+        sock.connect(self.endpoint)
+        self._sock = sock
+        return sock
+
+    def _send_buffered(self) -> bool:
+        buffer = self._buffer
+        if not buffer:
+            return False
+        while buffer:
+            records: list[bytes] = []
+            size = 0
+            sync = None
+            while buffer and len(records) < FRAME_MAX_RECORDS and size < FRAME_MAX_BYTES:
+                item = buffer.popleft()
+                if isinstance(item, _Sync):
+                    sync = item
+                    break
+                records.append(item)
+                size += len(item)
+            if records:
+                self._send(wire.DATA, len(records), b"".join(records), len(records))
+            if sync is not None:
+                self._waiting[sync.token] = sync
+                if not self._send(wire.SYNC, [sync.token, sync.level], b"", 0):
+                    self._waiting.pop(sync.token, None)
+                    sync.error = f"the aggregator at {self.endpoint} is not running"
+                    sync.done.set()
+        return True
+
+    def _send(self, kind: int, arg: object, body: bytes, records: int) -> bool:
+        """Send one message; blocks while the aggregator is alive but not reading."""
+        sock = self._ensure_open()
+        if kind == wire.DATA:
+            self._seq += 1
+        head = wire.header(kind, (_HOST, self._pid, self._gen), self._seq, arg)
+        while True:
+            try:
+                sock.send_multipart([head, body], copy=False)
+                if records:
+                    self.counters["sent"] += records
+                return True
+            except zmq.Again:
+                if self.aggregator_dead():
+                    break
+                if self._closing and self._close_deadline_passed():
+                    break
+            except zmq.ZMQError as exc:
+                self._warn("send", f"tracer: send to {self.endpoint} failed: {exc}")
+                break
+        if records:
+            self.counters["lost_aggregator_unreachable"] += records
+            self._warn(
+                "lost",
+                f"tracer: the aggregator at {self.endpoint} is not reachable; "
+                f"{self.counters['lost_aggregator_unreachable']} records lost so far",
+            )
+        return False
+
+    def _announce(self) -> bool:
+        """Send spans that have been running for a while, so a crash leaves a marked row."""
+        if not self.open_spans:
+            if self._announced:
+                self._announced.clear()
+            return False
+        cutoff = time.time() - FLUSH_INTERVAL
+        fresh = [s for s in list(self.open_spans) if s.start < cutoff and s not in self._announced]
+        self._announced.intersection_update(self.open_spans)
+        if not fresh:
+            return False
+        records = [s.open_record() for s in fresh]
+        self._announced.update(fresh)
+        self._send(wire.DATA, len(records), b"".join(records), 0)
+        return True
+
+    def _read_replies(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while self._waiting:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                _version, _kind, token, error = wire.unpack_reply(msg)
+            except ValueError:
+                continue
+            sync = self._waiting.pop(token, None)
+            if sync is not None:
+                sync.error = error
+                sync.done.set()
+        if self._waiting and self.aggregator_dead():
+            for sync in self._waiting.values():
+                sync.error = f"the aggregator at {self.endpoint} exited"
+                sync.done.set()
+            self._waiting.clear()
+
+    # -- exit ----------------------------------------------------------------------------------
+
+    def close(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """Deliver what is buffered, say goodbye and close; never takes much over ``timeout``."""
+        if self._pid != os.getpid() or self._closed or self._closing:
+            return
+        if self._sock is None and not self._buffer:
+            self._closed = True
+            return
+        level = wire.COMMITTED if self.owner else wire.RECEIVED
+        try:
+            self.sync(level, timeout)
+        except FlushError as exc:
+            print(f"tracer: at exit, {exc}; records not yet acknowledged may be lost",
+                  file=sys.stderr)
+        self._close_deadline = time.monotonic() + 1.0
+        self._closing = True
+        if self._thread is None:
+            self._start_thread()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(LINGER_MS / 1000 + 1.0)
+        self._closed = True
+
+    def _close_deadline_passed(self) -> bool:
+        return time.monotonic() > self._close_deadline
+
+    def _finish(self) -> None:
+        # On the flusher thread: the only thread that ever touches the socket.
+        sock, ctx = self._sock, self._ctx
+        self._sock = self._ctx = None
+        if sock is not None:
+            try:
+                sock.send_multipart(
+                    [wire.header(wire.BYE, (_HOST, self._pid, self._gen), self._seq), b""],
+                    zmq.NOBLOCK,
+                )
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=LINGER_MS)
+        if ctx is not None:
+            ctx.term()
+        with self._lock:
+            self._thread = None
+            self._closed = True
+
+    def _warn(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_INTERVAL) >= WARN_INTERVAL:
+            self._warned[reason] = now
+            print(message, file=sys.stderr)
+
+
+_exit_registered_pid = 0
+
+
+def _register_exit() -> None:
+    """Arrange for every recorder of this process to be closed when the process ends."""
+    global _exit_registered_pid
+    if _exit_registered_pid == os.getpid():
+        return
+    _exit_registered_pid = os.getpid()
+    atexit.register(close_all)
+    import multiprocessing.util
+
+    # multiprocessing children end in os._exit: atexit never runs there, but their finalizers do.
+    multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+
+
+def close_all() -> None:
+    """Close every recorder of this process (idempotent)."""
+    for recorder in list(_recorders):
+        recorder.close()
+
+
+def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
+    """Flush every recorder of this process."""
+    for recorder in list(_recorders):
+        if recorder._sock is not None or recorder._buffer:
+            recorder.sync(level, timeout)
+
+
+def _after_fork_in_child() -> None:
+    # Never log or take locks here: other threads of the parent do not exist in the child.
+    global _exit_registered_pid
+    _exit_registered_pid = 0
+    for recorder in _recorders:
+        recorder._reset()
+    reseed_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

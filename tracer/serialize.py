@@ -1,0 +1,129 @@
+"""Snapshotting logged values into msgpack, with readable stand-ins for what msgpack cannot carry.
+
+Values are packed when they are logged, on the caller's thread, so that later mutation of a logged
+list or dict (a chat history that keeps growing, say) never changes what was recorded. The fast path
+is one C call on a per-thread ``msgpack.Packer``; the stand-in hook runs only for types msgpack
+does not know. Only when packing fails outright (a cycle, an int over 64 bits inside a container
+msgpack cannot convert, a lone surrogate) is the value walked in Python and repaired. Nothing here
+raises into user code.
+
+Stand-ins (see README, "What gets stored"):
+    set/frozenset -> list; datetime/date/time -> ISO string; UUID, Decimal, Path, Enum -> str;
+    dataclass -> dict of its fields; objects with ``model_dump`` (pydantic) -> that dict;
+    numpy values -> ``tolist()``; bytearray/memoryview -> bytes; ints beyond 64 bits -> str;
+    cycles -> "<cycle: TYPE>"; nesting deeper than MAX_DEPTH -> "<max depth N reached>";
+    anything else -> its repr, truncated. Bytes, NaN and infinities travel as they are and are
+    given JSON stand-ins by the aggregator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import pathlib
+import threading
+import uuid
+
+import msgpack
+
+from .wire import EXT_PACKED
+
+MAX_DEPTH = 200
+MAX_REPR = 1000
+
+_local = threading.local()
+
+
+def stand_in(obj: object) -> object:
+    """msgpack ``default`` hook: a value msgpack can carry, describing ``obj``."""
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return obj.value if isinstance(obj.value, (str, int, float)) else str(obj)
+    if isinstance(obj, (uuid.UUID, decimal.Decimal, pathlib.PurePath)):
+        return str(obj)
+    if isinstance(obj, int):  # only reached for ints msgpack cannot hold
+        return str(obj)
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    try:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        dump = getattr(obj, "model_dump", None)
+        if callable(dump):
+            return dump()
+        if hasattr(obj, "dtype") and callable(getattr(obj, "tolist", None)):
+            return obj.tolist()
+    except Exception:
+        pass
+    return describe(obj)
+
+
+def describe(obj: object) -> str:
+    """A readable, bounded description of an arbitrary object; never raises."""
+    try:
+        text = repr(obj)
+    except Exception:
+        return f"<unrepresentable {type(obj).__qualname__}>"
+    if len(text) > MAX_REPR:
+        text = text[:MAX_REPR] + f"... ({len(text)} chars)"
+    return text
+
+
+def _packer() -> msgpack.Packer:
+    packer = _local.__dict__.get("packer")
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(default=stand_in)
+    return packer
+
+
+def pack(obj: object) -> bytes:
+    """Snapshot ``obj`` as msgpack bytes, repairing it if it cannot be packed as it is."""
+    packer = _packer()
+    try:
+        return packer.pack(obj)
+    except Exception:
+        # Cycles, over-deep nesting, lone surrogates: repair a copy and try once more.
+        return packer.pack(sanitize(obj))
+
+
+def packed(obj: object) -> msgpack.ExtType:
+    """Snapshot ``obj`` now, to be embedded in a record packed later."""
+    return msgpack.ExtType(EXT_PACKED, pack(obj))
+
+
+def sanitize(obj: object, depth: int = 0, path: frozenset[int] = frozenset()) -> object:
+    """A copy of ``obj`` that msgpack can pack: cycles and deep nesting replaced by markers."""
+    if obj is None or isinstance(obj, (bool, float)):
+        return obj
+    if isinstance(obj, int):
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, bytes):
+        return obj
+    if depth >= MAX_DEPTH:
+        return f"<max depth {MAX_DEPTH} reached>"
+    if isinstance(obj, (dict, list, tuple, set, frozenset)):
+        if id(obj) in path:
+            return f"<cycle: {type(obj).__name__}>"
+        inner = path | {id(obj)}
+        if isinstance(obj, dict):
+            return {
+                _key(k): sanitize(v, depth + 1, inner) for k, v in list(obj.items())
+            }
+        return [sanitize(v, depth + 1, inner) for v in list(obj)]
+    replaced = stand_in(obj)
+    if isinstance(replaced, str):
+        return sanitize(replaced)
+    return sanitize(replaced, depth + 1, path | {id(obj)})
+
+
+def _key(key: object) -> object:
+    if isinstance(key, (str, int, float, bool)) or key is None:
+        return sanitize(key)
+    return describe(key)

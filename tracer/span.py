@@ -1,0 +1,260 @@
+"""Spans: what the user holds. A span only describes itself; the aggregator builds the row."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from . import event, slug, wire
+from .context import current, state
+from .ids import new_id
+from .recorder import Recorder
+from .serialize import pack, packed
+
+
+class Span:
+    """A unit of work in a trace. Create spans with ``start_span``, ``Span.start_span`` or
+    ``@traced``; do not instantiate this class directly.
+
+    Attributes: ``id`` (the row id), ``span_id``, ``root_span_id``, ``span_parents``, ``name``,
+    ``type``, ``start`` and ``end_time`` (epoch seconds; ``end_time`` is None while running).
+    """
+
+    __slots__ = ("_rec", "container", "trace", "span", "parents", "root", "row_id",
+                 "name", "type", "start", "end_time", "_input", "_token", "__weakref__")
+
+    def __init__(self, rec: Recorder, container: str, trace: int, span: int, parents: Any,
+                 root: int, name: str | None, type: str | None, start: float) -> None:
+        self._rec = rec
+        self.container = container
+        self.trace = trace
+        self.span = span
+        self.parents = parents  # None (root), an int, or a list of ints
+        self.root = root
+        self.row_id: str | None = None
+        self.name = name
+        self.type = type
+        self.start = start
+        self.end_time: float | None = None
+        self._input: Any = None  # a snapshot to announce if the span runs long
+        self._token: Any = None
+
+    # -- identity ---------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The row id: pass it to ``Logger.update_span(id=...)``."""
+        return self.row_id or wire.format_id(self.trace, self.span)
+
+    @property
+    def span_id(self) -> str:
+        return wire.format_id(self.trace, self.span)
+
+    @property
+    def root_span_id(self) -> str:
+        return wire.format_id(self.trace, self.root)
+
+    @property
+    def span_parents(self) -> list[str]:
+        parents = self.parents
+        if parents is None:
+            return []
+        if isinstance(parents, int):
+            parents = [parents]
+        return [wire.format_id(self.trace, p) for p in parents]
+
+    def export(self) -> str:
+        """An opaque string that another process (or thread) can pass as ``parent=`` to continue
+        this trace, or as ``exported=`` to ``update_span``."""
+        return slug.encode(self.container, self.trace, self.span, self.root, self.row_id)
+
+    def permalink(self) -> str:
+        """A link to this span in the trace viewer (base URL: ``TRACER_APP_URL``)."""
+        return make_permalink(self.container, self.trace, self.span, self.root)
+
+    # -- recording --------------------------------------------------------------------------
+
+    def log(self, **fields: Any) -> None:
+        """Merge fields into this span's row: ``input``, ``output``, ``expected``, ``error``,
+        ``scores``, ``metadata``, ``metrics``, ``tags``. Dicts merge recursively; other values
+        replace what was there. Values are snapshotted now."""
+        event.check(fields, "Span.log")
+        self._record_log(fields)
+
+    def _record_log(self, fields: dict) -> None:
+        if fields:
+            self._rec.add(pack((wire.SPAN_LOG, self.container, self.trace, self.span,
+                                self.parents, self.root, self.row_id, fields)))
+
+    def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
+        """Change the span's name or type."""
+        event.check_name(name, "Span.set_attributes")
+        event.check_type(type, "Span.set_attributes")
+        if name is not None:
+            self.name = name
+        if type is not None:
+            self.type = type
+        if self.end_time is not None:  # already sent: send the change as a merge
+            self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span,
+                                self.parents, self.root, self.row_id, self.name, self.type,
+                                self.start, self.end_time, None)))
+
+    def start_span(self, name: str | None = None, type: str | None = None,
+                   **event_fields: Any) -> Span:
+        """Start a child of this span (see ``tracer.start_span``)."""
+        return start_child(self, name, type, event_fields.pop("event", None), event_fields,
+                           "Span.start_span")
+
+    def end(self, end_time: float | None = None) -> float:
+        """End the span (idempotent); returns the end time in epoch seconds."""
+        if self.end_time is not None:
+            return self.end_time
+        end = time.time() if end_time is None else float(end_time)
+        self.end_time = end
+        self._rec.open_spans.discard(self)
+        self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span, self.parents,
+                            self.root, self.row_id, self.name, self.type, self.start, end, None)))
+        return end
+
+    close = end
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait until everything this process recorded so far is committed to the store."""
+        self._rec.sync(wire.COMMITTED, timeout)
+
+    def open_record(self) -> bytes:
+        """The announcement of a span still running (sent by the recorder's flusher)."""
+        fields = None if self._input is None else {"input": self._input}
+        return pack((wire.SPAN_OPEN, self.container, self.trace, self.span, self.parents,
+                     self.root, self.row_id, self.name, self.type, self.start, fields))
+
+    # -- context manager: current span inside the block, error logged, ended at exit -------
+
+    def __enter__(self) -> Span:
+        self._token = current.set(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            self._record_log({"error": error_of(exc)})
+        if self._token is not None:
+            try:
+                current.reset(self._token)
+            except ValueError:  # exited in another context than entered: nothing to restore
+                pass
+            self._token = None
+        self.end()
+
+    def __repr__(self) -> str:
+        return f"<Span {self.name!r} span_id={self.span_id}>"
+
+
+class NoopSpan:
+    """The span you get when nothing is being traced: every method does nothing."""
+
+    id = span_id = root_span_id = ""
+    span_parents: list[str] = []
+    name = type = None
+
+    def log(self, **fields: Any) -> None:
+        event.check(fields, "Span.log")
+
+    def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
+        pass
+
+    def start_span(self, name: str | None = None, type: str | None = None,
+                   **event_fields: Any) -> NoopSpan:
+        return self
+
+    def end(self, end_time: float | None = None) -> float:
+        return time.time() if end_time is None else float(end_time)
+
+    close = end
+
+    def export(self) -> str:
+        return ""
+
+    def permalink(self) -> str:
+        return ""
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        pass
+
+    def __enter__(self) -> NoopSpan:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<NoopSpan>"
+
+
+NOOP_SPAN = NoopSpan()
+
+
+def start_child(parent: Span, name: str | None, type: str | None, event_dict: dict | None,
+                event_fields: dict, where: str) -> Span:
+    """A new span under ``parent``, with the event logged at start (validated first)."""
+    fields = _event(event_dict, event_fields, where)
+    event.check_name(name, where)
+    event.check_type(type, where)
+    span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
+                parent.root, name, type, time.time())
+    return _begin(span, fields)
+
+
+def start_root(rec: Recorder, container: str, name: str | None, type: str | None,
+               event_dict: dict | None, event_fields: dict, where: str,
+               parent_ref: slug.SpanRef | None = None, row_id: str | None = None) -> Span:
+    """A new span in ``container``: a root, or the child of a span exported elsewhere."""
+    fields = _event(event_dict, event_fields, where)
+    event.check_name(name, where)
+    event.check_type(type, where)
+    if parent_ref is None:
+        sid = new_id()
+        span = Span(rec, container, new_id(), sid, None, sid, name, type, time.time())
+    else:
+        span = Span(rec, parent_ref.container, parent_ref.trace, new_id(), parent_ref.span,
+                    parent_ref.root, name, type, time.time())
+    span.row_id = row_id
+    return _begin(span, fields)
+
+
+def _event(event_dict: dict | None, event_fields: dict, where: str) -> dict:
+    fields = dict(event_dict or {})
+    fields.update(event_fields)
+    return event.check(fields, where)
+
+
+def _begin(span: Span, fields: dict) -> Span:
+    state.active = True
+    if "input" in fields:
+        span._input = packed(fields["input"])
+    span._rec.open_spans.add(span)
+    span._record_log(fields)
+    return span
+
+
+def error_of(exc: BaseException) -> dict:
+    """How an exception is logged in ``error``."""
+    return {
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def make_permalink(container: str, trace: int, span: int, root: int) -> str:
+    from urllib.parse import quote
+
+    parts = wire.split_container(container)
+    query = f"r={wire.format_id(trace, root)}&s={wire.format_id(trace, span)}"
+    project = quote(parts[1], safe="")
+    if parts[0] == wire.PROJECT_LOGS:
+        return f"{state.app_url}/p/{project}/logs?{query}"
+    return f"{state.app_url}/p/{project}/experiments/{quote(parts[3], safe='')}?{query}"

@@ -1,0 +1,118 @@
+"""The wire format between span recorders and the aggregator.
+
+Everything on the socket is msgpack (never pickle). A recorder talks to the aggregator over one
+ZeroMQ DEALER socket; the aggregator answers on its ROUTER socket. Every message from a recorder is
+two frames::
+
+    header = [VERSION, kind, host, pid, gen, seq, arg]
+    body   = concatenated msgpack records (DATA) or b"" (other kinds)
+
+``(host, pid, gen)`` names the sender: ``gen`` is drawn anew whenever a process (re)opens its
+recorder, so a recycled pid or a forked child is always a new sender. ``seq`` counts the sender's
+DATA messages from 1, so the aggregator can detect gaps; ``arg`` depends on ``kind``.
+
+Records are msgpack arrays. Span records share a 7-element head::
+
+    (kind, container, trace, span, parents, root, row_id, ...)
+
+``trace`` is a 64-bit trace id shared by every span of a trace, ``span`` and ``root`` 64-bit span
+ids inside it (the 128-bit ``span_id`` string is ``trace:span`` formatted as a UUID by the
+aggregator); ``parents`` is None for a root span, an int for one parent or a list of ints for
+several. ``row_id`` is None unless the user chose the row id. Ids are formatted, containers resolved
+and rows merged by the aggregator, never by the caller.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+VERSION = 1
+
+# Message kinds, recorder -> aggregator (header[1]).
+DATA = 1  # arg: number of records in the body
+SYNC = 2  # arg: [token, level]; the aggregator answers ACK once the level is reached
+BYE = 3  # arg: None; the sender is closing cleanly
+STATS = 4  # arg: token; the aggregator answers STATS_REPLY
+
+# Reply kinds, aggregator -> recorder: [VERSION, kind, token, payload].
+ACK = 10  # payload: None on success, or an error message
+STATS_REPLY = 11  # payload: counters dict
+
+# SYNC levels.
+RECEIVED = 0  # every earlier message of this sender has been read and queued
+COMMITTED = 1  # ... and every row it touched is committed to the sink
+
+# Record kinds.
+SPAN_END = 1  # head + (name, type, start, end, fields | None)
+SPAN_LOG = 2  # head + (fields,)
+SPAN_OPEN = 3  # head + (name, type, start, fields | None): a span still running
+UPDATE = 4  # (UPDATE, container, row_id, fields): merge into an existing row by id
+
+# A value packed ahead of time (a snapshot taken when the caller logged it), carried as
+# msgpack ext data so the aggregator unpacks it transparently.
+EXT_PACKED = 1
+
+# Container keys travel with every record as one short string (packing it is a memcpy):
+# "L\x1f<project>" for project logs, "E\x1f<project>\x1f<experiment id>\x1f<experiment name>".
+SEP = "\x1f"
+PROJECT_LOGS = "L"
+EXPERIMENT = "E"
+
+
+def logs_container(project: str) -> str:
+    return f"{PROJECT_LOGS}{SEP}{project}"
+
+
+def experiment_container(project: str, experiment_id: str, experiment_name: str) -> str:
+    return f"{EXPERIMENT}{SEP}{project}{SEP}{experiment_id}{SEP}{experiment_name}"
+
+
+def split_container(key: str) -> tuple[str, ...]:
+    """Split a container key into (kind, project[, experiment_id, experiment_name])."""
+    parts = tuple(key.split(SEP))
+    if parts[0] == PROJECT_LOGS and len(parts) == 2:
+        return parts
+    if parts[0] == EXPERIMENT and len(parts) == 4:
+        return parts
+    raise ValueError(f"malformed container key {key!r}")
+
+
+def format_id(trace: int, span: int) -> str:
+    """The UUID-shaped string of the 128-bit id ``trace:span``."""
+    h = f"{trace:016x}{span:016x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    """Inverse of :func:`format_id`; raises ValueError for anything else."""
+    h = text.replace("-", "")
+    if len(h) != 32:
+        raise ValueError(f"not a span id: {text!r}")
+    n = int(h, 16)
+    return n >> 64, n & 0xFFFFFFFFFFFFFFFF
+
+
+def header(kind: int, sender: tuple[str, int, int], seq: int, arg: object = None) -> bytes:
+    return msgpack.packb([VERSION, kind, sender[0], sender[1], sender[2], seq, arg])
+
+
+def reply(kind: int, token: object, payload: object = None) -> bytes:
+    return msgpack.packb([VERSION, kind, token, payload])
+
+
+def unpack_packed(code: int, data: bytes) -> object:
+    """ext_hook for unpackers: restores values that were packed ahead of time."""
+    if code == EXT_PACKED:
+        return msgpack.unpackb(data, ext_hook=unpack_packed, strict_map_key=False)
+    return msgpack.ExtType(code, data)
+
+
+def unpack_reply(msg: bytes) -> tuple[int, int, object, object]:
+    """Decode an aggregator reply; raises ValueError if it is not one."""
+    try:
+        obj = msgpack.unpackb(msg, strict_map_key=False)
+    except Exception as exc:
+        raise ValueError(f"undecodable reply: {exc}") from None
+    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != VERSION:
+        raise ValueError("not a reply of this wire version")
+    return obj[0], obj[1], obj[2], obj[3]

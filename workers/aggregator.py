@@ -1,0 +1,419 @@
+"""The aggregator: one process that receives the spans of a whole process tree (or fleet).
+
+    receive -> decode -> merge into the queue -> uploader thread -> sink
+
+The receiving loop below is the only user of the ROUTER socket. It decodes each message (counting
+and skipping anything malformed: garbage never crashes it), checks each sender's sequence numbers
+for gaps, turns records into partial rows, and puts them on the bounded queue; while the queue is
+full it stops reading, so ZeroMQ's high-water marks fill and the senders block (the default
+policy). The uploader thread commits batches; flush acknowledgements go back from here.
+
+Supervision (psutil): a sender on this host that dies leaves its still-running spans marked with an
+error; an aggregator started by ``init_logger`` exits once its owner and every sender are gone
+and everything is committed.
+
+Run ``python -m workers.aggregator --help`` (or ``tracer aggregator --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, deque
+
+import msgpack
+import psutil
+import zmq
+
+from tracer import config, wire
+
+from .queue import RowQueue
+from .rows import Container, merge, now_iso, span_identity
+from .sinks.sqlite import SQLiteSink
+from .uploader import Uploader
+
+HOST = socket.gethostname()
+SUPERVISE_INTERVAL = 0.25
+IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiting
+MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
+
+
+class Sender:
+    """What the aggregator knows of one sending process (host, pid, generation)."""
+
+    __slots__ = ("host", "pid", "gen", "seq", "first_seen", "last_seen", "records", "gaps",
+                 "closed", "dead", "open")
+
+    def __init__(self, host: str, pid: int, gen: int) -> None:
+        self.host, self.pid, self.gen = host, pid, gen
+        self.seq = 0
+        self.first_seen = self.last_seen = time.time()
+        self.records = 0
+        self.gaps = 0
+        self.closed = self.dead = False
+        self.open: dict = {}  # row key -> (container, partial row) of spans still running
+
+    @property
+    def live(self) -> bool:
+        return not (self.closed or self.dead)
+
+
+class Aggregator:
+    def __init__(self, bind: str, store: str, owner: int | None = None,
+                 settings: config.Settings | None = None, idle_exit: float = IDLE_EXIT) -> None:
+        self.bind = bind
+        self.store = store
+        self.owner = owner
+        self.settings = settings or config.load()
+        self.idle_exit = idle_exit
+        self.run_id = str(uuid.uuid4())
+        self.started = now_iso()
+        self.counters: Counter = Counter()
+        self.senders: dict[tuple, Sender] = {}
+        self.containers: dict[str, Container] = {}
+        self.queue = RowQueue(self.settings.queue_size)
+        self.acks: deque = deque()  # (identity, token, error) ready to send
+        self.stopping = False
+        self.last_traffic = time.monotonic()
+        self._owner_created = _create_time(owner) if owner else None
+        self._process = psutil.Process()
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        sink = SQLiteSink(self.store)
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 500)
+        if self.settings.queue_size:
+            router.setsockopt(zmq.RCVHWM, max(4, self.settings.queue_size // 256))
+        router.bind(self.bind)
+        wake = ctx.socket(zmq.PAIR)
+        wake.bind("inproc://uploader-wake")
+        waker = ctx.socket(zmq.PAIR)
+        waker.connect("inproc://uploader-wake")
+        waker_lock = threading.Lock()
+
+        def on_done(finished: list) -> None:  # uploader thread
+            for (identity, token), error in finished:
+                self.acks.append((identity, token, error))
+            if finished:
+                with waker_lock:
+                    waker.send(b"", zmq.NOBLOCK)
+
+        uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
+                            lambda: sink.record_run(self.run_id, self.info(), self.stats()))
+        uploader.start()
+        sink.record_run(self.run_id, self.info(), self.stats())
+        self._info(f"listening on {self.bind}, store {self.store}")
+
+        reading = zmq.Poller()
+        reading.register(router, zmq.POLLIN)
+        reading.register(wake, zmq.POLLIN)
+        blocked = zmq.Poller()  # while the queue is full: wait for commits only
+        blocked.register(wake, zmq.POLLIN)
+        next_supervise = time.monotonic()
+        while not self.stopping:
+            poller = blocked if self.queue.full() else reading
+            events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
+            if router in events:
+                self._receive(router)
+            if wake in events:
+                while wake.poll(0):
+                    wake.recv()
+            self._send_acks(router)
+            if time.monotonic() >= next_supervise:
+                next_supervise = time.monotonic() + SUPERVISE_INTERVAL
+                self._supervise()
+
+        # Shutdown: take in what is already queued on the socket, then drain and commit.
+        self._receive(router, until_empty=True)
+        self.queue.close()
+        uploader.thread.join(60)
+        uploader.stopping.set()
+        uploader.thread.join(5)
+        self._send_acks(router)
+        sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
+        sink.close()
+        router.close(linger=500)
+        wake.close(linger=0)
+        waker.close(linger=0)
+        ctx.term()
+        self._info(f"exiting: {self.summary()}")
+        return 0
+
+    def _info(self, message: str) -> None:
+        # An aggregator started by init_logger stays quiet unless asked; problems always print.
+        if self.owner is None or os.environ.get("TRACER_DEBUG") == "1":
+            _log(message)
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def _receive(self, router: zmq.Socket, until_empty: bool = False) -> None:
+        for _ in range(MAX_BURST if not until_empty else 1 << 30):
+            if self.queue.full() and not until_empty:
+                return
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.last_traffic = time.monotonic()
+            if len(parts) != 3:
+                self.counters["bad_messages"] += 1
+                continue
+            try:
+                self._handle(router, parts[0], parts[1], parts[2])
+            except Exception as exc:  # a bug or hostile input must not stop the aggregator
+                self.counters["bad_messages"] += 1
+                _log(f"ignored a message that could not be handled: {exc!r}")
+
+    def _handle(self, router: zmq.Socket, identity: bytes, head: bytes, body: bytes) -> None:
+        try:
+            header = msgpack.unpackb(head)
+        except Exception:
+            self.counters["bad_messages"] += 1
+            return
+        if not isinstance(header, list) or len(header) != 7:
+            self.counters["bad_messages"] += 1
+            return
+        version, kind, host, pid, gen, seq, arg = header
+        if version != wire.VERSION:
+            self.counters["bad_version"] += 1
+            return
+        if not (isinstance(host, str) and isinstance(pid, int) and isinstance(gen, int)
+                and isinstance(seq, int)):
+            self.counters["bad_messages"] += 1
+            return
+        sender = self.senders.get((host, pid, gen))
+        if sender is None:
+            sender = self.senders[(host, pid, gen)] = Sender(host, pid, gen)
+            self.counters["senders_seen"] += 1
+        sender.last_seen = time.time()
+        if kind == wire.DATA:
+            if seq != sender.seq + 1:
+                missing = max(0, seq - sender.seq - 1)
+                sender.gaps += missing
+                self.counters["seq_gap_messages"] += missing
+            sender.seq = max(seq, sender.seq)
+            self.counters["messages"] += 1
+            self.counters["bytes"] += len(body)
+            self._apply_records(body, sender)
+        elif kind == wire.SYNC:
+            token, level = arg
+            self.counters["syncs"] += 1
+            if level == wire.RECEIVED:
+                self.acks.append((identity, token, None))
+            else:
+                for (ident, tok), error in self.queue.mark((identity, token)):
+                    self.acks.append((ident, tok, error))
+        elif kind == wire.BYE:
+            sender.closed = True
+            self.counters["senders_closed"] += 1
+            self._abandon(sender, f"process {pid} exited before the span ended")
+        elif kind == wire.STATS:
+            router.send_multipart([identity, wire.reply(wire.STATS_REPLY, arg, self.stats())])
+        else:
+            self.counters["bad_messages"] += 1
+
+    def _apply_records(self, body: bytes, sender: Sender) -> None:
+        unpacker = msgpack.Unpacker(ext_hook=wire.unpack_packed, strict_map_key=False,
+                                    max_buffer_size=max(len(body), 1))
+        unpacker.feed(body)
+        created = now_iso()
+        while True:
+            start = unpacker.tell()
+            try:
+                record = next(unpacker)
+            except StopIteration:
+                break
+            except Exception:
+                self.counters["bad_records"] += 1
+                break  # the rest of the body cannot be framed
+            sender.records += 1
+            self.counters["records"] += 1
+            try:
+                self._apply(record, sender, unpacker.tell() - start, created)
+            except Exception:
+                self.counters["bad_records"] += 1
+
+    def _apply(self, record: list, sender: Sender, size: int, created: str) -> None:
+        kind = record[0]
+        if kind == wire.UPDATE:
+            _, ckey, row_id, fields = record
+            container = self._container(ckey)
+            partial = dict(fields)
+            partial["id"] = row_id
+            partial.update(container.columns)
+            partial["created"] = created
+            self.queue.put((container.id, row_id), partial, size, container)
+            return
+        _, ckey, trace, span, parents, root, row_id = record[:7]
+        container = self._container(ckey)
+        partial = span_identity(container, trace, span, parents, root, row_id)
+        key = (container.id, partial["id"])
+        if kind == wire.SPAN_LOG:
+            merge(partial, record[7])
+        elif kind in (wire.SPAN_END, wire.SPAN_OPEN):
+            name, span_type, start = record[7:10]
+            attributes = {"name": name}
+            if span_type is not None:
+                attributes["type"] = span_type
+            partial["span_attributes"] = attributes
+            if kind == wire.SPAN_END:
+                end, fields = record[10:12]
+                partial["metrics"] = {"start": start, "end": end}
+                sender.open.pop(key, None)
+            else:
+                fields = record[10]
+                partial["metrics"] = {"start": start}
+                sender.open[key] = (container, dict(partial))
+            if fields:
+                merge(partial, fields)
+        else:
+            self.counters["bad_records"] += 1
+            return
+        partial["created"] = created
+        self.queue.put(key, partial, size, container)
+
+    def _container(self, key: str) -> Container:
+        container = self.containers.get(key)
+        if container is None:
+            container = self.containers[key] = Container(key)
+        return container
+
+    def _send_acks(self, router: zmq.Socket) -> None:
+        while self.acks:
+            identity, token, error = self.acks.popleft()
+            try:
+                router.send_multipart([identity, wire.reply(wire.ACK, token, error)],
+                                      zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the sender is gone; nobody is waiting
+
+    # -- supervision -----------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        for key, sender in list(self.senders.items()):
+            if sender.live and sender.host == HOST and not _alive(sender.pid, sender.first_seen):
+                sender.dead = True
+                self.counters["senders_died"] += 1
+                when = datetime.datetime.fromtimestamp(sender.last_seen, datetime.timezone.utc)
+                self._abandon(sender, f"process {sender.pid} exited before the span ended "
+                                      f"(last heard from at {when.isoformat()})")
+            if not sender.live and time.time() - sender.last_seen > 60:
+                del self.senders[key]  # keep memory bounded; the counters remember
+        if self.owner is None:
+            return
+        owner_gone = not _alive(self.owner, self._owner_created)
+        live = any(s.live for s in self.senders.values())
+        quiet = time.monotonic() - self.last_traffic >= self.idle_exit
+        if owner_gone and not live and quiet:
+            self.stopping = True
+
+    def _abandon(self, sender: Sender, reason: str) -> None:
+        """Close the spans a sender left running, marked with an error."""
+        for key, (container, partial) in sender.open.items():
+            row = dict(partial)
+            row["error"] = reason
+            merge(row, {"metrics": {"end": sender.last_seen}})
+            self.queue.put(key, row, 256, container)
+            self.counters["spans_marked_unfinished"] += 1
+        sender.open.clear()
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "host": HOST, "endpoint": self.bind, "started": self.started}
+
+    def stats(self) -> dict:
+        """The counters, as ``tracer stats`` shows them."""
+        try:
+            with self._process.oneshot():
+                rss = self._process.memory_info().rss
+                cpu = sum(self._process.cpu_times()[:2])
+        except psutil.Error:
+            rss, cpu = None, None
+        live = [s for s in self.senders.values() if s.live]
+        return {
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "endpoint": self.bind,
+            "store": self.store,
+            "owner_pid": self.owner,
+            "counters": dict(self.counters),
+            "queue_depth": self.queue.depth(),
+            "queue_size": self.settings.queue_size,
+            "live_senders": len(live),
+            "senders_with_gaps": {f"{s.host}:{s.pid}": s.gaps
+                                  for s in self.senders.values() if s.gaps},
+            "rss_bytes": rss,
+            "cpu_seconds": cpu,
+        }
+
+    def summary(self) -> str:
+        c = self.counters
+        return (f"{c['records']} records received, {c['rows_committed']} rows committed, "
+                f"{c['dropped_sink_failed']} dropped (sink failed), "
+                f"{c['bad_messages'] + c['bad_records']} malformed ignored")
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int, not_after: float | None) -> bool:
+    """Whether ``pid`` is a live process that existed by ``not_after`` (guards pid reuse)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not_after is None or proc.create_time() <= not_after + 1.0
+    except psutil.Error:
+        return False
+
+
+def _log(message: str) -> None:
+    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tracer aggregator",
+        description="Run an aggregator: receive spans from recorders and commit them to a store.",
+    )
+    p.add_argument("--bind", default="tcp://127.0.0.1:5557",
+                   help="ZeroMQ endpoint to listen on (default: %(default)s). Point recorders "
+                        "at it with TRACER_ENDPOINT or init_logger(endpoint=...).")
+    p.add_argument("--store", default=None,
+                   help="SQLite path or sqlite:///path (default: TRACER_STORE or "
+                        ".tracer/traces.db)")
+    p.add_argument("--owner", type=int, default=None,
+                   help="pid whose exit (with all senders gone) ends the aggregator; "
+                        "set by init_logger, omit for a standalone aggregator")
+    p.add_argument("--idle-exit", type=float, default=IDLE_EXIT, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = config.load()
+    store = config.store_path(args.store if args.store is not None else settings.store)
+    aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit)
+    signal.signal(signal.SIGTERM, aggregator.stop)
+    signal.signal(signal.SIGINT, aggregator.stop)
+    return aggregator.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

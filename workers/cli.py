@@ -1,0 +1,259 @@
+"""The ``tracer`` command line: demo, export, show, stats, aggregator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+from tracer import config, wire
+
+from .sinks.sqlite import Store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tracer",
+        description="Multiprocessing-safe tracing: every span from every process in one trace.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo = commands.add_parser(
+        "demo", help="run a small traced workload and print its trace",
+        description="Run a small realistic traced workload (a root task fanning out over a "
+                    "process pool and a thread pool, nested functions, a caught error, a fake "
+                    "LLM call), then print the trace tree and where the rows are stored. "
+                    "Needs no network.")
+    demo.add_argument("--store", help="store to write to (default: TRACER_STORE or "
+                                      ".tracer/traces.db)")
+    demo.add_argument("--tasks", type=int, default=8, help="items to fan out (default: 8)")
+
+    export = commands.add_parser(
+        "export", help="print rows as JSON lines in the underlying format",
+        description="Print one JSON object per row, in the reference's underlying format "
+                    "(id, span_id, root_span_id, span_parents, span_attributes, input, output, "
+                    "expected, error, scores, metadata, metrics, tags, created, container ids "
+                    "and names).")
+    scope = export.add_mutually_exclusive_group()
+    scope.add_argument("--project", help="only rows of this project's logs and experiments")
+    scope.add_argument("--experiment", help="only rows of this experiment")
+    export.add_argument("--root", metavar="ID", help="only the trace with this root_span_id")
+    _store_arg(export)
+
+    show = commands.add_parser(
+        "show", help="print a trace as an indented tree",
+        description="Print a trace as a tree with durations; spans with an error are marked.")
+    which = show.add_mutually_exclusive_group(required=True)
+    which.add_argument("root", nargs="?", metavar="ROOT_SPAN_ID", help="the trace to show")
+    which.add_argument("--last", action="store_true", help="the most recently written trace")
+    _store_arg(show)
+
+    stats = commands.add_parser(
+        "stats", help="counters of the running aggregator (or the last one)",
+        description="Ask a running aggregator for its counters: received, committed, dropped by "
+                    "reason, per-sender gaps, queue depth, RSS and CPU. Without a live "
+                    "aggregator, print the counters stored by the last ones that ran.")
+    stats.add_argument("--endpoint", help="aggregator to ask (default: TRACER_ENDPOINT, else the "
+                                          "live aggregators recorded in the store)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    _store_arg(stats)
+
+    commands.add_parser("aggregator", add_help=False,
+                        help="run a standalone aggregator (see tracer aggregator --help)")
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "aggregator":
+        from .aggregator import main as aggregator_main
+
+        return aggregator_main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        return {"demo": cmd_demo, "export": cmd_export, "show": cmd_show,
+                "stats": cmd_stats}[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"tracer {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store to read (default: TRACER_STORE or .tracer/traces.db)")
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    return Store(config.store_path(args.store or config.load().store))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    store = config.store_path(args.store or config.load().store)
+    root_id = run_demo(store, args.tasks)
+    with Store(store) as reader:
+        print_tree(reader, root_id)
+    print(f"\nrows stored in {store}")
+    print(f"next: tracer show --last --store {store}   |   tracer export --root {root_id} "
+          f"--store {store}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        for row in store.rows(project=args.project, experiment=args.experiment,
+                              root_span_id=args.root):
+            print(json.dumps(row, sort_keys=True))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        root = store.last_root() if args.last else args.root
+        if root is None:
+            print("the store has no traces yet", file=sys.stderr)
+            return 1
+        if not print_tree(store, root):
+            print(f"no trace with root_span_id {root}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def print_tree(store: Store, root_span_id: str) -> bool:
+    """Print one trace as an indented tree; False if it has no rows."""
+    rows = list(store.rows(root_span_id=root_span_id))
+    if not rows:
+        return False
+    by_span = {row["span_id"]: row for row in rows}
+    children = defaultdict(list)
+    tops = []
+    for row in rows:
+        parents = [p for p in (row.get("span_parents") or []) if p in by_span]
+        if parents:
+            children[parents[0]].append(row)
+        else:
+            tops.append(row)
+    errors = sum(1 for row in rows if row.get("error"))
+    print(f"trace {root_span_id}: {len(rows)} spans, {errors} with errors")
+
+    def walk(row: dict, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└─ " if last else "├─ ")
+        print(prefix + branch + describe_span(row))
+        kids = sorted(children[row["span_id"]], key=_start)
+        extension = "" if top else ("   " if last else "│  ")
+        for i, kid in enumerate(kids):
+            walk(kid, prefix + extension, i == len(kids) - 1, False)
+
+    for top in sorted(tops, key=_start):
+        walk(top, "", True, True)
+    return True
+
+
+def describe_span(row: dict) -> str:
+    attrs = row.get("span_attributes") or {}
+    text = attrs.get("name") or "(unnamed)"
+    if attrs.get("type"):
+        text += f" [{attrs['type']}]"
+    metrics = row.get("metrics") or {}
+    start, end = metrics.get("start"), metrics.get("end")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+        text += f"  {_duration(end - start)}"
+    elif start is not None:
+        text += "  (not ended)"
+    tokens = metrics.get("total_tokens")
+    if tokens is not None:
+        text += f"  {tokens} tokens"
+    error = row.get("error")
+    if error:
+        if isinstance(error, dict):
+            error = f"{error.get('type', 'error')}: {error.get('message', '')}"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+        text += f"  ✗ {first_line[:120]}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _start(row: dict) -> float:
+    start = (row.get("metrics") or {}).get("start")
+    return start if isinstance(start, (int, float)) else 0.0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    endpoints = [args.endpoint or os.environ.get("TRACER_ENDPOINT")]
+    runs: list[dict] = []
+    store_path = config.store_path(args.store or config.load().store)
+    if os.path.exists(store_path):
+        with Store(store_path) as store:
+            runs = store.runs()
+    if endpoints[0] is None:
+        endpoints = [run["endpoint"] for run in runs if run["ended"] is None]
+    live = [stats for stats in (ask_stats(e) for e in endpoints if e) if stats is not None]
+    if live:
+        _print_stats(live, args.json, "live aggregator")
+        return 0
+    stored = [json.loads(run["counters"]) for run in runs[:5]]
+    if not stored:
+        print("no running aggregator answered and the store has no recorded runs",
+              file=sys.stderr)
+        return 1
+    _print_stats(stored, args.json, "stored counters of a past aggregator run")
+    return 0
+
+
+def ask_stats(endpoint: str, timeout_ms: int = 2000) -> dict | None:
+    """Ask the aggregator at ``endpoint`` for its counters; None if it does not answer."""
+    import socket as socket_module
+
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([wire.header(wire.STATS, (socket_module.gethostname(), os.getpid(),
+                                                      0), 0, 1), b""])
+        if not sock.poll(timeout_ms):
+            return None
+        reply = msgpack.unpackb(sock.recv(), strict_map_key=False)
+        return reply[3] if reply[1] == wire.STATS_REPLY else None
+    except zmq.ZMQError:
+        return None
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def _print_stats(all_stats: list[dict], as_json: bool, what: str) -> None:
+    if as_json:
+        print(json.dumps(all_stats if len(all_stats) > 1 else all_stats[0], indent=2,
+                         sort_keys=True))
+        return
+    for stats in all_stats:
+        print(f"{what}: pid {stats.get('pid')} at {stats.get('endpoint')}")
+        print(f"  store: {stats.get('store')}")
+        counters = stats.get("counters", {})
+        for name in sorted(counters):
+            print(f"  {name:28} {counters[name]}")
+        print(f"  {'queue_depth':28} {stats.get('queue_depth')} / {stats.get('queue_size') or '∞'}")
+        print(f"  {'live_senders':28} {stats.get('live_senders')}")
+        gaps = stats.get("senders_with_gaps") or {}
+        print(f"  {'senders_with_gaps':28} {gaps or 'none'}")
+        rss = stats.get("rss_bytes")
+        if rss is not None:
+            print(f"  {'rss':28} {rss / 2**20:.1f} MiB, cpu {stats.get('cpu_seconds', 0):.2f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

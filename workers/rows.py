@@ -1,0 +1,128 @@
+"""From wire records to rows in the reference's underlying format, and how rows merge.
+
+A row is keyed by ``(container, id)``. Each record is turned into a *partial row* (only the fields
+it carries); partial rows merge the way the reference's ``span.log()`` does: dicts merge
+recursively, any other value replaces what was there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import uuid
+from typing import Any
+
+from tracer import wire
+from tracer.serialize import MAX_DEPTH, describe
+
+# project_id is derived from the project name, so every process and every aggregator agrees on
+# it without a lookup.
+PROJECT_NAMESPACE = uuid.UUID("6f1c1c35-2f55-4b8e-9d0e-6a8f1f3c9b20")
+
+Key = tuple[str, str]  # (container id, row id)
+
+
+class Container:
+    """What a container key resolves to: the columns every row of it carries."""
+
+    __slots__ = ("key", "kind", "project_name", "project_id", "experiment_id",
+                 "experiment_name", "columns")
+
+    def __init__(self, key: str) -> None:
+        parts = wire.split_container(key)
+        self.key = key
+        self.kind = parts[0]
+        self.project_name = parts[1]
+        self.project_id = project_id(parts[1])
+        if self.kind == wire.PROJECT_LOGS:
+            self.experiment_id = self.experiment_name = None
+            self.columns = {"project_id": self.project_id, "log_id": "g"}
+        else:
+            self.experiment_id, self.experiment_name = parts[2], parts[3]
+            self.columns = {"project_id": self.project_id, "experiment_id": self.experiment_id}
+
+    @property
+    def id(self) -> str:
+        """The container's id in the store: ``logs:<project_id>`` or ``exp:<experiment_id>``."""
+        if self.kind == wire.PROJECT_LOGS:
+            return f"logs:{self.project_id}"
+        return f"exp:{self.experiment_id}"
+
+
+def project_id(name: str) -> str:
+    return str(uuid.uuid5(PROJECT_NAMESPACE, name))
+
+
+def span_identity(container: Container, trace: int, span: int, parents: Any, root: int,
+                  row_id: str | None) -> dict:
+    """The system fields of a span's row."""
+    if parents is None:
+        parent_ids: list[str] = []
+    elif isinstance(parents, int):
+        parent_ids = [wire.format_id(trace, parents)]
+    else:
+        parent_ids = [wire.format_id(trace, p) for p in parents]
+    span_id = wire.format_id(trace, span)
+    row = {
+        "id": row_id or span_id,
+        "span_id": span_id,
+        "root_span_id": wire.format_id(trace, root),
+        "span_parents": parent_ids or None,
+    }
+    row.update(container.columns)
+    return row
+
+
+def merge(into: dict, update: dict) -> dict:
+    """Merge ``update`` into ``into`` in place: dicts recursively, other values replace."""
+    for key, value in update.items():
+        old = into.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            merge(old, value)
+        else:
+            into[key] = value
+    return into
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def to_json(row: dict) -> str:
+    """Serialise a row as JSON; values JSON cannot hold get readable stand-ins."""
+    try:
+        return json.dumps(row, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(json_safe(row), allow_nan=False, separators=(",", ":"))
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` with JSON stand-ins: bytes, NaN/inf, non-string keys, deep nesting."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, bytes):
+        preview = describe(value[:64])
+        return f"<bytes: {len(value)} bytes {preview}{'...' if len(value) > 64 else ''}>"
+    if depth >= MAX_DEPTH:
+        return f"<max depth {MAX_DEPTH} reached>"
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else _json_key(k)): json_safe(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return describe(value)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace")
+    return json.dumps(json_safe(key)) if isinstance(key, (list, tuple, dict)) else str(key)

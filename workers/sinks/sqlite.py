@@ -1,0 +1,227 @@
+"""The default sink and store: one SQLite file in WAL mode.
+
+``rows`` holds one row per (container, id), the full row as JSON in ``data`` plus the columns the
+tree and time queries need. A write merges each incoming partial row into the stored one inside
+one ``BEGIN IMMEDIATE`` transaction, so two aggregators writing the same file (two process trees
+sharing a store) cannot lose each other's merges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..rows import merge, to_json
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rows (
+    container TEXT NOT NULL,
+    id TEXT NOT NULL,
+    span_id TEXT,
+    root_span_id TEXT,
+    name TEXT,
+    type TEXT,
+    start REAL,
+    end REAL,
+    has_error INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    updated REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (container, id)
+);
+CREATE INDEX IF NOT EXISTS rows_by_root ON rows (root_span_id, start);
+CREATE INDEX IF NOT EXISTS rows_by_time ON rows (container, start);
+CREATE INDEX IF NOT EXISTS rows_by_update ON rows (updated);
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    project_name TEXT NOT NULL,
+    experiment_id TEXT,
+    experiment_name TEXT,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aggregator_runs (
+    run_id TEXT PRIMARY KEY,
+    pid INTEGER,
+    host TEXT,
+    endpoint TEXT,
+    started TEXT,
+    updated TEXT,
+    ended TEXT,
+    counters TEXT
+);
+"""
+
+_COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
+           "updated, data"
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no store at {path}")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    else:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    return conn
+
+
+class SQLiteSink:
+    """Writes batches of partial rows; used only by the aggregator's uploader thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self._known_containers: set[str] = set()
+
+    def write(self, batch: list) -> None:
+        """Merge a batch of ``workers.queue.Pending`` rows into the store, atomically."""
+        conn = self.conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._add_containers(batch)
+            stored = self._existing([p.key for p in batch])
+            values = []
+            for p in batch:
+                old = stored.get(p.key)
+                row = p.row
+                if old is not None:
+                    created = old.get("created")
+                    row = merge(old, row)
+                    row["created"] = created
+                elif "created" not in row:
+                    row["created"] = _iso(p.since_wall)
+                values.append(_columns(p.key, row, now))
+            conn.executemany(f"INSERT OR REPLACE INTO rows ({_COLUMNS}) VALUES "
+                             "(?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _existing(self, keys: list) -> dict:
+        found = {}
+        for i in range(0, len(keys), 400):
+            chunk = keys[i : i + 400]
+            marks = ",".join("(?,?)" for _ in chunk)
+            args = [x for key in chunk for x in key]
+            for container, row_id, data in self.conn.execute(
+                f"SELECT container, id, data FROM rows WHERE (container, id) IN (VALUES {marks})",
+                args,
+            ):
+                found[(container, row_id)] = json.loads(data)
+        return found
+
+    def _add_containers(self, batch: list) -> None:
+        for p in batch:
+            c = p.container
+            if c.id in self._known_containers:
+                continue
+            self.conn.execute(
+                "INSERT OR IGNORE INTO containers VALUES (?,?,?,?,?,?,?)",
+                (c.id, "project_logs" if c.experiment_id is None else "experiment",
+                 c.project_id, c.project_name, c.experiment_id, c.experiment_name,
+                 _iso(time.time())),
+            )
+            self._known_containers.add(c.id)
+
+    def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False) -> None:
+        """Persist the aggregator's counters, so they outlive it (``tracer stats``)."""
+        now = _iso(time.time())
+        self.conn.execute(
+            "INSERT INTO aggregator_runs VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE "
+            "SET updated=excluded.updated, ended=excluded.ended, counters=excluded.counters",
+            (run_id, info["pid"], info["host"], info["endpoint"], info["started"], now,
+             now if ended else None, json.dumps(counters, sort_keys=True)),
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _columns(key: tuple, row: dict, now: float) -> tuple:
+    attrs = row.get("span_attributes") or {}
+    metrics = row.get("metrics") or {}
+    return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
+            attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
+            1 if row.get("error") else 0, row["created"], now, to_json(row))
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _iso(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
+
+
+# -- reading (the CLI and tests) -------------------------------------------------------------
+
+
+class Store:
+    """Read access to a store file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = connect(path, readonly=True)
+        self.conn.row_factory = sqlite3.Row
+
+    def containers(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM containers ORDER BY created")]
+
+    def rows(self, project: str | None = None, experiment: str | None = None,
+             root_span_id: str | None = None) -> Iterator[dict]:
+        """Rows in the underlying format (plus ``project_name``/``experiment_name``)."""
+        where, args = [], []
+        if project is not None:
+            where.append("c.project_name = ?")
+            args.append(project)
+        if experiment is not None:
+            where.append("c.experiment_name = ?")
+            args.append(experiment)
+        if root_span_id is not None:
+            where.append("r.root_span_id = ?")
+            args.append(root_span_id)
+        sql = ("SELECT r.data, c.project_name, c.experiment_name FROM rows r "
+               "LEFT JOIN containers c ON c.id = r.container")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY r.start, r.created"
+        for data, project_name, experiment_name in self.conn.execute(sql, args):
+            row = json.loads(data)
+            row["project_name"] = project_name
+            if experiment_name is not None:
+                row["experiment_name"] = experiment_name
+            yield row
+
+    def last_root(self) -> str | None:
+        found = self.conn.execute(
+            "SELECT root_span_id FROM rows ORDER BY updated DESC, start DESC LIMIT 1").fetchone()
+        return None if found is None else found[0]
+
+    def runs(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT * FROM aggregator_runs ORDER BY started DESC")]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

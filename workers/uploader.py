@@ -1,0 +1,76 @@
+"""The uploader: one thread that takes batches from the queue and writes them to the sink.
+
+Batches are bounded by ``DEFAULT_BATCH_SIZE`` rows, ``MAX_REQUEST_SIZE`` bytes and ``MAX_DELAY``
+seconds. A failed write is retried ``NUM_RETRIES`` times with exponential backoff and jitter
+(interrupted at shutdown); writes merge by row key, so a retried batch never duplicates rows.
+A batch given up is counted under ``dropped_sink_failed``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from tracer.config import Settings
+
+from .queue import RowQueue
+
+MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
+BACKOFF_BASE = 0.05
+BACKOFF_MAX = 5.0
+RUN_RECORD_INTERVAL = 1.0
+
+
+class Uploader:
+    """Owns the sink: every sink call happens on this thread."""
+
+    def __init__(self, queue: RowQueue, sink, settings: Settings, counters: Counter,
+                 on_done: Callable[[list], None], on_idle: Callable[[], None]) -> None:
+        self.queue = queue
+        self.sink = sink
+        self.settings = settings
+        self.counters = counters  # this thread writes only the keys it owns
+        self.on_done = on_done
+        self.on_idle = on_idle
+        self.stopping = threading.Event()  # set to cut retries short at shutdown
+        self.thread = threading.Thread(target=self._run, name="tracer-uploader", daemon=True)
+        self._last_record = 0.0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self.queue.take(self.settings.batch_size, self.settings.max_request_size,
+                                    MAX_DELAY)
+            if batch is None:
+                return
+            error = self._write(batch)
+            self.on_done(self.queue.done(error))
+            if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
+                self._last_record = time.monotonic()
+                self.on_idle()
+
+    def _write(self, batch: list) -> str | None:
+        retries = self.settings.num_retries
+        for attempt in range(retries + 1):
+            try:
+                self.sink.write(batch)
+                self.counters["rows_committed"] += len(batch)
+                self.counters["batches_committed"] += 1
+                return None
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if attempt == retries or self.stopping.is_set():
+                    break
+                self.counters["write_retries"] += 1
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
+                self.stopping.wait(delay * random.uniform(0.5, 1.5))
+        self.counters["dropped_sink_failed"] += len(batch)
+        print(f"tracer-aggregator: gave up writing {len(batch)} rows after {attempt + 1} "
+              f"attempts: {error}", file=sys.stderr)
+        return error
