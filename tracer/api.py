@@ -1,4 +1,4 @@
-"""The user-facing API: ``init_logger``, ``traced``, ``start_span``, ``current_span`` and friends."""
+"""The user-facing API: ``init_logger``, ``traced``, ``start_span``, ``current_span``, ..."""
 
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ def _input_capture(fn: Callable) -> Callable[[tuple, dict], Any]:
         names = tuple(p.name for p in params)
 
         def capture(args: tuple, kwargs: dict) -> dict:
-            bound = dict(zip(names[skip:], args[skip:]))
+            bound = dict(zip(names[skip:], args[skip:], strict=False))
             if kwargs:
                 bound.update(kwargs)
             return bound

@@ -110,7 +110,7 @@ def store_path(store: str | None) -> str:
     if store.startswith("sqlite:///"):
         store = store[len("sqlite:///") :]
     elif "://" in store:
-        raise ValueError(f"store={store!r}: only SQLite stores (a path or sqlite:///path) exist yet")
+        raise ValueError(f"store={store!r}: only SQLite stores (a path or sqlite:///path) exist")
     if not store:
         raise ValueError("store: empty path")
     return os.path.abspath(os.path.expanduser(store))

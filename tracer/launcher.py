@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 
 from . import config
@@ -87,6 +86,8 @@ def start_aggregator(store_path: str) -> tuple[str, int]:
     # Let the child import ``workers`` from wherever this process found ``tracer``.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True,
-                            close_fds=True, env=env)
-    return endpoint, proc.pid
+    # posix_spawn rather than subprocess: no Popen object to warn about the aggregator outliving
+    # it. Python's descriptors are non-inheritable, so the child gets only stdin/stdout/stderr.
+    pid = os.posix_spawn(sys.executable, cmd, env, setsid=True,
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+    return endpoint, pid

@@ -88,7 +88,11 @@ class Recorder:
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
         self._room = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
+        # Any thread wakes the flusher by writing to this pipe; the flusher polls it together with
+        # the socket, so acknowledgements are read the moment they arrive.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._kicked = False
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -115,11 +119,14 @@ class Recorder:
             self._start_thread()
 
     def _kick(self, queued: int) -> None:
+        if self._pid != os.getpid():  # forked without our hook (a C-level fork): start afresh
+            self._forget_parent()
+            return
         if self._thread is None:
             self._start_thread()
         if not self._kicked:
             self._kicked = True
-            self._wake.set()
+            self._wake()
         if self.max_buffer and queued >= self.max_buffer:
             self._wait_for_room()
 
@@ -129,7 +136,7 @@ class Recorder:
         if threading.current_thread() is self._thread:
             return
         while len(self._buffer) >= self.max_buffer and not self._closed:
-            self._wake.set()
+            self._wake()
             with self._room:
                 self._room.wait(0.05)
             if self.aggregator_dead():
@@ -140,13 +147,15 @@ class Recorder:
 
         Raises FlushError on failure or timeout.
         """
-        if self._closed and self._pid == os.getpid():
+        if self._pid != os.getpid():
+            self._forget_parent()
+        if self._closed:
             return
         waiter = _Sync(next(self._tokens), level)
         self._buffer.append(waiter)
         if self._thread is None:
             self._start_thread()
-        self._wake.set()
+        self._wake()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter.done.wait(0.05):
             if self.aggregator_dead():
@@ -186,12 +195,39 @@ class Recorder:
             self._thread = thread
             thread.start()
 
+    def _forget_parent(self) -> None:
+        """In a fork child: leave the parent's socket, pipe and buffer alone, start afresh."""
+        if self._sock is not None:
+            _inherited_zmq.append((self._ctx, self._sock))
+        for fd in (self._wake_r, self._wake_w):  # our copies of the parent's wake pipe
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._reset()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # the pipe is full: the flusher has plenty of wake-ups waiting
+            pass
+
     def _run(self) -> None:
         idle_since = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        polled_sock = None
         while True:
-            self._wake.wait(0.002 if self._waiting else FLUSH_INTERVAL)
-            self._wake.clear()
+            if self._sock is not polled_sock and self._sock is not None:
+                polled_sock = self._sock
+                poller.register(polled_sock, zmq.POLLIN)
+            poller.poll(FLUSH_INTERVAL * 1000)
             self._kicked = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
             try:
                 busy = self._send_buffered()
                 busy = self._announce() or busy
@@ -218,10 +254,8 @@ class Recorder:
                     self._thread = threading.current_thread()
 
     def _ensure_open(self) -> zmq.Socket:
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None:
             return self._sock
-        if self._pid != os.getpid():  # forked without our hook having run
-            self._reset()
         self._ctx = zmq.Context(io_threads=1)
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -346,7 +380,7 @@ class Recorder:
         self._closing = True
         if self._thread is None:
             self._start_thread()
-        self._wake.set()
+        self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(LINGER_MS / 1000 + 1.0)
@@ -410,12 +444,18 @@ def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
             recorder.sync(level, timeout)
 
 
+# The parent's ZeroMQ objects as a fork child inherited them. The child must never use them, and
+# letting them be garbage-collected makes pyzmq warn about unclosed sockets (it skips the close in
+# a child by itself), so they are kept here, untouched, until the child exits.
+_inherited_zmq: list = []
+
+
 def _after_fork_in_child() -> None:
     # Never log or take locks here: other threads of the parent do not exist in the child.
     global _exit_registered_pid
     _exit_registered_pid = 0
     for recorder in _recorders:
-        recorder._reset()
+        recorder._forget_parent()
     reseed_after_fork()
 
 

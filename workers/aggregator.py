@@ -233,6 +233,8 @@ class Aggregator:
             try:
                 record = next(unpacker)
             except StopIteration:
+                if start < len(body):  # a body is always whole: leftover bytes are truncated
+                    self.counters["bad_records"] += 1
                 break
             except Exception:
                 self.counters["bad_records"] += 1

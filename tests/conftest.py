@@ -1,0 +1,78 @@
+"""Shared fixtures: a real aggregator process over real sockets, its SQLite store, subprocesses.
+
+The test process calls ``init_logger`` for real: the aggregator it starts is the one every test in
+this process sends to. Each test logs under its own project name, so tests never see each other's
+rows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tracer
+from workers.sinks.sqlite import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def store_path(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("store") / "traces.db")
+
+
+@pytest.fixture
+def project(request) -> str:
+    """A project name unique to the test."""
+    return "test-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+
+
+@pytest.fixture
+def logger(store_path, project) -> tracer.Logger:
+    return tracer.init_logger(project, store=store_path)
+
+
+@pytest.fixture
+def rows(store_path, project):
+    """``rows()`` flushes this process and returns the test project's stored rows."""
+
+    def read(flush: bool = True, project_name: str = project) -> list[dict]:
+        if flush:
+            tracer.flush(timeout=30)
+        with Store(store_path) as store:
+            return list(store.rows(project=project_name))
+
+    return read
+
+
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    """Rows keyed by span name (the name must be unique among them)."""
+    named = {}
+    for row in rows:
+        name = row["span_attributes"]["name"]
+        assert name not in named, f"two rows named {name!r}"
+        named[name] = row
+    return named
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without anything that would attach a child to our aggregator."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRACER_", "_TRACER_", "BRAINTRUST_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60,
+               cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (``python -c``); fails the test if it fails."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    return proc

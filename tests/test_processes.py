@@ -1,0 +1,225 @@
+"""Behaviour across process boundaries: no-op mode, slugs handed to other processes, the
+aggregator's lifetime and its handling of garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import msgpack
+import psutil
+import zmq
+
+import tracer
+from workers.sinks.sqlite import Store
+
+from .conftest import ROOT, by_name, clean_env, run_python
+
+
+def test_without_init_logger_nothing_is_started(tmp_path):
+    """No logger in the process tree: no socket, no process, no thread, values pass through."""
+    code = """
+        import json, os, threading, psutil, tracer
+
+        @tracer.traced
+        def double(x):
+            return 2 * x
+
+        @tracer.traced
+        async def adouble(x):
+            return 2 * x
+
+        import asyncio
+        results = [double(21), asyncio.run(adouble(2))]
+        with tracer.start_span("ignored") as span:
+            span.log(input=1, output=2)
+        span.end()
+        tracer.current_span().log(metadata={"k": "v"})
+        tracer.flush()
+        me = psutil.Process()
+        print(json.dumps({
+            "results": results,
+            "span": repr(tracer.current_span()),
+            "export": span.export(),
+            "threads": threading.active_count(),
+            "os_threads": me.num_threads(),
+            "children": len(me.children(recursive=True)),
+            "sockets": len(me.net_connections(kind="all")),
+            "zmq_loaded": "zmq" in __import__("sys").modules and
+                          any(t.name.startswith("tracer") for t in threading.enumerate()),
+        }))
+    """
+    out = json.loads(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    assert out["results"] == [42, 4]
+    assert out["span"] == "<NoopSpan>" and out["export"] == ""
+    assert out["threads"] == 1 and out["os_threads"] == 1
+    assert out["children"] == 0 and out["sockets"] == 0
+    assert not out["zmq_loaded"]
+    assert not (tmp_path / ".tracer").exists()
+
+
+def test_slug_used_as_parent_in_a_separate_process_lands_in_the_same_trace(logger, rows):
+    """The child never calls init_logger: the slug carries the container."""
+    with tracer.start_span("client") as client:
+        slug = client.export()
+    code = f"""
+        import tracer
+        with tracer.start_span("server", type="llm", parent={slug!r}) as span:
+            span.log(output="served")
+        tracer.flush()
+    """
+    run_python(code, env=dict(os.environ))  # inherits TRACER_ENDPOINT from init_logger
+    named = by_name(rows())
+    assert named["server"]["span_parents"] == [named["client"]["span_id"]]
+    assert named["server"]["root_span_id"] == named["client"]["root_span_id"]
+    assert named["server"]["output"] == "served"
+
+
+def test_slug_carries_the_trace_into_a_process_with_its_own_aggregator(
+        logger, rows, store_path):
+    """A child with a clean environment starts its own aggregator on the same store."""
+    with tracer.start_span("origin") as origin:
+        slug = origin.export()
+    code = f"""
+        import tracer
+        tracer.update_span(exported={slug!r}, metadata={{"updated_by": "child"}})
+        with tracer.start_span("remote child", parent={slug!r}):
+            pass
+        tracer.flush()
+    """
+    run_python(code, env=clean_env(TRACER_STORE=store_path))
+    named = by_name(rows())
+    assert named["remote child"]["span_parents"] == [named["origin"]["span_id"]]
+    assert named["origin"]["metadata"] == {"updated_by": "child"}
+
+
+def test_a_spawned_child_attaches_to_the_parents_aggregator_without_init_logger(logger, rows):
+    with tracer.start_span("parent"):
+        pass
+    tracer.flush()
+    code = """
+        import tracer
+        @tracer.traced
+        def in_child():
+            return "ok"
+        in_child()
+    """
+    run_python(code, env=dict(os.environ))
+    names = sorted(r["span_attributes"]["name"] for r in rows())
+    assert names == ["in_child", "parent"]
+
+
+def test_the_aggregator_exits_after_its_owner_is_gone(tmp_path):
+    code = """
+        import os, tracer
+        log = tracer.init_logger("lifetime")
+        with tracer.start_span("only"):
+            pass
+        print(os.environ["_TRACER_AGGREGATOR_PID"])
+    """
+    pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(pid):
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"aggregator {pid} still running 10 s after its owner exited")
+    with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
+        assert [r["span_attributes"]["name"] for r in store.rows()] == ["only"]
+        (run,) = store.runs()
+    assert run["ended"] is not None
+    assert json.loads(run["counters"])["counters"]["rows_committed"] == 1
+
+
+def test_garbage_on_the_socket_is_counted_and_ignored(logger, rows):
+    endpoint = logger.recorder.endpoint
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    good_header = [1, 1, "evil-host", 999999, 1, 1, 1]
+    for parts in (
+        [b"\xff\xfe not msgpack", b""],  # undecodable header
+        [msgpack.packb([99, 1, "h", 1, 1, 1, 1]), b""],  # wrong version
+        [msgpack.packb(good_header), b"\x93\x01\x02"],  # truncated record
+        [msgpack.packb(good_header), msgpack.packb("not a record")],  # wrong record shape
+        [msgpack.packb({"a": 1}), b""],  # header of the wrong shape
+        [b"one part only"],
+    ):
+        sock.send_multipart(parts)
+    sock.close()
+    ctx.term()
+    with tracer.start_span("after garbage"):
+        pass
+    assert [r["span_attributes"]["name"] for r in rows()] == ["after garbage"]
+    stats = _stats(endpoint)
+    counters = stats["counters"]
+    assert counters["bad_messages"] >= 3
+    assert counters["bad_version"] >= 1
+    assert counters["bad_records"] >= 2
+
+
+def _stats(endpoint: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "workers.cli", "stats", "--endpoint", endpoint,
+                          "--json"], capture_output=True, text=True, timeout=30,
+                         env=clean_env(), cwd=ROOT, check=True)
+    return json.loads(out.stdout)
+
+
+def test_ids_never_collide_between_forked_children_even_with_seeded_random(logger, rows):
+    import random
+
+    @tracer.traced
+    def work(i):
+        return i
+
+    with tracer.start_span("forking parent"):
+        pids = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                random.seed(0)  # what a user might do in every worker
+                for i in range(20):
+                    work(i)
+                tracer.flush(timeout=10)
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    got = rows()
+    assert len(got) == 61
+    assert len({r["id"] for r in got}) == 61
+
+
+def test_a_span_left_running_by_a_killed_process_is_stored_marked(logger, rows):
+    with tracer.start_span("parent of victim") as parent:
+        slug = parent.export()
+    code = f"""
+        import os, signal, sys, time, tracer
+        span = tracer.start_span("interrupted", parent={slug!r}, input="work")
+        time.sleep(0.5)  # long enough for the recorder to announce the running span
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=dict(os.environ),
+                          timeout=60)
+    assert proc.returncode == -9
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        named = by_name(rows())
+        if "error" in named.get("interrupted", {}):
+            break
+        time.sleep(0.1)
+    row = by_name(rows())["interrupted"]
+    assert "exited before the span ended" in row["error"]
+    assert row["input"] == "work"
+    assert row["span_parents"] == [parent.span_id]
+    assert row["metrics"]["start"] <= row["metrics"]["end"]
