@@ -122,16 +122,7 @@ def test_the_aggregator_exits_after_its_owner_is_gone(tmp_path):
         print(os.environ["_TRACER_AGGREGATOR_PID"])
     """
     pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and psutil.pid_exists(pid):
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"aggregator {pid} still running 10 s after its owner exited")
+    assert _gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert [r["span_attributes"]["name"] for r in store.rows()] == ["only"]
         (run,) = store.runs()
@@ -223,3 +214,34 @@ def test_a_span_left_running_by_a_killed_process_is_stored_marked(logger, rows):
     assert row["input"] == "work"
     assert row["span_parents"] == [parent.span_id]
     assert row["metrics"]["start"] <= row["metrics"]["end"]
+
+
+def test_a_sender_claiming_another_host_does_not_keep_an_owned_aggregator_alive(tmp_path):
+    code = """
+        import os, msgpack, zmq, tracer
+        log = tracer.init_logger("claims")
+        with tracer.start_span("real"):
+            pass
+        tracer.flush()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(os.environ["TRACER_ENDPOINT"])
+        sock.send_multipart([msgpack.packb([1, 1, "another-host", 999999, 1, 1, 0]), b""])
+        sock.close(linger=1000)
+        ctx.term()
+        print(os.environ["_TRACER_AGGREGATOR_PID"])
+    """
+    pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    assert _gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False

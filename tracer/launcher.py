@@ -86,8 +86,21 @@ def start_aggregator(store_path: str) -> tuple[str, int]:
     # Let the child import ``workers`` from wherever this process found ``tracer``.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    # posix_spawn rather than subprocess: no Popen object to warn about the aggregator outliving
-    # it. Python's descriptors are non-inheritable, so the child gets only stdin/stdout/stderr.
-    pid = os.posix_spawn(sys.executable, cmd, env, setsid=True,
-                         file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+    # The aggregator outlives its owner by a moment: it must not hold the owner's stdout/stderr
+    # open (a pipe reader, `cmd | tee` or subprocess.run(capture_output=True), would wait for
+    # it), so it logs to a file beside the store. posix_spawn rather than subprocess: no Popen
+    # object to warn about the child outliving it; Python's own descriptors are non-inheritable.
+    log = aggregator_log(store_path)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+    ]
+    pid = os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
     return endpoint, pid
+
+
+def aggregator_log(store_path: str) -> str:
+    """Where an aggregator started by init_logger writes its messages."""
+    return os.path.join(os.path.dirname(store_path), "aggregator.log")

@@ -11,7 +11,8 @@ Stand-ins (see README, "What gets stored"):
     set/frozenset -> list; datetime/date/time -> ISO string; UUID, Decimal, Path, Enum -> str;
     dataclass -> dict of its fields; objects with ``model_dump`` (pydantic) -> that dict;
     numpy values -> ``tolist()``; bytearray/memoryview -> bytes; ints beyond 64 bits -> str;
-    cycles -> "<cycle: TYPE>"; nesting deeper than MAX_DEPTH -> "<max depth N reached>";
+    cycles -> "<cycle: TYPE>"; nesting too deep to serialise (about 1,000 levels: msgpack's or
+    JSON's limit, whichever comes first) -> cut at MAX_DEPTH levels, "<max depth N reached>";
     anything else -> its repr, truncated. Bytes, NaN and infinities travel as they are and are
     given JSON stand-ins by the aggregator.
 """
@@ -104,7 +105,7 @@ def sanitize(obj: object, depth: int = 0, path: frozenset[int] = frozenset()) ->
         return obj if -(2**63) <= obj < 2**64 else str(obj)
     if isinstance(obj, str):
         return obj.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(obj, bytes):
+    if isinstance(obj, (bytes, msgpack.ExtType)):  # ExtType: a snapshot packed earlier
         return obj
     if depth >= MAX_DEPTH:
         return f"<max depth {MAX_DEPTH} reached>"

@@ -50,7 +50,7 @@ def decode(slug: object) -> SpanRef:
     if not isinstance(parts, list) or len(parts) != 5:
         raise ValueError(f"malformed slug {_short(slug)}: unexpected content")
     container, trace, span, root, row_id = parts
-    ids_ok = all(isinstance(x, int) and 0 < x < 2**64 for x in (trace, span, root))
+    ids_ok = all(type(x) is int and 0 < x < 2**64 for x in (trace, span, root))
     if not isinstance(container, str) or not ids_ok or not isinstance(row_id, (str, type(None))):
         raise ValueError(f"malformed slug {_short(slug)}: unexpected content")
     try:

@@ -103,7 +103,8 @@ def reply(kind: int, token: object, payload: object = None) -> bytes:
 def unpack_packed(code: int, data: bytes) -> object:
     """ext_hook for unpackers: restores values that were packed ahead of time."""
     if code == EXT_PACKED:
-        return msgpack.unpackb(data, ext_hook=unpack_packed, strict_map_key=False)
+        return msgpack.unpackb(data, ext_hook=unpack_packed, strict_map_key=False,
+                               use_list=False)
     return msgpack.ExtType(code, data)
 
 

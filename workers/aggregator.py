@@ -42,6 +42,7 @@ from .uploader import Uploader
 HOST = socket.gethostname()
 SUPERVISE_INTERVAL = 0.25
 IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiting
+REMOTE_SILENCE = 30.0  # seconds after which a sender on another host counts as gone
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
 
 
@@ -73,6 +74,8 @@ class Aggregator:
         self.owner = owner
         self.settings = settings or config.load()
         self.idle_exit = idle_exit
+        # Over ipc every peer is on this host, whatever host its header claims.
+        self.local_only = bind.startswith("ipc://")
         self.run_id = str(uuid.uuid4())
         self.started = now_iso()
         self.counters: Counter = Counter()
@@ -150,7 +153,8 @@ class Aggregator:
         return 0
 
     def _info(self, message: str) -> None:
-        # An aggregator started by init_logger stays quiet unless asked; problems always print.
+        # An aggregator started by init_logger (its stderr is aggregator.log beside the store)
+        # notes its start and exit only when asked; problems are always written.
         if self.owner is None or os.environ.get("TRACER_DEBUG") == "1":
             _log(message)
 
@@ -188,6 +192,9 @@ class Aggregator:
         if version != wire.VERSION:
             self.counters["bad_version"] += 1
             return
+        if kind == wire.STATS:  # a question (tracer stats), not a sender of spans
+            router.send_multipart([identity, wire.reply(wire.STATS_REPLY, arg, self.stats())])
+            return
         if not (isinstance(host, str) and isinstance(pid, int) and isinstance(gen, int)
                 and isinstance(seq, int)):
             self.counters["bad_messages"] += 1
@@ -218,14 +225,14 @@ class Aggregator:
             sender.closed = True
             self.counters["senders_closed"] += 1
             self._abandon(sender, f"process {pid} exited before the span ended")
-        elif kind == wire.STATS:
-            router.send_multipart([identity, wire.reply(wire.STATS_REPLY, arg, self.stats())])
         else:
             self.counters["bad_messages"] += 1
 
     def _apply_records(self, body: bytes, sender: Sender) -> None:
+        # Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
+        # hashable. JSON and the merge treat tuples as lists.
         unpacker = msgpack.Unpacker(ext_hook=wire.unpack_packed, strict_map_key=False,
-                                    max_buffer_size=max(len(body), 1))
+                                    use_list=False, max_buffer_size=max(len(body), 1))
         unpacker.feed(body)
         created = now_iso()
         while True:
@@ -304,7 +311,13 @@ class Aggregator:
 
     def _supervise(self) -> None:
         for key, sender in list(self.senders.items()):
-            if sender.live and sender.host == HOST and not _alive(sender.pid, sender.first_seen):
+            if sender.live and sender.host != HOST and not self.local_only:
+                # No way to watch a process on another host: silence stands for exit.
+                if time.time() - sender.last_seen > REMOTE_SILENCE:
+                    sender.dead = True
+                    self.counters["remote_senders_silent"] += 1
+                continue
+            if sender.live and not _alive(sender.pid, sender.first_seen):
                 sender.dead = True
                 self.counters["senders_died"] += 1
                 when = datetime.datetime.fromtimestamp(sender.last_seen, datetime.timezone.utc)
