@@ -5,7 +5,6 @@ trace. See README.md for the guide; the docstrings here are the API reference.
 """
 
 from .api import (
-    TracedThreadPoolExecutor,
     current_logger,
     current_span,
     flush,
@@ -17,6 +16,7 @@ from .api import (
 )
 from .event import SPAN_TYPES
 from .logger import Logger
+from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
 from .span import NoopSpan, Span
 
@@ -26,6 +26,8 @@ __all__ = [
     "Logger",
     "NoopSpan",
     "Span",
+    "TracedPool",
+    "TracedProcessPoolExecutor",
     "TracedThreadPoolExecutor",
     "current_logger",
     "current_span",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import config, event, launcher, slug, wire
@@ -388,12 +386,3 @@ def _input_capture(fn: Callable) -> Callable[[tuple, dict], Any]:
         return dict(bound)
 
     return capture_bound
-
-
-class TracedThreadPoolExecutor(ThreadPoolExecutor):
-    """A ``ThreadPoolExecutor`` whose tasks run in the submitter's context, so spans created in
-    a task are children of the span that was current at ``submit`` time."""
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):  # type: ignore[override]
-        ctx = contextvars.copy_context()
-        return super().submit(ctx.run, fn, *args, **kwargs)

@@ -27,13 +27,13 @@ def recorder_for(settings: config.Settings, store: str | None = None,
                  endpoint: str | None = None) -> Recorder:
     """The recorder for the given store/endpoint, starting an aggregator if needed."""
     if endpoint:
-        return _attach(endpoint, None, settings)
+        return attach(endpoint, None, settings)
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
-        return _attach(env_endpoint, _env_pid(), settings)
+        return attach(env_endpoint, _env_pid(), settings)
     path = config.store_path(store if store is not None else settings.store)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
-        return _attach(env_endpoint, _env_pid(), settings)
+        return attach(env_endpoint, _env_pid(), settings)
     rec = _by_store.get(path)
     if rec is None or rec.aggregator_dead():
         endpoint, pid = start_aggregator(path)
@@ -59,9 +59,12 @@ def export_to_children(rec: Recorder, store: str | None) -> None:
             os.environ.pop(config.ENV_AGGREGATOR_STORE, None)
 
 
-def _attach(endpoint: str, pid: int | None, settings: config.Settings) -> Recorder:
+def attach(endpoint: str, pid: int | None = None,
+           settings: config.Settings | None = None) -> Recorder:
+    """The recorder sending to the aggregator at ``endpoint`` (created on first use)."""
     rec = _by_endpoint.get(endpoint)
     if rec is None:
+        settings = settings or config.load()
         rec = Recorder(endpoint, pid, owner=False, max_buffer=settings.queue_size)
         _by_endpoint[endpoint] = rec
     return rec

@@ -50,13 +50,14 @@ _recorders: list[Recorder] = []
 class _Sync:
     """A flush handshake waiting in the buffer, in order with the records before it."""
 
-    __slots__ = ("token", "level", "done", "error")
+    __slots__ = ("token", "level", "done", "error", "seq")
 
     def __init__(self, token: int, level: int):
         self.token = token
         self.level = level
         self.done = threading.Event()
         self.error: str | None = None
+        self.seq = 0  # the last DATA message this handshake covers
 
 
 class FlushError(RuntimeError):
@@ -84,6 +85,7 @@ class Recorder:
         self.open_spans: set = set()  # spans started and not yet ended, see _announce
         self._announced: set = set()
         self._seq = 0
+        self._acked_seq = 0  # the aggregator has received every DATA message up to this one
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
@@ -164,6 +166,19 @@ class Recorder:
                 raise FlushError(f"flush timed out after {timeout}s ({self.endpoint})")
         if waiter.error:
             raise FlushError(waiter.error)
+
+    def deliver(self, timeout: float) -> None:
+        """Make sure the aggregator has received everything added so far (not yet committed).
+
+        Pool workers call this after each task. There is no round trip when nothing was added
+        since the last time; a failure is warned about, never raised.
+        """
+        if not self._buffer and self._seq == self._acked_seq:
+            return
+        try:
+            self.sync(wire.RECEIVED, timeout)
+        except FlushError as exc:
+            self._warn("deliver", f"tracer: spans of process {os.getpid()} may be lost: {exc}")
 
     def aggregator_dead(self) -> bool:
         """True when we know the aggregator's pid and that process is gone (or a zombie)."""
@@ -286,6 +301,7 @@ class Recorder:
             if records:
                 self._send(wire.DATA, len(records), b"".join(records), len(records))
             if sync is not None:
+                sync.seq = self._seq
                 self._waiting[sync.token] = sync
                 if not self._send(wire.SYNC, [sync.token, sync.level], b"", 0):
                     self._waiting.pop(sync.token, None)
@@ -353,6 +369,8 @@ class Recorder:
                 continue
             sync = self._waiting.pop(token, None)
             if sync is not None:
+                if error is None:
+                    self._acked_seq = max(self._acked_seq, sync.seq)
                 sync.error = error
                 sync.done.set()
         if self._waiting and self.aggregator_dead():
@@ -450,12 +468,30 @@ def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
 _inherited_zmq: list = []
 
 
+_real_exit = os._exit
+
+
+def _exit_delivering(code: int) -> None:
+    """``os._exit`` in fork children: deliver this process's spans first (bounded), then exit.
+
+    A child made with a bare ``os.fork()`` that ends in ``os._exit`` runs no atexit handler and
+    no finalizer: this is the only place its last spans can still be sent from.
+    """
+    try:
+        close_all()
+    except BaseException:
+        pass
+    _real_exit(code)
+
+
 def _after_fork_in_child() -> None:
     # Never log or take locks here: other threads of the parent do not exist in the child.
     global _exit_registered_pid
     _exit_registered_pid = 0
     for recorder in _recorders:
         recorder._forget_parent()
+    if _recorders:
+        os._exit = _exit_delivering
     reseed_after_fork()
 
 

@@ -197,6 +197,39 @@ class NoopSpan:
 NOOP_SPAN = NoopSpan()
 
 
+class RemoteSpan(Span):
+    """A span that lives in another process, made current in a worker so that the worker's
+    spans nest under it. Logging to it merges into its row by id (never touching the row's
+    structure); ending it is left to its owner."""
+
+    __slots__ = ()
+
+    def __init__(self, rec: Recorder, ref: slug.SpanRef) -> None:
+        super().__init__(rec, ref.container, ref.trace, ref.span, None, ref.root, None, None,
+                         0.0)
+        self.row_id = ref.row_id
+
+    def _record_log(self, fields: dict) -> None:
+        if fields:
+            self._rec.add(pack((wire.UPDATE, self.container, self.id, fields)))
+
+    def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
+        event.check_name(name, "Span.set_attributes")
+        event.check_type(type, "Span.set_attributes")
+        attributes = {k: v for k, v in (("name", name), ("type", type)) if v is not None}
+        if attributes:
+            self._rec.add(pack((wire.UPDATE, self.container, self.id,
+                                {"span_attributes": attributes})))
+
+    def end(self, end_time: float | None = None) -> float:
+        return time.time() if end_time is None else float(end_time)
+
+    close = end
+
+    def __repr__(self) -> str:
+        return f"<RemoteSpan span_id={self.span_id}>"
+
+
 def start_child(parent: Span, name: str | None, type: str | None, event_dict: dict | None,
                 event_fields: dict, where: str) -> Span:
     """A new span under ``parent``, with the event logged at start (validated first)."""

@@ -1,0 +1,33 @@
+"""Traced work for the process-boundary tests; importable, so spawn and forkserver workers can
+unpickle it. Each call of ``work`` makes two spans: ``work`` and its child ``inner``."""
+
+from __future__ import annotations
+
+import os
+
+import tracer
+
+
+@tracer.traced
+def inner(i: int) -> int:
+    return i * 2
+
+
+@tracer.traced
+def work(i: int) -> int:
+    return inner(i) + 1
+
+
+def work_pair(i: int, j: int) -> int:
+    return work(i) + j
+
+
+def work_under(parent: str, n: int) -> None:
+    """A plain Process target: the user hands the parent span over as an exported slug."""
+    with tracer.start_span("continued", parent=parent):
+        for i in range(n):
+            work(i)
+
+
+def pid_of_worker(_: int) -> int:
+    return os.getpid()
