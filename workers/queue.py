@@ -23,7 +23,7 @@ from .rows import Key, merge
 class Pending:
     """One row waiting to be committed: a merge of every partial row received for its key."""
 
-    __slots__ = ("key", "row", "size", "seq", "since", "since_wall", "container")
+    __slots__ = ("key", "row", "size", "seq", "since", "container")
 
     def __init__(self, key: Key, row: dict, size: int, seq: int, container: Any) -> None:
         self.key = key
@@ -31,7 +31,6 @@ class Pending:
         self.size = size
         self.seq = seq
         self.since = time.monotonic()
-        self.since_wall = time.time()
         self.container = container
 
 

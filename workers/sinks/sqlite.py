@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 CREATE INDEX IF NOT EXISTS rows_by_root ON rows (root_span_id, start);
 CREATE INDEX IF NOT EXISTS rows_by_time ON rows (container, start);
-CREATE INDEX IF NOT EXISTS rows_by_update ON rows (updated);
 CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -60,6 +59,32 @@ CREATE TABLE IF NOT EXISTS aggregator_runs (
 _COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
            "updated, data"
 
+# A new row is inserted as it is; a row already stored (a later log() or update_span, or a row
+# another aggregator wrote) is merged in SQL by tracer_merge, which SQLite calls only for those.
+UPSERT = f"""
+INSERT INTO rows ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (container, id) DO UPDATE SET
+    data = tracer_merge(rows.data, excluded.data),
+    span_id = coalesce(excluded.span_id, rows.span_id),
+    root_span_id = coalesce(excluded.root_span_id, rows.root_span_id),
+    name = coalesce(excluded.name, rows.name),
+    type = coalesce(excluded.type, rows.type),
+    start = coalesce(excluded.start, rows.start),
+    end = coalesce(excluded.end, rows.end),
+    has_error = max(rows.has_error, excluded.has_error),
+    updated = excluded.updated
+"""
+
+
+def _merge_json(stored: str, update: str) -> str:
+    """tracer_merge(old, new) in SQL: the reference's merge; the first ``created`` stays."""
+    row = json.loads(stored)
+    created = row.get("created")
+    merge(row, json.loads(update))
+    if created is not None:
+        row["created"] = created
+    return to_json(row)
+
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
@@ -74,6 +99,7 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        conn.create_function("tracer_merge", 2, _merge_json, deterministic=True)
     return conn
 
 
@@ -92,37 +118,11 @@ class SQLiteSink:
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._add_containers(batch)
-            stored = self._existing([p.key for p in batch])
-            values = []
-            for p in batch:
-                old = stored.get(p.key)
-                row = p.row
-                if old is not None:
-                    created = old.get("created")
-                    row = merge(old, row)
-                    row["created"] = created
-                elif "created" not in row:
-                    row["created"] = _iso(p.since_wall)
-                values.append(_columns(p.key, row, now))
-            conn.executemany(f"INSERT OR REPLACE INTO rows ({_COLUMNS}) VALUES "
-                             "(?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            conn.executemany(UPSERT, [_columns(p.key, p.row, now) for p in batch])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def _existing(self, keys: list) -> dict:
-        found = {}
-        for i in range(0, len(keys), 400):
-            chunk = keys[i : i + 400]
-            marks = ",".join("(?,?)" for _ in chunk)
-            args = [x for key in chunk for x in key]
-            for container, row_id, data in self.conn.execute(
-                f"SELECT container, id, data FROM rows WHERE (container, id) IN (VALUES {marks})",
-                args,
-            ):
-                found[(container, row_id)] = json.loads(data)
-        return found
 
     def _add_containers(self, batch: list) -> None:
         for p in batch:
@@ -156,7 +156,7 @@ def _columns(key: tuple, row: dict, now: float) -> tuple:
     metrics = row.get("metrics") or {}
     return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
             attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
-            1 if row.get("error") else 0, row["created"], now, to_json(row))
+            1 if row.get("error") else 0, row.setdefault("created", _iso(now)), now, to_json(row))
 
 
 def _number(value: Any) -> float | None:
@@ -210,7 +210,7 @@ class Store:
 
     def last_root(self) -> str | None:
         found = self.conn.execute(
-            "SELECT root_span_id FROM rows ORDER BY updated DESC, start DESC LIMIT 1").fetchone()
+            "SELECT root_span_id FROM rows ORDER BY rowid DESC LIMIT 1").fetchone()
         return None if found is None else found[0]
 
     def runs(self) -> list[dict]:
