@@ -51,7 +51,7 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
         state.app_url = app_url.rstrip("/")
     if set_current:
         state.logger = logger
-        launcher.export_to_children(rec, store)
+        launcher.export_to_children(rec)
         os.environ[config.ENV_CONTAINER] = logger.container
     state.active = True
     return logger

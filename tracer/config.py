@@ -20,6 +20,7 @@ DEFAULT_STORE = os.path.join(".tracer", "traces.db")
 # children, so that spawn/forkserver children attach without calling init_logger.
 ENV_AGGREGATOR_PID = "_TRACER_AGGREGATOR_PID"
 ENV_AGGREGATOR_STORE = "_TRACER_AGGREGATOR_STORE"
+ENV_AGGREGATOR_OWNER = "_TRACER_AGGREGATOR_OWNER"
 ENV_CONTAINER = "_TRACER_CONTAINER"
 
 

@@ -1,4 +1,4 @@
-"""Finding or starting the aggregator a process sends to.
+"""Finding, starting and restarting the aggregator a process sends to.
 
 One aggregator per process tree and store (design point 5): the first ``init_logger()`` starts it
 as a plain subprocess (``python -m workers.aggregator``; never a fork of a threaded process) and
@@ -8,16 +8,21 @@ leaves its address in the environment, where children, spawned or forked, find i
 2. no ``store=`` given and ``TRACER_ENDPOINT`` set: attach to it (a parent's or a fleet's).
 3. ``store=`` is the store of the inherited aggregator: attach to that one.
 4. otherwise: the aggregator this process already started for that store, or a new one.
+
+If an aggregator we know how to start (an ipc endpoint and its store) dies, the first recorder to
+notice starts another on the same endpoint, under a file lock so that only one does; every
+recorder then reconnects and resends what had not been committed (see ``Recorder._recover``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import sys
 
 from . import config
-from .recorder import Recorder
+from .recorder import Recorder, process_alive
 
 _by_endpoint: dict[str, Recorder] = {}
 _by_store: dict[str, Recorder] = {}
@@ -27,64 +32,72 @@ def recorder_for(settings: config.Settings, store: str | None = None,
                  endpoint: str | None = None) -> Recorder:
     """The recorder for the given store/endpoint, starting an aggregator if needed."""
     if endpoint:
-        return attach(endpoint, None, settings)
+        return attach(endpoint, settings=settings)
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
-        return attach(env_endpoint, _env_pid(), settings)
+        return attach(env_endpoint, settings=settings, inherited=True)
     path = config.store_path(store if store is not None else settings.store)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
-        return attach(env_endpoint, _env_pid(), settings)
+        return attach(env_endpoint, settings=settings, inherited=True)
     rec = _by_store.get(path)
     if rec is None or rec.aggregator_dead():
-        endpoint, pid = start_aggregator(path)
-        rec = Recorder(endpoint, pid, owner=True, max_buffer=settings.queue_size)
+        endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
+        pid = start_aggregator(endpoint, path, os.getpid())
+        rec = Recorder(endpoint, pid, owner=True, max_buffer=settings.queue_size,
+                       store=path, restart=restart_aggregator)
         _by_store[path] = rec
         _by_endpoint[endpoint] = rec
     return rec
 
 
-def export_to_children(rec: Recorder, store: str | None) -> None:
-    """Leave this recorder's aggregator in the environment for child processes."""
-    os.environ["TRACER_ENDPOINT"] = rec.endpoint
-    if rec.aggregator_pid is not None:
-        os.environ[config.ENV_AGGREGATOR_PID] = str(rec.aggregator_pid)
-    else:
-        os.environ.pop(config.ENV_AGGREGATOR_PID, None)
-    for path, known in _by_store.items():
-        if known is rec:
-            os.environ[config.ENV_AGGREGATOR_STORE] = path
-            break
-    else:
-        if store is None:
-            os.environ.pop(config.ENV_AGGREGATOR_STORE, None)
+def attach(endpoint: str, pid: int | None = None, settings: config.Settings | None = None,
+           inherited: bool = False) -> Recorder:
+    """The recorder sending to the aggregator at ``endpoint`` (created on first use).
 
-
-def attach(endpoint: str, pid: int | None = None,
-           settings: config.Settings | None = None) -> Recorder:
-    """The recorder sending to the aggregator at ``endpoint`` (created on first use)."""
+    ``inherited``: the endpoint came from the environment, which also names the aggregator's
+    pid, store and owner, so this process can restart it if it dies.
+    """
     rec = _by_endpoint.get(endpoint)
     if rec is None:
         settings = settings or config.load()
-        rec = Recorder(endpoint, pid, owner=False, max_buffer=settings.queue_size)
+        store = owner = None
+        if inherited or endpoint == os.environ.get("TRACER_ENDPOINT"):
+            pid = pid or _env_int(config.ENV_AGGREGATOR_PID)
+            store = os.environ.get(config.ENV_AGGREGATOR_STORE)
+            owner = _env_int(config.ENV_AGGREGATOR_OWNER)
+        rec = Recorder(endpoint, pid, owner=False, max_buffer=settings.queue_size, store=store,
+                       aggregator_owner=owner, restart=restart_aggregator if store else None)
         _by_endpoint[endpoint] = rec
     return rec
 
 
-def _env_pid() -> int | None:
-    value = os.environ.get(config.ENV_AGGREGATOR_PID)
+def export_to_children(rec: Recorder) -> None:
+    """Leave this recorder's aggregator in the environment for child processes."""
+    os.environ["TRACER_ENDPOINT"] = rec.endpoint
+    for name, value in ((config.ENV_AGGREGATOR_PID, rec.aggregator_pid),
+                        (config.ENV_AGGREGATOR_STORE, rec.store),
+                        (config.ENV_AGGREGATOR_OWNER, rec.aggregator_owner)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
     return int(value) if value and value.isdigit() else None
 
 
-def start_aggregator(store_path: str) -> tuple[str, int]:
-    """Start an aggregator for ``store_path`` on a fresh ipc endpoint; returns (endpoint, pid).
+def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
+    """Start an aggregator for ``store_path`` listening on ``endpoint``; returns its pid.
 
     The aggregator runs in its own session, so a Ctrl-C meant for the application does not kill
-    it before it has committed; it exits by itself once this process and every process that sent
+    it before it has committed; it exits by itself once ``owner`` and every process that sent
     to it are gone.
     """
-    endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
-    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint, "--store", store_path,
-           "--owner", str(os.getpid())]
+    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint, "--store", store_path]
+    if owner is not None:
+        cmd += ["--owner", str(owner)]
     env = dict(os.environ)
     # Let the child import ``workers`` from wherever this process found ``tracer``.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,8 +113,41 @@ def start_aggregator(store_path: str) -> tuple[str, int]:
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
         (os.POSIX_SPAWN_OPEN, 2, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
     ]
-    pid = os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
-    return endpoint, pid
+    return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+
+
+def restart_aggregator(rec: Recorder) -> int | None:
+    """Replace the dead aggregator of ``rec``; returns the new pid (None if impossible).
+
+    Whoever takes the lock first starts the new aggregator and writes its pid file; the others
+    find that live pid and only reconnect.
+    """
+    if rec.store is None or not rec.endpoint.startswith("ipc://"):
+        return None
+    path = rec.endpoint[len("ipc://") :]
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pid = read_pid_file(path)
+        if pid is not None and pid != rec.aggregator_pid and process_alive(pid):
+            return pid
+        pid = start_aggregator(rec.endpoint, rec.store, rec.aggregator_owner)
+        write_pid_file(path, pid)
+        return pid
+
+
+def read_pid_file(socket_path: str) -> int | None:
+    try:
+        with open(socket_path + ".pid") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_pid_file(socket_path: str, pid: int) -> None:
+    tmp = f"{socket_path}.pid.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, socket_path + ".pid")
 
 
 def aggregator_log(store_path: str) -> str:

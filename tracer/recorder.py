@@ -13,6 +13,12 @@ the socket is reopened lazily, and ``_ensure_open`` checks the pid as a second l
 Children of multiprocessing leave through ``os._exit``, so besides ``atexit`` the recorder
 registers a ``multiprocessing.util.Finalize`` in each process that sends anything.
 
+Nothing is lost when the aggregator dies: every DATA message is kept until the aggregator says
+it is committed (``COMMITTED_UPTO``). If the aggregator's process is gone, the recorder starts a
+new one (or finds the one another process started), reconnects as a new sender and resends what
+was not committed; row merges are idempotent, so a resent record never duplicates a row. Where no
+new aggregator can be had, the loss is counted and warned about.
+
 Exit never hangs: every send has a timeout, every close a bounded linger, every handshake a
 deadline, and a dead aggregator is detected through its pid.
 """
@@ -27,6 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 import zmq
 
@@ -42,6 +49,8 @@ SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive t
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
 WARN_INTERVAL = 10.0  # at most one warning per reason per interval
+CHECK_INTERVAL = 0.5  # how often the flusher checks the aggregator while it waits on it
+UNRESPONSIVE = 30.0  # an aggregator whose pid we do not know is taken for dead after this
 
 _HOST = socket.gethostname()
 _recorders: list[Recorder] = []
@@ -68,11 +77,16 @@ class Recorder:
     """Sends this process's records to one aggregator at ``endpoint``."""
 
     def __init__(self, endpoint: str, aggregator_pid: int | None = None, owner: bool = False,
-                 max_buffer: int = 0):
+                 max_buffer: int = 0, store: str | None = None,
+                 aggregator_owner: int | None = None,
+                 restart: Callable[[Recorder], int | None] | None = None):
         self.endpoint = endpoint
         self.aggregator_pid = aggregator_pid
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
+        self.store = store  # the aggregator's store, when known: needed to restart it
         self._owner_pid = os.getpid() if owner else None
+        self.aggregator_owner = self._owner_pid or aggregator_owner
+        self._restart = restart  # starts a replacement aggregator; returns its pid
         self._tokens = itertools.count(1)
         self._reset()
         _recorders.append(self)
@@ -86,6 +100,10 @@ class Recorder:
         self._announced: set = set()
         self._seq = 0
         self._acked_seq = 0  # the aggregator has received every DATA message up to this one
+        self._unacked: deque = deque()  # (seq, body, records) sent and not known committed
+        self._last_reply = time.monotonic()
+        self._checked = 0.0
+        self._recovering = False
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
@@ -141,8 +159,6 @@ class Recorder:
             self._wake()
             with self._room:
                 self._room.wait(0.05)
-            if self.aggregator_dead():
-                return
 
     def sync(self, level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
         """Wait until the aggregator has received (or committed) everything added so far.
@@ -160,8 +176,6 @@ class Recorder:
         self._wake()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter.done.wait(0.05):
-            if self.aggregator_dead():
-                raise FlushError(f"the aggregator at {self.endpoint} is not running")
             if deadline is not None and time.monotonic() > deadline:
                 raise FlushError(f"flush timed out after {timeout}s ({self.endpoint})")
         if waiter.error:
@@ -181,22 +195,12 @@ class Recorder:
             self._warn("deliver", f"tracer: spans of process {os.getpid()} may be lost: {exc}")
 
     def aggregator_dead(self) -> bool:
-        """True when we know the aggregator's pid and that process is gone (or a zombie)."""
-        pid = self.aggregator_pid
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        import psutil  # only on this slow path: it costs ~10 ms to import
-
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return True
+        """True when the aggregator's process is gone, or (pid unknown) it has not answered
+        for ``UNRESPONSIVE`` seconds while we wait on it."""
+        if self.aggregator_pid is not None:
+            return not process_alive(self.aggregator_pid)
+        waiting = self._unacked or self._waiting
+        return bool(waiting) and time.monotonic() - self._last_reply > UNRESPONSIVE
 
     # -- the flusher thread ------------------------------------------------------------------
 
@@ -233,9 +237,12 @@ class Recorder:
         poller.register(self._wake_r, zmq.POLLIN)
         polled_sock = None
         while True:
-            if self._sock is not polled_sock and self._sock is not None:
+            if self._sock is not polled_sock:  # opened, or replaced after a recovery
+                if polled_sock is not None:
+                    poller.unregister(polled_sock)
                 polled_sock = self._sock
-                poller.register(polled_sock, zmq.POLLIN)
+                if polled_sock is not None:
+                    poller.register(polled_sock, zmq.POLLIN)
             poller.poll(FLUSH_INTERVAL * 1000)
             self._kicked = False
             try:
@@ -247,6 +254,7 @@ class Recorder:
                 busy = self._send_buffered()
                 busy = self._announce() or busy
                 self._read_replies()
+                self._check_aggregator()
             except Exception as exc:  # never let the flusher die silently
                 self._warn("flusher", f"tracer: flusher error: {exc!r}")
                 busy = True
@@ -256,7 +264,7 @@ class Recorder:
                 self._finish()
                 return
             now = time.monotonic()
-            if busy or self._buffer or self._waiting:
+            if busy or self._buffer or self._waiting or self._unacked:
                 idle_since = now
             elif now - idle_since > IDLE_EXIT:
                 # Exit when idle. Clear _thread before looking at the buffer, under the lock,
@@ -299,44 +307,46 @@ class Recorder:
                 records.append(item)
                 size += len(item)
             if records:
-                self._send(wire.DATA, len(records), b"".join(records), len(records))
+                self._send_data(b"".join(records), len(records))
             if sync is not None:
-                sync.seq = self._seq
                 self._waiting[sync.token] = sync
-                if not self._send(wire.SYNC, [sync.token, sync.level], b"", 0):
-                    self._waiting.pop(sync.token, None)
-                    sync.error = f"the aggregator at {self.endpoint} is not running"
-                    sync.done.set()
+                self._send_sync(sync)
         return True
 
-    def _send(self, kind: int, arg: object, body: bytes, records: int) -> bool:
-        """Send one message; blocks while the aggregator is alive but not reading."""
-        sock = self._ensure_open()
-        if kind == wire.DATA:
-            self._seq += 1
-        head = wire.header(kind, (_HOST, self._pid, self._gen), self._seq, arg)
+    def _send_data(self, body: bytes, records: int) -> None:
+        """Send a DATA message and keep it until the aggregator says it is committed."""
+        seq = self._seq + 1
+        if self._send(wire.DATA, seq, records, body):
+            self._seq = seq
+            self._unacked.append((seq, body, records))
+            self.counters["sent"] += records
+        else:
+            self._lose(records, "aggregator_unreachable")
+
+    def _send_sync(self, sync: _Sync) -> None:
+        sync.seq = self._seq
+        if not self._send(wire.SYNC, self._seq, [sync.token, sync.level], b""):
+            self._fail_waiting(f"the aggregator at {self.endpoint} is not reachable")
+
+    def _send(self, kind: int, seq: int, arg: object, body: bytes) -> bool:
+        """Send one message; blocks while the aggregator is alive but not reading (the queue
+        policy), recovers if it died. False if it cannot be delivered."""
         while True:
+            sock = self._ensure_open()
+            head = wire.header(kind, (_HOST, self._pid, self._gen), seq, arg)
             try:
                 sock.send_multipart([head, body], copy=False)
-                if records:
-                    self.counters["sent"] += records
                 return True
             except zmq.Again:
-                if self.aggregator_dead():
-                    break
-                if self._closing and self._close_deadline_passed():
-                    break
+                if self._closing and time.monotonic() > self._close_deadline:
+                    return False
+                if self.aggregator_dead() and not self._recover():
+                    return False
+                if kind == wire.DATA:  # a recovery renumbered the stream
+                    seq = self._seq + 1
             except zmq.ZMQError as exc:
                 self._warn("send", f"tracer: send to {self.endpoint} failed: {exc}")
-                break
-        if records:
-            self.counters["lost_aggregator_unreachable"] += records
-            self._warn(
-                "lost",
-                f"tracer: the aggregator at {self.endpoint} is not reachable; "
-                f"{self.counters['lost_aggregator_unreachable']} records lost so far",
-            )
-        return False
+                return False
 
     def _announce(self) -> bool:
         """Send spans that have been running for a while, so a crash leaves a marked row."""
@@ -349,35 +359,103 @@ class Recorder:
         self._announced.intersection_update(self.open_spans)
         if not fresh:
             return False
-        records = [s.open_record() for s in fresh]
         self._announced.update(fresh)
-        self._send(wire.DATA, len(records), b"".join(records), 0)
+        self._send_data(b"".join(s.open_record() for s in fresh), 0)
         return True
 
     def _read_replies(self) -> None:
         sock = self._sock
         if sock is None:
             return
-        while self._waiting:
+        while True:
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                _version, _kind, token, error = wire.unpack_reply(msg)
+                _version, kind, token, payload = wire.unpack_reply(msg)
             except ValueError:
                 continue
-            sync = self._waiting.pop(token, None)
-            if sync is not None:
-                if error is None:
-                    self._acked_seq = max(self._acked_seq, sync.seq)
-                sync.error = error
-                sync.done.set()
-        if self._waiting and self.aggregator_dead():
-            for sync in self._waiting.values():
-                sync.error = f"the aggregator at {self.endpoint} exited"
-                sync.done.set()
-            self._waiting.clear()
+            self._last_reply = time.monotonic()
+            if kind == wire.COMMITTED_UPTO:
+                unacked = self._unacked
+                while unacked and unacked[0][0] <= token:
+                    unacked.popleft()
+                self._acked_seq = max(self._acked_seq, token)
+            elif kind == wire.ACK:
+                sync = self._waiting.pop(token, None)
+                if sync is not None:
+                    if payload is None:
+                        self._acked_seq = max(self._acked_seq, sync.seq)
+                    sync.error = payload
+                    sync.done.set()
+
+    def _check_aggregator(self) -> None:
+        """While waiting on the aggregator, look now and then whether it is still there."""
+        if not (self._unacked or self._waiting):
+            return
+        now = time.monotonic()
+        if now - self._checked < CHECK_INTERVAL:
+            return
+        self._checked = now
+        if self.aggregator_dead():
+            self._recover()
+
+    def _recover(self) -> bool:
+        """The aggregator is gone: get a new one, reconnect as a new sender and resend what was
+        not committed. Returns False (after counting the loss) if no new one can be had."""
+        if self._recovering:
+            return False
+        dead = self.aggregator_pid
+        pid = self._restart(self) if self._restart is not None else None
+        if pid is None:
+            self._lose(sum(n for _, _, n in self._unacked), "aggregator_died")
+            self._unacked.clear()
+            self._fail_waiting(f"the aggregator at {self.endpoint} is gone")
+            self._last_reply = time.monotonic()
+            return False
+        self._recovering = True
+        try:
+            self.aggregator_pid = pid
+            self._close_socket(linger=0)
+            self._gen = int.from_bytes(os.urandom(4), "big")
+            self._seq = self._acked_seq = 0
+            resend, self._unacked = list(self._unacked), deque()
+            for _, body, records in resend:
+                self._send_data(body, records)
+            for sync in list(self._waiting.values()):
+                self._send_sync(sync)
+            self._announced.clear()
+            resent = sum(n for _, _, n in resend)
+            self.counters["aggregator_restarts"] += 1
+            self.counters["resent_after_restart"] += resent
+            self._warn("restart", f"tracer: the aggregator at {self.endpoint} (pid {dead}) "
+                                  f"died; pid {pid} took over and {resent} records were resent")
+        finally:
+            self._recovering = False
+            self._last_reply = time.monotonic()
+        return True
+
+    def _lose(self, records: int, reason: str) -> None:
+        if not records:
+            return
+        self.counters[f"lost_{reason}"] += records
+        self._warn(reason, f"tracer: {self.counters[f'lost_{reason}']} records lost so far "
+                           f"({reason.replace('_', ' ')}, {self.endpoint})")
+
+    def _fail_waiting(self, error: str) -> None:
+        for sync in self._waiting.values():
+            sync.error = error
+            sync.done.set()
+        self._waiting.clear()
+
+    def _close_socket(self, linger: int) -> None:
+        sock, ctx = self._sock, self._ctx
+        self._sock = self._ctx = None
+        if sock is not None:
+            sock.close(linger=linger)
+        if ctx is not None:
+            ctx.term()
 
     # -- exit ----------------------------------------------------------------------------------
 
@@ -388,11 +466,12 @@ class Recorder:
         if self._sock is None and not self._buffer:
             self._closed = True
             return
-        level = wire.COMMITTED if self.owner else wire.RECEIVED
+        # Committed, not only received: once this process is gone nobody could resend its
+        # records if the aggregator died before committing them.
         try:
-            self.sync(level, timeout)
+            self.sync(wire.COMMITTED, timeout)
         except FlushError as exc:
-            print(f"tracer: at exit, {exc}; records not yet acknowledged may be lost",
+            print(f"tracer: at exit, {exc}; records not yet committed may be lost",
                   file=sys.stderr)
         self._close_deadline = time.monotonic() + 1.0
         self._closing = True
@@ -404,24 +483,17 @@ class Recorder:
             thread.join(LINGER_MS / 1000 + 1.0)
         self._closed = True
 
-    def _close_deadline_passed(self) -> bool:
-        return time.monotonic() > self._close_deadline
-
     def _finish(self) -> None:
-        # On the flusher thread: the only thread that ever touches the socket.
-        sock, ctx = self._sock, self._ctx
-        self._sock = self._ctx = None
-        if sock is not None:
+        # On the flusher thread: the only thread that ever touches the socket. The goodbye
+        # carries this sender's counters, so losses it counted end up in the aggregator's.
+        if self._sock is not None:
             try:
-                sock.send_multipart(
-                    [wire.header(wire.BYE, (_HOST, self._pid, self._gen), self._seq), b""],
-                    zmq.NOBLOCK,
-                )
+                self._sock.send_multipart([wire.header(wire.BYE, (_HOST, self._pid, self._gen),
+                                                       self._seq, dict(self.counters)), b""],
+                                          zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            sock.close(linger=LINGER_MS)
-        if ctx is not None:
-            ctx.term()
+        self._close_socket(linger=LINGER_MS)
         with self._lock:
             self._thread = None
             self._closed = True
@@ -466,6 +538,22 @@ def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
 # letting them be garbage-collected makes pyzmq warn about unclosed sockets (it skips the close in
 # a child by itself), so they are kept here, untouched, until the child exits.
 _inherited_zmq: list = []
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    import psutil  # only on this slow path: it costs ~10 ms to import
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 _real_exit = os._exit

@@ -31,12 +31,13 @@ VERSION = 1
 # Message kinds, recorder -> aggregator (header[1]).
 DATA = 1  # arg: number of records in the body
 SYNC = 2  # arg: [token, level]; the aggregator answers ACK once the level is reached
-BYE = 3  # arg: None; the sender is closing cleanly
+BYE = 3  # arg: the sender's counters (dict); the sender is closing cleanly
 STATS = 4  # arg: token; the aggregator answers STATS_REPLY
 
 # Reply kinds, aggregator -> recorder: [VERSION, kind, token, payload].
-ACK = 10  # payload: None on success, or an error message
+ACK = 10  # token: the SYNC's; payload: None on success, or an error message
 STATS_REPLY = 11  # payload: counters dict
+COMMITTED_UPTO = 12  # token: a DATA seq; every DATA message up to it is committed
 
 # SYNC levels.
 RECEIVED = 0  # every earlier message of this sender has been read and queued

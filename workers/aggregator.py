@@ -33,6 +33,7 @@ import psutil
 import zmq
 
 from tracer import config, wire
+from tracer.launcher import read_pid_file, write_pid_file
 
 from .queue import RowQueue
 from .rows import Container, merge, now_iso, span_identity
@@ -82,7 +83,7 @@ class Aggregator:
         self.senders: dict[tuple, Sender] = {}
         self.containers: dict[str, Container] = {}
         self.queue = RowQueue(self.settings.queue_size)
-        self.acks: deque = deque()  # (identity, token, error) ready to send
+        self.acks: deque = deque()  # (reply kind, identity, token, error) ready to send
         self.stopping = False
         self.last_traffic = time.monotonic()
         self._owner_created = _create_time(owner) if owner else None
@@ -98,6 +99,8 @@ class Aggregator:
         if self.settings.queue_size:
             router.setsockopt(zmq.RCVHWM, max(4, self.settings.queue_size // 256))
         router.bind(self.bind)
+        if self.bind.startswith("ipc://"):  # recorders look here to see whether we live
+            write_pid_file(self.bind[len("ipc://"):], os.getpid())
         wake = ctx.socket(zmq.PAIR)
         wake.bind("inproc://uploader-wake")
         waker = ctx.socket(zmq.PAIR)
@@ -105,8 +108,8 @@ class Aggregator:
         waker_lock = threading.Lock()
 
         def on_done(finished: list) -> None:  # uploader thread
-            for (identity, token), error in finished:
-                self.acks.append((identity, token, error))
+            for (kind, identity, token), error in finished:
+                self.acks.append((kind, identity, token, error))
             if finished:
                 with waker_lock:
                     waker.send(b"", zmq.NOBLOCK)
@@ -145,6 +148,9 @@ class Aggregator:
         self._send_acks(router)
         sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
         sink.close()
+        socket_path = self.bind[len("ipc://"):]
+        if self.bind.startswith("ipc://") and read_pid_file(socket_path) == os.getpid():
+            os.unlink(socket_path + ".pid")
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
@@ -213,17 +219,22 @@ class Aggregator:
             self.counters["messages"] += 1
             self.counters["bytes"] += len(body)
             self._apply_records(body, sender)
+            # Tell the sender once this message is committed: until then it keeps a copy.
+            self._mark((wire.COMMITTED_UPTO, identity, seq))
         elif kind == wire.SYNC:
             token, level = arg
             self.counters["syncs"] += 1
             if level == wire.RECEIVED:
-                self.acks.append((identity, token, None))
+                self.acks.append((wire.ACK, identity, token, None))
             else:
-                for (ident, tok), error in self.queue.mark((identity, token)):
-                    self.acks.append((ident, tok, error))
+                self._mark((wire.ACK, identity, token))
         elif kind == wire.BYE:
             sender.closed = True
             self.counters["senders_closed"] += 1
+            if isinstance(arg, dict):  # what the sender counted: losses, resends, restarts
+                for name, value in arg.items():
+                    if isinstance(name, str) and name != "sent" and isinstance(value, int):
+                        self.counters[f"senders_{name}"] += value
             self._abandon(sender, f"process {pid} exited before the span ended")
         else:
             self.counters["bad_messages"] += 1
@@ -298,12 +309,24 @@ class Aggregator:
             container = self.containers[key] = Container(key)
         return container
 
+    def _mark(self, marker: tuple) -> None:
+        for (kind, identity, token), error in self.queue.mark(marker):
+            self.acks.append((kind, identity, token, error))
+
     def _send_acks(self, router: zmq.Socket) -> None:
+        committed: dict[bytes, int] = {}  # only the latest COMMITTED_UPTO per sender
+        replies = []
         while self.acks:
-            identity, token, error = self.acks.popleft()
+            kind, identity, token, error = self.acks.popleft()
+            if kind == wire.COMMITTED_UPTO:
+                committed[identity] = max(token, committed.get(identity, 0))
+            else:
+                replies.append((identity, wire.reply(kind, token, error)))
+        replies += [(identity, wire.reply(wire.COMMITTED_UPTO, seq))
+                    for identity, seq in committed.items()]
+        for identity, reply in replies:
             try:
-                router.send_multipart([identity, wire.reply(wire.ACK, token, error)],
-                                      zmq.NOBLOCK)
+                router.send_multipart([identity, reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the sender is gone; nobody is waiting
 
