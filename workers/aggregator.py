@@ -211,7 +211,11 @@ class Aggregator:
             self.counters["senders_seen"] += 1
         sender.last_seen = time.time()
         if kind == wire.DATA:
-            if seq != sender.seq + 1:
+            if sender.seq == 0 and seq > 1:
+                # Its first message to us continues a stream: it was sending to an aggregator
+                # we replaced, and will resend what that one had not committed.
+                self.counters["senders_joined_mid_stream"] += 1
+            elif seq != sender.seq + 1:
                 missing = max(0, seq - sender.seq - 1)
                 sender.gaps += missing
                 self.counters["seq_gap_messages"] += missing
