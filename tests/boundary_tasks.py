@@ -31,3 +31,13 @@ def work_under(parent: str, n: int) -> None:
 
 def pid_of_worker(_: int) -> int:
     return os.getpid()
+
+
+def die_in_a_span(_: int) -> None:
+    """Start a span, run long enough for it to be announced, then die as a crash would."""
+    import signal
+    import time
+
+    with tracer.start_span("doomed", input="half done"):
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -86,3 +86,49 @@ def test_killing_the_aggregator_under_load_loses_nothing(tmp_path):
     counters = [json.loads(r["counters"])["counters"] for r in runs]
     assert sum(c.get("senders_aggregator_restarts", 0) for c in counters) >= 1
     assert sum(c.get("seq_gap_messages", 0) for c in counters) == 0
+
+
+def test_a_pool_worker_killed_in_a_span_leaves_the_span_marked(logger, rows):
+    import concurrent.futures
+
+    import tracer
+
+    from . import boundary_tasks as tasks
+
+    with tracer.start_span("submitter") as parent, tracer.TracedProcessPoolExecutor(1) as pool:
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            pool.submit(tasks.die_in_a_span, 0).result(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        doomed = [r for r in rows() if r["span_attributes"]["name"] == "doomed"]
+        if doomed and doomed[0].get("error"):
+            break
+        time.sleep(0.1)
+    (row,) = doomed
+    assert "exited before the span ended" in row["error"]
+    assert row["span_parents"] == [parent.span_id]
+    assert row["input"] == "half done"
+    assert row["metrics"]["end"] >= row["metrics"]["start"]
+
+
+def test_an_owner_killed_with_sigkill_still_has_its_spans_committed(tmp_path):
+    code = textwrap.dedent("""
+        import os, signal, time, tracer
+        tracer.init_logger("killed-owner")
+        for i in range(50):
+            with tracer.start_span(f"span {i}"):
+                pass
+        print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
+        time.sleep(0.5)  # the recorder sends within 0.1 s; no flush, no exit handler
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(), cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    aggregator = int(proc.stdout.strip())
+    store_path = str(tmp_path / ".tracer" / "traces.db")
+    (run,) = wait_for_runs_to_end(store_path)
+    assert not process_alive(aggregator)
+    assert run["ended"] is not None  # it committed and exited by itself
+    with Store(store_path) as store:
+        assert len(list(store.rows(project="killed-owner"))) == 50
