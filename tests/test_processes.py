@@ -245,3 +245,21 @@ def _gone_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
+    code = """
+        import atexit, tracer
+        def last_words():  # registered first, so it runs after tracer's own exit handler
+            with tracer.start_span("from atexit"):
+                pass
+        atexit.register(last_words)
+        tracer.init_logger("late")
+        with tracer.start_span("during the run"):
+            pass
+    """
+    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    store_path = str(tmp_path / ".tracer" / "traces.db")
+    with Store(store_path) as store:
+        names = sorted(r["span_attributes"]["name"] for r in store.rows())
+    assert names == ["during the run", "from atexit"]

@@ -121,6 +121,7 @@ class Recorder:
         self._waiting: dict[int, _Sync] = {}
         self._warned: dict[str, float] = {}
         self.counters: Counter = Counter()
+        self._reported: Counter = Counter()  # counters already sent with a goodbye
 
     @property
     def owner(self) -> bool:
@@ -208,11 +209,17 @@ class Recorder:
         # The first record of a process arms the exit handlers, however soon it then exits.
         _register_exit()
         with self._lock:
-            if self._thread is not None or self._closed:
+            if self._thread is not None:
                 return
+            # A record after this process's exit handler ran (from an atexit handler registered
+            # before ours, which runs after it): deliver it at once rather than strand it.
+            late = self._closed
+            self._closed = self._closing = False
             thread = threading.Thread(target=self._run, name="tracer-flusher", daemon=True)
             self._thread = thread
             thread.start()
+        if late:
+            self.close()
 
     def _forget_parent(self) -> None:
         """In a fork child: leave the parent's socket, pipe and buffer alone, start afresh."""
@@ -487,10 +494,12 @@ class Recorder:
         # On the flusher thread: the only thread that ever touches the socket. The goodbye
         # carries this sender's counters, so losses it counted end up in the aggregator's.
         if self._sock is not None:
+            news = self.counters - self._reported
             try:
                 self._sock.send_multipart([wire.header(wire.BYE, (_HOST, self._pid, self._gen),
-                                                       self._seq, dict(self.counters)), b""],
+                                                       self._seq, dict(news)), b""],
                                           zmq.NOBLOCK)
+                self._reported.update(news)
             except zmq.ZMQError:
                 pass
         self._close_socket(linger=LINGER_MS)
