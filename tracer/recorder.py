@@ -322,38 +322,39 @@ class Recorder:
 
     def _send_data(self, body: bytes, records: int) -> None:
         """Send a DATA message and keep it until the aggregator says it is committed."""
-        seq = self._seq + 1
-        if self._send(wire.DATA, seq, records, body):
-            self._seq = seq
-            self._unacked.append((seq, body, records))
-            self.counters["sent"] += records
-        else:
+        seq = self._send(wire.DATA, records, body)
+        if seq is None:
             self._lose(records, "aggregator_unreachable")
+            return
+        self._unacked.append((seq, body, records))
+        self.counters["sent"] += records
 
     def _send_sync(self, sync: _Sync) -> None:
         sync.seq = self._seq
-        if not self._send(wire.SYNC, self._seq, [sync.token, sync.level], b""):
+        if self._send(wire.SYNC, [sync.token, sync.level], b"") is None:
             self._fail_waiting(f"the aggregator at {self.endpoint} is not reachable")
 
-    def _send(self, kind: int, seq: int, arg: object, body: bytes) -> bool:
-        """Send one message; blocks while the aggregator is alive but not reading (the queue
-        policy), recovers if it died. False if it cannot be delivered."""
+    def _send(self, kind: int, arg: object, body: bytes) -> int | None:
+        """Send one message; returns its seq, or None if it cannot be delivered. Blocks while
+        the aggregator is alive but not reading (the queue policy); recovers if it died."""
         while True:
             sock = self._ensure_open()
+            # Numbered here, after any recovery inside this loop has renumbered the stream.
+            seq = self._seq + 1 if kind == wire.DATA else self._seq
             head = wire.header(kind, (_HOST, self._pid, self._gen), seq, arg)
             try:
                 sock.send_multipart([head, body], copy=False)
-                return True
             except zmq.Again:
                 if self._closing and time.monotonic() > self._close_deadline:
-                    return False
+                    return None
                 if self.aggregator_dead() and not self._recover():
-                    return False
-                if kind == wire.DATA:  # a recovery renumbered the stream
-                    seq = self._seq + 1
+                    return None
+                continue
             except zmq.ZMQError as exc:
                 self._warn("send", f"tracer: send to {self.endpoint} failed: {exc}")
-                return False
+                return None
+            self._seq = seq
+            return seq
 
     def _announce(self) -> bool:
         """Send spans that have been running for a while, so a crash leaves a marked row."""
@@ -380,10 +381,15 @@ class Recorder:
             except zmq.Again:
                 return
             try:
-                _version, kind, token, payload = wire.unpack_reply(msg)
+                kind, token, payload, first_seq = wire.unpack_reply(msg)
             except ValueError:
                 continue
             self._last_reply = time.monotonic()
+            if self._seq and first_seq != 1:
+                # A replacement aggregator, reached through a silent reconnect, that never saw
+                # the start of our stream: what went to its predecessor may be lost. Resend.
+                self._recover(replaced=True)
+                return
             if kind == wire.COMMITTED_UPTO:
                 unacked = self._unacked
                 while unacked and unacked[0][0] <= token:
@@ -408,19 +414,23 @@ class Recorder:
         if self.aggregator_dead():
             self._recover()
 
-    def _recover(self) -> bool:
-        """The aggregator is gone: get a new one, reconnect as a new sender and resend what was
-        not committed. Returns False (after counting the loss) if no new one can be had."""
+    def _recover(self, replaced: bool = False) -> bool:
+        """The aggregator is gone (or, ``replaced``, another one answers in its place): get a new
+        one, reconnect as a new sender and resend what was not committed. Returns False (after
+        counting the loss) if no new one can be had."""
         if self._recovering:
             return False
         dead = self.aggregator_pid
-        pid = self._restart(self) if self._restart is not None else None
-        if pid is None:
-            self._lose(sum(n for _, _, n in self._unacked), "aggregator_died")
-            self._unacked.clear()
-            self._fail_waiting(f"the aggregator at {self.endpoint} is gone")
-            self._last_reply = time.monotonic()
-            return False
+        if replaced:  # someone else already started the new one: find its pid, if we can
+            pid = _pid_file_of(self.endpoint) or self.aggregator_pid
+        else:
+            pid = self._restart(self) if self._restart is not None else None
+            if pid is None:
+                self._lose(sum(n for _, _, n in self._unacked), "aggregator_died")
+                self._unacked.clear()
+                self._fail_waiting(f"the aggregator at {self.endpoint} is gone")
+                self._last_reply = time.monotonic()
+                return False
         self._recovering = True
         try:
             self.aggregator_pid = pid
@@ -547,6 +557,14 @@ def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
 # letting them be garbage-collected makes pyzmq warn about unclosed sockets (it skips the close in
 # a child by itself), so they are kept here, untouched, until the child exits.
 _inherited_zmq: list = []
+
+
+def _pid_file_of(endpoint: str) -> int | None:
+    if not endpoint.startswith("ipc://"):
+        return None
+    from .launcher import read_pid_file  # launcher imports this module
+
+    return read_pid_file(endpoint[len("ipc://") :])
 
 
 def process_alive(pid: int) -> bool:

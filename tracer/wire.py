@@ -34,7 +34,10 @@ SYNC = 2  # arg: [token, level]; the aggregator answers ACK once the level is re
 BYE = 3  # arg: the sender's counters (dict); the sender is closing cleanly
 STATS = 4  # arg: token; the aggregator answers STATS_REPLY
 
-# Reply kinds, aggregator -> recorder: [VERSION, kind, token, payload].
+# Reply kinds, aggregator -> recorder: [VERSION, kind, token, payload, first_seq]. first_seq is
+# the first DATA seq this aggregator received from the sender (0: none yet). A recorder that has
+# sent data and gets a reply whose first_seq is not 1 is talking to an aggregator that did not
+# see its stream from the start: a replacement, reached through a silent reconnect.
 ACK = 10  # token: the SYNC's; payload: None on success, or an error message
 STATS_REPLY = 11  # payload: counters dict
 COMMITTED_UPTO = 12  # token: a DATA seq; every DATA message up to it is committed
@@ -97,8 +100,8 @@ def header(kind: int, sender: tuple[str, int, int], seq: int, arg: object = None
     return msgpack.packb([VERSION, kind, sender[0], sender[1], sender[2], seq, arg])
 
 
-def reply(kind: int, token: object, payload: object = None) -> bytes:
-    return msgpack.packb([VERSION, kind, token, payload])
+def reply(kind: int, token: object, payload: object = None, first_seq: int = 0) -> bytes:
+    return msgpack.packb([VERSION, kind, token, payload, first_seq])
 
 
 def unpack_packed(code: int, data: bytes) -> object:
@@ -109,12 +112,13 @@ def unpack_packed(code: int, data: bytes) -> object:
     return msgpack.ExtType(code, data)
 
 
-def unpack_reply(msg: bytes) -> tuple[int, int, object, object]:
-    """Decode an aggregator reply; raises ValueError if it is not one."""
+def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:
+    """Decode an aggregator reply into (kind, token, payload, first_seq); raises ValueError if
+    it is not one."""
     try:
         obj = msgpack.unpackb(msg, strict_map_key=False)
     except Exception as exc:
         raise ValueError(f"undecodable reply: {exc}") from None
-    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != VERSION:
+    if not isinstance(obj, list) or len(obj) != 5 or obj[0] != VERSION:
         raise ValueError("not a reply of this wire version")
-    return obj[0], obj[1], obj[2], obj[3]
+    return obj[1], obj[2], obj[3], obj[4]

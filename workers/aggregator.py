@@ -50,12 +50,13 @@ MAX_BURST = 512  # messages read per loop turn before acks and supervision get a
 class Sender:
     """What the aggregator knows of one sending process (host, pid, generation)."""
 
-    __slots__ = ("host", "pid", "gen", "seq", "first_seen", "last_seen", "records", "gaps",
-                 "closed", "dead", "open")
+    __slots__ = ("host", "pid", "gen", "seq", "first_seq", "first_seen", "last_seen", "records",
+                 "gaps", "closed", "dead", "open")
 
     def __init__(self, host: str, pid: int, gen: int) -> None:
         self.host, self.pid, self.gen = host, pid, gen
         self.seq = 0
+        self.first_seq = 0  # the first DATA seq we received; told back in every reply
         self.first_seen = self.last_seen = time.time()
         self.records = 0
         self.gaps = 0
@@ -83,7 +84,7 @@ class Aggregator:
         self.senders: dict[tuple, Sender] = {}
         self.containers: dict[str, Container] = {}
         self.queue = RowQueue(self.settings.queue_size)
-        self.acks: deque = deque()  # (reply kind, identity, token, error) ready to send
+        self.acks: deque = deque()  # (reply kind, identity, token, first_seq, error) to send
         self.stopping = False
         self.last_traffic = time.monotonic()
         self._owner_created = _create_time(owner) if owner else None
@@ -108,8 +109,8 @@ class Aggregator:
         waker_lock = threading.Lock()
 
         def on_done(finished: list) -> None:  # uploader thread
-            for (kind, identity, token), error in finished:
-                self.acks.append((kind, identity, token, error))
+            for (kind, identity, token, first_seq), error in finished:
+                self.acks.append((kind, identity, token, first_seq, error))
             if finished:
                 with waker_lock:
                     waker.send(b"", zmq.NOBLOCK)
@@ -211,6 +212,8 @@ class Aggregator:
             self.counters["senders_seen"] += 1
         sender.last_seen = time.time()
         if kind == wire.DATA:
+            if sender.first_seq == 0:
+                sender.first_seq = seq
             if sender.seq == 0 and seq > 1:
                 # Its first message to us continues a stream: it was sending to an aggregator
                 # we replaced, and will resend what that one had not committed.
@@ -224,14 +227,14 @@ class Aggregator:
             self.counters["bytes"] += len(body)
             self._apply_records(body, sender)
             # Tell the sender once this message is committed: until then it keeps a copy.
-            self._mark((wire.COMMITTED_UPTO, identity, seq))
+            self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq))
         elif kind == wire.SYNC:
             token, level = arg
             self.counters["syncs"] += 1
             if level == wire.RECEIVED:
-                self.acks.append((wire.ACK, identity, token, None))
+                self.acks.append((wire.ACK, identity, token, sender.first_seq, None))
             else:
-                self._mark((wire.ACK, identity, token))
+                self._mark((wire.ACK, identity, token, sender.first_seq))
         elif kind == wire.BYE:
             sender.closed = True
             self.counters["senders_closed"] += 1
@@ -314,20 +317,21 @@ class Aggregator:
         return container
 
     def _mark(self, marker: tuple) -> None:
-        for (kind, identity, token), error in self.queue.mark(marker):
-            self.acks.append((kind, identity, token, error))
+        for (kind, identity, token, first_seq), error in self.queue.mark(marker):
+            self.acks.append((kind, identity, token, first_seq, error))
 
     def _send_acks(self, router: zmq.Socket) -> None:
-        committed: dict[bytes, int] = {}  # only the latest COMMITTED_UPTO per sender
+        committed: dict[bytes, tuple] = {}  # only the latest COMMITTED_UPTO per sender
         replies = []
         while self.acks:
-            kind, identity, token, error = self.acks.popleft()
+            kind, identity, token, first_seq, error = self.acks.popleft()
             if kind == wire.COMMITTED_UPTO:
-                committed[identity] = max(token, committed.get(identity, 0))
+                if token > committed.get(identity, (0, 0))[0]:
+                    committed[identity] = (token, first_seq)
             else:
-                replies.append((identity, wire.reply(kind, token, error)))
-        replies += [(identity, wire.reply(wire.COMMITTED_UPTO, seq))
-                    for identity, seq in committed.items()]
+                replies.append((identity, wire.reply(kind, token, error, first_seq)))
+        replies += [(identity, wire.reply(wire.COMMITTED_UPTO, seq, None, first_seq))
+                    for identity, (seq, first_seq) in committed.items()]
         for identity, reply in replies:
             try:
                 router.send_multipart([identity, reply], zmq.NOBLOCK)

@@ -214,7 +214,6 @@ def ask_stats(endpoint: str, timeout_ms: int = 2000) -> dict | None:
     """Ask the aggregator at ``endpoint`` for its counters; None if it does not answer."""
     import socket as socket_module
 
-    import msgpack
     import zmq
 
     ctx = zmq.Context()
@@ -226,9 +225,9 @@ def ask_stats(endpoint: str, timeout_ms: int = 2000) -> dict | None:
                                                       0), 0, 1), b""])
         if not sock.poll(timeout_ms):
             return None
-        reply = msgpack.unpackb(sock.recv(), strict_map_key=False)
-        return reply[3] if reply[1] == wire.STATS_REPLY else None
-    except zmq.ZMQError:
+        kind, _token, payload, _first = wire.unpack_reply(sock.recv())
+        return payload if kind == wire.STATS_REPLY else None
+    except (zmq.ZMQError, ValueError):
         return None
     finally:
         sock.close(linger=0)
