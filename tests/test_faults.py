@@ -95,9 +95,9 @@ def test_a_pool_worker_killed_in_a_span_leaves_the_span_marked(logger, rows):
 
     from . import boundary_tasks as tasks
 
-    with tracer.start_span("submitter") as parent, tracer.TracedProcessPoolExecutor(1) as pool:
-        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
-            pool.submit(tasks.die_in_a_span, 0).result(timeout=60)
+    with tracer.start_span("submitter") as parent, tracer.TracedProcessPoolExecutor(1) as pool, \
+            pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        pool.submit(tasks.die_in_a_span, 0).result(timeout=60)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         doomed = [r for r in rows() if r["span_attributes"]["name"] == "doomed"]

@@ -263,3 +263,17 @@ def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
     with Store(store_path) as store:
         names = sorted(r["span_attributes"]["name"] for r in store.rows())
     assert names == ["during the run", "from atexit"]
+
+
+def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
+    code = """
+        import os, tracer
+        tracer.init_logger("tidy")
+        with tracer.start_span("x"):
+            pass
+        print(os.environ["TRACER_ENDPOINT"], os.environ["_TRACER_AGGREGATOR_PID"])
+    """
+    endpoint, pid = run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout.split()
+    assert _gone_within(int(pid), 10)
+    path = endpoint[len("ipc://"):]
+    assert not [p for p in (path, path + ".pid", path + ".lock") if os.path.exists(p)]

@@ -140,14 +140,14 @@ class Recorder:
             self._start_thread()
 
     def _kick(self, queued: int) -> None:
-        if self._pid != os.getpid():  # forked without our hook (a C-level fork): start afresh
-            self._forget_parent()
-            return
-        if self._thread is None:
-            self._start_thread()
-        if not self._kicked:
+        if not self._kicked:  # once per flusher wake-up, not per record
+            if self._pid != os.getpid():  # forked without our hook (a C-level fork)
+                self._forget_parent()
+                return
             self._kicked = True
             self._wake()
+        if self._thread is None:
+            self._start_thread()
         if self.max_buffer and queued >= self.max_buffer:
             self._wait_for_room()
 

@@ -149,15 +149,26 @@ class Aggregator:
         self._send_acks(router)
         sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
         sink.close()
-        socket_path = self.bind[len("ipc://"):]
-        if self.bind.startswith("ipc://") and read_pid_file(socket_path) == os.getpid():
-            os.unlink(socket_path + ".pid")
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
         ctx.term()
+        self._remove_files()
         self._info(f"exiting: {self.summary()}")
         return 0
+
+    def _remove_files(self) -> None:
+        """Remove our ipc socket and its pid and lock files, unless a successor owns them."""
+        if not self.bind.startswith("ipc://"):
+            return
+        path = self.bind[len("ipc://"):]
+        if read_pid_file(path) not in (None, os.getpid()):
+            return
+        for name in (path, path + ".pid", path + ".lock"):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
 
     def _info(self, message: str) -> None:
         # An aggregator started by init_logger (its stderr is aggregator.log beside the store)
