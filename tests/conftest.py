@@ -12,7 +12,9 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
+import psutil
 import pytest
 
 import tracer
@@ -67,6 +69,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` exits (or is a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60,

@@ -11,13 +11,12 @@ import textwrap
 import time
 
 import msgpack
-import psutil
 import zmq
 
 import tracer
 from workers.sinks.sqlite import Store
 
-from .conftest import ROOT, by_name, clean_env, run_python
+from .conftest import ROOT, by_name, clean_env, gone_within, run_python
 
 
 def test_without_init_logger_nothing_is_started(tmp_path):
@@ -122,7 +121,7 @@ def test_the_aggregator_exits_after_its_owner_is_gone(tmp_path):
         print(os.environ["_TRACER_AGGREGATOR_PID"])
     """
     pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
-    assert _gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
+    assert gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert [r["span_attributes"]["name"] for r in store.rows()] == ["only"]
         (run,) = store.runs()
@@ -232,19 +231,8 @@ def test_a_sender_claiming_another_host_does_not_keep_an_owned_aggregator_alive(
         print(os.environ["_TRACER_AGGREGATOR_PID"])
     """
     pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
-    assert _gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
+    assert gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
 
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
@@ -274,6 +262,6 @@ def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
         print(os.environ["TRACER_ENDPOINT"], os.environ["_TRACER_AGGREGATOR_PID"])
     """
     endpoint, pid = run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout.split()
-    assert _gone_within(int(pid), 10)
+    assert gone_within(int(pid), 10)
     path = endpoint[len("ipc://"):]
     assert not [p for p in (path, path + ".pid", path + ".lock") if os.path.exists(p)]

@@ -14,7 +14,7 @@ from .context import current, state
 from .ids import new_id
 from .logger import Logger
 from .recorder import sync_all
-from .serialize import pack, packed
+from .serialize import pack
 from .span import NOOP_SPAN, NoopSpan, Span, error_of, make_permalink, start_child, start_root
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,7 +161,7 @@ def traced(fn: F | None = None, *, name: str | None = None, type: str | None = N
     event.check_name(name, "traced")
     event.check_type(type, "traced")
     tracer = _Traced(fn, name or getattr(fn, "__name__", "function"), type,
-                     None if notrace_io else _input_capture(fn))
+                     None if notrace_io else _InputCapture(fn))
     if inspect.isasyncgenfunction(fn):
         wrapper = tracer.async_gen_wrapper()
     elif inspect.iscoroutinefunction(fn):
@@ -174,10 +174,14 @@ def traced(fn: F | None = None, *, name: str | None = None, type: str | None = N
 
 
 class _Traced:
-    """The per-function part of ``@traced``: how to open and finish that function's spans."""
+    """The per-function part of ``@traced``: how to open and finish that function's spans.
+
+    The synchronous wrapper inlines ``open`` and ``finish``: it is the path every traced call
+    takes, and each avoided call is ~0.1 us.
+    """
 
     def __init__(self, fn: Callable, name: str, type: str | None,
-                 capture: Callable | None) -> None:
+                 capture: _InputCapture | None) -> None:
         self.fn = fn
         self.name = name
         self.type = type
@@ -196,7 +200,7 @@ class _Traced:
             span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
                         parent.root, self.name, self.type, time.time())
         if self.capture is not None:
-            span._input = packed(self.capture(args, kwargs))
+            span._input = self.capture.snapshot(args, kwargs)
         span._rec.open_spans.add(span)
         return span
 
@@ -206,24 +210,40 @@ class _Traced:
         end = span.end_time = time.time()
         rec = span._rec
         rec.open_spans.discard(span)
-        if self.capture is None:
-            fields = None if exc is None else {"error": error_of(exc)}
-        elif exc is None:
-            fields = {"input": span._input, "output": output}
+        if exc is not None:
+            fields = {"error": error_of(exc)}
+        elif self.capture is not None:
+            fields = {"output": output}
         else:
-            fields = {"input": span._input, "error": error_of(exc)}
+            fields = None
         rec.add(pack((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
-                      span.root, span.row_id, span.name, span.type, span.start, end, fields)))
+                      span.root, span.row_id, span.name, span.type, span.start, end, fields,
+                      span._input)))
 
     def sync_wrapper(self) -> Callable:
-        fn, open_, finish = self.fn, self.open, self.finish
+        fn, name, span_type, capture, finish = (self.fn, self.name, self.type, self.capture,
+                                                self.finish)
+        snapshot = capture.snapshot if capture is not None else None
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not state.active:
                 return fn(*args, **kwargs)
-            span = open_(args, kwargs)
-            if span is None:
-                return fn(*args, **kwargs)
+            # open(), inlined
+            parent = current.get()
+            if parent is None:
+                logger = state.logger or current_logger()
+                if logger is None:
+                    return fn(*args, **kwargs)
+                sid = new_id()
+                span = Span(logger.recorder, logger.container, new_id(), sid, None, sid, name,
+                            span_type, time.time())
+            else:
+                span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
+                            parent.root, name, span_type, time.time())
+            if snapshot is not None:
+                span._input = snapshot(args, kwargs)
+            rec = span._rec
+            rec.open_spans.add(span)
             token = current.set(span)
             try:
                 output = fn(*args, **kwargs)
@@ -232,7 +252,15 @@ class _Traced:
                 finish(span, None, exc)
                 raise
             current.reset(token)
-            finish(span, output, None)
+            if span.end_time is not None or snapshot is None:
+                finish(span, output, None)
+                return output
+            # finish(), inlined for the common case
+            end = span.end_time = time.time()
+            rec.open_spans.discard(span)
+            rec.add(pack((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
+                          span.root, span.row_id, span.name, span.type, span.start, end,
+                          {"output": output}, span._input)))
             return output
 
         return wrapper
@@ -355,34 +383,42 @@ class _Yielded:
         return self.items
 
 
-def _input_capture(fn: Callable) -> Callable[[tuple, dict], Any]:
-    """How to turn a call's (args, kwargs) into the span's input, decided once per function."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return lambda args, kwargs: {"args": list(args), "kwargs": kwargs}
-    params = list(sig.parameters.values())
-    skip = 1 if params and params[0].name in ("self", "cls") else 0
-    if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
-        # The common case, ~10x cheaper than Signature.bind.
-        names = tuple(p.name for p in params)
+class _InputCapture:
+    """How a traced function's call becomes its span's input, decided once per function.
 
-        def capture(args: tuple, kwargs: dict) -> dict:
-            bound = dict(zip(names[skip:], args[skip:], strict=False))
-            if kwargs:
-                bound.update(kwargs)
-            return bound
+    ``snapshot(args, kwargs)`` packs what was passed, at call time; the aggregator turns it into
+    the bound arguments (see ``wire.unpack_input``). For the common signature (positional-or-
+    keyword parameters only) the caller packs ``[args, kwargs]`` and ships the parameter names;
+    otherwise ``Signature.bind`` (~10x dearer) builds the dict here. ``self``/``cls`` are left out.
+    """
 
-        return capture
-    first = params[0].name if skip else None
-
-    def capture_bound(args: tuple, kwargs: dict) -> Any:
+    def __init__(self, fn: Callable) -> None:
+        self.names: tuple | None = None
+        self.skip = 0
+        self.sig: inspect.Signature | None = None
         try:
-            bound = sig.bind(*args, **kwargs).arguments
-        except TypeError:  # the call itself will raise; record what was passed
-            return {"args": list(args), "kwargs": kwargs}
-        if first is not None:
-            bound.pop(first, None)
-        return dict(bound)
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return
+        params = list(sig.parameters.values())
+        self.skip = 1 if params and params[0].name in ("self", "cls") else 0
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            self.names = tuple(p.name for p in params[self.skip:])
+        else:
+            self.sig = sig
+        self.snapshot = self._snapshot_named if self.names is not None else self._snapshot_bound
 
-    return capture_bound
+    def snapshot(self, args: tuple, kwargs: dict) -> tuple:
+        return (None, pack({"args": list(args), "kwargs": kwargs}))
+
+    def _snapshot_named(self, args: tuple, kwargs: dict) -> tuple:
+        return (self.names, pack((args[self.skip:] if self.skip else args, kwargs or None)))
+
+    def _snapshot_bound(self, args: tuple, kwargs: dict) -> tuple:
+        try:
+            bound = self.sig.bind(*args, **kwargs).arguments
+        except TypeError:  # the call itself will raise; record what was passed
+            return (None, pack({"args": list(args), "kwargs": kwargs}))
+        if self.skip:
+            bound.pop(next(iter(self.sig.parameters)), None)
+        return (None, pack(dict(bound)))

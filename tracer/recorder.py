@@ -43,7 +43,6 @@ from .ids import reseed_after_fork
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
 KICK_RECORDS = 64  # records that wake the flusher early
 FRAME_MAX_RECORDS = 1024
-FRAME_MAX_BYTES = 1 << 20
 IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
 SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive this often
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
@@ -83,6 +82,7 @@ class Recorder:
         self.endpoint = endpoint
         self.aggregator_pid = aggregator_pid
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
+        self._block_at = max_buffer or sys.maxsize
         self.store = store  # the aggregator's store, when known: needed to restart it
         self._owner_pid = os.getpid() if owner else None
         self.aggregator_owner = self._owner_pid or aggregator_owner
@@ -134,8 +134,12 @@ class Recorder:
         """Queue one packed record. This is the hot path: keep it to a few attribute reads."""
         buffer = self._buffer
         buffer.append(record)
-        if len(buffer) >= KICK_RECORDS:
-            self._kick(len(buffer))
+        queued = len(buffer)
+        if queued >= KICK_RECORDS:
+            # Kick once per flusher wake-up (it can take a GIL switch interval to come), and
+            # again only when the buffer is full.
+            if not self._kicked or queued >= self._block_at:
+                self._kick(queued)
         elif self._thread is None:
             self._start_thread()
 
@@ -302,23 +306,30 @@ class Recorder:
         buffer = self._buffer
         if not buffer:
             return False
+        take = buffer.popleft
         while buffer:
-            records: list[bytes] = []
-            size = 0
-            sync = None
-            while buffer and len(records) < FRAME_MAX_RECORDS and size < FRAME_MAX_BYTES:
-                item = buffer.popleft()
-                if isinstance(item, _Sync):
-                    sync = item
-                    break
-                records.append(item)
-                size += len(item)
-            if records:
-                self._send_data(b"".join(records), len(records))
-            if sync is not None:
-                self._waiting[sync.token] = sync
-                self._send_sync(sync)
+            items = [take() for _ in range(min(len(buffer), FRAME_MAX_RECORDS))]
+            try:
+                body = b"".join(items)  # the common case: records only, no per-item work
+            except TypeError:  # flush markers among them: send in order around them
+                self._send_in_order(items)
+            else:
+                self._send_data(body, len(items))
         return True
+
+    def _send_in_order(self, items: list) -> None:
+        records: list[bytes] = []
+        for item in items:
+            if isinstance(item, _Sync):
+                if records:
+                    self._send_data(b"".join(records), len(records))
+                    records = []
+                self._waiting[item.token] = item
+                self._send_sync(item)
+            else:
+                records.append(item)
+        if records:
+            self._send_data(b"".join(records), len(records))
 
     def _send_data(self, body: bytes, records: int) -> None:
         """Send a DATA message and keep it until the aggregator says it is committed."""

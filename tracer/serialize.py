@@ -29,8 +29,6 @@ import uuid
 
 import msgpack
 
-from .wire import EXT_PACKED
-
 MAX_DEPTH = 200
 MAX_REPR = 1000
 
@@ -92,11 +90,6 @@ def pack(obj: object) -> bytes:
         return packer.pack(sanitize(obj))
 
 
-def packed(obj: object) -> msgpack.ExtType:
-    """Snapshot ``obj`` now, to be embedded in a record packed later."""
-    return msgpack.ExtType(EXT_PACKED, pack(obj))
-
-
 def sanitize(obj: object, depth: int = 0, path: frozenset[int] = frozenset()) -> object:
     """A copy of ``obj`` that msgpack can pack: cycles and deep nesting replaced by markers."""
     if obj is None or isinstance(obj, (bool, float)):
@@ -105,7 +98,7 @@ def sanitize(obj: object, depth: int = 0, path: frozenset[int] = frozenset()) ->
         return obj if -(2**63) <= obj < 2**64 else str(obj)
     if isinstance(obj, str):
         return obj.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(obj, (bytes, msgpack.ExtType)):  # ExtType: a snapshot packed earlier
+    if isinstance(obj, bytes):
         return obj
     if depth >= MAX_DEPTH:
         return f"<max depth {MAX_DEPTH} reached>"

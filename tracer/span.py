@@ -10,7 +10,7 @@ from . import event, slug, wire
 from .context import current, state
 from .ids import new_id
 from .recorder import Recorder
-from .serialize import pack, packed
+from .serialize import pack
 
 
 class Span:
@@ -37,7 +37,7 @@ class Span:
         self.type = type
         self.start = start
         self.end_time: float | None = None
-        self._input: Any = None  # a snapshot to announce if the span runs long
+        self._input: Any = None  # [names, packed input] (see wire.py), sent with the span
         self._token: Any = None
 
     # -- identity ---------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class Span:
         if self.end_time is not None:  # already sent: send the change as a merge
             self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span,
                                 self.parents, self.root, self.row_id, self.name, self.type,
-                                self.start, self.end_time, None)))
+                                self.start, self.end_time, None, None)))
 
     def start_span(self, name: str | None = None, type: str | None = None,
                    **event_fields: Any) -> Span:
@@ -114,7 +114,8 @@ class Span:
         self.end_time = end
         self._rec.open_spans.discard(self)
         self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span, self.parents,
-                            self.root, self.row_id, self.name, self.type, self.start, end, None)))
+                            self.root, self.row_id, self.name, self.type, self.start, end, None,
+                            None)))
         return end
 
     close = end
@@ -125,9 +126,8 @@ class Span:
 
     def open_record(self) -> bytes:
         """The announcement of a span still running (sent by the recorder's flusher)."""
-        fields = None if self._input is None else {"input": self._input}
         return pack((wire.SPAN_OPEN, self.container, self.trace, self.span, self.parents,
-                     self.root, self.row_id, self.name, self.type, self.start, fields))
+                     self.root, self.row_id, self.name, self.type, self.start, None, self._input))
 
     # -- context manager: current span inside the block, error logged, ended at exit -------
 
@@ -266,8 +266,8 @@ def _event(event_dict: dict | None, event_fields: dict, where: str) -> dict:
 
 def _begin(span: Span, fields: dict) -> Span:
     state.active = True
-    if "input" in fields:
-        span._input = packed(fields["input"])
+    if "input" in fields:  # also kept for the announcement of a long-running span
+        span._input = (None, pack(fields["input"]))
     span._rec.open_spans.add(span)
     span._record_log(fields)
     return span

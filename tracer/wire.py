@@ -47,14 +47,15 @@ RECEIVED = 0  # every earlier message of this sender has been read and queued
 COMMITTED = 1  # ... and every row it touched is committed to the sink
 
 # Record kinds.
-SPAN_END = 1  # head + (name, type, start, end, fields | None)
+SPAN_END = 1  # head + (name, type, start, end, fields | None, input)
 SPAN_LOG = 2  # head + (fields,)
-SPAN_OPEN = 3  # head + (name, type, start, fields | None): a span still running
+SPAN_OPEN = 3  # head + (name, type, start, fields | None, input): a span still running
 UPDATE = 4  # (UPDATE, container, row_id, fields): merge into an existing row by id
 
-# A value packed ahead of time (a snapshot taken when the caller logged it), carried as
-# msgpack ext data so the aggregator unpacks it transparently.
-EXT_PACKED = 1
+# ``input`` of SPAN_END/SPAN_OPEN is None or [names, data]: ``data`` is msgpack packed when the
+# span started (a snapshot). With names None it is the input itself; with a tuple of parameter
+# names (``@traced``) it is [args, kwargs] and the input is the bound arguments, which the
+# aggregator builds (so the caller never builds that dict).
 
 # Container keys travel with every record as one short string (packing it is a memcpy):
 # "L\x1f<project>" for project logs, "E\x1f<project>\x1f<experiment id>\x1f<experiment name>".
@@ -104,12 +105,19 @@ def reply(kind: int, token: object, payload: object = None, first_seq: int = 0) 
     return msgpack.packb([VERSION, kind, token, payload, first_seq])
 
 
-def unpack_packed(code: int, data: bytes) -> object:
-    """ext_hook for unpackers: restores values that were packed ahead of time."""
-    if code == EXT_PACKED:
-        return msgpack.unpackb(data, ext_hook=unpack_packed, strict_map_key=False,
-                               use_list=False)
-    return msgpack.ExtType(code, data)
+def unpack_input(slot: object) -> object:
+    """The input a SPAN_END/SPAN_OPEN record carries in its ``input`` slot."""
+    names, data = slot
+    value = msgpack.unpackb(data, strict_map_key=False, use_list=False)
+    if names is None:
+        return value
+    args, kwargs = value
+    bound = dict(zip(names, args, strict=False))
+    if len(args) > len(names):  # more positional arguments than parameters: keep them
+        bound["*args"] = list(args[len(names):])
+    if kwargs:
+        bound.update(kwargs)
+    return bound
 
 
 def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:

@@ -260,8 +260,8 @@ class Aggregator:
     def _apply_records(self, body: bytes, sender: Sender) -> None:
         # Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
         # hashable. JSON and the merge treat tuples as lists.
-        unpacker = msgpack.Unpacker(ext_hook=wire.unpack_packed, strict_map_key=False,
-                                    use_list=False, max_buffer_size=max(len(body), 1))
+        unpacker = msgpack.Unpacker(strict_map_key=False, use_list=False,
+                                    max_buffer_size=max(len(body), 1))
         unpacker.feed(body)
         created = now_iso()
         while True:
@@ -306,15 +306,18 @@ class Aggregator:
                 attributes["type"] = span_type
             partial["span_attributes"] = attributes
             if kind == wire.SPAN_END:
-                end, fields = record[10:12]
+                end, fields, inp = record[10:13]
                 partial["metrics"] = {"start": start, "end": end}
                 sender.open.pop(key, None)
             else:
-                fields = record[10]
+                fields, inp = record[10:12]
                 partial["metrics"] = {"start": start}
-                sender.open[key] = (container, dict(partial))
+            if inp is not None:
+                partial["input"] = wire.unpack_input(inp)
             if fields:
                 merge(partial, fields)
+            if kind == wire.SPAN_OPEN:
+                sender.open[key] = (container, dict(partial))
         else:
             self.counters["bad_records"] += 1
             return

@@ -1,0 +1,466 @@
+#!/usr/bin/env python
+"""Micro-benchmark of the caller-side cost of one ``@tracer.traced`` call.
+
+Three cases, on the same two functions ``f(x) -> x`` (empty) and ``g(text) -> len(text)`` (called
+with a 1024-character string), all measured in one run:
+
+  bare       the plain functions, timed in this process;
+  nologger   ``tracer.traced(f)`` / ``tracer.traced(g)`` with tracing off, in a child process
+             (once ``init_logger`` has run in a process, tracing stays on for good);
+  logger     the same with ``tracer.init_logger("bench", store=<tmp>/bench.db)``, i.e. a real
+             aggregator process, in another child. After timing, the child flushes and checks
+             that the store holds every span it recorded.
+
+Each case times ``--repeats`` batches of ``--calls`` calls per function with
+``time.perf_counter_ns()`` (GC disabled while a batch runs), after one warm-up batch, and reports
+the median per-call time. Children are this script run with a hidden ``--mode`` flag, in an
+environment stripped of TRACER_*, _TRACER_* and BRAINTRUST_* variables; they print JSON.
+
+    python scripts/bench_traced.py                  # defaults: 200000 calls x 7 repeats
+    python scripts/bench_traced.py --calls 50000 --json /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+PROJECT = "bench"
+TEXT = "x" * 1024
+ENV_PREFIXES = ("TRACER_", "_TRACER_", "BRAINTRUST_")
+TARGET_LOGGER_US = 2.5  # per span, input/output captured, logger on
+TARGET_NOLOGGER_ADDED_US = 0.3  # added per call, tracing off
+
+
+# -- the functions under test ----------------------------------------------------------------
+
+
+def f(x):
+    return x
+
+
+def g(text):
+    return len(text)
+
+
+BARE = {"f": f, "g": g}  # functools.wraps keeps __name__: the reference for each wrapper
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def time_batch(fn: Callable, arg: Any, calls: int) -> int:
+    """Nanoseconds for ``calls`` calls of ``fn(arg)``, GC disabled meanwhile."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in repeat(None, calls):
+            fn(arg)
+        return time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+
+
+def measure(pairs: dict[str, tuple[Callable, Any]], calls: int, repeats: int,
+            warmup: int, between: Callable[[], Any] | None = None) -> dict[str, dict]:
+    """Warm up each function once, then time ``repeats`` batches of each, interleaved;
+    ``between`` runs, untimed, after each batch.
+
+    The first warm-up call of each function is checked against the bare function, so a broken
+    wrapper cannot produce a fast number; it counts as one of the ``warmup`` calls.
+    """
+    for fn, arg in pairs.values():
+        expect = BARE[fn.__name__](arg)
+        if fn(arg) != expect:
+            raise SystemExit(f"bench_traced: {fn!r}({arg!r:.20}) returned a wrong result")
+        if warmup > 1:
+            time_batch(fn, arg, warmup - 1)
+        if between is not None:
+            between()
+    batches: dict[str, list[int]] = {key: [] for key in pairs}
+    for _ in range(repeats):
+        for key, (fn, arg) in pairs.items():
+            batches[key].append(time_batch(fn, arg, calls))
+            if between is not None:
+                between()
+    out = {}
+    for key, ns in batches.items():
+        per_call = [t / calls / 1000 for t in ns]
+        out[key] = {
+            "median_us": statistics.median(per_call),
+            "min_us": min(per_call),
+            "max_us": max(per_call),
+            "per_repeat_us": per_call,
+            "batch_ns": ns,
+        }
+    return out
+
+
+# -- child modes -------------------------------------------------------------------------------
+
+
+def _json_channel() -> int:
+    """A private fd for the child's JSON; fd 1 then points at stderr.
+
+    Defensive: were the aggregator that ``init_logger`` starts to inherit fd 1 (the parent's
+    pipe), the parent would wait for the aggregator to exit before seeing EOF, and anything it
+    printed would mix with the JSON.
+    """
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    return fd
+
+
+def _emit(fd: int, result: dict) -> None:
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(result) + "\n")
+
+
+def child_nologger(args: argparse.Namespace) -> None:
+    fd = _json_channel()
+    import tracer
+
+    try:
+        from tracer.context import state  # internal: only to report that tracing is off
+    except ImportError:
+        state = None
+    tf, tg = tracer.traced(f), tracer.traced(g)
+    timed = measure({"f": (tf, 0), "g": (tg, TEXT), "bare_f": (f, 0), "bare_g": (g, TEXT)},
+                    args.calls, args.repeats, args.warmup)
+    _emit(fd, {
+        "mode": "nologger",
+        "tracing_active": getattr(state, "active", "unknown"),
+        "logger": repr(tracer.current_logger()),
+        "timings": timed,
+    })
+
+
+def child_logger(args: argparse.Namespace) -> None:
+    fd = _json_channel()
+    import tracer
+
+    store = os.path.join(args.store_dir, "bench.db")
+    logger = tracer.init_logger(PROJECT, store=store)
+    rec = logger.recorder
+    tf, tg = tracer.traced(f), tracer.traced(g)
+    # The caller's own cost: batches that fit in the recorder's buffer, each flushed (untimed)
+    # before the next, so no call waits for the aggregator.
+    calls = args.logger_calls
+    timed = measure({"f": (tf, 0), "g": (tg, TEXT)}, calls, args.repeats, args.warmup,
+                    between=lambda: tracer.flush(timeout=300))
+    # Sustained: one long batch, paced by the aggregator once the buffer is full (the default
+    # blocking policy).
+    t0 = time.perf_counter()
+    sustained_ns = time_batch(tg, TEXT, args.calls)
+    t1 = time.perf_counter()
+    flush_error = None
+    try:
+        tracer.flush(timeout=300)
+    except tracer.FlushError as exc:
+        flush_error = str(exc)
+    t2 = time.perf_counter()
+    expected = {"f": args.warmup + args.repeats * calls,
+                "g": args.warmup + args.repeats * calls + args.calls}
+    delivered, sample = count_rows(store)
+    _emit(fd, {
+        "mode": "logger",
+        "store": store,
+        "aggregator_pid": getattr(rec, "aggregator_pid", None),
+        "timings": timed,
+        "flush_seconds": t2 - t1,
+        "flush_error": flush_error,
+        "expected": expected,
+        "delivered": delivered,
+        "sample_g_row": sample,
+        "sustained_calls": args.calls,
+        "sustained_us_per_call": sustained_ns / args.calls / 1000,
+        "sustained_spans_per_s": args.calls / (sustained_ns / 1e9),
+        "sustained_end_to_end_spans_per_s": args.calls / (t2 - t0),
+        "recorder_counters": dict(getattr(rec, "counters", {})),
+        "max_buffer": getattr(rec, "max_buffer", None),
+    })
+
+
+def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
+    """Rows per span name in the bench project, and whether a ``g`` row holds its input/output."""
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+    try:
+        query = ("SELECT r.name, COUNT(*) FROM rows r JOIN containers c ON c.id = r.container "
+                 "WHERE c.project_name = ? GROUP BY r.name")
+        counts = {name: n for name, n in conn.execute(query, (PROJECT,))}
+        found = conn.execute(
+            "SELECT r.data FROM rows r JOIN containers c ON c.id = r.container "
+            "WHERE c.project_name = ? AND r.name = 'g' LIMIT 1", (PROJECT,)).fetchone()
+    finally:
+        conn.close()
+    sample = None
+    if found is not None:
+        row = json.loads(found[0])
+        text = (row.get("input") or {}).get("text")
+        sample = {"input_text_len": len(text) if isinstance(text, str) else None,
+                  "output": row.get("output")}
+    return counts, sample
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+
+
+def run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode,
+           "--calls", str(args.calls), "--logger-calls", str(args.logger_calls),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), *extra]
+    proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_traced: child {mode!r} failed with exit code {proc.returncode}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"bench_traced: child {mode!r} printed no JSON")
+    return json.loads(lines[-1])
+
+
+def wait_gone(pid: int | None, timeout: float = 30.0) -> bool:
+    """Wait for the (reparented) aggregator to exit, so its store can be removed."""
+    if pid is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def side_files(directory: str, limit: int = 2000) -> dict[str, str]:
+    """The tails of non-empty files beside the store (the aggregator's log, if it writes one)."""
+    tails = {}
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if name.startswith("bench.db") or os.path.getsize(path) == 0:
+                continue
+            with open(path, errors="replace") as fh:
+                tails[os.path.relpath(path, directory)] = fh.read()[-limit:]
+    return tails
+
+
+def source_state() -> str:
+    """Which library code was measured: the git commit, and whether tracer/ or workers/ differ."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tracer",
+                                "workers"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    if not head:
+        return "unknown (not a git checkout)"
+    changed = [line[3:] for line in dirty.splitlines() if line.strip()]
+    return f"{head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def machine() -> dict:
+    import msgpack
+    import zmq
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "msgpack_impl": msgpack.Packer.__module__,
+        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "source": source_state(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main_run(args: argparse.Namespace) -> int:
+    info = machine()
+    print("# @tracer.traced caller-side cost\n")
+    print(f"- command: `{info['command']}`")
+    print(f"- machine: {info['platform']}; CPU: {info['cpu']}; cores: {info['cores']} "
+          f"(usable: {info['usable_cores']})")
+    print(f"- Python {info['python']}; pyzmq {info['pyzmq']} (libzmq {info['libzmq']}); "
+          f"msgpack {info['msgpack']} ({info['msgpack_impl']})")
+    print(f"- library: {info['source']}")
+    print("- load average at start: " + " ".join(f"{x:.2f}" for x in info["loadavg_start"]))
+    print(f"- method: {args.repeats} repeats x {args.calls} calls per function, after a "
+          f"{args.warmup}-call warm-up; median of the per-call times; GC off while timing. "
+          f"With a logger: batches of {args.logger_calls} calls (within the recorder's buffer), "
+          f"flushed between batches, untimed; then one sustained batch of {args.calls} calls")
+    print(flush=True)
+
+    bare = measure({"f": (f, 0), "g": (g, TEXT)}, args.calls, args.repeats, args.warmup)
+    nolog = run_child("nologger", args, [])
+    with tempfile.TemporaryDirectory(prefix="bench_traced-") as tmp:
+        logged = run_child("logger", args, ["--store-dir", tmp])
+        if not wait_gone(logged.get("aggregator_pid")):
+            print(f"(note: aggregator {logged['aggregator_pid']} still running; "
+                  "its temp store is removed anyway)", file=sys.stderr)
+        logged["side_files"] = side_files(tmp)
+    info["loadavg_end"] = os.getloadavg()
+
+    def med(result: dict, key: str) -> float:
+        return result["timings"][key]["median_us"]
+
+    rows = [
+        ("bare call", med({"timings": bare}, "f"), med({"timings": bare}, "g")),
+        ("@traced, no logger", med(nolog, "f"), med(nolog, "g")),
+        ("@traced, with logger (caller's cost)", med(logged, "f"), med(logged, "g")),
+    ]
+    added_nolog = (rows[1][1] - rows[0][1], rows[1][2] - rows[0][2])
+    added_log = (rows[2][1] - rows[0][1], rows[2][2] - rows[0][2])
+    rows.append(("added by @traced (no logger)", *added_nolog))
+    rows.append(("added by @traced (logger)", *added_log))
+
+    print("| case | empty fn µs | 1 KB input µs |")
+    print("|---|---:|---:|")
+    for label, a, b in rows:
+        print(f"| {label} | {a:.3f} | {b:.3f} |")
+    print()
+
+    print("Spread (min-max per-call µs over repeats):")
+    for label, result in (("bare", {"timings": bare}), ("no logger", nolog),
+                          ("logger", logged)):
+        t = result["timings"]
+        print(f"- {label}: f {t['f']['min_us']:.3f}-{t['f']['max_us']:.3f}, "
+              f"g {t['g']['min_us']:.3f}-{t['g']['max_us']:.3f}")
+    t = nolog["timings"]
+    print(f"- control, bare calls timed inside the no-logger child: "
+          f"f {t['bare_f']['median_us']:.3f}, g {t['bare_g']['median_us']:.3f}")
+    print(f"- no-logger child: tracing active = {nolog['tracing_active']}, "
+          f"current_logger() = {nolog['logger']}")
+    print()
+
+    print("Logger case:")
+    for name in ("f", "g"):
+        got, expected = logged["delivered"].get(name, 0), logged["expected"][name]
+        status = "OK" if got == expected else "SHORT" if got < expected else "EXTRA"
+        print(f"- delivered: {got} of {expected} ({name}) {status}")
+    others = {k: v for k, v in logged["delivered"].items() if k not in ("f", "g")}
+    if others:
+        print(f"- unexpected rows by name: {others}")
+    print(f"- sample g row: {logged['sample_g_row']}")
+    if logged["flush_error"]:
+        print(f"- flush FAILED after {logged['flush_seconds']:.3f} s: {logged['flush_error']}")
+    else:
+        print(f"- flush wall time: {logged['flush_seconds']:.3f} s")
+    print(f"- sustained ({logged['sustained_calls']} calls of g in one batch, paced by the "
+          f"aggregator once the buffer is full): {logged['sustained_us_per_call']:.2f} µs per "
+          f"call, {logged['sustained_spans_per_s']:,.0f} spans/s; end to end with the final "
+          f"flush {logged['sustained_end_to_end_spans_per_s']:,.0f} spans/s")
+    print(f"- recorder: max_buffer={logged['max_buffer']}, counters={logged['recorder_counters']}")
+    for name, tail in logged["side_files"].items():
+        print(f"- {name} (tail):")
+        for line in tail.rstrip().splitlines():
+            print(f"    {line}")
+    print("- load average at end: " + " ".join(f"{x:.2f}" for x in info["loadavg_end"]))
+    print()
+
+    worst_log = max(rows[2][1], rows[2][2])
+    worst_nolog = max(added_nolog)
+    print("Targets (for context):")
+    print(f"- with logger, caller's cost per span with input/output capture: {worst_log:.3f} µs "
+          f"(target <= {TARGET_LOGGER_US}) -> "
+          f"{'met' if worst_log <= TARGET_LOGGER_US else 'NOT met'}")
+    print(f"- added with no logger: {worst_nolog:.3f} µs "
+          f"(target <= {TARGET_NOLOGGER_ADDED_US}) -> "
+          f"{'met' if worst_nolog <= TARGET_NOLOGGER_ADDED_US else 'NOT met'}")
+
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"machine": info, "calls": args.calls, "repeats": args.repeats,
+                       "warmup": args.warmup, "bare": bare, "nologger": nolog,
+                       "logger": logged,
+                       "added_nologger_us": {"f": added_nolog[0], "g": added_nolog[1]},
+                       "added_logger_us": {"f": added_log[0], "g": added_log[1]}}, out, indent=2)
+        print(f"\nraw numbers written to {args.json}")
+    return 0
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Measure the caller-side cost per @tracer.traced call: bare, traced with no "
+                    "logger (child process) and traced with a live logger and aggregator (child "
+                    "process). Prints a Markdown table.")
+    p.add_argument("--calls", type=positive, default=200_000,
+                   help="calls per timed batch (default: %(default)s)")
+    p.add_argument("--logger-calls", type=positive, default=10_000,
+                   help="calls per timed batch with a logger; keep it within the recorder's "
+                        "buffer (TRACER_QUEUE_SIZE, default 15000) to time the caller's own "
+                        "cost rather than the aggregator's pace (default: %(default)s)")
+    p.add_argument("--repeats", type=positive, default=7,
+                   help="timed batches per function and case; the median is reported "
+                        "(default: %(default)s)")
+    p.add_argument("--warmup", type=positive, default=20_000,
+                   help="calls in the untimed warm-up batch (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", help="also write the raw numbers to PATH")
+    p.add_argument("--mode", choices=("main", "nologger", "logger"), default="main",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--store-dir", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.mode == "nologger":
+        child_nologger(args)
+        return 0
+    if args.mode == "logger":
+        if not args.store_dir:
+            raise SystemExit("bench_traced: --mode logger needs --store-dir")
+        child_logger(args)
+        return 0
+    return main_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
