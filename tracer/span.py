@@ -22,7 +22,7 @@ class Span:
     """
 
     __slots__ = ("_rec", "container", "trace", "span", "parents", "root", "row_id",
-                 "name", "type", "start", "end_time", "_input", "_token", "__weakref__")
+                 "name", "type", "start", "end_time", "_input", "_token")
 
     def __init__(self, rec: Recorder, container: str, trace: int, span: int, parents: Any,
                  root: int, name: str | None, type: str | None, start: float) -> None:

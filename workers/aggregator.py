@@ -113,7 +113,10 @@ class Aggregator:
                 self.acks.append((kind, identity, token, first_seq, error))
             if finished:
                 with waker_lock:
-                    waker.send(b"", zmq.NOBLOCK)
+                    try:
+                        waker.send(b"", zmq.NOBLOCK)
+                    except zmq.Again:  # wake-ups already pending: the loop will see the acks
+                        pass
 
         uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
                             lambda: sink.record_run(self.run_id, self.info(), self.stats()))
@@ -147,8 +150,11 @@ class Aggregator:
         uploader.stopping.set()
         uploader.thread.join(5)
         self._send_acks(router)
-        sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
-        sink.close()
+        if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
+            _log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not answer")
+        else:
+            sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
+            sink.close()
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
@@ -401,7 +407,10 @@ class Aggregator:
                 cpu = sum(self._process.cpu_times()[:2])
         except psutil.Error:
             rss, cpu = None, None
-        live = [s for s in self.senders.values() if s.live]
+        # Called from the uploader thread too: list() takes the senders in one step, safe
+        # against the receiving thread adding one meanwhile.
+        senders = list(self.senders.values())
+        live = [s for s in senders if s.live]
         return {
             "run_id": self.run_id,
             "pid": os.getpid(),
@@ -412,8 +421,7 @@ class Aggregator:
             "queue_depth": self.queue.depth(),
             "queue_size": self.settings.queue_size,
             "live_senders": len(live),
-            "senders_with_gaps": {f"{s.host}:{s.pid}": s.gaps
-                                  for s in self.senders.values() if s.gaps},
+            "senders_with_gaps": {f"{s.host}:{s.pid}": s.gaps for s in senders if s.gaps},
             "rss_bytes": rss,
             "cpu_seconds": cpu,
         }

@@ -50,10 +50,14 @@ class Uploader:
             if batch is None:
                 return
             error = self._write(batch)
-            self.on_done(self.queue.done(error))
-            if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
-                self._last_record = time.monotonic()
-                self.on_idle()
+            try:  # whatever goes wrong here, this thread must go on committing
+                self.on_done(self.queue.done(error))
+                if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
+                    self._last_record = time.monotonic()
+                    self.on_idle()
+            except Exception as exc:
+                self.counters["uploader_errors"] += 1
+                print(f"tracer-aggregator: uploader: {exc!r}", file=sys.stderr)
 
     def _write(self, batch: list) -> str | None:
         retries = self.settings.num_retries
