@@ -36,6 +36,11 @@ def run_pool_map(ctx):
         assert pool.map(tasks.work, range(N)) == [2 * i + 1 for i in range(N)]
 
 
+def run_imap(ctx):
+    with tracer.TracedPool(2, context=ctx) as pool:
+        assert list(pool.imap(tasks.work, range(N))) == [2 * i + 1 for i in range(N)]
+
+
 def run_imap_unordered(ctx):
     with tracer.TracedPool(2, context=ctx) as pool:
         assert sorted(pool.imap_unordered(tasks.work, range(N))) == [2 * i + 1 for i in range(N)]
@@ -86,6 +91,7 @@ def run_os_fork(ctx):
 
 CASES = {
     "pool_map": run_pool_map,
+    "imap": run_imap,
     "imap_unordered": run_imap_unordered,
     "apply_async": run_apply_async,
     "starmap": run_starmap,

@@ -265,3 +265,22 @@ def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
     assert gone_within(int(pid), 10)
     path = endpoint[len("ipc://"):]
     assert not [p for p in (path, path + ".pid", path + ".lock") if os.path.exists(p)]
+
+
+def test_a_span_logged_after_the_flusher_went_idle_is_delivered_at_exit(tmp_path):
+    """The flusher thread exits when idle; at exit (where Python >= 3.12 starts no thread) the
+    last span still goes out."""
+    code = """
+        import time, tracer
+        from tracer import recorder
+        tracer.init_logger("idle")
+        with tracer.start_span("early"):
+            pass
+        time.sleep(recorder.IDLE_EXIT + 0.6)
+        with tracer.start_span("late"):
+            pass
+    """
+    proc = run_python(code, env=clean_env(), cwd=str(tmp_path))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
+        assert sorted(r["span_attributes"]["name"] for r in store.rows()) == ["early", "late"]

@@ -115,6 +115,9 @@ class Recorder:
         os.set_blocking(self._wake_w, False)
         self._kicked = False
         self._thread: threading.Thread | None = None
+        self._poller: zmq.Poller | None = None
+        self._polled: zmq.Socket | None = None  # the socket registered with the poller
+        self._stepping = threading.Lock()  # one flusher turn at a time (thread or inline)
         self._closing = False
         self._close_deadline = 0.0
         self._closed = False
@@ -176,11 +179,15 @@ class Recorder:
             return
         waiter = _Sync(next(self._tokens), level)
         self._buffer.append(waiter)
-        if self._thread is None:
-            self._start_thread()
+        inline = self._thread is None and not self._start_thread()
         self._wake()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not waiter.done.wait(0.05):
+        while not waiter.done.is_set():
+            if inline:  # no flusher can run (interpreter shutdown): do its work here
+                with self._stepping:
+                    self._step(0.05)
+            else:
+                waiter.done.wait(0.05)
             if deadline is not None and time.monotonic() > deadline:
                 raise FlushError(f"flush timed out after {timeout}s ({self.endpoint})")
         if waiter.error:
@@ -209,21 +216,29 @@ class Recorder:
 
     # -- the flusher thread ------------------------------------------------------------------
 
-    def _start_thread(self) -> None:
+    def _start_thread(self) -> bool:
+        """Start the flusher unless it runs; False if no thread can be started (Python >= 3.12
+        refuses at interpreter shutdown): then ``sync``/``close`` do its work inline."""
         # The first record of a process arms the exit handlers, however soon it then exits.
         _register_exit()
         with self._lock:
             if self._thread is not None:
-                return
+                return True
             # A record after this process's exit handler ran (from an atexit handler registered
             # before ours, which runs after it): deliver it at once rather than strand it.
             late = self._closed
             self._closed = self._closing = False
             thread = threading.Thread(target=self._run, name="tracer-flusher", daemon=True)
-            self._thread = thread
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:
+                started = False
+            else:
+                self._thread = thread
+                started = True
         if late:
             self.close()
+        return started
 
     def _forget_parent(self) -> None:
         """In a fork child: leave the parent's socket, pipe and buffer alone, start afresh."""
@@ -244,36 +259,12 @@ class Recorder:
 
     def _run(self) -> None:
         idle_since = time.monotonic()
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        polled_sock = None
         while True:
-            if self._sock is not polled_sock:  # opened, or replaced after a recovery
-                if polled_sock is not None:
-                    poller.unregister(polled_sock)
-                polled_sock = self._sock
-                if polled_sock is not None:
-                    poller.register(polled_sock, zmq.POLLIN)
-            poller.poll(FLUSH_INTERVAL * 1000)
-            self._kicked = False
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-            try:
-                busy = self._send_buffered()
-                busy = self._announce() or busy
-                self._read_replies()
-                self._check_aggregator()
-            except Exception as exc:  # never let the flusher die silently
-                self._warn("flusher", f"tracer: flusher error: {exc!r}")
-                busy = True
-            with self._room:
-                self._room.notify_all()
-            if self._closing and not self._buffer and not self._waiting:
-                self._finish()
-                return
+            with self._stepping:
+                busy = self._step(FLUSH_INTERVAL)
+                if self._closing and not self._buffer and not self._waiting:
+                    self._finish()
+                    return
             now = time.monotonic()
             if busy or self._buffer or self._waiting or self._unacked:
                 idle_since = now
@@ -286,6 +277,39 @@ class Recorder:
                     if not self._buffer:
                         return
                     self._thread = threading.current_thread()
+
+    def _step(self, timeout: float) -> bool:
+        """One turn of the flusher's work: wait (at most ``timeout`` s) for a wake-up or a reply,
+        send what is buffered, announce long-running spans, read replies, look after the
+        aggregator. Returns whether there was anything to do."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = zmq.Poller()
+            poller.register(self._wake_r, zmq.POLLIN)
+        if self._sock is not self._polled:  # opened, or replaced after a recovery
+            if self._polled is not None:
+                poller.unregister(self._polled)
+            self._polled = self._sock
+            if self._sock is not None:
+                poller.register(self._sock, zmq.POLLIN)
+        poller.poll(timeout * 1000)
+        self._kicked = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        try:
+            busy = self._send_buffered()
+            busy = self._announce() or busy
+            self._read_replies()
+            self._check_aggregator()
+        except Exception as exc:  # never let the flusher die silently
+            self._warn("flusher", f"tracer: flusher error: {exc!r}")
+            busy = True
+        with self._room:
+            self._room.notify_all()
+        return busy
 
     def _ensure_open(self) -> zmq.Socket:
         if self._sock is not None:
@@ -503,8 +527,10 @@ class Recorder:
                   file=sys.stderr)
         self._close_deadline = time.monotonic() + 1.0
         self._closing = True
-        if self._thread is None:
-            self._start_thread()
+        if self._thread is None and not self._start_thread():
+            with self._stepping:  # no flusher can run: say goodbye from here
+                self._finish()
+            return
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
