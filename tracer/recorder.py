@@ -606,6 +606,11 @@ def _pid_file_of(endpoint: str) -> int | None:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process (a zombie is not)."""
+    try:  # an aggregator we started is our child: reap it if it has exited
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
