@@ -458,3 +458,15 @@ def test_traced_thread_pool_executor_runs_tasks_as_children_of_the_submitting_sp
     for row in got:
         if row["span_attributes"]["name"] == "task":
             assert row["span_parents"] == [parent.span_id]
+
+
+def test_user_chosen_row_id_is_kept_under_a_parent_too(logger, rows):
+    with tracer.start_span("parent") as parent:
+        with tracer.start_span("chosen child", id="child-row"):
+            pass
+        with parent.start_span("chosen grandchild", id="grandchild-row"):
+            pass
+    named = by_name(rows())
+    assert named["chosen child"]["id"] == "child-row"
+    assert named["chosen grandchild"]["id"] == "grandchild-row"
+    assert named["chosen child"]["span_parents"] == [parent.span_id]

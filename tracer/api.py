@@ -15,7 +15,16 @@ from .ids import new_id
 from .logger import Logger
 from .recorder import sync_all
 from .serialize import pack
-from .span import NOOP_SPAN, NoopSpan, Span, error_of, make_permalink, start_child, start_root
+from .span import (
+    NOOP_SPAN,
+    NoopSpan,
+    Span,
+    check_start,
+    error_of,
+    make_permalink,
+    start_child,
+    start_root,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,23 +90,19 @@ def start_span(name: str | None = None, type: str | None = None, parent: str | N
 
     ``event`` and keyword arguments are logged at start (``input=...``, ``metadata=...``).
     """
-    where = "start_span"
-    row_id = event_fields.pop("id", None)
+    fields, row_id = check_start(name, type, event, event_fields, "start_span")
     if isinstance(parent, Span):
-        return start_child(parent, name, type, event, event_fields, where)
+        return start_child(parent, name, type, fields, row_id)
     ref = _parent_ref(parent)
     if ref is not None:
-        return start_root(_recorder_for_slugs(), ref.container, name, type, event, event_fields,
-                          where, ref, row_id)
+        return start_root(_recorder_for_slugs(), ref.container, name, type, fields, row_id, ref)
     cur = current.get()
     if cur is not None:
-        return start_child(cur, name, type, event, event_fields, where)
+        return start_child(cur, name, type, fields, row_id)
     logger = current_logger()
     if logger is None:
-        _validate_noop(name, type, event, event_fields, where)
         return NOOP_SPAN
-    return start_root(logger.recorder, logger.container, name, type, event, event_fields, where,
-                      None, row_id)
+    return start_root(logger.recorder, logger.container, name, type, fields, row_id)
 
 
 def update_span(exported: str, **fields: Any) -> None:
@@ -131,14 +136,6 @@ def _recorder_for_slugs():
     # A process that never called init_logger may still continue a trace it was handed.
     logger = current_logger()
     return logger.recorder if logger is not None else launcher.recorder_for(config.load())
-
-
-def _validate_noop(name, type, event_dict, event_fields, where) -> None:
-    fields = dict(event_dict or {})
-    fields.update(event_fields)
-    event.check(fields, where)
-    event.check_name(name, where)
-    event.check_type(type, where)
 
 
 # -- @traced ---------------------------------------------------------------------------------

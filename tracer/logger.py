@@ -7,7 +7,7 @@ from typing import Any
 from . import event, wire
 from .recorder import Recorder
 from .serialize import pack
-from .span import Span, start_root
+from .span import Span, check_start, start_root
 
 
 class Logger:
@@ -27,9 +27,9 @@ class Logger:
         """
         from .api import _parent_ref  # api imports this module
 
-        row_id = event_fields.pop("id", None)
-        return start_root(self.recorder, self.container, name, type, event, event_fields,
-                          "Logger.start_span", _parent_ref(parent), row_id)
+        fields, row_id = check_start(name, type, event, event_fields, "Logger.start_span")
+        return start_root(self.recorder, self.container, name, type, fields, row_id,
+                          _parent_ref(parent))
 
     def log(self, **fields: Any) -> str:
         """Log a one-span trace in one call; returns its row id."""

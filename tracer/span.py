@@ -103,8 +103,9 @@ class Span:
     def start_span(self, name: str | None = None, type: str | None = None,
                    **event_fields: Any) -> Span:
         """Start a child of this span (see ``tracer.start_span``)."""
-        return start_child(self, name, type, event_fields.pop("event", None), event_fields,
-                           "Span.start_span")
+        fields, row_id = check_start(name, type, event_fields.pop("event", None), event_fields,
+                                     "Span.start_span")
+        return start_child(self, name, type, fields, row_id)
 
     def end(self, end_time: float | None = None) -> float:
         """End the span (idempotent); returns the end time in epoch seconds."""
@@ -230,42 +231,46 @@ class RemoteSpan(Span):
         return f"<RemoteSpan span_id={self.span_id}>"
 
 
-def start_child(parent: Span, name: str | None, type: str | None, event_dict: dict | None,
-                event_fields: dict, where: str) -> Span:
-    """A new span under ``parent``, with the event logged at start (validated first)."""
-    fields = _event(event_dict, event_fields, where)
+def check_start(name: str | None, type: str | None, event_dict: dict | None,
+                event_fields: dict, where: str) -> tuple[dict, str | None]:
+    """Validate what starting a span takes; returns the event to log and the chosen row id.
+
+    ``event`` and keyword arguments both give fields to log at start; ``id`` picks the row id.
+    """
     event.check_name(name, where)
     event.check_type(type, where)
+    fields = dict(event_dict or {})
+    fields.update(event_fields)
+    row_id = fields.pop("id", None)
+    if row_id is not None and (not isinstance(row_id, str) or not row_id):
+        raise TypeError(f"{where}: id must be a non-empty string")
+    return event.check(fields, where), row_id
+
+
+def start_child(parent: Span, name: str | None, type: str | None, fields: dict,
+                row_id: str | None) -> Span:
+    """A new span under ``parent``, with ``fields`` (checked) logged at start."""
     span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
                 parent.root, name, type, time.time())
-    return _begin(span, fields)
+    return _begin(span, fields, row_id)
 
 
 def start_root(rec: Recorder, container: str, name: str | None, type: str | None,
-               event_dict: dict | None, event_fields: dict, where: str,
-               parent_ref: slug.SpanRef | None = None, row_id: str | None = None) -> Span:
+               fields: dict, row_id: str | None,
+               parent_ref: slug.SpanRef | None = None) -> Span:
     """A new span in ``container``: a root, or the child of a span exported elsewhere."""
-    fields = _event(event_dict, event_fields, where)
-    event.check_name(name, where)
-    event.check_type(type, where)
     if parent_ref is None:
         sid = new_id()
         span = Span(rec, container, new_id(), sid, None, sid, name, type, time.time())
     else:
         span = Span(rec, parent_ref.container, parent_ref.trace, new_id(), parent_ref.span,
                     parent_ref.root, name, type, time.time())
-    span.row_id = row_id
-    return _begin(span, fields)
+    return _begin(span, fields, row_id)
 
 
-def _event(event_dict: dict | None, event_fields: dict, where: str) -> dict:
-    fields = dict(event_dict or {})
-    fields.update(event_fields)
-    return event.check(fields, where)
-
-
-def _begin(span: Span, fields: dict) -> Span:
+def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
     state.active = True
+    span.row_id = row_id
     if "input" in fields:  # also kept for the announcement of a long-running span
         span._input = (None, pack(fields["input"]))
     span._rec.open_spans.add(span)
