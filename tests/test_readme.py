@@ -1,0 +1,28 @@
+"""The README's complete examples (Python blocks that start with ``import tracer``) run as
+written and store their spans."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from workers.sinks.sqlite import Store
+
+from .conftest import ROOT, clean_env, run_python
+
+with open(os.path.join(ROOT, "README.md")) as _readme:
+    EXAMPLES = [block for block in re.findall(r"```python\n(.*?)```", _readme.read(), re.S)
+                if block.startswith("import tracer")]
+
+
+def test_the_readme_has_complete_examples():
+    assert EXAMPLES
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))])
+def test_a_readme_example_runs_and_stores_its_spans(tmp_path, example):
+    run_python(example, env=clean_env(), cwd=str(tmp_path))
+    with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
+        assert list(store.rows())
