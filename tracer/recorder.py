@@ -8,10 +8,13 @@ for ``IDLE_EXIT`` seconds and is started again by the next record.
 
 Fork: the child must never touch the parent's ZeroMQ context or socket (ZeroMQ is not fork-safe).
 An ``os.register_at_fork`` hook gives every recorder fresh state in the child (new buffer - the
-inherited one belongs to the parent -, new lock, no socket, no thread, a new sender generation);
-the socket is reopened lazily, and ``_ensure_open`` checks the pid as a second line of defence.
-Children of multiprocessing leave through ``os._exit``, so besides ``atexit`` the recorder
-registers a ``multiprocessing.util.Finalize`` in each process that sends anything.
+inherited one belongs to the parent -, new locks, new wake pipe, no socket, no thread, a new
+sender generation); the socket is reopened lazily, and a pid check in ``_kick`` and ``sync``
+covers a fork that bypassed the hook. Children leave through ``os._exit``: multiprocessing
+children run the ``multiprocessing.util.Finalize`` registered by the first record of a process,
+and in a bare ``os.fork()`` child the hook wraps ``os._exit`` itself to deliver first. At
+interpreter shutdown, where Python >= 3.12 starts no thread, ``sync`` and ``close`` do the
+flusher's work on their own thread.
 
 Nothing is lost when the aggregator dies: every DATA message is kept until the aggregator says
 it is committed (``COMMITTED_UPTO``). If the aggregator's process is gone, the recorder starts a
@@ -84,8 +87,9 @@ class Recorder:
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
         self._block_at = max_buffer or sys.maxsize
         self.store = store  # the aggregator's store, when known: needed to restart it
-        self._owner_pid = os.getpid() if owner else None
-        self.aggregator_owner = self._owner_pid or aggregator_owner
+        # The process whose exit (with every sender gone) ends the aggregator: us, if we
+        # started it. A replacement aggregator gets the same owner.
+        self.aggregator_owner = os.getpid() if owner else aggregator_owner
         self._restart = restart  # starts a replacement aggregator; returns its pid
         self._tokens = itertools.count(1)
         self._reset()
@@ -125,11 +129,6 @@ class Recorder:
         self._warned: dict[str, float] = {}
         self.counters: Counter = Counter()
         self._reported: Counter = Counter()  # counters already sent with a goodbye
-
-    @property
-    def owner(self) -> bool:
-        """True in the process that started the aggregator this recorder sends to."""
-        return self._owner_pid == os.getpid()
 
     # -- the caller's side -------------------------------------------------------------------
 
