@@ -284,3 +284,14 @@ def test_a_span_logged_after_the_flusher_went_idle_is_delivered_at_exit(tmp_path
     assert "Traceback" not in proc.stderr, proc.stderr
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert sorted(r["span_attributes"]["name"] for r in store.rows()) == ["early", "late"]
+
+
+def test_the_store_directory_created_for_traces_is_private(tmp_path):
+    code = """
+        import tracer
+        tracer.init_logger("private")
+        with tracer.start_span("x"):
+            pass
+    """
+    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    assert (tmp_path / ".tracer").stat().st_mode & 0o777 == 0o700

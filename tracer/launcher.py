@@ -107,7 +107,8 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
     # it), so it logs to a file beside the store. posix_spawn rather than subprocess: no Popen
     # object to warn about the child outliving it; Python's own descriptors are non-inheritable.
     log = aggregator_log(store_path)
-    os.makedirs(os.path.dirname(log), exist_ok=True)
+    # Traces hold prompts and user data: a directory we create is the user's alone.
+    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),

@@ -93,8 +93,8 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     else:
         directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        if directory:  # traces hold prompts and user data: a directory we create is private
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
