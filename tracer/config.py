@@ -100,6 +100,20 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def queue_policy(settings: Settings) -> tuple[int, str | None]:
+    """The queue bound in rows (0: none) and, when full rows are dropped rather than waited for,
+    the reason the drops are counted under (None: the caller blocks until there is room).
+
+    ``QUEUE_DROP_EXCEEDING_MAXSIZE=N`` caps the queue at N and drops beyond it;
+    ``QUEUE_DROP_WHEN_FULL=1`` drops beyond ``QUEUE_SIZE`` instead of blocking.
+    """
+    if settings.queue_drop_exceeding_maxsize:
+        return settings.queue_drop_exceeding_maxsize, "queue_exceeding_maxsize"
+    if settings.queue_drop_when_full and settings.queue_size:
+        return settings.queue_size, "queue_full"
+    return settings.queue_size, None
+
+
 def store_path(store: str | None) -> str:
     """The absolute SQLite path for a ``store`` setting.
 

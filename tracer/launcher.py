@@ -43,7 +43,8 @@ def recorder_for(settings: config.Settings, store: str | None = None,
     if rec is None or rec.aggregator_dead():
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
         pid = start_aggregator(endpoint, path, os.getpid())
-        rec = Recorder(endpoint, pid, owner=True, max_buffer=settings.queue_size,
+        bound, drop_reason = config.queue_policy(settings)
+        rec = Recorder(endpoint, pid, owner=True, max_buffer=bound, drop_reason=drop_reason,
                        store=path, restart=restart_aggregator)
         _by_store[path] = rec
         _by_endpoint[endpoint] = rec
@@ -65,8 +66,10 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
             pid = pid or _env_int(config.ENV_AGGREGATOR_PID)
             store = os.environ.get(config.ENV_AGGREGATOR_STORE)
             owner = _env_int(config.ENV_AGGREGATOR_OWNER)
-        rec = Recorder(endpoint, pid, owner=False, max_buffer=settings.queue_size, store=store,
-                       aggregator_owner=owner, restart=restart_aggregator if store else None)
+        bound, drop_reason = config.queue_policy(settings)
+        rec = Recorder(endpoint, pid, owner=False, max_buffer=bound, drop_reason=drop_reason,
+                       store=store, aggregator_owner=owner,
+                       restart=restart_aggregator if store else None)
         _by_endpoint[endpoint] = rec
     return rec
 

@@ -79,13 +79,20 @@ class Recorder:
     """Sends this process's records to one aggregator at ``endpoint``."""
 
     def __init__(self, endpoint: str, aggregator_pid: int | None = None, owner: bool = False,
-                 max_buffer: int = 0, store: str | None = None,
+                 max_buffer: int = 0, drop_reason: str | None = None, store: str | None = None,
                  aggregator_owner: int | None = None,
                  restart: Callable[[Recorder], int | None] | None = None):
         self.endpoint = endpoint
         self.aggregator_pid = aggregator_pid
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
         self._block_at = max_buffer or sys.maxsize
+        # The queue policy: None blocks the caller while the buffer is full; otherwise the
+        # newest record is dropped and counted under this reason.
+        self.drop_reason = drop_reason
+        # Frames of at most a quarter of the bound: ZeroMQ's queues count messages, and what
+        # sits in them counts against the bound too (design point 8).
+        self._frame_records = min(FRAME_MAX_RECORDS, max(1, max_buffer // 4)) if max_buffer \
+            else FRAME_MAX_RECORDS
         self.store = store  # the aggregator's store, when known: needed to restart it
         # The process whose exit (with every sender gone) ends the aggregator: us, if we
         # started it. A replacement aggregator gets the same owner.
@@ -127,8 +134,11 @@ class Recorder:
         self._closed = False
         self._waiting: dict[int, _Sync] = {}
         self._warned: dict[str, float] = {}
-        self.counters: Counter = Counter()
-        self._reported: Counter = Counter()  # counters already sent with a goodbye
+        self.counters: Counter = Counter()  # written by the flusher only
+        self._reported: Counter = Counter()  # counters already sent to the aggregator
+        self._dropped = 0  # records dropped by the queue policy (callers' threads)
+        self._dropped_reported = 0
+        self._count_lock = threading.Lock()
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -155,7 +165,24 @@ class Recorder:
         if self._thread is None:
             self._start_thread()
         if self.max_buffer and queued >= self.max_buffer:
-            self._wait_for_room()
+            if self.drop_reason is None:
+                self._wait_for_room()
+            else:
+                self._drop_newest()
+
+    def _drop_newest(self) -> None:
+        # A drop policy never blocks the caller: the newest record goes, and is counted.
+        try:
+            item = self._buffer.pop()
+        except IndexError:
+            return
+        if isinstance(item, _Sync):  # a flush marker is never dropped
+            self._buffer.append(item)
+            return
+        with self._count_lock:
+            self._dropped += 1
+        self._warn("dropped", f"tracer: the send buffer is full ({self.max_buffer} records): "
+                              f"{self._dropped} records dropped so far ({self.drop_reason})")
 
     def _wait_for_room(self) -> None:
         # Blocking policy: the caller waits while the aggregator is alive and busy; a dead
@@ -320,7 +347,7 @@ class Recorder:
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         if self.max_buffer:
             # What sits in ZeroMQ's queue counts against the bound too (design point 8).
-            sock.setsockopt(zmq.SNDHWM, max(2, self.max_buffer // FRAME_MAX_RECORDS))
+            sock.setsockopt(zmq.SNDHWM, max(2, self.max_buffer // (4 * self._frame_records)))
         sock.connect(self.endpoint)
         self._sock = sock
         return sock
@@ -331,7 +358,7 @@ class Recorder:
             return False
         take = buffer.popleft
         while buffer:
-            items = [take() for _ in range(min(len(buffer), FRAME_MAX_RECORDS))]
+            items = [take() for _ in range(min(len(buffer), self._frame_records))]
             try:
                 body = b"".join(items)  # the common case: records only, no per-item work
             except TypeError:  # flush markers among them: send in order around them
@@ -356,7 +383,8 @@ class Recorder:
 
     def _send_data(self, body: bytes, records: int) -> None:
         """Send a DATA message and keep it until the aggregator says it is committed."""
-        seq = self._send(wire.DATA, records, body)
+        counts = self._unreported()
+        seq = self._send(wire.DATA, [records, counts] if counts else records, body)
         if seq is None:
             self._lose(records, "aggregator_unreachable")
             return
@@ -540,18 +568,28 @@ class Recorder:
         # On the flusher thread: the only thread that ever touches the socket. The goodbye
         # carries this sender's counters, so losses it counted end up in the aggregator's.
         if self._sock is not None:
-            news = self.counters - self._reported
             try:
                 self._sock.send_multipart([wire.header(wire.BYE, (_HOST, self._pid, self._gen),
-                                                       self._seq, dict(news)), b""],
+                                                       self._seq, self._unreported()), b""],
                                           zmq.NOBLOCK)
-                self._reported.update(news)
             except zmq.ZMQError:
                 pass
         self._close_socket(linger=LINGER_MS)
         with self._lock:
             self._thread = None
             self._closed = True
+
+    def _unreported(self) -> dict:
+        """What this sender counted (losses, drops, resends) and has not told the aggregator
+        yet; it rides on the next DATA message or the goodbye. Flusher thread only."""
+        news = self.counters - self._reported
+        self._reported.update(news)
+        counts = {name: n for name, n in news.items() if name != "sent"}
+        dropped = self._dropped - self._dropped_reported
+        if dropped:
+            self._dropped_reported += dropped
+            counts[f"dropped_{self.drop_reason}"] = dropped
+        return counts
 
     def _warn(self, reason: str, message: str) -> None:
         now = time.monotonic()

@@ -45,13 +45,14 @@ SUPERVISE_INTERVAL = 0.25
 IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiting
 REMOTE_SILENCE = 30.0  # seconds after which a sender on another host counts as gone
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
+DROP_WARN_INTERVAL = 10.0  # seconds between warnings about dropped rows
 
 
 class Sender:
     """What the aggregator knows of one sending process (host, pid, generation)."""
 
     __slots__ = ("host", "pid", "gen", "seq", "first_seq", "first_seen", "last_seen", "records",
-                 "gaps", "closed", "dead", "open")
+                 "gaps", "dropped", "closed", "dead", "open")
 
     def __init__(self, host: str, pid: int, gen: int) -> None:
         self.host, self.pid, self.gen = host, pid, gen
@@ -60,6 +61,7 @@ class Sender:
         self.first_seen = self.last_seen = time.time()
         self.records = 0
         self.gaps = 0
+        self.dropped = 0  # rows of this sender dropped, here or (as it reported) by itself
         self.closed = self.dead = False
         self.open: dict = {}  # row key -> (container, partial row) of spans still running
 
@@ -83,10 +85,14 @@ class Aggregator:
         self.counters: Counter = Counter()
         self.senders: dict[tuple, Sender] = {}
         self.containers: dict[str, Container] = {}
-        self.queue = RowQueue(self.settings.queue_size)
+        # The queue policy: block (drop_reason None: stop reading while full, so senders
+        # block), or drop new rows beyond the bound and count them under drop_reason.
+        bound, self.drop_reason = config.queue_policy(self.settings)
+        self.queue = RowQueue(bound)
         self.acks: deque = deque()  # (reply kind, identity, token, first_seq, error) to send
         self.stopping = False
         self.last_traffic = time.monotonic()
+        self._drop_warned = -DROP_WARN_INTERVAL
         self._owner_created = _create_time(owner) if owner else None
         self._process = psutil.Process()
 
@@ -97,8 +103,8 @@ class Aggregator:
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
-        if self.settings.queue_size:
-            router.setsockopt(zmq.RCVHWM, max(4, self.settings.queue_size // 256))
+        if self.queue.max_rows:  # what waits in ZeroMQ counts against the bound too
+            router.setsockopt(zmq.RCVHWM, 4)
         router.bind(self.bind)
         if self.bind.startswith("ipc://"):  # recorders look here to see whether we live
             write_pid_file(self.bind[len("ipc://"):], os.getpid())
@@ -131,7 +137,7 @@ class Aggregator:
         blocked.register(wake, zmq.POLLIN)
         next_supervise = time.monotonic()
         while not self.stopping:
-            poller = blocked if self.queue.full() else reading
+            poller = blocked if self._must_wait() else reading
             events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
             if router in events:
                 self._receive(router)
@@ -187,7 +193,7 @@ class Aggregator:
 
     def _receive(self, router: zmq.Socket, until_empty: bool = False) -> None:
         for _ in range(MAX_BURST if not until_empty else 1 << 30):
-            if self.queue.full() and not until_empty:
+            if self._must_wait() and not until_empty:
                 return
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -202,6 +208,10 @@ class Aggregator:
             except Exception as exc:  # a bug or hostile input must not stop the aggregator
                 self.counters["bad_messages"] += 1
                 _log(f"ignored a message that could not be handled: {exc!r}")
+
+    def _must_wait(self) -> bool:
+        """The blocking policy's back-pressure: while the queue is full, stop reading."""
+        return self.drop_reason is None and self.queue.full()
 
     def _handle(self, router: zmq.Socket, identity: bytes, head: bytes, body: bytes) -> None:
         try:
@@ -240,6 +250,8 @@ class Aggregator:
                 sender.gaps += missing
                 self.counters["seq_gap_messages"] += missing
             sender.seq = max(seq, sender.seq)
+            if isinstance(arg, list) and len(arg) == 2:  # [records, what the sender counted]
+                self._sender_counts(sender, arg[1])
             self.counters["messages"] += 1
             self.counters["bytes"] += len(body)
             self._apply_records(body, sender)
@@ -255,13 +267,35 @@ class Aggregator:
         elif kind == wire.BYE:
             sender.closed = True
             self.counters["senders_closed"] += 1
-            if isinstance(arg, dict):  # what the sender counted: losses, resends, restarts
-                for name, value in arg.items():
-                    if isinstance(name, str) and name != "sent" and isinstance(value, int):
-                        self.counters[f"senders_{name}"] += value
+            self._sender_counts(sender, arg)
             self._abandon(sender, f"process {pid} exited before the span ended")
         else:
             self.counters["bad_messages"] += 1
+
+    def _sender_counts(self, sender: Sender, counts: object) -> None:
+        """Add what a sender counted itself (drops, losses, resends, restarts) to ours."""
+        if not isinstance(counts, dict):
+            return
+        for name, value in counts.items():
+            if isinstance(name, str) and isinstance(value, int) and value > 0:
+                self.counters[f"senders_{name}"] += value
+                if name.startswith("dropped_"):
+                    sender.dropped += value
+
+    def _put(self, key: tuple, partial: dict, size: int, container: Container,
+             sender: Sender) -> None:
+        if self.queue.put(key, partial, size, container, self.drop_reason is not None):
+            return
+        self.counters[f"dropped_{self.drop_reason}"] += 1
+        sender.dropped += 1
+        self._warn_drops()
+
+    def _warn_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._drop_warned >= DROP_WARN_INTERVAL:
+            self._drop_warned = now
+            _log(f"queue full ({self.queue.max_rows} rows): "
+                 f"{self.counters[f'dropped_{self.drop_reason}']} rows dropped so far")
 
     def _apply_records(self, body: bytes, sender: Sender) -> None:
         # Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
@@ -297,7 +331,7 @@ class Aggregator:
             partial["id"] = row_id
             partial.update(container.columns)
             partial["created"] = created
-            self.queue.put((container.id, row_id), partial, size, container)
+            self._put((container.id, row_id), partial, size, container, sender)
             return
         _, ckey, trace, span, parents, root, row_id = record[:7]
         container = self._container(ckey)
@@ -328,7 +362,7 @@ class Aggregator:
             self.counters["bad_records"] += 1
             return
         partial["created"] = created
-        self.queue.put(key, partial, size, container)
+        self._put(key, partial, size, container, sender)
 
     def _container(self, key: str) -> Container:
         container = self.containers.get(key)
@@ -419,9 +453,11 @@ class Aggregator:
             "owner_pid": self.owner,
             "counters": dict(self.counters),
             "queue_depth": self.queue.depth(),
-            "queue_size": self.settings.queue_size,
+            "queue_size": self.queue.max_rows,
             "live_senders": len(live),
             "senders_with_gaps": {f"{s.host}:{s.pid}": s.gaps for s in senders if s.gaps},
+            "queue_policy": self.drop_reason or "block",
+            "senders_dropped": {f"{s.host}:{s.pid}": s.dropped for s in senders if s.dropped},
             "rss_bytes": rss,
             "cpu_seconds": cpu,
         }

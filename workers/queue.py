@@ -50,10 +50,15 @@ class RowQueue:
 
     # -- the receiving side -------------------------------------------------------------------
 
-    def put(self, key: Key, partial: dict, size: int, container: Any) -> None:
+    def put(self, key: Key, partial: dict, size: int, container: Any,
+            may_drop: bool = False) -> bool:
+        """Queue a partial row, merged into the pending one with its key. With ``may_drop``, a
+        new row that finds the queue full is refused (False) instead of going over the bound."""
         with self._cond:
             pending = self._pending.get(key)
             if pending is None:
+                if may_drop and self.full():
+                    return False
                 self._seq += 1
                 self._pending[key] = Pending(key, partial, size, self._seq, container)
                 if len(self._pending) == 1:
@@ -61,6 +66,7 @@ class RowQueue:
             else:
                 merge(pending.row, partial)
                 pending.size += size
+            return True
 
     def mark(self, marker: Any) -> list:
         """Queue a marker; returns ``[(marker, None)]`` at once when nothing is ahead of it."""

@@ -1,0 +1,99 @@
+"""Queue policies (QUEUE_SIZE, QUEUE_DROP_WHEN_FULL, QUEUE_DROP_EXCEEDING_MAXSIZE): block by
+default, or drop and count exactly what was offered beyond the bound.
+
+Each test runs a child process whose sink cannot write for a while: the child holds an
+exclusive lock on the SQLite store (a real, locked database) while it produces spans, then lets
+go and flushes.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from workers.sinks.sqlite import Store
+
+from .conftest import clean_env, run_python
+from .test_faults import wait_for_runs_to_end
+
+PRODUCE_WHILE_LOCKED = """
+import json, os, sqlite3, threading, time, tracer
+
+logger = tracer.init_logger("policy")
+logger.flush()  # a real handshake: the aggregator is up and its store exists
+lock = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30, isolation_level=None)
+lock.execute("BEGIN EXCLUSIVE")  # the sink cannot commit until we let go
+
+created = 0
+done = threading.Event()
+
+def produce():
+    global created
+    for i in range(N):
+        with tracer.start_span(f"span {i}"):
+            pass
+        created += 1
+    done.set()
+
+producer = threading.Thread(target=produce)
+producer.start()
+time.sleep(1.5)
+blocked_while_locked = not done.is_set()
+lock.execute("ROLLBACK")
+lock.close()
+producer.join(120)
+tracer.flush(timeout=120)
+print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
+                  "finished": done.is_set()}))
+"""
+
+
+def run_policy(tmp_path, n: int, **settings: str) -> tuple[dict, int, dict]:
+    """Run the producer; returns its report, the rows stored and the drop counters."""
+    code = f"N = {n}\n" + textwrap.dedent(PRODUCE_WHILE_LOCKED)
+    proc = run_python(code, env=clean_env(**settings), cwd=str(tmp_path), timeout=180)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    store_path = str(tmp_path / ".tracer" / "traces.db")
+    runs = wait_for_runs_to_end(store_path)
+    with Store(store_path) as store:
+        stored = len(list(store.rows(project="policy")))
+    drops: dict[str, int] = {}
+    for run in runs:
+        for name, value in json.loads(run["counters"])["counters"].items():
+            if "dropped" in name:
+                drops[name] = drops.get(name, 0) + value
+    return report, stored, drops
+
+
+def test_the_default_policy_blocks_the_producer_and_loses_nothing(tmp_path):
+    report, stored, drops = run_policy(tmp_path, 5000, TRACER_QUEUE_SIZE="50")
+    assert report["blocked_while_locked"], "the producer went on while the queue was full"
+    assert report["finished"]
+    assert stored == report["created"] == 5000
+    assert drops == {}
+
+
+def test_drop_when_full_drops_exactly_what_exceeds_the_queue(tmp_path):
+    report, stored, drops = run_policy(tmp_path, 300, TRACER_QUEUE_SIZE="50",
+                                       TRACER_QUEUE_DROP_WHEN_FULL="1")
+    assert not report["blocked_while_locked"]  # the producer never waited
+    assert stored == 50
+    assert set(drops) <= {"dropped_queue_full", "senders_dropped_queue_full"}
+    assert sum(drops.values()) == 300 - 50
+
+
+def test_drop_exceeding_maxsize_caps_the_queue_at_that_size(tmp_path):
+    report, stored, drops = run_policy(tmp_path, 300,
+                                       TRACER_QUEUE_DROP_EXCEEDING_MAXSIZE="40")
+    assert not report["blocked_while_locked"]
+    assert stored == 40
+    assert set(drops) <= {"dropped_queue_exceeding_maxsize",
+                          "senders_dropped_queue_exceeding_maxsize"}
+    assert sum(drops.values()) == 300 - 40
+
+
+def test_the_reference_sdks_variable_names_work_too(tmp_path):
+    report, stored, drops = run_policy(tmp_path, 100, BRAINTRUST_QUEUE_SIZE="30",
+                                       BRAINTRUST_QUEUE_DROP_WHEN_FULL="true")
+    assert stored == 30
+    assert sum(drops.values()) == 100 - 30
