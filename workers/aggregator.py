@@ -88,7 +88,7 @@ class Aggregator:
         # The queue policy: block (drop_reason None: stop reading while full, so senders
         # block), or drop new rows beyond the bound and count them under drop_reason.
         bound, self.drop_reason = config.queue_policy(self.settings)
-        self.queue = RowQueue(bound)
+        self.queue = RowQueue(bound, hold=self.settings.sync_flush)
         self.acks: deque = deque()  # (reply kind, identity, token, first_seq, error) to send
         self.stopping = False
         self.last_traffic = time.monotonic()
@@ -371,7 +371,8 @@ class Aggregator:
         return container
 
     def _mark(self, marker: tuple) -> None:
-        for (kind, identity, token, first_seq), error in self.queue.mark(marker):
+        urgent = marker[0] == wire.ACK  # a flush; a COMMITTED_UPTO notice can wait
+        for (kind, identity, token, first_seq), error in self.queue.mark(marker, urgent):
             self.acks.append((kind, identity, token, first_seq, error))
 
     def _send_acks(self, router: zmq.Socket) -> None:

@@ -37,12 +37,16 @@ class Pending:
 class RowQueue:
     """Bounded to ``max_rows`` rows pending plus in flight (0 = unbounded)."""
 
-    def __init__(self, max_rows: int = 0) -> None:
+    def __init__(self, max_rows: int = 0, hold: bool = False) -> None:
         self.max_rows = max_rows
+        # SYNC_FLUSH: rows wait for a flush (or the queue filling up, or closing) before they
+        # are taken, rather than for a batch size or a delay.
+        self.hold = hold
         self._cond = threading.Condition()
         self._pending: dict[Key, Pending] = {}  # insertion order = arrival order
         self._inflight: list[Pending] = []
-        self._markers: deque = deque()  # (seq, failures so far, marker), in order
+        self._markers: deque = deque()  # (seq, failures so far, marker, urgent), in order
+        self._urgent = 0  # markers waiting that ask for an upload now (flushes)
         self._failures: list[str] = []  # why batches were given up, in order
         self._seq = 0
         self._closed = False
@@ -68,14 +72,20 @@ class RowQueue:
                 pending.size += size
             return True
 
-    def mark(self, marker: Any) -> list:
-        """Queue a marker; returns ``[(marker, None)]`` at once when nothing is ahead of it."""
+    def mark(self, marker: Any, urgent: bool = True) -> list:
+        """Queue a marker; returns ``[(marker, None)]`` at once when nothing is ahead of it.
+
+        An ``urgent`` marker (a flush) has what is ahead of it uploaded now; others (commit
+        notices) wait for the batch to fill or age like the rows.
+        """
         with self._cond:
             if not self._pending and not self._inflight:
                 return [(marker, None)]
-            self._markers.append((self._seq, len(self._failures), marker))
-            self._flush_requested = True
-            self._cond.notify()
+            self._markers.append((self._seq, len(self._failures), marker, urgent))
+            if urgent:
+                self._urgent += 1
+                self._flush_requested = True
+                self._cond.notify()
             return []
 
     def full(self) -> bool:
@@ -101,10 +111,12 @@ class RowQueue:
                 if self._pending:
                     oldest = next(iter(self._pending.values()))
                     wait = oldest.since + max_delay - time.monotonic()
-                    if (len(self._pending) >= max_rows or wait <= 0 or self._flush_requested
-                            or self._closed):
+                    # A full queue goes at once: senders are waiting on it.
+                    due = self.full() or not self.hold and (len(self._pending) >= max_rows
+                                                            or wait <= 0)
+                    if due or self._flush_requested or self._closed:
                         return self._cut(max_rows, max_bytes)
-                    self._cond.wait(wait)
+                    self._cond.wait(max_delay if self.hold else wait)
                 elif self._closed:
                     return None
                 else:
@@ -136,11 +148,12 @@ class RowQueue:
             oldest = next(iter(self._pending.values())).seq if self._pending else None
             finished = []
             while self._markers and (oldest is None or self._markers[0][0] < oldest):
-                _seq, failures_before, marker = self._markers.popleft()
+                _seq, failures_before, marker, urgent = self._markers.popleft()
+                self._urgent -= urgent
                 failed = self._failures[failures_before:]
                 finished.append((marker, "; ".join(failed[-3:]) if failed else None))
             if not self._markers:
                 self._failures.clear()
-            if self._markers:
+            if self._urgent:
                 self._flush_requested = True
             return finished

@@ -95,7 +95,9 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
         directory = os.path.dirname(path)
         if directory:  # traces hold prompts and user data: a directory we create is private
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        # A short busy timeout: a locked store fails fast into the uploader's retries and
+        # backoff, which count and report what they could not write.
+        conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
