@@ -18,9 +18,11 @@ import psutil
 import pytest
 
 import tracer
+from tracer.recorder import process_alive
 from workers.sinks.sqlite import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "workers.cli"]
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +93,23 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
     return proc
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``tracer ARGS...`` in a fresh interpreter; returns the finished process."""
+    return subprocess.run([*CLI, *args], env=env or clean_env(PYTHONIOENCODING="utf-8"),
+                          capture_output=True, encoding="utf-8", timeout=timeout)
+
+
+def wait_for_runs_to_end(store_path: str, timeout: float = 15) -> list[dict]:
+    """The aggregator runs recorded in the store, once none of them is still running (a killed
+    one never records its end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with Store(store_path) as store:
+            runs = store.runs()
+        running = [r for r in runs if not r["ended"] and process_alive(r["pid"])]
+        if runs and not running or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.1)

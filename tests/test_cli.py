@@ -17,18 +17,10 @@ import sys
 import pytest
 
 import tracer
-from tests.conftest import clean_env, run_python
+from tests.conftest import CLI, clean_env, run_cli, run_python
 from workers.sinks.sqlite import Store
 
-CLI = [sys.executable, "-m", "workers.cli"]
 UNKNOWN_ROOT = "00000000-0000-0000-0000-000000000000"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``tracer ARGS...`` in a fresh interpreter; returns the finished process."""
-    return subprocess.run([*CLI, *args], env=env or clean_env(PYTHONIOENCODING="utf-8"),
-                          capture_output=True, encoding="utf-8", timeout=timeout)
 
 
 def free_port() -> int:
@@ -64,7 +56,7 @@ def test_help_exits_zero_and_lists_every_command():
 
     assert proc.returncode == 0, proc.stderr
     assert "Multiprocessing-safe tracing" in proc.stdout
-    for command in ("demo", "export", "show", "stats", "aggregator"):
+    for command in ("demo", "export", "show", "stats", "import-payloads", "aggregator"):
         assert command in proc.stdout
 
 
@@ -73,6 +65,7 @@ COMMAND_DESCRIPTIONS = {
     "export": "JSON object per row",
     "show": "trace as a tree",
     "stats": "counters",
+    "import-payloads": "payload files",
     "aggregator": "Run an aggregator",
 }
 

@@ -12,23 +12,9 @@ import time
 
 import pytest
 
-from tracer.recorder import process_alive
 from workers.sinks.sqlite import Store
 
-from .conftest import clean_env, gone_within
-
-
-def wait_for_runs_to_end(store_path: str, timeout: float = 15) -> list[dict]:
-    """The aggregator runs recorded in the store, once none of them is still running (a killed
-    one never records its end)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with Store(store_path) as store:
-            runs = store.runs()
-        running = [r for r in runs if not r["ended"] and process_alive(r["pid"])]
-        if runs and not running or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.1)
+from .conftest import clean_env, gone_within, wait_for_runs_to_end
 
 
 def counted_losses(runs: list[dict]) -> dict[str, int]:

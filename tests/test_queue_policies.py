@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import textwrap
 
+from workers import payloads
 from workers.sinks.sqlite import Store
 
-from .conftest import clean_env, run_python
-from .test_faults import wait_for_runs_to_end
+from .conftest import clean_env, run_cli, run_python, wait_for_runs_to_end
 
 PRODUCE_WHILE_LOCKED = """
 import json, os, sqlite3, threading, time, tracer
@@ -97,3 +97,21 @@ def test_the_reference_sdks_variable_names_work_too(tmp_path):
                                        BRAINTRUST_QUEUE_DROP_WHEN_FULL="true")
     assert stored == 30
     assert sum(drops.values()) == 100 - 30
+
+
+def test_rows_a_policy_drops_are_set_aside_and_import_payloads_restores_them(tmp_path):
+    failed = tmp_path / "failed"
+    report, stored, drops = run_policy(tmp_path, 300, TRACER_QUEUE_SIZE="50",
+                                       TRACER_QUEUE_DROP_WHEN_FULL="1",
+                                       TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed))
+    set_aside = [row for name in payloads.files(str(failed)) for row in payloads.read(name)]
+    assert stored == 50
+    assert len(set_aside) == sum(drops.values()) == 300 - 50
+
+    store = str(tmp_path / ".tracer" / "traces.db")
+    proc = run_cli("import-payloads", str(failed), "--store", store)
+
+    assert proc.returncode == 0, proc.stderr
+    with Store(store) as reader:
+        names = {row["span_attributes"]["name"] for row in reader.rows(project="policy")}
+    assert names == {f"span {i}" for i in range(300)}

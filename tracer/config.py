@@ -8,7 +8,10 @@ over both. A malformed value raises ValueError naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import itertools
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -151,3 +154,17 @@ def runtime_dir() -> str:
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise RuntimeError(f"{path} is accessible to other users (mode {info.st_mode:o})")
     return path
+
+
+_payload_files = itertools.count(1)  # next() is atomic: unique names across threads
+
+
+def payload_file(directory: str, reason: str, suffix: str) -> str:
+    """A new file name in a payload directory (created private to the user if missing).
+
+    Names start with the UTC time, so sorting them replays in the order written.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{next(_payload_files):06d}-{reason}"
+    return os.path.join(directory, name + suffix)

@@ -45,7 +45,8 @@ def recorder_for(settings: config.Settings, store: str | None = None,
         pid = start_aggregator(endpoint, path, os.getpid())
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=True, max_buffer=bound, drop_reason=drop_reason,
-                       store=path, restart=restart_aggregator)
+                       store=path, restart=restart_aggregator,
+                       spool_dir=settings.failed_payloads_dir)
         _by_store[path] = rec
         _by_endpoint[endpoint] = rec
     return rec
@@ -69,7 +70,8 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=False, max_buffer=bound, drop_reason=drop_reason,
                        store=store, aggregator_owner=owner,
-                       restart=restart_aggregator if store else None)
+                       restart=restart_aggregator if store else None,
+                       spool_dir=settings.failed_payloads_dir)
         _by_endpoint[endpoint] = rec
     return rec
 

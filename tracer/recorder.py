@@ -40,12 +40,13 @@ from collections.abc import Callable
 
 import zmq
 
-from . import wire
+from . import config, wire
 from .ids import reseed_after_fork
 
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
 KICK_RECORDS = 64  # records that wake the flusher early
 FRAME_MAX_RECORDS = 1024
+SPOOL_RECORDS = 1024  # dropped records kept before they must be written to the spool dir
 IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
 SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive this often
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
@@ -81,7 +82,8 @@ class Recorder:
     def __init__(self, endpoint: str, aggregator_pid: int | None = None, owner: bool = False,
                  max_buffer: int = 0, drop_reason: str | None = None, store: str | None = None,
                  aggregator_owner: int | None = None,
-                 restart: Callable[[Recorder], int | None] | None = None):
+                 restart: Callable[[Recorder], int | None] | None = None,
+                 spool_dir: str | None = None):
         self.endpoint = endpoint
         self.aggregator_pid = aggregator_pid
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
@@ -89,6 +91,9 @@ class Recorder:
         # The queue policy: None blocks the caller while the buffer is full; otherwise the
         # newest record is dropped and counted under this reason.
         self.drop_reason = drop_reason
+        # FAILED_PUBLISH_PAYLOADS_DIR: dropped records are written there for tracer
+        # import-payloads rather than only counted.
+        self.spool_dir = spool_dir
         # Frames of at most a quarter of the bound: ZeroMQ's queues count messages, and what
         # sits in them counts against the bound too (design point 8).
         self._frame_records = min(FRAME_MAX_RECORDS, max(1, max_buffer // 4)) if max_buffer \
@@ -137,6 +142,7 @@ class Recorder:
         self.counters: Counter = Counter()  # written by the flusher only
         self._reported: Counter = Counter()  # counters already sent to the aggregator
         self._dropped = 0  # records dropped by the queue policy (callers' threads)
+        self._spool: list[bytes] = []  # dropped records not yet written to spool_dir
         self._dropped_reported = 0
         self._count_lock = threading.Lock()
 
@@ -181,8 +187,37 @@ class Recorder:
             return
         with self._count_lock:
             self._dropped += 1
+            if self.spool_dir is not None:
+                self._spool.append(item)
+                # Written by the flusher each turn; if it is stuck sending, by the caller once
+                # in a while, so that the kept copies stay bounded.
+                if len(self._spool) < max(SPOOL_RECORDS, self.max_buffer):
+                    return
+        if self.spool_dir is not None:
+            self._write_spool()
+            return
         self._warn("dropped", f"tracer: the send buffer is full ({self.max_buffer} records): "
                               f"{self._dropped} records dropped so far ({self.drop_reason})")
+
+    def _write_spool(self) -> None:
+        """Write the dropped records kept so far as one payload file (any thread)."""
+        with self._count_lock:
+            records, self._spool = self._spool, []
+        if not records:
+            return
+        try:
+            path = config.payload_file(self.spool_dir, self.drop_reason or "dropped",
+                                       ".records.msgpack")
+            with open(path + ".tmp", "wb") as f:
+                f.writelines(records)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            self._warn("spool", f"tracer: could not write {len(records)} dropped records to "
+                                f"{self.spool_dir}: {exc}; they are lost")
+            return
+        self._warn("dropped", f"tracer: the send buffer is full ({self.max_buffer} records): "
+                              f"{self._dropped} records dropped so far ({self.drop_reason}), "
+                              f"written to {self.spool_dir} for tracer import-payloads")
 
     def _wait_for_room(self) -> None:
         # Blocking policy: the caller waits while the aggregator is alive and busy; a dead
@@ -327,6 +362,8 @@ class Recorder:
             pass
         try:
             busy = self._send_buffered()
+            if self._spool:
+                self._write_spool()
             busy = self._announce() or busy
             self._read_replies()
             self._check_aggregator()
@@ -567,6 +604,7 @@ class Recorder:
     def _finish(self) -> None:
         # On the flusher thread: the only thread that ever touches the socket. The goodbye
         # carries this sender's counters, so losses it counted end up in the aggregator's.
+        self._write_spool()
         if self._sock is not None:
             try:
                 self._sock.send_multipart([wire.header(wire.BYE, (_HOST, self._pid, self._gen),

@@ -35,8 +35,9 @@ import zmq
 from tracer import config, wire
 from tracer.launcher import read_pid_file, write_pid_file
 
+from . import payloads
 from .queue import RowQueue
-from .rows import Container, merge, now_iso, span_identity
+from .rows import Container, merge, now_iso, record_to_row
 from .sinks.sqlite import SQLiteSink
 from .uploader import Uploader
 
@@ -89,6 +90,7 @@ class Aggregator:
         # block), or drop new rows beyond the bound and count them under drop_reason.
         bound, self.drop_reason = config.queue_policy(self.settings)
         self.queue = RowQueue(bound, hold=self.settings.sync_flush)
+        self._dropped_rows: list = []  # (container, row) dropped, not yet in a payload file
         self.acks: deque = deque()  # (reply kind, identity, token, first_seq, error) to send
         self.stopping = False
         self.last_traffic = time.monotonic()
@@ -151,6 +153,7 @@ class Aggregator:
 
         # Shutdown: take in what is already queued on the socket, then drain and commit.
         self._receive(router, until_empty=True)
+        self._save_dropped()
         self.queue.close()
         uploader.thread.join(60)
         uploader.stopping.set()
@@ -289,6 +292,21 @@ class Aggregator:
         self.counters[f"dropped_{self.drop_reason}"] += 1
         sender.dropped += 1
         self._warn_drops()
+        if self.settings.failed_payloads_dir:  # set aside for tracer import-payloads
+            self._dropped_rows.append((container, partial))
+            if len(self._dropped_rows) >= self.settings.batch_size:
+                self._save_dropped()
+
+    def _save_dropped(self) -> None:
+        if not self._dropped_rows:
+            return
+        rows, self._dropped_rows = self._dropped_rows, []
+        try:
+            payloads.write(self.settings.failed_payloads_dir, rows, self.drop_reason)
+            self.counters[f"payload_rows_{self.drop_reason}"] += len(rows)
+        except OSError as exc:
+            self.counters["payload_write_errors"] += 1
+            _log(f"could not write dropped rows to {self.settings.failed_payloads_dir}: {exc}")
 
     def _warn_drops(self) -> None:
         now = time.monotonic()
@@ -323,44 +341,12 @@ class Aggregator:
                 self.counters["bad_records"] += 1
 
     def _apply(self, record: list, sender: Sender, size: int, created: str) -> None:
-        kind = record[0]
-        if kind == wire.UPDATE:
-            _, ckey, row_id, fields = record
-            container = self._container(ckey)
-            partial = dict(fields)
-            partial["id"] = row_id
-            partial.update(container.columns)
-            partial["created"] = created
-            self._put((container.id, row_id), partial, size, container, sender)
-            return
-        _, ckey, trace, span, parents, root, row_id = record[:7]
-        container = self._container(ckey)
-        partial = span_identity(container, trace, span, parents, root, row_id)
-        key = (container.id, partial["id"])
-        if kind == wire.SPAN_LOG:
-            merge(partial, record[7])
-        elif kind in (wire.SPAN_END, wire.SPAN_OPEN):
-            name, span_type, start = record[7:10]
-            attributes = {"name": name}
-            if span_type is not None:
-                attributes["type"] = span_type
-            partial["span_attributes"] = attributes
-            if kind == wire.SPAN_END:
-                end, fields, inp = record[10:13]
-                partial["metrics"] = {"start": start, "end": end}
-                sender.open.pop(key, None)
-            else:
-                fields, inp = record[10:12]
-                partial["metrics"] = {"start": start}
-            if inp is not None:
-                partial["input"] = wire.unpack_input(inp)
-            if fields:
-                merge(partial, fields)
-            if kind == wire.SPAN_OPEN:
-                sender.open[key] = (container, dict(partial))
-        else:
-            self.counters["bad_records"] += 1
-            return
+        container, row_id, partial = record_to_row(record, self._container)
+        key = (container.id, row_id)
+        if record[0] == wire.SPAN_END:
+            sender.open.pop(key, None)
+        elif record[0] == wire.SPAN_OPEN:  # closed with an error if its process dies first
+            sender.open[key] = (container, dict(partial))
         partial["created"] = created
         self._put(key, partial, size, container, sender)
 
@@ -396,6 +382,7 @@ class Aggregator:
     # -- supervision -----------------------------------------------------------------------------
 
     def _supervise(self) -> None:
+        self._save_dropped()
         for key, sender in list(self.senders.items()):
             if sender.live and sender.host != HOST and not self.local_only:
                 # No way to watch a process on another host: silence stands for exit.

@@ -1,10 +1,11 @@
-"""The ``tracer`` command line: demo, export, show, stats, aggregator."""
+"""The ``tracer`` command line: demo, export, show, stats, import-payloads, aggregator."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from collections import defaultdict
 
@@ -61,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--json", action="store_true", help="print JSON")
     _store_arg(stats)
 
+    replay = commands.add_parser(
+        "import-payloads", help="replay payload files into a store",
+        description="Merge the rows of payload files (written to FAILED_PUBLISH_PAYLOADS_DIR "
+                    "or ALL_PUBLISH_PAYLOADS_DIR by an aggregator, or by a recorder dropping "
+                    "records) into a store. Replaying is idempotent: rows merge by id, so a file "
+                    "replayed twice changes nothing.")
+    replay.add_argument("path", metavar="PATH", help="a payload file, or a directory of them "
+                                                     "(searched recursively)")
+    replay.add_argument("--delete", action="store_true",
+                        help="delete each file once its rows are committed")
+    _store_arg(replay, "store to write to")
+
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")
 
@@ -72,17 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         return aggregator_main(argv[1:])
     args = parser.parse_args(argv)
     try:
-        return {"demo": cmd_demo, "export": cmd_export, "show": cmd_show,
-                "stats": cmd_stats}[args.command](args)
-    except (FileNotFoundError, ValueError) as exc:
+        return {"demo": cmd_demo, "export": cmd_export, "show": cmd_show, "stats": cmd_stats,
+                "import-payloads": cmd_import_payloads}[args.command](args)
+    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
         print(f"tracer {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
 
 
-def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="store to read (default: TRACER_STORE or .tracer/traces.db)")
+def _store_arg(p: argparse.ArgumentParser, what: str = "store to read") -> None:
+    p.add_argument("--store", help=f"{what} (default: TRACER_STORE or .tracer/traces.db)")
 
 
 def _open_store(args: argparse.Namespace) -> Store:
@@ -107,6 +120,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         for row in store.rows(project=args.project, experiment=args.experiment,
                               root_span_id=args.root):
             print(json.dumps(row, sort_keys=True))
+    return 0
+
+
+def cmd_import_payloads(args: argparse.Namespace) -> int:
+    from . import payloads
+    from .sinks.sqlite import SQLiteSink
+
+    store = config.store_path(args.store or config.load().store)
+    names = payloads.files(args.path)
+    sink = SQLiteSink(store)
+    rows = 0
+    try:
+        for name in names:
+            rows += payloads.replay(name, sink)[1]
+            if args.delete:
+                os.unlink(name)
+    finally:
+        sink.close()
+    print(f"replayed {rows} rows from {len(names)} payload files into {store}")
     return 0
 
 

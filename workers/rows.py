@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tracer import wire
@@ -74,6 +75,47 @@ def span_identity(container: Container, trace: int, span: int, parents: Any, roo
     return row
 
 
+def record_to_row(record: Any, container_of: Callable[[str], Container]
+                  ) -> tuple[Container, str, dict]:
+    """The container, row id and partial row of one wire record (see ``tracer.wire``).
+
+    ``container_of`` resolves a container key (the aggregator caches them). Raises
+    ValueError (or a TypeError/IndexError on a malformed record) for anything else.
+    """
+    kind = record[0]
+    if kind == wire.UPDATE:
+        _, ckey, row_id, fields = record
+        container = container_of(ckey)
+        partial = dict(fields)
+        partial["id"] = row_id
+        partial.update(container.columns)
+        return container, row_id, partial
+    if kind not in (wire.SPAN_END, wire.SPAN_OPEN, wire.SPAN_LOG):
+        raise ValueError(f"unknown record kind {kind!r}")
+    _, ckey, trace, span, parents, root, row_id = record[:7]
+    container = container_of(ckey)
+    partial = span_identity(container, trace, span, parents, root, row_id)
+    if kind == wire.SPAN_LOG:
+        merge(partial, record[7])
+        return container, partial["id"], partial
+    name, span_type, start = record[7:10]
+    attributes = {"name": name}
+    if span_type is not None:
+        attributes["type"] = span_type
+    partial["span_attributes"] = attributes
+    if kind == wire.SPAN_END:
+        end, fields, inp = record[10:13]
+        partial["metrics"] = {"start": start, "end": end}
+    else:  # still running: no end yet
+        fields, inp = record[10:12]
+        partial["metrics"] = {"start": start}
+    if inp is not None:
+        partial["input"] = wire.unpack_input(inp)
+    if fields:
+        merge(partial, fields)
+    return container, partial["id"], partial
+
+
 def merge(into: dict, update: dict) -> dict:
     """Merge ``update`` into ``into`` in place: dicts recursively, other values replace."""
     for key, value in update.items():
@@ -83,6 +125,33 @@ def merge(into: dict, update: dict) -> dict:
         else:
             into[key] = value
     return into
+
+
+# Fields a truncated row keeps whatever their size: without them it is not the same row.
+IDENTITY_FIELDS = frozenset(("id", "span_id", "root_span_id", "span_parents", "created",
+                             "project_id", "log_id", "experiment_id"))
+
+
+def truncate(row: dict, limit: int, saved_to: str | None = None) -> dict:
+    """A copy of ``row`` whose JSON fits in about ``limit`` bytes.
+
+    Its largest fields, biggest first, are replaced by a marker: ``{"_truncated": true,
+    "original_bytes": N, "preview": "<start of the JSON>", "saved_to": "<payload file>"}``.
+    """
+    sizes = {k: len(to_json({k: v})) for k, v in row.items() if k not in IDENTITY_FIELDS}
+    out = dict(row)
+    total = len(to_json(row))
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if total <= limit:
+            break
+        text = to_json(row[name])
+        marker = {"_truncated": True, "original_bytes": len(text),
+                  "preview": text[:min(1000, limit // 8)]}
+        if saved_to is not None:
+            marker["saved_to"] = saved_to
+        out[name] = marker
+        total -= sizes[name] - len(to_json({name: marker}))
+    return out
 
 
 def now_iso() -> str:

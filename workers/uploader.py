@@ -4,6 +4,11 @@ Batches are bounded by ``DEFAULT_BATCH_SIZE`` rows, ``MAX_REQUEST_SIZE`` bytes a
 seconds. A failed write is retried ``NUM_RETRIES`` times with exponential backoff and jitter
 (interrupted at shutdown); writes merge by row key, so a retried batch never duplicates rows.
 A batch given up is counted under ``dropped_sink_failed``.
+
+Payload files (``workers.payloads``): every batch goes to ``ALL_PUBLISH_PAYLOADS_DIR`` before it
+is written, and a batch given up to ``FAILED_PUBLISH_PAYLOADS_DIR``, for ``tracer
+import-payloads``. A single row larger than ``MAX_REQUEST_SIZE`` is stored with its largest fields
+replaced by a marker (``rows.truncate``); its full copy goes to the failed payload dir when set.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Callable
 
 from tracer.config import Settings
 
-from .queue import RowQueue
+from . import payloads
+from .queue import Pending, RowQueue
+from .rows import to_json, truncate
 
 MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
 BACKOFF_BASE = 0.05
@@ -49,7 +56,12 @@ class Uploader:
                                     MAX_DELAY)
             if batch is None:
                 return
+            self._fit(batch)
+            if self.settings.all_payloads_dir:
+                self._save(self.settings.all_payloads_dir, batch, "batch")
             error = self._write(batch)
+            if error is not None and self.settings.failed_payloads_dir:
+                self._save(self.settings.failed_payloads_dir, batch, "sink_failed", error)
             try:  # whatever goes wrong here, this thread must go on committing
                 self.on_done(self.queue.done(error))
                 if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
@@ -78,3 +90,30 @@ class Uploader:
         print(f"tracer-aggregator: gave up writing {len(batch)} rows after {attempt + 1} "
               f"attempts: {error}", file=sys.stderr)
         return error
+
+    def _fit(self, batch: list[Pending]) -> None:
+        """Truncate the rows too large for one upload, setting their full copy aside."""
+        limit = self.settings.max_request_size
+        for p in batch:
+            # A wire byte becomes at most 6 JSON bytes (a control character's \u escape): only
+            # rows that could be over the limit are measured.
+            if p.size * 6 <= limit or len(to_json(p.row)) <= limit:
+                continue
+            saved = None
+            if self.settings.failed_payloads_dir:
+                saved = self._save(self.settings.failed_payloads_dir, [p], "oversized")
+            p.row = truncate(p.row, limit, saved)
+            self.counters["rows_truncated"] += 1
+
+    def _save(self, directory: str, batch: list[Pending], reason: str,
+              error: str | None = None) -> str | None:
+        """Write a payload file; a failure to do so is counted and reported, never raised."""
+        try:
+            path = payloads.write(directory, [(p.container, p.row) for p in batch], reason, error)
+        except OSError as exc:
+            self.counters["payload_write_errors"] += 1
+            print(f"tracer-aggregator: could not write a payload file to {directory}: {exc}",
+                  file=sys.stderr)
+            return None
+        self.counters[f"payload_rows_{reason}"] += len(batch)
+        return path

@@ -1,0 +1,152 @@
+"""N producer processes x M spans against a small queue whose sink is down, once per policy.
+
+    python scripts/stress_queue_full.py [--procs 4] [--spans 10000] [--queue-sizes 1000,20000]
+                                        [--outage 3] [--payload-bytes 1024]
+
+For each queue size and each policy (block, drop-when-full, drop-exceeding-maxsize) the script
+starts a standalone aggregator on a fresh store, locks the store (the sink is down) for
+``--outage`` seconds while the producers log their spans, then lets go. It prints created,
+committed, dropped by reason, wall time, and the peak RSS of the aggregator and of the largest
+producer (psutil, sampled every 20 ms), and checks ``committed + dropped == created`` (PASS/FAIL).
+Exits 1 if any run fails the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tracer import config  # noqa: E402
+from workers.cli import ask_stats  # noqa: E402
+
+POLICIES = {
+    "block": {},
+    "drop-when-full": {"TRACER_QUEUE_DROP_WHEN_FULL": "1"},
+    "drop-exceeding-maxsize": {"TRACER_QUEUE_DROP_EXCEEDING_MAXSIZE": "{size}"},
+}
+
+# One record per span: @traced sends input, output and timing together when the call ends, so
+# spans, records and rows count the same. (Drops are counted in records, that is partial rows:
+# a span that calls log() twice is three records.)
+PRODUCER = """
+import sys, tracer
+
+@tracer.traced
+def work(i, payload):
+    return i
+
+spans, payload = int(sys.argv[1]), "x" * int(sys.argv[2])
+tracer.init_logger("stress")
+for i in range(spans):
+    work(i, payload)
+tracer.flush(timeout=600)
+"""
+
+
+def run(policy: str, size: int, args: argparse.Namespace) -> dict:
+    workdir = tempfile.mkdtemp(prefix="stress-queue-")
+    store = os.path.join(workdir, "traces.db")
+    endpoint = f"ipc://{config.runtime_dir()}/stress-{os.getpid()}-{policy}-{size}.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACER_", "_TRACER_"))}
+    env.update({name: value.format(size=size) for name, value in POLICIES[policy].items()})
+    env.update(TRACER_QUEUE_SIZE=str(size), TRACER_ENDPOINT=endpoint, TRACER_NUM_RETRIES="20",
+               PYTHONPATH=ROOT)
+    aggregator = subprocess.Popen([sys.executable, "-m", "workers.aggregator", "--bind", endpoint,
+                                   "--store", store], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while ask_stats(endpoint, 500) is None:  # up, with its store created
+        if time.monotonic() > deadline:
+            raise RuntimeError("the aggregator did not start")
+
+    lock = sqlite3.connect(store, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the sink is down
+    started = time.monotonic()
+    producers = [subprocess.Popen([sys.executable, "-c", PRODUCER, str(args.spans),
+                                   str(args.payload_bytes)], env=env)
+                 for _ in range(args.procs)]
+    peak_aggregator = peak_producer = 0
+    locked = True
+    while any(p.poll() is None for p in producers):
+        if locked and time.monotonic() - started >= args.outage:
+            lock.execute("ROLLBACK")
+            locked = False
+        peak_aggregator = max(peak_aggregator, rss(aggregator.pid))
+        peak_producer = max([peak_producer] + [rss(p.pid) for p in producers])
+        time.sleep(0.02)
+    if locked:
+        lock.execute("ROLLBACK")
+    lock.close()
+    failed = [p.returncode for p in producers if p.returncode != 0]
+    wall = time.monotonic() - started
+
+    aggregator.terminate()  # commits what it holds, records its counters, exits
+    aggregator.wait(120)
+    conn = sqlite3.connect(store)
+    committed = conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+    counters = json.loads(conn.execute("SELECT counters FROM aggregator_runs").fetchone()[0])
+    conn.close()
+    # What the aggregator dropped, plus what recorders dropped or lost and reported to it.
+    dropped = {name: n for name, n in counters["counters"].items()
+               if name.startswith(("dropped_", "senders_dropped_", "senders_lost_"))}
+    created = args.procs * args.spans
+    return {"policy": policy, "queue_size": size, "created": created, "committed": committed,
+            "dropped": dropped, "wall_s": wall, "peak_rss_aggregator": peak_aggregator,
+            "peak_rss_producer": peak_producer, "producer_failures": failed,
+            "ok": not failed and committed + sum(dropped.values()) == created}
+
+
+def rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--procs", type=int, default=4, help="producer processes (default: 4)")
+    p.add_argument("--spans", type=int, default=10000, help="spans per producer (default: 10000)")
+    p.add_argument("--queue-sizes", default="1000,20000",
+                   help="comma-separated QUEUE_SIZE values to run (default: 1000,20000)")
+    p.add_argument("--outage", type=float, default=3.0,
+                   help="seconds the sink stays down after the producers start (default: 3)")
+    p.add_argument("--payload-bytes", type=int, default=1024,
+                   help="size of each span's input payload (default: 1024)")
+    p.add_argument("--policies", default=",".join(POLICIES),
+                   help=f"comma-separated, from {', '.join(POLICIES)} (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run")
+    args = p.parse_args()
+
+    print(f"{args.procs} producers x {args.spans} spans ({args.payload_bytes} B input), sink "
+          f"down for the first {args.outage:g} s; {os.cpu_count()} CPUs", flush=True)
+    results = []
+    for size in (int(s) for s in args.queue_sizes.split(",")):
+        for policy in args.policies.split(","):
+            result = run(policy, size, args)
+            results.append(result)
+            if args.json:
+                print(json.dumps(result), flush=True)
+                continue
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(result["dropped"].items()))
+            print(f"{policy:23} queue {size:>6}: created {result['created']:>7} committed "
+                  f"{result['committed']:>7} dropped {sum(result['dropped'].values()):>7} "
+                  f"({dropped or 'none'})  wall {result['wall_s']:5.1f} s  peak RSS "
+                  f"aggregator {result['peak_rss_aggregator'] / 2**20:6.1f} MiB, producer "
+                  f"{result['peak_rss_producer'] / 2**20:6.1f} MiB  "
+                  f"{'PASS' if result['ok'] else 'FAIL'}", flush=True)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

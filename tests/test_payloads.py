@@ -1,0 +1,206 @@
+"""Retries, payload dirs and oversized rows: a sink that fails never loses a row for good.
+
+The failing sink is the real SQLite store held locked by the producing child process; the
+replays go through the real ``tracer import-payloads`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+from workers import payloads
+from workers.queue import Pending
+from workers.rows import Container
+from workers.sinks.sqlite import SQLiteSink, Store
+
+from .conftest import clean_env, run_cli, run_python
+
+# The child logs N spans ("span <i>" with output i) into project PROJECT while its store is
+# locked, then runs AFTER_LOGGING; ``counters()`` asks the live aggregator for its counters.
+LOCKED_CHILD = """
+import json, os, sqlite3, time, tracer
+from workers.cli import ask_stats
+
+def counters():
+    return ask_stats(os.environ["TRACER_ENDPOINT"])["counters"]
+
+logger = tracer.init_logger(PROJECT)
+logger.flush()  # a real handshake: the aggregator is up and its store exists
+lock = sqlite3.connect(os.path.join(".tracer", "traces.db"), isolation_level=None)
+lock.execute("BEGIN EXCLUSIVE")  # the sink cannot commit until we let go
+for i in range(N):
+    with tracer.start_span(f"span {i}") as span:
+        span.log(output=i)
+"""
+
+
+def run_locked_child(tmp_path, project: str, n: int, after_logging: str, **settings: str) -> dict:
+    """Run LOCKED_CHILD then ``after_logging``, which must print one JSON line last."""
+    code = (f"PROJECT, N = {project!r}, {n}\n" + textwrap.dedent(LOCKED_CHILD)
+            + textwrap.dedent(after_logging))
+    proc = run_python(code, env=clean_env(**settings), cwd=str(tmp_path), timeout=180)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stored_rows(store_path: str, project: str) -> list[dict]:
+    with Store(store_path) as store:
+        return sorted(store.rows(project=project), key=lambda row: row["id"])
+
+
+def outputs_by_name(rows: list[dict]) -> dict[str, object]:
+    return {row["span_attributes"]["name"]: row.get("output") for row in rows}
+
+
+def expected_outputs(n: int) -> dict[str, int]:
+    return {f"span {i}": i for i in range(n)}
+
+
+def payload_rows(directory) -> list[Pending]:
+    return [row for name in payloads.files(str(directory)) for row in payloads.read(name)]
+
+
+def test_a_sink_failing_twice_then_recovering_loses_and_duplicates_nothing(tmp_path):
+    counters = run_locked_child(tmp_path, "retried", 200, """
+        deadline = time.monotonic() + 60
+        while counters().get("write_retries", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lock.execute("ROLLBACK")  # the sink recovers
+        tracer.flush(timeout=60)
+        print(json.dumps(counters()))
+    """)
+
+    rows = stored_rows(str(tmp_path / ".tracer" / "traces.db"), "retried")
+    assert counters["write_retries"] >= 2
+    assert outputs_by_name(rows) == expected_outputs(200)
+    assert len(rows) == 200
+    assert counters["rows_committed"] == 200
+    assert not [name for name in counters if name.startswith("dropped")]
+
+
+def test_writing_a_batch_twice_leaves_each_row_as_written_once(tmp_path):
+    container = Container("L\x1fidempotent")
+    rows = [{"id": f"row-{i}", "span_id": f"row-{i}", "root_span_id": "row-0",
+             "output": {"value": i, "items": [i, i]}, "metrics": {"start": 1.0, "end": 2.0},
+             **container.columns} for i in range(5)]
+    batch = [Pending((container.id, row["id"]), row, 100, 0, container) for row in rows]
+    sink = SQLiteSink(str(tmp_path / "traces.db"))
+
+    sink.write(batch)
+    once = stored_rows(str(tmp_path / "traces.db"), "idempotent")
+    sink.write(batch)  # what a retry after an unknown outcome does
+    twice = stored_rows(str(tmp_path / "traces.db"), "idempotent")
+    sink.close()
+
+    assert len(once) == 5
+    assert twice == once
+
+
+def test_batches_given_up_go_to_the_failed_dir_and_import_payloads_restores_them(tmp_path):
+    failed = tmp_path / "failed"
+    counters = run_locked_child(tmp_path, "given-up", 40, """
+        try:
+            tracer.flush(timeout=120)
+        except tracer.FlushError:
+            pass  # expected: the store stays locked past every retry
+        stats = counters()
+        lock.execute("ROLLBACK")
+        print(json.dumps(stats))
+    """, TRACER_NUM_RETRIES="0", TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed))
+    store = str(tmp_path / ".tracer" / "traces.db")
+
+    assert counters["dropped_sink_failed"] == 40
+    assert counters["payload_rows_sink_failed"] == 40
+    assert len(payload_rows(failed)) == 40
+    assert stored_rows(store, "given-up") == []
+
+    proc = run_cli("import-payloads", str(failed), "--store", store)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "replayed 40 rows" in proc.stdout
+    assert outputs_by_name(stored_rows(store, "given-up")) == expected_outputs(40)
+
+
+def test_import_payloads_twice_changes_nothing(tmp_path):
+    store = str(tmp_path / "traces.db")
+    directory = tmp_path / "payloads"
+    container = Container("L\x1ftwice")
+    rows = [{"id": f"r{i}", "span_id": f"r{i}", "root_span_id": "r0", "output": i,
+             "created": "2026-01-01T00:00:00+00:00", **container.columns} for i in range(10)]
+    payloads.write(str(directory), [(container, row) for row in rows], "batch")
+
+    assert run_cli("import-payloads", str(directory), "--store", store).returncode == 0
+    once = stored_rows(store, "twice")
+    assert run_cli("import-payloads", str(directory), "--store", store).returncode == 0
+
+    assert len(once) == 10
+    assert stored_rows(store, "twice") == once
+
+
+def test_every_batch_goes_to_the_all_payloads_dir_and_replays_into_an_equal_store(tmp_path):
+    every = tmp_path / "every"
+    code = """
+        import tracer
+        tracer.init_logger("copied")
+        for i in range(30):
+            with tracer.start_span(f"span {i}", type="task") as span:
+                span.log(output=i, metadata={"i": i})
+        tracer.update_span(span.export(), tags=["last"])  # a second partial of one row
+        tracer.flush()
+    """
+    run_python(code, env=clean_env(TRACER_ALL_PUBLISH_PAYLOADS_DIR=str(every)),
+               cwd=str(tmp_path))
+    replayed = str(tmp_path / "replayed.db")
+
+    proc = run_cli("import-payloads", str(every), "--store", replayed)
+
+    assert proc.returncode == 0, proc.stderr
+    original = stored_rows(str(tmp_path / ".tracer" / "traces.db"), "copied")
+    assert len(original) == 30
+    assert stored_rows(replayed, "copied") == original
+
+
+def test_a_row_over_max_request_size_is_stored_truncated_and_its_full_copy_set_aside(tmp_path):
+    failed = tmp_path / "failed"
+    code = """
+        import tracer
+        tracer.init_logger("oversized")
+        with tracer.start_span("huge") as span:
+            span.log(output="x" * 100_000, metadata={"kept": True})
+        with tracer.start_span("small") as span:
+            span.log(output="fine")
+        tracer.flush()
+    """
+    run_python(code, env=clean_env(TRACER_MAX_REQUEST_SIZE="4096",
+                                   TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
+               cwd=str(tmp_path))
+    store = str(tmp_path / ".tracer" / "traces.db")
+    rows = {row["span_attributes"]["name"]: row for row in stored_rows(store, "oversized")}
+
+    marker = rows["huge"]["output"]
+    assert marker["_truncated"] is True
+    assert marker["original_bytes"] == 100_002  # the JSON string, quotes included
+    assert marker["preview"].startswith('"xxx')
+    assert os.path.exists(marker["saved_to"])
+    assert rows["huge"]["metadata"] == {"kept": True}
+    assert rows["small"]["output"] == "fine"
+    assert len(json.dumps(rows["huge"])) < 4096
+
+    assert run_cli("import-payloads", marker["saved_to"], "--store", store).returncode == 0
+    restored = {row["span_attributes"]["name"]: row for row in stored_rows(store, "oversized")}
+    assert restored["huge"]["output"] == "x" * 100_000
+
+
+def test_import_payloads_refuses_a_malformed_file_naming_it_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"tracer_payload": 1, "reason": "batch", "rows": 2}\n'
+                   '{"container": "L\\u001fbad", "row": {"id": "a", "output": 1}}\n'
+                   'not json\n')
+    store = str(tmp_path / "traces.db")
+
+    proc = run_cli("import-payloads", str(bad), "--store", store)
+
+    assert proc.returncode == 2
+    assert f"{bad}:3" in proc.stderr
+    assert stored_rows(store, "bad") == []

@@ -1,0 +1,122 @@
+"""Payload files: rows set aside as readable files, and replayed into a store later.
+
+``FAILED_PUBLISH_PAYLOADS_DIR`` receives every batch the sink gave up on after all its retries,
+every row a queue policy dropped, and the full copy of every row too large for one upload.
+``ALL_PUBLISH_PAYLOADS_DIR`` receives every batch before it is written. ``tracer
+import-payloads DIR`` replays them, so a failed upload is never a dead end.
+
+A payload file is JSON lines (``*.jsonl``): a header line, then one line per row::
+
+    {"tracer_payload": 1, "reason": "sink_failed", "error": "...", "rows": 2, "written": "..."}
+    {"container": "L\\u001fmy-project", "row": {"id": "...", "span_id": "...", ...}}
+
+``container`` is the wire's container key (project logs or an experiment). Rows are partial rows:
+replaying merges them into the store exactly as the aggregator would, so replaying a file twice,
+or a file whose rows were in the end also written, changes nothing.
+
+A recorder dropping records under a drop policy writes them as they were on the wire
+(``*.records.msgpack``: concatenated msgpack records); the replay decodes those too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import msgpack
+
+from tracer import config
+
+from .queue import Pending
+from .rows import Container, record_to_row, to_json
+
+VERSION = 1
+
+
+def write(directory: str, rows: Iterable[tuple[Container, dict]], reason: str,
+          error: str | None = None) -> str:
+    """Write ``(container, row)`` pairs as one payload file; returns its path.
+
+    The file appears whole or not at all (written aside, then renamed), so a replay running at
+    the same time never reads half of one.
+    """
+    lines = [f'{{"container":{json.dumps(c.key)},"row":{to_json(row)}}}\n' for c, row in rows]
+    header = {"tracer_payload": VERSION, "reason": reason, "rows": len(lines),
+              "written": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if error is not None:
+        header["error"] = error
+    path = config.payload_file(directory, reason, ".jsonl")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header) + "\n")
+        f.writelines(lines)
+    os.replace(tmp, path)
+    return path
+
+
+def files(path: str) -> list[str]:
+    """The payload files at ``path`` (a file, or a directory searched recursively), in order."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no payload file or directory at {path}")
+    found = []
+    for directory, _dirs, names in os.walk(path):
+        found += [os.path.join(directory, n) for n in names
+                  if n.endswith((".jsonl", ".records.msgpack"))]
+    return sorted(found, key=os.path.basename)  # names start with the time written
+
+
+def read(path: str) -> Iterator[Pending]:
+    """The rows of one payload file, ready for a sink's ``write``. Raises ValueError, naming the
+    file and line, for anything that is not a payload."""
+    containers: dict[str, Container] = {}
+
+    def container_of(key: str) -> Container:
+        if key not in containers:
+            containers[key] = Container(key)
+        return containers[key]
+
+    if path.endswith(".records.msgpack"):
+        yield from _read_records(path, container_of)
+        return
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+                if number == 1:
+                    if entry.get("tracer_payload") != VERSION:
+                        raise ValueError("not a tracer payload file (no tracer_payload header)")
+                    continue
+                container, row = container_of(entry["container"]), entry["row"]
+                yield Pending((container.id, row["id"]), row, len(line), 0, container)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None
+
+
+def _read_records(path: str, container_of) -> Iterator[Pending]:
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, strict_map_key=False, use_list=False)
+        for number, record in enumerate(unpacker, 1):
+            try:
+                container, row_id, row = record_to_row(record, container_of)
+            except (ValueError, TypeError, IndexError) as exc:
+                raise ValueError(f"{path}: record {number}: {exc!r}") from None
+            yield Pending((container.id, row_id), row, 0, 0, container)
+
+
+def replay(path: str, sink, batch_size: int = 1000) -> tuple[int, int]:
+    """Merge every row of the payload files at ``path`` into ``sink``; returns (files, rows).
+
+    A file is read whole before any of it is written, so a malformed file writes nothing.
+    """
+    done_files = done_rows = 0
+    for name in files(path):
+        rows = list(read(name))
+        for start in range(0, len(rows), batch_size):
+            sink.write(rows[start:start + batch_size])
+        done_files += 1
+        done_rows += len(rows)
+    return done_files, done_rows
