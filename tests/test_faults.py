@@ -118,3 +118,29 @@ def test_an_owner_killed_with_sigkill_still_has_its_spans_committed(tmp_path):
     assert run["ended"] is not None  # it committed and exited by itself
     with Store(store_path) as store:
         assert len(list(store.rows(project="killed-owner"))) == 50
+
+
+def test_an_aggregator_that_dies_as_it_starts_is_not_restarted_in_a_loop(tmp_path):
+    code = textwrap.dedent("""
+        import os, signal, tracer
+        tracer.init_logger("doomed")
+        tracer.flush()
+        os.environ["TRACER_QUEUE_SIZE"] = "not a number"  # every replacement dies as it starts
+        os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
+        for i in range(6):
+            with tracer.start_span(f"span {i}"):
+                pass
+            try:
+                tracer.flush(timeout=30)
+            except tracer.FlushError as exc:
+                print("FlushError:", exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    with open(tmp_path / ".tracer" / "aggregator.log") as log:
+        replacements_that_died = log.read().count("TRACER_QUEUE_SIZE='not a number'")
+
+    assert proc.returncode == 0, proc.stderr
+    assert replacements_that_died == 3
+    assert "not starting another" in proc.stderr
+    assert "FlushError:" in proc.stdout

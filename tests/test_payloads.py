@@ -203,4 +203,30 @@ def test_import_payloads_refuses_a_malformed_file_naming_it_and_writes_nothing(t
 
     assert proc.returncode == 2
     assert f"{bad}:3" in proc.stderr
-    assert stored_rows(store, "bad") == []
+    assert not os.path.exists(store) or stored_rows(store, "bad") == []
+
+
+def test_a_store_that_is_not_a_database_fails_the_flush_with_the_cause_and_keeps_the_rows(
+        tmp_path):
+    failed = tmp_path / "failed"
+    (tmp_path / ".tracer").mkdir()
+    (tmp_path / ".tracer" / "traces.db").write_bytes(b"not a database " * 400)
+    code = """
+        import os, tracer
+        from tracer.recorder import process_alive
+        tracer.init_logger("unwritable")
+        with tracer.start_span("kept aside"):
+            pass
+        try:
+            tracer.flush(timeout=60)
+        except tracer.FlushError as exc:
+            print("FlushError:", exc)
+        print("aggregator alive:", process_alive(int(os.environ["_TRACER_AGGREGATOR_PID"])))
+    """
+    out = run_python(code, env=clean_env(TRACER_NUM_RETRIES="1",
+                                         TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
+                     cwd=str(tmp_path)).stdout
+
+    assert "FlushError: DatabaseError: file is not a database" in out
+    assert "aggregator alive: True" in out
+    assert [p.row["span_attributes"]["name"] for p in payload_rows(failed)] == ["kept aside"]

@@ -53,6 +53,8 @@ LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
 WARN_INTERVAL = 10.0  # at most one warning per reason per interval
 CHECK_INTERVAL = 0.5  # how often the flusher checks the aggregator while it waits on it
+MAX_RESTARTS = 3  # replacement aggregators started per RESTART_WINDOW seconds, at most
+RESTART_WINDOW = 60.0
 UNRESPONSIVE = 30.0  # an aggregator whose pid we do not know is taken for dead after this
 
 _HOST = socket.gethostname()
@@ -120,6 +122,7 @@ class Recorder:
         self._last_reply = time.monotonic()
         self._checked = 0.0
         self._recovering = False
+        self._restarts: deque = deque()  # when we started replacement aggregators
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
@@ -523,7 +526,9 @@ class Recorder:
         if replaced:  # someone else already started the new one: find its pid, if we can
             pid = _pid_file_of(self.endpoint) or self.aggregator_pid
         else:
-            pid = self._restart(self) if self._restart is not None else None
+            pid = None
+            if self._restart is not None and self._may_restart():
+                pid = self._restart(self)
             if pid is None:
                 self._lose(sum(n for _, _, n in self._unacked), "aggregator_died")
                 self._unacked.clear()
@@ -550,6 +555,20 @@ class Recorder:
         finally:
             self._recovering = False
             self._last_reply = time.monotonic()
+        return True
+
+    def _may_restart(self) -> bool:
+        """At most MAX_RESTARTS replacements a minute: an aggregator that dies as it starts (a
+        broken interpreter, say) is given up on rather than restarted in a loop."""
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
+            self._restarts.popleft()
+        if len(self._restarts) >= MAX_RESTARTS:
+            self._warn("restarts", f"tracer: the aggregator at {self.endpoint} died "
+                                   f"{MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f} s; "
+                                   "not starting another (see aggregator.log beside the store)")
+            return False
+        self._restarts.append(now)
         return True
 
     def _lose(self, records: int, reason: str) -> None:

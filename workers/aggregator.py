@@ -127,9 +127,9 @@ class Aggregator:
                         pass
 
         uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
-                            lambda: sink.record_run(self.run_id, self.info(), self.stats()))
+                            lambda: self._record_run(sink))
+        self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
         uploader.start()
-        sink.record_run(self.run_id, self.info(), self.stats())
         self._info(f"listening on {self.bind}, store {self.store}")
 
         reading = zmq.Poller()
@@ -162,7 +162,7 @@ class Aggregator:
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
             _log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not answer")
         else:
-            sink.record_run(self.run_id, self.info(), self.stats(), ended=True)
+            self._record_run(sink, ended=True)
             sink.close()
         router.close(linger=500)
         wake.close(linger=0)
@@ -171,6 +171,14 @@ class Aggregator:
         self._remove_files()
         self._info(f"exiting: {self.summary()}")
         return 0
+
+    def _record_run(self, sink: SQLiteSink, ended: bool = False) -> None:
+        try:
+            sink.record_run(self.run_id, self.info(), self.stats(), ended)
+        except Exception as exc:  # the store is unusable: rows still go to retries and payloads
+            self.counters["run_record_errors"] += 1
+            if self.counters["run_record_errors"] == 1:
+                _log(f"could not record this run in {self.store}: {exc!r}")
 
     def _remove_files(self) -> None:
         """Remove our ipc socket and its pid and lock files, unless a successor owns them."""

@@ -98,20 +98,35 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
         # A short busy timeout: a locked store fails fast into the uploader's retries and
         # backoff, which count and report what they could not write.
         conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
         conn.create_function("tracer_merge", 2, _merge_json, deterministic=True)
     return conn
 
 
 class SQLiteSink:
-    """Writes batches of partial rows; used only by the aggregator's uploader thread."""
+    """Writes batches of partial rows; used only by the aggregator's uploader thread.
+
+    The file is opened on first use (and tried again at each write until it opens), so a
+    store that cannot be opened (not a database, an unwritable directory) fails each write
+    into the uploader's retries and payload files rather than stopping the aggregator.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.conn = connect(path)
+        self._conn: sqlite3.Connection | None = None
         self._known_containers: set[str] = set()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
 
     def write(self, batch: list) -> None:
         """Merge a batch of ``workers.queue.Pending`` rows into the store, atomically."""
@@ -123,7 +138,8 @@ class SQLiteSink:
             conn.executemany(UPSERT, [_columns(p.key, p.row, now) for p in batch])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def _add_containers(self, batch: list) -> None:
@@ -150,7 +166,9 @@ class SQLiteSink:
         )
 
     def close(self) -> None:
-        self.conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _columns(key: tuple, row: dict, now: float) -> tuple:
