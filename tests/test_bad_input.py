@@ -383,3 +383,11 @@ def test_traced_input_is_a_snapshot_taken_before_the_function_mutates_it(logger,
     row = by_name(rows())["mutates"]
     assert row["input"] == {"items": ["first"]}
     assert row["output"] == 2
+
+
+def test_a_store_whose_directory_cannot_be_created_raises_value_error_naming_it(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    store = str(tmp_path / "a-file" / "traces.db")
+
+    with pytest.raises(ValueError, match=r"store=.*a-file.*cannot create its directory"):
+        tracer.init_logger("nowhere", store=store)

@@ -113,7 +113,11 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
     # object to warn about the child outliving it; Python's own descriptors are non-inheritable.
     log = aggregator_log(store_path)
     # Traces hold prompts and user data: a directory we create is the user's alone.
-    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"store={store_path!r}: cannot create its directory "
+                         f"({exc.strerror}: {exc.filename})") from None
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
