@@ -442,6 +442,22 @@ def test_span_ids_format_and_parse_round_trip():
     assert wire.parse_id(text) == (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 
 
+def test_span_ids_of_one_trace_share_its_half_and_differ_in_theirs():
+    trace = 0x0123456789ABCDEF
+    first, second = wire.format_id(trace, 1), wire.format_id(trace, 0xFFFF00000000FFFF)
+    assert first == "01234567-89ab-cdef-0000-000000000001"
+    assert second == "01234567-89ab-cdef-ffff-00000000ffff"
+
+
+def test_trace_ids_of_later_traces_sort_later(logger):
+    earlier = tracer.start_span("earlier")
+    earlier.end()
+    time.sleep(0.002)
+    later = tracer.start_span("later")
+    later.end()
+    assert earlier.root_span_id[:18] < later.root_span_id[:18]
+
+
 # -- threads --------------------------------------------------------------------------------
 
 

@@ -22,11 +22,20 @@ from . import boundary_tasks as tasks
 N = 12  # tasks per case; each makes two spans (work -> inner)
 
 
-def aggregator_pids() -> set[int]:
+def aggregator_pids(store_path: str) -> set[int]:
+    """The aggregators of this test session: writing to its store, or started by a process
+    that inherited its endpoint. Others on the machine (a parallel test run) are none of ours."""
+    ours = os.environ.get("TRACER_ENDPOINT")
     found = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "workers.aggregator" in cmdline:
+        if "workers.aggregator" not in cmdline:
+            continue
+        try:
+            inherited = ours is not None and proc.environ().get("TRACER_ENDPOINT") == ours
+        except psutil.Error:
+            inherited = False
+        if store_path in cmdline or inherited:
             found.add(proc.pid)
     return found
 
@@ -108,7 +117,7 @@ MATRIX = [(method, case) for method in ("fork", "spawn", "forkserver") for case 
 def test_every_span_from_every_process_lands_in_one_intact_tree(
         logger, rows, store_path, method, case):
     ctx = multiprocessing.get_context(method)
-    aggregators_before = aggregator_pids()
+    aggregators_before = aggregator_pids(store_path)
     logger.flush()  # a real handshake: the aggregator is up and its store exists
     with Store(store_path) as store:
         runs_before = len(store.runs())
@@ -118,7 +127,7 @@ def test_every_span_from_every_process_lands_in_one_intact_tree(
 
     got = rows()
     assert_tree(got, root, continued=(case == "bare_process"))
-    assert aggregator_pids() <= aggregators_before, "a second aggregator was started"
+    assert aggregator_pids(store_path) <= aggregators_before, "a second aggregator was started"
     with Store(store_path) as store:
         assert len(store.runs()) == runs_before
 
@@ -174,12 +183,12 @@ def test_nested_thread_pools_keep_the_tree(logger, rows):
 
 
 def test_a_pool_initializer_calling_init_logger_attaches_to_the_running_aggregator(
-        logger, rows, project):
+        logger, rows, project, store_path):
     ctx = multiprocessing.get_context("spawn")
-    before = aggregator_pids()
+    before = aggregator_pids(store_path)
     with tracer.start_span("case") as root, \
             tracer.TracedPool(2, initializer=tracer.init_logger, initargs=(project,),
                               context=ctx) as pool:
         pool.map(tasks.work, range(N))
     assert_tree(rows(), root)
-    assert aggregator_pids() <= before
+    assert aggregator_pids(store_path) <= before

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from . import config, event, launcher, slug, wire
 from .context import current, state
-from .ids import new_id
+from .ids import new_id, new_trace_id
 from .logger import Logger
 from .recorder import sync_all
 from .serialize import pack
@@ -191,8 +191,8 @@ class _Traced:
             if logger is None:
                 return None
             sid = new_id()
-            span = Span(logger.recorder, logger.container, new_id(), sid, None, sid, self.name,
-                        self.type, time.time())
+            span = Span(logger.recorder, logger.container, new_trace_id(), sid, None, sid,
+                        self.name, self.type, time.time())
         else:
             span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
                         parent.root, self.name, self.type, time.time())
@@ -232,7 +232,7 @@ class _Traced:
                 if logger is None:
                     return fn(*args, **kwargs)
                 sid = new_id()
-                span = Span(logger.recorder, logger.container, new_id(), sid, None, sid, name,
+                span = Span(logger.recorder, logger.container, new_trace_id(), sid, None, sid, name,
                             span_type, time.time())
             else:
                 span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import event, slug, wire
 from .context import current, state
-from .ids import new_id
+from .ids import new_id, new_trace_id
 from .recorder import Recorder
 from .serialize import pack
 
@@ -261,7 +261,7 @@ def start_root(rec: Recorder, container: str, name: str | None, type: str | None
     """A new span in ``container``: a root, or the child of a span exported elsewhere."""
     if parent_ref is None:
         sid = new_id()
-        span = Span(rec, container, new_id(), sid, None, sid, name, type, time.time())
+        span = Span(rec, container, new_trace_id(), sid, None, sid, name, type, time.time())
     else:
         span = Span(rec, parent_ref.container, parent_ref.trace, new_id(), parent_ref.span,
                     parent_ref.root, name, type, time.time())

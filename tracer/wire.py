@@ -82,10 +82,21 @@ def split_container(key: str) -> tuple[str, ...]:
     raise ValueError(f"malformed container key {key!r}")
 
 
+_prefixes: dict[int, str] = {}  # trace -> the first half of its ids, "xxxxxxxx-xxxx-xxxx-"
+
+
 def format_id(trace: int, span: int) -> str:
     """The UUID-shaped string of the 128-bit id ``trace:span``."""
-    h = f"{trace:016x}{span:016x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # The aggregator formats three ids per row, mostly of a few live traces: caching the trace
+    # half saves ~40% of the work.
+    prefix = _prefixes.get(trace)
+    if prefix is None:
+        if len(_prefixes) >= 4096:
+            _prefixes.clear()
+        h = f"{trace:016x}"
+        prefix = _prefixes[trace] = f"{h[:8]}-{h[8:12]}-{h[12:]}-"
+    h = f"{span:016x}"
+    return f"{prefix}{h[:4]}-{h[4:]}"
 
 
 def parse_id(text: str) -> tuple[int, int]:

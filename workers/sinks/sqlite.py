@@ -132,10 +132,11 @@ class SQLiteSink:
         """Merge a batch of ``workers.queue.Pending`` rows into the store, atomically."""
         conn = self.conn
         now = time.time()
+        created = _iso(now)
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._add_containers(batch)
-            conn.executemany(UPSERT, [_columns(p.key, p.row, now) for p in batch])
+            conn.executemany(UPSERT, [_columns(p.key, p.row, now, created) for p in batch])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -171,12 +172,12 @@ class SQLiteSink:
             self._conn = None
 
 
-def _columns(key: tuple, row: dict, now: float) -> tuple:
+def _columns(key: tuple, row: dict, now: float, created: str) -> tuple:
     attrs = row.get("span_attributes") or {}
     metrics = row.get("metrics") or {}
     return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
             attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
-            1 if row.get("error") else 0, row.setdefault("created", _iso(now)), now, to_json(row))
+            1 if row.get("error") else 0, row.setdefault("created", created), now, to_json(row))
 
 
 def _number(value: Any) -> float | None:

@@ -1,33 +1,41 @@
 #!/usr/bin/env python
-"""Micro-benchmark of the caller-side cost of one ``@tracer.traced`` call.
+"""Caller-side cost of one traced call: ours beside OpenTelemetry and the reference SDK.
 
-Three cases, on the same two functions ``f(x) -> x`` (empty) and ``g(text) -> len(text)`` (called
+Five cases, on the same two functions ``f(x) -> x`` (empty) and ``g(text) -> len(text)`` (called
 with a 1024-character string), all measured in one run:
 
-  bare       the plain functions, timed in this process;
-  nologger   ``tracer.traced(f)`` / ``tracer.traced(g)`` with tracing off, in a child process
-             (once ``init_logger`` has run in a process, tracing stays on for good);
-  logger     the same with ``tracer.init_logger("bench", store=<tmp>/bench.db)``, i.e. a real
-             aggregator process, in another child. After timing, the child flushes and checks
-             that the store holds every span it recorded.
+  bare        the plain functions, timed in this process;
+  nologger    ``tracer.traced(f)`` / ``tracer.traced(g)`` with tracing off, in a child process
+              (once ``init_logger`` has run in a process, tracing stays on for good);
+  logger      the same with ``tracer.init_logger("bench", store=<tmp>/bench.db)``, i.e. a real
+              aggregator process, in another child. After timing, the child flushes and checks
+              that the store holds every span it recorded;
+  otel        OpenTelemetry's SDK: a ``TracerProvider`` with a ``BatchSpanProcessor`` and an
+              exporter that discards, the functions wrapped in ``start_as_current_span`` with
+              the argument and the result set as span attributes (OpenTelemetry has no generic
+              input capture: this is the least a user writes);
+  braintrust  the reference SDK's ``@braintrust.traced`` (input and output captured) with its
+              in-memory background logger, so nothing goes to the network.
+
+The anchors come from the ``bench`` extra (``pip install -e '.[bench]'``); a case whose package
+is missing is reported as such and skipped.
 
 Each case times ``--repeats`` batches of ``--calls`` calls per function with
 ``time.perf_counter_ns()`` (GC disabled while a batch runs), after one warm-up batch, and reports
 the median per-call time. Children are this script run with a hidden ``--mode`` flag, in an
 environment stripped of TRACER_*, _TRACER_* and BRAINTRUST_* variables; they print JSON.
 
-    python scripts/bench_traced.py                  # defaults: 200000 calls x 7 repeats
-    python scripts/bench_traced.py --calls 50000 --json /tmp/bench.json
+    python scripts/bench/caller_cost.py              # defaults: 200000 calls x 7 repeats
+    python scripts/bench/caller_cost.py --calls 50000 --json /tmp/bench.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
-import platform
-import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -38,9 +46,11 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import child_env, machine  # noqa: E402
+
 PROJECT = "bench"
 TEXT = "x" * 1024
-ENV_PREFIXES = ("TRACER_", "_TRACER_", "BRAINTRUST_")
 TARGET_LOGGER_US = 2.5  # per span, input/output captured, logger on
 TARGET_NOLOGGER_ADDED_US = 0.3  # added per call, tracing off
 
@@ -86,7 +96,7 @@ def measure(pairs: dict[str, tuple[Callable, Any]], calls: int, repeats: int,
     for fn, arg in pairs.values():
         expect = BARE[fn.__name__](arg)
         if fn(arg) != expect:
-            raise SystemExit(f"bench_traced: {fn!r}({arg!r:.20}) returned a wrong result")
+            raise SystemExit(f"caller_cost: {fn!r}({arg!r:.20}) returned a wrong result")
         if warmup > 1:
             time_batch(fn, arg, warmup - 1)
         if between is not None:
@@ -196,6 +206,99 @@ def child_logger(args: argparse.Namespace) -> None:
     })
 
 
+def child_otel(args: argparse.Namespace) -> None:
+    fd = _json_channel()
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError as exc:
+        _emit(fd, {"mode": "otel", "missing": str(exc)})
+        return
+
+    class Discard(SpanExporter):
+        exported = 0
+
+        def export(self, spans):
+            Discard.exported += len(spans)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self):
+            pass
+
+    provider = TracerProvider()
+    # A queue that holds a whole timed batch: the default (2048) drops spans, silently, which
+    # would time the cheaper drop path.
+    queue = max(2048, 2 * args.logger_calls)
+    processor = BatchSpanProcessor(Discard(), max_queue_size=queue)
+    provider.add_span_processor(processor)
+    otel = provider.get_tracer("bench")
+
+    def traced(fn: Callable) -> Callable:
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(arg):
+            with otel.start_as_current_span(name) as span:
+                span.set_attribute("input", arg)
+                out = fn(arg)
+                span.set_attribute("output", out)
+                return out
+        return wrapper
+
+    timed = measure({"f": (traced(f), 0), "g": (traced(g), TEXT)}, args.logger_calls,
+                    args.repeats, args.warmup, between=lambda: processor.force_flush(60_000))
+    processor.force_flush(60_000)
+    expected = 2 * (args.warmup + args.repeats * args.logger_calls)
+    _emit(fd, {"mode": "otel", "timings": timed, "max_queue_size": queue,
+               "exported": Discard.exported, "expected": expected})
+
+
+def child_braintrust(args: argparse.Namespace) -> None:
+    fd = _json_channel()
+    try:
+        import braintrust
+        from braintrust import logger as bt
+        from braintrust.util import LazyValue
+    except ImportError as exc:
+        _emit(fd, {"mode": "braintrust", "missing": str(exc)})
+        return
+    # What braintrust's own test helpers do (init_test_logger + the memory logger fixture):
+    # fake project metadata so that nothing logs in, and an in-memory background logger.
+    memory = bt._MemoryBackgroundLogger()
+    bt._state._override_bg_logger.logger = memory
+    bt._state._global_bg_logger = LazyValue(lambda: memory, use_mutex=False)
+    metadata = bt.OrgProjectMetadata(
+        org_id="bench-org", project=bt.ObjectMetadata(id=PROJECT, name=PROJECT, full_info={}))
+    logger = braintrust.init_logger(project=PROJECT)
+    logger._lazy_metadata = LazyValue(lambda: metadata, use_mutex=False)
+    bt._compute_logger_metadata = lambda *a, **k: metadata
+    logged = 0
+
+    def drain() -> None:  # untimed, between batches: what the HTTP logger's thread would do
+        nonlocal logged
+        logged += len(memory.pop())
+
+    timed = measure({"f": (braintrust.traced(f), 0), "g": (braintrust.traced(g), TEXT)},
+                    args.logger_calls, args.repeats, args.warmup, between=drain)
+    drain()
+    expected = 2 * (args.warmup + args.repeats * args.logger_calls)
+    _emit(fd, {"mode": "braintrust", "timings": timed, "logged": logged, "expected": expected,
+               "version": getattr(braintrust, "__version__", None) or _version("braintrust")})
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
     """Rows per span name in the bench project, and whether a ``g`` row holds its input/output."""
     conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
@@ -220,20 +323,16 @@ def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
 # -- the parent ---------------------------------------------------------------------------------
 
 
-def child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
-
-
 def run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode,
            "--calls", str(args.calls), "--logger-calls", str(args.logger_calls),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), *extra]
     proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"bench_traced: child {mode!r} failed with exit code {proc.returncode}")
+        raise SystemExit(f"caller_cost: child {mode!r} failed with exit code {proc.returncode}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise SystemExit(f"bench_traced: child {mode!r} printed no JSON")
+        raise SystemExit(f"caller_cost: child {mode!r} printed no JSON")
     return json.loads(lines[-1])
 
 
@@ -266,58 +365,9 @@ def side_files(directory: str, limit: int = 2000) -> dict[str, str]:
     return tails
 
 
-def source_state() -> str:
-    """Which library code was measured: the git commit, and whether tracer/ or workers/ differ."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tracer",
-                                "workers"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    if not head:
-        return "unknown (not a git checkout)"
-    changed = [line[3:] for line in dirty.splitlines() if line.strip()]
-    return f"{head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
-def machine() -> dict:
-    import msgpack
-    import zmq
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "msgpack_impl": msgpack.Packer.__module__,
-        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-        "source": source_state(),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def main_run(args: argparse.Namespace) -> int:
     info = machine()
-    print("# @tracer.traced caller-side cost\n")
+    print("# Caller-side cost per traced call\n")
     print(f"- command: `{info['command']}`")
     print(f"- machine: {info['platform']}; CPU: {info['cpu']}; cores: {info['cores']} "
           f"(usable: {info['usable_cores']})")
@@ -333,7 +383,8 @@ def main_run(args: argparse.Namespace) -> int:
 
     bare = measure({"f": (f, 0), "g": (g, TEXT)}, args.calls, args.repeats, args.warmup)
     nolog = run_child("nologger", args, [])
-    with tempfile.TemporaryDirectory(prefix="bench_traced-") as tmp:
+    anchors = {mode: run_child(mode, args, []) for mode in ("otel", "braintrust")}
+    with tempfile.TemporaryDirectory(prefix="caller_cost-") as tmp:
         logged = run_child("logger", args, ["--store-dir", tmp])
         if not wait_gone(logged.get("aggregator_pid")):
             print(f"(note: aggregator {logged['aggregator_pid']} still running; "
@@ -358,6 +409,31 @@ def main_run(args: argparse.Namespace) -> int:
     print("|---|---:|---:|")
     for label, a, b in rows:
         print(f"| {label} | {a:.3f} | {b:.3f} |")
+    print()
+
+    print("Anchors, the same functions and method (per-call µs; ratio = anchor / ours with a "
+          "logger):\n")
+    print("| system | empty fn µs | 1 KB input µs | ratio (empty) | ratio (1 KB) |")
+    print("|---|---:|---:|---:|---:|")
+    ratios = {}
+    for mode, label in (("otel", "OpenTelemetry SDK, BatchSpanProcessor, discarding exporter"),
+                        ("braintrust", "braintrust SDK @traced, in-memory logger")):
+        result = anchors[mode]
+        if "missing" in result:
+            print(f"| {label} | not installed ({result['missing']}) | | | |")
+            continue
+        a, b = med(result, "f"), med(result, "g")
+        ratios[mode] = (a / rows[2][1], b / rows[2][2])
+        print(f"| {label} | {a:.3f} | {b:.3f} | {ratios[mode][0]:.1f}x | "
+              f"{ratios[mode][1]:.1f}x |")
+    print()
+    if "missing" not in anchors["otel"]:
+        o = anchors["otel"]
+        print(f"- OpenTelemetry: {o['exported']} of {o['expected']} spans exported "
+              f"(max_queue_size={o['max_queue_size']})")
+    if "missing" not in anchors["braintrust"]:
+        b = anchors["braintrust"]
+        print(f"- braintrust {b['version']}: {b['logged']} of {b['expected']} rows logged")
     print()
 
     print("Spread (min-max per-call µs over repeats):")
@@ -404,6 +480,11 @@ def main_run(args: argparse.Namespace) -> int:
     print(f"- with logger, caller's cost per span with input/output capture: {worst_log:.3f} µs "
           f"(target <= {TARGET_LOGGER_US}) -> "
           f"{'met' if worst_log <= TARGET_LOGGER_US else 'NOT met'}")
+    for mode, target in (("otel", 10), ("braintrust", 50)):
+        if mode in ratios:
+            worst = min(ratios[mode])
+            print(f"- {mode} / ours: {worst:.1f}x (target >= {target}x) -> "
+                  f"{'met' if worst >= target else 'NOT met'}")
     print(f"- added with no logger: {worst_nolog:.3f} µs "
           f"(target <= {TARGET_NOLOGGER_ADDED_US}) -> "
           f"{'met' if worst_nolog <= TARGET_NOLOGGER_ADDED_US else 'NOT met'}")
@@ -412,7 +493,7 @@ def main_run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             json.dump({"machine": info, "calls": args.calls, "repeats": args.repeats,
                        "warmup": args.warmup, "bare": bare, "nologger": nolog,
-                       "logger": logged,
+                       "logger": logged, "anchors": anchors,
                        "added_nologger_us": {"f": added_nolog[0], "g": added_nolog[1]},
                        "added_logger_us": {"f": added_log[0], "g": added_log[1]}}, out, indent=2)
         print(f"\nraw numbers written to {args.json}")
@@ -428,9 +509,9 @@ def positive(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Measure the caller-side cost per @tracer.traced call: bare, traced with no "
-                    "logger (child process) and traced with a live logger and aggregator (child "
-                    "process). Prints a Markdown table.")
+        description="Measure the caller-side cost per traced call: bare, @tracer.traced with no "
+                    "logger and with a live logger and aggregator, OpenTelemetry's SDK and the "
+                    "braintrust SDK (each in a child process). Prints Markdown tables.")
     p.add_argument("--calls", type=positive, default=200_000,
                    help="calls per timed batch (default: %(default)s)")
     p.add_argument("--logger-calls", type=positive, default=10_000,
@@ -443,7 +524,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=positive, default=20_000,
                    help="calls in the untimed warm-up batch (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers to PATH")
-    p.add_argument("--mode", choices=("main", "nologger", "logger"), default="main",
+    p.add_argument("--mode", choices=("main", "nologger", "logger", "otel", "braintrust"),
+                   default="main",
                    help=argparse.SUPPRESS)
     p.add_argument("--store-dir", help=argparse.SUPPRESS)
     return p
@@ -451,12 +533,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.mode == "nologger":
-        child_nologger(args)
+    if args.mode in ("nologger", "otel", "braintrust"):
+        {"nologger": child_nologger, "otel": child_otel,
+         "braintrust": child_braintrust}[args.mode](args)
         return 0
     if args.mode == "logger":
         if not args.store_dir:
-            raise SystemExit("bench_traced: --mode logger needs --store-dir")
+            raise SystemExit("caller_cost: --mode logger needs --store-dir")
         child_logger(args)
         return 0
     return main_run(args)

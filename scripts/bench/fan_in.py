@@ -1,0 +1,167 @@
+"""Fan-in, end to end: P producer processes x M spans into one aggregator with the SQLite sink.
+
+    python scripts/bench/fan_in.py [--producers 1,2,4] [--spans 50000] [--paced 2000]
+
+For each producer count: a standalone aggregator on a fresh store, then P producer processes
+that each call a ``@traced`` function M times as fast as they can (the default blocking policy:
+a producer waits when the aggregator falls behind) and flush. Reported per run:
+
+- offered spans/s: spans created / the longest producer's time from its first call to its last;
+- committed spans/s: spans stored / the time from the first span's start to the last commit;
+- latency from a span's end to its commit (the row's ``updated`` time), p50 and p99;
+- peak RSS of the aggregator and of the largest producer (psutil, sampled every 20 ms);
+- committed == created (every span, checked in the store).
+
+``--paced R`` adds one unsaturated run: one producer at R spans/s, for the end-to-commit
+latency when the aggregator keeps up. ``--profile FILE`` records the aggregator of the largest
+run with py-spy (``pip install py-spy``) into FILE (speedscope JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import child_env, machine, percentile  # noqa: E402
+
+from tracer import config  # noqa: E402
+from workers.cli import ask_stats  # noqa: E402
+
+PRODUCER = """
+import json, sys, time, tracer
+
+@tracer.traced
+def work(i, text):
+    return len(text)
+
+spans, rate = int(sys.argv[1]), float(sys.argv[2])
+text = "x" * 100
+tracer.init_logger("fan-in")
+start = time.perf_counter()
+if rate:
+    for i in range(spans):
+        work(i, text)
+        delay = start + (i + 1) / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+else:
+    for i in range(spans):
+        work(i, text)
+emitted = time.perf_counter()
+tracer.flush(timeout=600)
+print(json.dumps({"emit_s": emitted - start, "flush_s": time.perf_counter() - emitted}))
+"""
+
+
+def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = None) -> dict:
+    workdir = tempfile.mkdtemp(prefix="fan-in-")
+    store = os.path.join(workdir, "traces.db")
+    endpoint = f"ipc://{config.runtime_dir()}/fan-in-{os.getpid()}-{producers}.sock"
+    env = child_env(TRACER_ENDPOINT=endpoint, PYTHONPATH=ROOT)
+    aggregator = subprocess.Popen([sys.executable, "-m", "workers.aggregator", "--bind", endpoint,
+                                   "--store", store], env=env)
+    deadline = time.monotonic() + 30
+    while ask_stats(endpoint, 500) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the aggregator did not start")
+    spy = None
+    if profile:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(aggregator.pid), "--format",
+                                "speedscope", "--output", profile, "--rate", "200"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, str(spans), str(rate)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(producers)]
+    peak_aggregator = peak_producer = 0
+    while any(p.poll() is None for p in procs):
+        peak_aggregator = max(peak_aggregator, rss(aggregator.pid))
+        peak_producer = max([peak_producer] + [rss(p.pid) for p in procs])
+        time.sleep(0.02)
+    reports = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in procs]
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT, not SIGTERM
+        spy.wait(60)
+    counters = ask_stats(endpoint, 5000)["counters"]
+    cpu = sum(psutil.Process(aggregator.pid).cpu_times()[:2])
+    aggregator.terminate()
+    aggregator.wait(120)
+
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT end, updated FROM rows WHERE name = 'work'").fetchall()
+    first_start, last_commit = conn.execute(
+        "SELECT MIN(start), MAX(updated) FROM rows WHERE name = 'work'").fetchone()
+    conn.close()
+    latencies = sorted(updated - end for end, updated in rows)
+    created = producers * spans
+    return {
+        "producers": producers, "spans_per_producer": spans, "paced_rate": rate or None,
+        "created": created, "committed": len(rows), "complete": len(rows) == created,
+        "offered_spans_per_s": created / max(r["emit_s"] for r in reports),
+        "committed_spans_per_s": len(rows) / (last_commit - first_start),
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        "peak_rss_aggregator_mib": peak_aggregator / 2**20,
+        "peak_rss_producer_mib": peak_producer / 2**20,
+        "aggregator_cpu_s": cpu,
+        "dropped": {k: v for k, v in counters.items() if "dropped" in k or "lost" in k},
+    }
+
+
+def rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--producers", default="1,2,4", help="producer counts (default: 1,2,4)")
+    p.add_argument("--spans", type=int, default=50000, help="spans per producer (default: 50000)")
+    p.add_argument("--paced", type=float, default=2000,
+                   help="spans/s of the unsaturated run, one producer (0: skip; default: 2000)")
+    p.add_argument("--profile", metavar="FILE", help="py-spy profile of the largest run's "
+                                                      "aggregator (speedscope JSON)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args()
+
+    info = machine()
+    print(f"fan-in: {info['cpu']}, {info['cores']} cores, {info['python']}, source "
+          f"{info['source']}")
+    counts = [int(n) for n in args.producers.split(",")]
+    results = []
+    for n in counts:
+        results.append(run(n, args.spans, profile=args.profile if n == max(counts) else None))
+    if args.paced:
+        results.append(run(1, int(args.paced * 5), rate=args.paced))
+    print("| producers | spans | offered spans/s | committed spans/s | p50 end→commit | "
+          "p99 end→commit | peak RSS aggregator | peak RSS producer | committed == created |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        label = f"{r['producers']}" + (f" (paced {r['paced_rate']:.0f}/s)" if r["paced_rate"]
+                                       else "")
+        print(f"| {label} | {r['created']:,} | {r['offered_spans_per_s']:,.0f} | "
+              f"{r['committed_spans_per_s']:,.0f} | {r['latency_p50_ms']:.0f} ms | "
+              f"{r['latency_p99_ms']:.0f} ms | {r['peak_rss_aggregator_mib']:.1f} MiB | "
+              f"{r['peak_rss_producer_mib']:.1f} MiB | "
+              f"{'yes' if r['complete'] else 'NO: ' + str(r['committed'])} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "results": results}, f, indent=2)
+    return 0 if all(r["complete"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
