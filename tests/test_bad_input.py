@@ -385,6 +385,17 @@ def test_traced_input_is_a_snapshot_taken_before_the_function_mutates_it(logger,
     assert row["output"] == 2
 
 
+def test_traced_output_is_a_snapshot_taken_when_the_function_returns(logger, rows):
+    @tracer.traced
+    def returns_history() -> list:
+        return history
+
+    history = ["first"]
+    returns_history().append("appended by the caller")  # before the flusher packs the record
+
+    assert by_name(rows())["returns_history"]["output"] == ["first"]
+
+
 def test_a_store_whose_directory_cannot_be_created_raises_value_error_naming_it(tmp_path):
     (tmp_path / "a-file").write_text("")
     store = str(tmp_path / "a-file" / "traces.db")

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import msgpack
 import zmq
 
 import tracer
+from tracer import wire
+from tracer.recorder import Recorder
 from workers.sinks.sqlite import Store
 
 from .conftest import ROOT, by_name, clean_env, gone_within, run_python
@@ -295,3 +299,34 @@ def test_the_store_directory_created_for_traces_is_private(tmp_path):
     """
     run_python(code, env=clean_env(), cwd=str(tmp_path))
     assert (tmp_path / ".tracer").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_span_ended_while_the_flusher_is_being_started_neither_deadlocks_nor_is_lost(
+        logger, rows, project, monkeypatch):
+    # What a GC finalizer ending an abandoned span does when collection runs inside
+    # Recorder._start_thread: add() re-enters on the same thread. A fresh recorder, so that
+    # its flusher is started here.
+    rec = Recorder(logger.recorder.endpoint, logger.recorder.aggregator_pid)
+    real_start = threading.Thread.start
+    flushers = []
+
+    def start(thread):
+        if thread.name == "tracer-flusher" and thread not in flushers:
+            flushers.append(thread)
+            if len(flushers) == 1:
+                rec.add(record_of(project, "ended by a finalizer"))
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    rec.add(record_of(project, "ended normally"))
+    rec.sync(timeout=30)
+
+    assert len(flushers) == 1
+    assert sorted(by_name(rows())) == ["ended by a finalizer", "ended normally"]
+
+
+def record_of(project: str, name: str) -> tuple:
+    """A finished root span's record, as the recorder takes it."""
+    span_id = random.getrandbits(64)
+    return (wire.SPAN_END, wire.logs_container(project), span_id, span_id, None,
+            span_id, None, name, None, time.time(), time.time(), None, None)

@@ -14,7 +14,7 @@ from .context import current, state
 from .ids import new_id, new_trace_id
 from .logger import Logger
 from .recorder import sync_all
-from .serialize import pack
+from .serialize import immutable, pack, snapshot
 from .span import (
     NOOP_SPAN,
     NoopSpan,
@@ -190,9 +190,9 @@ class _Traced:
             logger = state.logger or current_logger()
             if logger is None:
                 return None
-            sid = new_id()
-            span = Span(logger.recorder, logger.container, new_trace_id(), sid, None, sid,
-                        self.name, self.type, time.time())
+            sid, now = new_id(), time.time()
+            span = Span(logger.recorder, logger.container, new_trace_id(now), sid, None, sid,
+                        self.name, self.type, now)
         else:
             span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
                         parent.root, self.name, self.type, time.time())
@@ -210,17 +210,17 @@ class _Traced:
         if exc is not None:
             fields = {"error": error_of(exc)}
         elif self.capture is not None:
-            fields = {"output": output}
+            fields = {"output": snapshot(output)}
         else:
             fields = None
-        rec.add(pack((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
-                      span.root, span.row_id, span.name, span.type, span.start, end, fields,
-                      span._input)))
+        rec.add((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
+                 span.root, span.row_id, span.name, span.type, span.start, end, fields,
+                 span._input))
 
     def sync_wrapper(self) -> Callable:
         fn, name, span_type, capture, finish = (self.fn, self.name, self.type, self.capture,
                                                 self.finish)
-        snapshot = capture.snapshot if capture is not None else None
+        capture_input = capture.snapshot if capture is not None else None
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not state.active:
@@ -231,14 +231,14 @@ class _Traced:
                 logger = state.logger or current_logger()
                 if logger is None:
                     return fn(*args, **kwargs)
-                sid = new_id()
-                span = Span(logger.recorder, logger.container, new_trace_id(), sid, None, sid, name,
-                            span_type, time.time())
+                sid, now = new_id(), time.time()
+                span = Span(logger.recorder, logger.container, new_trace_id(now), sid, None, sid,
+                            name, span_type, now)
             else:
                 span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
                             parent.root, name, span_type, time.time())
-            if snapshot is not None:
-                span._input = snapshot(args, kwargs)
+            if capture_input is not None:
+                span._input = capture_input(args, kwargs)
             rec = span._rec
             rec.open_spans.add(span)
             token = current.set(span)
@@ -249,15 +249,16 @@ class _Traced:
                 finish(span, None, exc)
                 raise
             current.reset(token)
-            if span.end_time is not None or snapshot is None:
+            if span.end_time is not None or capture_input is None:
                 finish(span, output, None)
                 return output
             # finish(), inlined for the common case
             end = span.end_time = time.time()
             rec.open_spans.discard(span)
-            rec.add(pack((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
-                          span.root, span.row_id, span.name, span.type, span.start, end,
-                          {"output": output}, span._input)))
+            # Packed on the flusher's thread, with the output as it is now (see snapshot).
+            rec.add((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
+                     span.root, span.row_id, span.name, span.type, span.start, end,
+                     {"output": snapshot(output)}, span._input))
             return output
 
         return wrapper
@@ -383,10 +384,12 @@ class _Yielded:
 class _InputCapture:
     """How a traced function's call becomes its span's input, decided once per function.
 
-    ``snapshot(args, kwargs)`` packs what was passed, at call time; the aggregator turns it into
-    the bound arguments (see ``wire.unpack_input``). For the common signature (positional-or-
-    keyword parameters only) the caller packs ``[args, kwargs]`` and ships the parameter names;
-    otherwise ``Signature.bind`` (~10x dearer) builds the dict here. ``self``/``cls`` are left out.
+    ``snapshot(args, kwargs)`` takes what was passed as it is at call time (arguments of
+    immutable types as they are, anything else packed now: see ``serialize.snapshot``); the
+    aggregator turns it into the bound arguments (see ``wire.unpack_input``). For the common
+    signature (positional-or-keyword parameters only) the caller ships ``(args, kwargs)`` and the
+    parameter names; otherwise ``Signature.bind`` (~10x dearer) builds the dict here.
+    ``self``/``cls`` are left out.
     """
 
     def __init__(self, fn: Callable) -> None:
@@ -406,16 +409,20 @@ class _InputCapture:
         self.snapshot = self._snapshot_named if self.names is not None else self._snapshot_bound
 
     def snapshot(self, args: tuple, kwargs: dict) -> tuple:
-        return (None, pack({"args": list(args), "kwargs": kwargs}))
+        return (None, snapshot({"args": list(args), "kwargs": kwargs}))
 
     def _snapshot_named(self, args: tuple, kwargs: dict) -> tuple:
-        return (self.names, pack((args[self.skip:] if self.skip else args, kwargs or None)))
+        if self.skip:
+            args = args[self.skip:]
+        if not kwargs and immutable(args):
+            return (self.names, (args, None))
+        return (self.names, snapshot((args, kwargs or None)))
 
     def _snapshot_bound(self, args: tuple, kwargs: dict) -> tuple:
         try:
             bound = self.sig.bind(*args, **kwargs).arguments
         except TypeError:  # the call itself will raise; record what was passed
-            return (None, pack({"args": list(args), "kwargs": kwargs}))
+            return (None, snapshot({"args": list(args), "kwargs": kwargs}))
         if self.skip:
             bound.pop(next(iter(self.sig.parameters)), None)
-        return (None, pack(dict(bound)))
+        return (None, snapshot(dict(bound)))

@@ -9,7 +9,6 @@ for uuid4; the aggregator formats ``trace:span`` as a UUID-shaped string.
 from __future__ import annotations
 
 import random
-import time
 
 _rng = random.Random()
 _MS_BITS = (1 << 40) - 1
@@ -20,16 +19,16 @@ def new_id() -> int:
     return _rng.getrandbits(64) or 1
 
 
-def new_trace_id() -> int:
-    """A trace id that sorts by creation time: 40 bits of milliseconds (wrapping every ~35
-    years), then 24 random bits.
+def new_trace_id(now: float) -> int:
+    """A trace id that sorts by creation time (``now``, epoch seconds): 40 bits of milliseconds
+    (wrapping every ~35 years), then 24 random bits.
 
     Rows are keyed by ``trace:span``, so time-ordered trace ids make the store's inserts land
     together at the end of its indexes instead of all over them: about 3x fewer pages written
     per commit (measured with the SQLite sink). Two traces that draw the same trace id are still
     told apart by their 64-bit span ids.
     """
-    return ((int(time.time() * 1000) & _MS_BITS) << 24) | _rng.getrandbits(24)
+    return ((int(now * 1000) & _MS_BITS) << 24) | _rng.getrandbits(24)
 
 
 def reseed_after_fork() -> None:

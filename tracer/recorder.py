@@ -42,6 +42,7 @@ import zmq
 
 from . import config, wire
 from .ids import reseed_after_fork
+from .serialize import pack_records
 
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
 KICK_RECORDS = 64  # records that wake the flusher early
@@ -125,7 +126,10 @@ class Recorder:
         self._restarts: deque = deque()  # when we started replacement aggregators
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: a span ended by a GC finalizer (an abandoned stream or generator) can call
+        # add() from inside _start_thread on this same thread.
+        self._lock = threading.RLock()
+        self._starting = False
         self._room = threading.Condition(threading.Lock())
         # Any thread wakes the flusher by writing to this pipe; the flusher polls it together with
         # the socket, so acknowledgements are read the moment they arrive.
@@ -151,8 +155,10 @@ class Recorder:
 
     # -- the caller's side -------------------------------------------------------------------
 
-    def add(self, record: bytes) -> None:
-        """Queue one packed record. This is the hot path: keep it to a few attribute reads."""
+    def add(self, record: bytes | tuple) -> None:
+        """Queue one record: packed, or a tuple of values that cannot change, which the flusher
+        packs (``serialize.pack_records``). This is the hot path: keep it to a few attribute
+        reads."""
         buffer = self._buffer
         buffer.append(record)
         queued = len(buffer)
@@ -212,7 +218,7 @@ class Recorder:
             path = config.payload_file(self.spool_dir, self.drop_reason or "dropped",
                                        ".records.msgpack")
             with open(path + ".tmp", "wb") as f:
-                f.writelines(records)
+                f.write(pack_records(records))
             os.replace(path + ".tmp", path)
         except OSError as exc:
             self._warn("spool", f"tracer: could not write {len(records)} dropped records to "
@@ -286,13 +292,14 @@ class Recorder:
         # The first record of a process arms the exit handlers, however soon it then exits.
         _register_exit()
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or self._starting:  # running, or being started below
                 return True
             # A record after this process's exit handler ran (from an atexit handler registered
             # before ours, which runs after it): deliver it at once rather than strand it.
             late = self._closed
             self._closed = self._closing = False
             thread = threading.Thread(target=self._run, name="tracer-flusher", daemon=True)
+            self._starting = True
             try:
                 thread.start()
             except RuntimeError:
@@ -300,6 +307,8 @@ class Recorder:
             else:
                 self._thread = thread
                 started = True
+            finally:
+                self._starting = False
         if late:
             self.close()
         return started
@@ -399,12 +408,12 @@ class Recorder:
         take = buffer.popleft
         while buffer:
             items = [take() for _ in range(min(len(buffer), self._frame_records))]
-            try:
-                body = b"".join(items)  # the common case: records only, no per-item work
-            except TypeError:  # flush markers among them: send in order around them
-                self._send_in_order(items)
+            for item in items:
+                if type(item) is _Sync:  # flush markers among them: send in order around them
+                    self._send_in_order(items)
+                    break
             else:
-                self._send_data(body, len(items))
+                self._send_data(pack_records(items), len(items))
         return True
 
     def _send_in_order(self, items: list) -> None:
@@ -412,14 +421,14 @@ class Recorder:
         for item in items:
             if isinstance(item, _Sync):
                 if records:
-                    self._send_data(b"".join(records), len(records))
+                    self._send_data(pack_records(records), len(records))
                     records = []
                 self._waiting[item.token] = item
                 self._send_sync(item)
             else:
                 records.append(item)
         if records:
-            self._send_data(b"".join(records), len(records))
+            self._send_data(pack_records(records), len(records))
 
     def _send_data(self, body: bytes, records: int) -> None:
         """Send a DATA message and keep it until the aggregator says it is committed."""

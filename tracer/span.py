@@ -10,7 +10,7 @@ from . import event, slug, wire
 from .context import current, state
 from .ids import new_id, new_trace_id
 from .recorder import Recorder
-from .serialize import pack
+from .serialize import pack, snapshot
 
 
 class Span:
@@ -114,9 +114,10 @@ class Span:
         end = time.time() if end_time is None else float(end_time)
         self.end_time = end
         self._rec.open_spans.discard(self)
-        self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span, self.parents,
-                            self.root, self.row_id, self.name, self.type, self.start, end, None,
-                            None)))
+        # Nothing here can change later: packed on the flusher's thread.
+        self._rec.add((wire.SPAN_END, self.container, self.trace, self.span, self.parents,
+                       self.root, self.row_id, self.name, self.type, self.start, end, None,
+                       None))
         return end
 
     close = end
@@ -260,8 +261,8 @@ def start_root(rec: Recorder, container: str, name: str | None, type: str | None
                parent_ref: slug.SpanRef | None = None) -> Span:
     """A new span in ``container``: a root, or the child of a span exported elsewhere."""
     if parent_ref is None:
-        sid = new_id()
-        span = Span(rec, container, new_trace_id(), sid, None, sid, name, type, time.time())
+        sid, now = new_id(), time.time()
+        span = Span(rec, container, new_trace_id(now), sid, None, sid, name, type, now)
     else:
         span = Span(rec, parent_ref.container, parent_ref.trace, new_id(), parent_ref.span,
                     parent_ref.root, name, type, time.time())
@@ -272,7 +273,7 @@ def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
     state.active = True
     span.row_id = row_id
     if "input" in fields:  # also kept for the announcement of a long-running span
-        span._input = (None, pack(fields["input"]))
+        span._input = (None, snapshot(fields["input"]))
     span._rec.open_spans.add(span)
     span._record_log(fields)
     return span

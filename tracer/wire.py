@@ -52,10 +52,14 @@ SPAN_LOG = 2  # head + (fields,)
 SPAN_OPEN = 3  # head + (name, type, start, fields | None, input): a span still running
 UPDATE = 4  # (UPDATE, container, row_id, fields): merge into an existing row by id
 
-# ``input`` of SPAN_END/SPAN_OPEN is None or [names, data]: ``data`` is msgpack packed when the
-# span started (a snapshot). With names None it is the input itself; with a tuple of parameter
-# names (``@traced``) it is [args, kwargs] and the input is the bound arguments, which the
-# aggregator builds (so the caller never builds that dict).
+# msgpack extension type of a value packed when it was logged, inside a record packed later
+# (tracer.serialize.snapshot): unpacked in place.
+SNAPSHOT = 1
+
+# ``input`` of SPAN_END/SPAN_OPEN is None or (names, value), ``value`` as it was when the span
+# started (immutable values as they are, others a SNAPSHOT). With names None it is the input
+# itself; with a tuple of parameter names (``@traced``) it is (args, kwargs) and the input is the
+# bound arguments, which the aggregator builds (so the caller never builds that dict).
 
 # Container keys travel with every record as one short string (packing it is a memcpy):
 # "L\x1f<project>" for project logs, "E\x1f<project>\x1f<experiment id>\x1f<experiment name>".
@@ -117,9 +121,9 @@ def reply(kind: int, token: object, payload: object = None, first_seq: int = 0) 
 
 
 def unpack_input(slot: object) -> object:
-    """The input a SPAN_END/SPAN_OPEN record carries in its ``input`` slot."""
-    names, data = slot
-    value = msgpack.unpackb(data, strict_map_key=False, use_list=False)
+    """The input a SPAN_END/SPAN_OPEN record carries in its ``input`` slot: ``(names, value)``,
+    ``value`` being the input itself (names None) or ``(args, kwargs)`` to bind to the names."""
+    names, value = slot
     if names is None:
         return value
     args, kwargs = value
@@ -129,6 +133,22 @@ def unpack_input(slot: object) -> object:
     if kwargs:
         bound.update(kwargs)
     return bound
+
+
+def _ext(code: int, data: bytes) -> object:
+    if code == SNAPSHOT:  # a value packed when it was logged (tracer.serialize.snapshot)
+        return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_ext)
+    return msgpack.ExtType(code, data)
+
+
+def record_unpacker(source: object = None, max_buffer_size: int = 0) -> msgpack.Unpacker:
+    """An unpacker of records as the recorder sends them (a DATA body, a spool file).
+
+    Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
+    hashable. JSON and the merge treat tuples as lists.
+    """
+    return msgpack.Unpacker(source, strict_map_key=False, use_list=False, ext_hook=_ext,
+                            max_buffer_size=max_buffer_size)
 
 
 def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:

@@ -324,10 +324,7 @@ class Aggregator:
                  f"{self.counters[f'dropped_{self.drop_reason}']} rows dropped so far")
 
     def _apply_records(self, body: bytes, sender: Sender) -> None:
-        # Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
-        # hashable. JSON and the merge treat tuples as lists.
-        unpacker = msgpack.Unpacker(strict_map_key=False, use_list=False,
-                                    max_buffer_size=max(len(body), 1))
+        unpacker = wire.record_unpacker(max_buffer_size=max(len(body), 1))
         unpacker.feed(body)
         created = now_iso()
         while True:

@@ -25,9 +25,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
-import msgpack
-
-from tracer import config
+from tracer import config, wire
 
 from .queue import Pending
 from .rows import Container, record_to_row, to_json
@@ -98,7 +96,7 @@ def read(path: str) -> Iterator[Pending]:
 
 def _read_records(path: str, container_of) -> Iterator[Pending]:
     with open(path, "rb") as f:
-        unpacker = msgpack.Unpacker(f, strict_map_key=False, use_list=False)
+        unpacker = wire.record_unpacker(f)
         for number, record in enumerate(unpacker, 1):
             try:
                 container, row_id, row = record_to_row(record, container_of)
