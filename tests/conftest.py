@@ -91,3 +91,20 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
     return proc
+
+
+@pytest.fixture(scope="session")
+def _fake_openai_server():
+    from .openai_server import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_server(_fake_openai_server):
+    """An OpenAI-compatible server on loopback (tests/openai_server.py), fresh for each test:
+    no request recorded, nothing planned."""
+    _fake_openai_server.reset()
+    return _fake_openai_server
