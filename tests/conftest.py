@@ -113,3 +113,20 @@ def wait_for_runs_to_end(store_path: str, timeout: float = 15) -> list[dict]:
         if runs and not running or time.monotonic() > deadline:
             return runs
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def _fake_openai_server():
+    from .openai_server import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_server(_fake_openai_server):
+    """An OpenAI-compatible server on loopback (tests/openai_server.py), fresh for each test:
+    no request recorded, nothing planned."""
+    _fake_openai_server.reset()
+    return _fake_openai_server

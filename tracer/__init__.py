@@ -15,6 +15,7 @@ from .api import (
     update_span,
 )
 from .event import SPAN_TYPES
+from .integrations import wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
@@ -37,4 +38,5 @@ __all__ = [
     "start_span",
     "traced",
     "update_span",
+    "wrap_openai",
 ]
