@@ -94,7 +94,8 @@ def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = Non
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT, not SIGTERM
         spy.wait(60)
     counters = ask_stats(endpoint, 5000)["counters"]
-    cpu = sum(psutil.Process(aggregator.pid).cpu_times()[:2])
+    times = psutil.Process(aggregator.pid).cpu_times()
+    cpu = {"user": times.user, "system": times.system}
     aggregator.terminate()
     aggregator.wait(120)
 

@@ -43,7 +43,7 @@ def main() -> int:
     left.set_ylabel("spans/s")
     left.set_yscale("log")
     left.set_title("Fan-in into one aggregator (SQLite sink)")
-    left.legend()
+    left.legend(loc="lower left")
 
     def median(result: dict, key: str) -> float:
         return result["timings"][key]["median_us"]
