@@ -192,3 +192,25 @@ def test_a_pool_initializer_calling_init_logger_attaches_to_the_running_aggregat
         pool.map(tasks.work, range(N))
     assert_tree(rows(), root)
     assert aggregator_pids(store_path) <= before
+
+
+def test_a_plain_fork_pool_ended_by_terminate_delivers_every_span_into_the_trace(logger, rows):
+    # multiprocessing.Pool, not TracedPool: the workers are killed with SIGTERM right after the
+    # last result, before their flusher's next turn.
+    with tracer.start_span("case") as root, \
+            multiprocessing.get_context("fork").Pool(2) as pool:
+        assert pool.map(tasks.work, range(N)) == [2 * i + 1 for i in range(N)]
+
+    assert_tree(rows(), root)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_plain_pool_of_fresh_interpreters_ended_by_terminate_delivers_every_span(
+        logger, rows, method):
+    with tracer.start_span("case"), multiprocessing.get_context(method).Pool(2) as pool:
+        assert pool.map(tasks.work, range(N)) == [2 * i + 1 for i in range(N)]
+
+    names = [row["span_attributes"]["name"] for row in rows()]
+    # Delivered, though not in the trace: nothing carries the span into a fresh interpreter
+    # (TracedPool does).
+    assert sorted(names) == sorted(["case"] + ["work", "inner"] * N)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import signal
 import socket
 import sys
 import threading
@@ -52,6 +53,7 @@ IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
 SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive this often
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
+TERMINATE_TIMEOUT = 2.0  # how long a terminated multiprocessing child delivers before dying
 WARN_INTERVAL = 10.0  # at most one warning per reason per interval
 CHECK_INTERVAL = 0.5  # how often the flusher checks the aggregator while it waits on it
 MAX_RESTARTS = 3  # replacement aggregators started per RESTART_WINDOW seconds, at most
@@ -151,7 +153,8 @@ class Recorder:
         self._dropped = 0  # records dropped by the queue policy (callers' threads)
         self._spool: list[bytes] = []  # dropped records not yet written to spool_dir
         self._dropped_reported = 0
-        self._count_lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler of a terminated child may interrupt a drop.
+        self._count_lock = threading.RLock()
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -678,6 +681,35 @@ def _register_exit() -> None:
 
     # multiprocessing children end in os._exit: atexit never runs there, but their finalizers do.
     multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+    _deliver_on_terminate()
+
+
+def _deliver_on_terminate() -> None:
+    """In a multiprocessing child, have SIGTERM deliver this process's spans before it dies.
+
+    ``Pool.terminate()`` (what ``with Pool() as pool:`` calls on the way out) and
+    ``Process.terminate()`` send SIGTERM, whose default action kills the child on the spot,
+    with the spans of its last tasks still in its buffer: every one of them, when the tasks are
+    short. The handler delivers them (for at most TERMINATE_TIMEOUT seconds), then dies of the
+    signal as it would have. Only where SIGTERM still has its default action, and only in
+    children of multiprocessing: a program's own SIGTERM is left to it.
+    """
+    import multiprocessing
+
+    if (multiprocessing.parent_process() is None
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        for recorder in list(_recorders):
+            recorder.close(TERMINATE_TIMEOUT)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def close_all() -> None:

@@ -24,7 +24,7 @@ measure what users get.
   workers find the aggregator through ``TRACER_ENDPOINT``), ``@tracer.traced`` tasks, with
   ``tracer.TracedPool`` (the documented way) and with a plain ``multiprocessing`` Pool (what users
   of the anchors write); ``tracer.flush()`` at the end. Delivered: rows with an end time in the
-  SQLite store, read with ``workers.sinks.sqlite.Store``.
+  SQLite store, read with ``workers.sinks.sqlite.Store`` once the aggregator has exited.
 - OpenTelemetry SDK: ``TracerProvider`` + ``BatchSpanProcessor`` (defaults) + an exporter that
   appends one JSON line per exported span to ``spans-<pid>.jsonl``; tasks decorated with
   ``tracer.start_as_current_span(name)``; plain Pool; ``provider.shutdown()`` at the end.
@@ -40,7 +40,8 @@ measure what users get.
   ``braintrust.flush()`` at the end. Delivered: distinct span ids with a row carrying
   ``metrics.end`` in the payload files; a span whose start row went out but whose end did not
   is counted as partial, not delivered; dumps of rows dropped from a full queue (the SDK writes
-  them to the same directory) are excluded and reported.
+  them to the same directory) and files cut short by ``terminate()`` while being written (their
+  POST would have come after) are excluded and reported in the JSON.
 
 Controls: each system's same tasks called ``tasks`` times in one process, no pool, counted the
 same way. They must deliver 100%; otherwise the harness, not the SDK, is at fault, and the
@@ -251,12 +252,18 @@ class Braintrust:
     @staticmethod
     def count(out: str) -> tuple[dict[str, Seen], dict]:
         seen: dict[str, Seen] = {}
-        files = dropped = 0
+        files = dropped = truncated = 0
         payloads = os.path.join(out, "payloads")
         for name in sorted(os.listdir(payloads)) if os.path.isdir(payloads) else []:
-            with open(os.path.join(payloads, name)) as fh:
-                payload = json.load(fh)
             files += 1
+            with open(os.path.join(payloads, name)) as fh:
+                try:
+                    payload = json.load(fh)
+                except ValueError:
+                    # The worker was killed (terminate()) while writing the file; its POST
+                    # comes after the write, so these rows never left: not delivered.
+                    truncated += 1
+                    continue
             if "rows" not in payload:  # {"data": ..., "attachments": ...}: dropped, not sent
                 dropped += len(payload.get("data", {}).get("rows", []))
                 continue
@@ -267,7 +274,8 @@ class Braintrust:
                 span.name = span.name or (row.get("span_attributes") or {}).get("name")
                 span.trace = span.trace or row.get("root_span_id")
                 span.complete = span.complete or (row.get("metrics") or {}).get("end") is not None
-        return seen, {"payload_files": files, "rows_in_dropped_dumps": dropped}
+        return seen, {"payload_files": files, "truncated_payload_files": truncated,
+                      "rows_in_dropped_dumps": dropped}
 
 
 SYSTEMS: dict[str, type] = {"ours": Ours, "otel": Otel, "braintrust": Braintrust}
@@ -401,7 +409,11 @@ def execute(run: Run, args: argparse.Namespace, workdir: str) -> None:
     # Our aggregator outlives the run to commit what it received: count once it has exited,
     # as the anchors' files are counted once their writers have exited.
     wait_gone(run.child.get("aggregator_pid"))
-    seen, run.extra = SYSTEMS[run.system].count(out)
+    try:
+        seen, run.extra = SYSTEMS[run.system].count(out)
+    except Exception as exc:  # the harness cannot read what it wrote: its failure, not the SDK's
+        raise HarnessError(f"{run.system} / {run.start_method} / {run.pool_label}: counting "
+                           f"failed: {exc!r} (run directory kept: {out})") from exc
     children = [s for s in seen.values() if s.name in CHILD_NAMES]
     run.delivered = sum(s.complete for s in children)
     run.partial = sum(not s.complete for s in children)
