@@ -7,12 +7,18 @@ rows.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -130,3 +136,140 @@ def openai_server(_fake_openai_server):
     no request recorded, nothing planned."""
     _fake_openai_server.reset()
     return _fake_openai_server
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- Celery: a real Redis broker and real worker processes -------------------------------------
+
+
+def _redis_server_binary() -> str:
+    """redis-server, installed with apt when it is missing and we are root (as in CI)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail("redis-server is not installed and the tests are not running as root to "
+                    "install it: run `apt-get install -y redis-server` (the Celery tests need "
+                    "a real Redis broker)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "redis-server"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"`{' '.join(cmd)}` failed ({proc.returncode}) while installing "
+                        f"redis-server for the Celery tests:\n{proc.stderr[-3000:]}")
+    found = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
+    if not found:
+        pytest.fail("apt-get installed redis-server but it is not on PATH")
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for the session: ``redis://127.0.0.1:PORT``
+    (add ``/N`` for a database). Nothing is persisted."""
+    import redis
+
+    binary = _redis_server_binary()
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    with open(workdir / "redis.log", "wb") as log:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            redis.Redis.from_url(url, socket_timeout=1).ping()
+            break
+        except redis.RedisError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
+            time.sleep(0.05)
+    yield url
+    # AsyncResults caught in reference cycles unsubscribe from Redis when they are collected:
+    # collect them while Redis is still there.
+    gc.collect()
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+_redis_databases = itertools.count(1)
+
+
+class CeleryWorker:
+    """A real ``celery -A tests.celery_tasks worker`` with the prefork pool, in a subprocess.
+
+    ``broker`` is the Redis database it consumes from (also its result backend); ``env`` is
+    added to a clean environment (see ``tests/celery_tasks.py`` for what it reads).
+    """
+
+    def __init__(self, broker: str, name: str, log_path: str, env: dict[str, str],
+                 args: tuple[str, ...] = ()) -> None:
+        self.broker = broker
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "celery", "-A", "tests.celery_tasks", "worker",
+               "--pool", "prefork", "--concurrency", "2", "--loglevel", "INFO",
+               "--without-heartbeat", "--without-gossip", "--without-mingle",
+               "--hostname", f"{name}@%h", *args]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=clean_env(TRACER_TEST_BROKER=broker, **env),
+                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while " ready." not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"the celery worker did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout: float = 60) -> int:
+        """Warm shutdown (SIGTERM: running tasks finish first); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"the celery worker ignored a warm shutdown for {timeout}s:\n"
+                            f"{self.log()}")
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def celery_workers(redis_url, tmp_path_factory) -> Iterator:
+    """``start(**env, args=(...))`` starts a real Celery worker on a fresh Redis database and
+    returns it (a ``CeleryWorker``); workers still running at the end of the module get a warm
+    shutdown."""
+    import redis
+
+    started: list[CeleryWorker] = []
+    logs = tmp_path_factory.mktemp("celery-workers")
+
+    def start(args: tuple[str, ...] = (), **env: str) -> CeleryWorker:
+        broker = f"{redis_url}/{next(_redis_databases) % 16}"
+        redis.Redis.from_url(broker).flushdb()  # nothing left over from an earlier worker
+        name = f"tracer-tests-{len(started)}"
+        worker = CeleryWorker(broker, name, str(logs / f"{name}.log"), env, args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -20,7 +20,7 @@ from tracer import wire
 from tracer.recorder import Recorder
 from workers.sinks.sqlite import Store
 
-from .conftest import ROOT, by_name, clean_env, gone_within, run_python
+from .conftest import ROOT, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
 
 
 def test_without_init_logger_nothing_is_started(tmp_path):
@@ -330,3 +330,23 @@ def record_of(project: str, name: str) -> tuple:
     span_id = random.getrandbits(64)
     return (wire.SPAN_END, wire.logs_container(project), span_id, span_id, None,
             span_id, None, name, None, time.time(), time.time(), None, None)
+
+
+def test_a_fork_child_that_starts_recording_itself_delivers_before_os_exit(tmp_path):
+    # The parent never recorded, so nothing was armed at fork: the child arms its own exit.
+    code = """
+        import os, tracer
+        pid = os.fork()
+        if pid == 0:
+            tracer.init_logger("child-only")
+            with tracer.start_span("from the child"):
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """
+    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    store = str(tmp_path / ".tracer" / "traces.db")
+    wait_for_runs_to_end(store)
+
+    with Store(store) as reader:
+        assert [r["span_attributes"]["name"] for r in reader.rows()] == ["from the child"]

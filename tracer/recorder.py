@@ -677,6 +677,9 @@ def _register_exit() -> None:
         return
     _exit_registered_pid = os.getpid()
     atexit.register(close_all)
+    # A process that ends in os._exit (fork children of multiprocessing, billiard, bare forks)
+    # runs no atexit handler: deliver first there too.
+    os._exit = _exit_delivering
     import multiprocessing.util
 
     # multiprocessing children end in os._exit: atexit never runs there, but their finalizers do.
@@ -716,6 +719,14 @@ def close_all() -> None:
     """Close every recorder of this process (idempotent)."""
     for recorder in list(_recorders):
         recorder.close()
+
+
+def deliver_all(timeout: float) -> None:
+    """Hand everything this process recorded so far to the aggregators (received, not yet
+    committed); never raises. For code that ends units of work in a process that may be killed
+    right after (pool workers, Celery tasks)."""
+    for recorder in list(_recorders):
+        recorder.deliver(timeout)
 
 
 def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:

@@ -1,5 +1,6 @@
-"""Tracing for third-party clients. Each integration imports its library only when it is used,
-so that ``import tracer`` never pulls in (or requires) an optional dependency."""
+"""Tracing for third-party libraries: ``wrap_openai`` here, ``tracer.integrations.celery`` for
+Celery. Each integration imports its library only when it is used, so that ``import tracer``
+never pulls in (or requires) an optional dependency."""
 
 from __future__ import annotations
 
