@@ -22,10 +22,11 @@ import sys
 import tempfile
 import time
 
-import psutil
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
+
+from common import rss  # noqa: E402
 
 from tracer import config  # noqa: E402
 from workers.cli import ask_stats  # noqa: E402
@@ -104,13 +105,6 @@ def run(policy: str, size: int, args: argparse.Namespace) -> dict:
             "dropped": dropped, "wall_s": wall, "peak_rss_aggregator": peak_aggregator,
             "peak_rss_producer": peak_producer, "producer_failures": failed,
             "ok": not failed and committed + sum(dropped.values()) == created}
-
-
-def rss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def main() -> int:

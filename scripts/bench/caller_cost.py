@@ -47,7 +47,7 @@ from itertools import repeat
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import child_env, machine  # noqa: E402
+from common import child_env, machine, positive  # noqa: E402
 
 PROJECT = "bench"
 TEXT = "x" * 1024
@@ -498,13 +498,6 @@ def main_run(args: argparse.Namespace) -> int:
                        "added_logger_us": {"f": added_log[0], "g": added_log[1]}}, out, indent=2)
         print(f"\nraw numbers written to {args.json}")
     return 0
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:

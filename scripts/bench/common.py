@@ -3,11 +3,14 @@ percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
 import subprocess
 import sys
+
+import psutil
 
 ENV_PREFIXES = ("TRACER_", "_TRACER_", "BRAINTRUST_", "OTEL_")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,6 +21,22 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     env.update(extra)
     return env
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes; 0 once it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:

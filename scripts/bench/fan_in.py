@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import child_env, machine, percentile  # noqa: E402
+from common import child_env, machine, percentile, rss  # noqa: E402
 
 from tracer import config  # noqa: E402
 from workers.cli import ask_stats  # noqa: E402
@@ -118,13 +118,6 @@ def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = Non
         "aggregator_cpu_s": cpu,
         "dropped": {k: v for k, v in counters.items() if "dropped" in k or "lost" in k},
     }
-
-
-def rss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def main() -> int:

@@ -72,7 +72,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, child_env, machine  # noqa: E402
+from common import ROOT, child_env, machine, positive  # noqa: E402
 
 PROJECT = "pool-delivery"
 CHILD_NAMES = ("handle", "parse")
@@ -522,13 +522,6 @@ def versions() -> str:
         except PackageNotFoundError:
             found.append(f"{package} not installed")
     return ", ".join(found)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 def start_methods(text: str) -> list[str]:
