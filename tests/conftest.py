@@ -48,6 +48,32 @@ def logger(store_path, project) -> tracer.Logger:
 
 
 @pytest.fixture
+def experiment(store_path, project) -> tracer.Experiment:
+    """A current experiment named "exp" of the test's project; afterwards spans outside any
+    span go to the current logger again, as other tests expect."""
+    exp = tracer.init(project, "exp", store=store_path)
+    yield exp
+    forget_current_experiment()
+
+
+def forget_current_experiment() -> None:
+    from tracer.config import ENV_CONTAINER
+    from tracer.context import state
+
+    state.experiment = None
+    state.parent_object = state.logger
+    if state.logger is not None:
+        os.environ[ENV_CONTAINER] = state.logger.container
+
+
+def experiment_rows(store_path: str, experiment: tracer.Experiment) -> list[dict]:
+    """The stored rows of ``experiment``, after flushing this process."""
+    tracer.flush(timeout=30)
+    with Store(store_path) as store:
+        return list(store.rows(experiment=experiment.id))
+
+
+@pytest.fixture
 def rows(store_path, project):
     """``rows()`` flushes this process and returns the test project's stored rows."""
 

@@ -486,3 +486,55 @@ def test_user_chosen_row_id_is_kept_under_a_parent_too(logger, rows):
     assert named["chosen child"]["id"] == "child-row"
     assert named["chosen grandchild"]["id"] == "grandchild-row"
     assert named["chosen child"]["span_parents"] == [parent.span_id]
+
+
+# -- several parents (a trace is a DAG) -------------------------------------------------------
+
+
+def test_start_span_with_several_parents_records_them_all_in_order(logger, rows):
+    with tracer.start_span("root") as root:
+        with root.start_span("left") as left:
+            pass
+        with root.start_span("right") as right:
+            slug = right.export()
+        with tracer.start_span("join", parents=[left, slug]) as join:
+            pass
+    named = by_name(rows())
+    assert named["join"]["span_parents"] == [named["left"]["span_id"],
+                                             named["right"]["span_id"]]
+    assert join.span_parents == named["join"]["span_parents"]
+
+
+def test_a_span_with_several_parents_joins_their_trace_and_nests_its_children(logger, rows):
+    with tracer.start_span("root") as root:
+        left, right = root.start_span("left"), root.start_span("right")
+        with logger.start_span("join", parents=[left, right]) as join, \
+                join.start_span("below join"):
+            pass
+        left.end()
+        right.end()
+    named = by_name(rows())
+    assert named["join"]["root_span_id"] == named["root"]["span_id"]
+    assert named["below join"]["root_span_id"] == named["root"]["span_id"]
+    assert named["below join"]["span_parents"] == [named["join"]["span_id"]]
+
+
+def test_parents_in_two_traces_raise_value_error_and_log_nothing(logger, rows):
+    with tracer.start_span("first trace") as first:
+        pass
+    with tracer.start_span("second trace") as second:
+        pass
+
+    with pytest.raises(ValueError, match="parents must all be spans of one trace"):
+        tracer.start_span("across traces", parents=[first, second.export()])
+    assert "across traces" not in by_name(rows())
+
+
+def test_parent_and_parents_together_raise_type_error(logger):
+    with tracer.start_span("only") as only:
+        pass
+
+    with pytest.raises(TypeError, match="parent= or parents=, not both"):
+        tracer.start_span("both", parent=only.export(), parents=[only])
+    with pytest.raises(ValueError, match="parents is empty"):
+        tracer.start_span("none", parents=[])

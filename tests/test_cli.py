@@ -56,13 +56,14 @@ def test_help_exits_zero_and_lists_every_command():
 
     assert proc.returncode == 0, proc.stderr
     assert "Multiprocessing-safe tracing" in proc.stdout
-    for command in ("demo", "export", "show", "stats", "import-payloads", "aggregator"):
+    for command in ("demo", "export", "import", "show", "stats", "import-payloads", "aggregator"):
         assert command in proc.stdout
 
 
 COMMAND_DESCRIPTIONS = {
     "demo": "traced workload",
     "export": "JSON object per row",
+    "import": "write them as spans",
     "show": "trace as a tree",
     "stats": "counters",
     "import-payloads": "payload files",
@@ -259,3 +260,21 @@ def test_standalone_aggregator_commits_a_remote_span_and_exits_0_on_sigterm(tmp_
         stored = list(reader.rows(project="standalone"))
     assert [row["span_attributes"]["name"] for row in stored] == ["remote span"]
     assert stored[0]["input"] == "sent over tcp"
+
+
+def test_show_draws_a_span_with_several_parents_under_the_first_and_names_the_others(
+        logger, store_path):
+    with tracer.start_span("pipeline") as pipeline:
+        users, orders = pipeline.start_span("users"), pipeline.start_span("orders")
+        users.end()
+        orders.end()
+        with tracer.start_span("join", parents=[users, orders]):
+            pass
+    tracer.flush(timeout=30)
+
+    proc = run_cli("show", pipeline.root_span_id, "--store", store_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "(also under 'orders')" in line_naming(proc.stdout, "join")
+    assert line_naming(proc.stdout, "join").index("join") > \
+        line_naming(proc.stdout, "users").index("users")

@@ -5,9 +5,11 @@ trace. See README.md for the guide; the docstrings here are the API reference.
 """
 
 from .api import (
+    current_experiment,
     current_logger,
     current_span,
     flush,
+    init,
     init_logger,
     permalink,
     start_span,
@@ -15,6 +17,7 @@ from .api import (
     update_span,
 )
 from .event import SPAN_TYPES
+from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
 from .integrations import wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
@@ -23,16 +26,22 @@ from .span import NoopSpan, Span
 
 __all__ = [
     "SPAN_TYPES",
+    "Experiment",
+    "ExperimentSummary",
     "FlushError",
     "Logger",
+    "MetricSummary",
     "NoopSpan",
+    "ScoreSummary",
     "Span",
     "TracedPool",
     "TracedProcessPoolExecutor",
     "TracedThreadPoolExecutor",
+    "current_experiment",
     "current_logger",
     "current_span",
     "flush",
+    "init",
     "init_logger",
     "permalink",
     "start_span",

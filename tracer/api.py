@@ -1,18 +1,22 @@
-"""The user-facing API: ``init_logger``, ``traced``, ``start_span``, ``current_span``, ..."""
+"""The user-facing API: ``init_logger``, ``init``, ``traced``, ``start_span``, ``current_span``,
+..."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import os
+import secrets
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import config, event, launcher, slug, wire
 from .context import current, state
+from .experiment import Experiment
 from .ids import new_id, new_trace_id
-from .logger import Logger
+from .logger import Logger, SpanContainer
 from .recorder import sync_all
 from .serialize import immutable, pack, snapshot
 from .span import (
@@ -22,8 +26,11 @@ from .span import (
     check_start,
     error_of,
     make_permalink,
+    parent_ref,
+    resolve_parents,
     start_child,
     start_root,
+    start_under,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_YIELDED = 1000  # items of a traced generator kept in its output
 
 state.app_url = (os.environ.get("TRACER_APP_URL") or config.DEFAULT_APP_URL).rstrip("/")
-# A spawn/forkserver child of an initialised process finds its parent's logger here.
+# A spawn/forkserver child of an initialised process finds its parent's logger or experiment
+# (its container key) here.
 _inherited = os.environ.get(config.ENV_CONTAINER) if os.environ.get("TRACER_ENDPOINT") else None
 if _inherited:
     state.active = True
@@ -49,31 +57,95 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
     Nothing here blocks: the aggregator starts in the background.
     """
     del api_key  # self-hosted: no key; never stored or logged
-    if project is None:
-        project = "default"
-    if not isinstance(project, str) or not project:
-        raise TypeError("init_logger: project must be a non-empty string")
-    settings = config.load()
-    rec = launcher.recorder_for(settings, store, endpoint)
+    project = _check_name("project", "default" if project is None else project, "init_logger")
+    rec = launcher.recorder_for(config.load(), store, endpoint)
     logger = Logger(project, wire.logs_container(project), rec)
+    _make_current(logger, app_url, set_current)
+    return logger
+
+
+def init(project: str | None = None, experiment: str | None = None, *,
+         api_key: str | None = None, store: str | None = None, endpoint: str | None = None,
+         app_url: str | None = None, set_current: bool = True) -> Experiment:
+    """Start a new experiment of ``project`` (default ``"default"``) and return it.
+
+    ``experiment`` names it; without a name one is generated (``experiment-<UTC time>-<4 hex
+    digits>``). Every call starts a new experiment with its own id, so rows of two experiments
+    never mix, even under the same name. While it is the current experiment
+    (``set_current=True``), spans started outside any span, in this process and in its child
+    processes, go to it rather than to the current logger (the reference's precedence).
+    ``store``, ``endpoint``, ``app_url`` and ``api_key`` are as for ``init_logger``.
+    """
+    del api_key
+    project = _check_name("project", "default" if project is None else project, "init")
+    if experiment is None:
+        experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
+                      f"{secrets.token_hex(2)}")
+    experiment = _check_name("experiment", experiment, "init")
+    rec = launcher.recorder_for(config.load(), store, endpoint)
+    exp = Experiment(project, experiment, str(uuid.uuid4()), rec)
+    _make_current(exp, app_url, set_current)
+    return exp
+
+
+def _check_name(what: str, name: object, where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{where}: {what} must be a non-empty string, got {name!r}")
+    if wire.SEP in name:  # it separates the parts of a container key
+        raise ValueError(f"{where}: {what} {name!r} contains the control character \\x1f")
+    return name
+
+
+def _make_current(target: SpanContainer, app_url: str | None, set_current: bool) -> None:
     if app_url is not None:
         state.app_url = app_url.rstrip("/")
     if set_current:
-        state.logger = logger
-        launcher.export_to_children(rec)
-        os.environ[config.ENV_CONTAINER] = logger.container
+        if isinstance(target, Experiment):
+            state.experiment = target
+        else:
+            state.logger = target
+        state.parent_object = state.experiment or state.logger
+        launcher.export_to_children(target.recorder)
+        os.environ[config.ENV_CONTAINER] = state.parent_object.container
     state.active = True
-    return logger
 
 
 def current_logger() -> Logger | None:
     """The logger set by the last ``init_logger(set_current=True)``, or None."""
-    global _inherited
-    if state.logger is None and _inherited:
-        container, _inherited = _inherited, None
-        rec = launcher.recorder_for(config.load())
-        state.logger = Logger(wire.split_container(container)[1], container, rec)
+    if _inherited:
+        _adopt_inherited()
     return state.logger
+
+
+def current_experiment() -> Experiment | None:
+    """The experiment set by the last ``init(set_current=True)``, or None."""
+    if _inherited:
+        _adopt_inherited()
+    return state.experiment
+
+
+def _parent_object() -> SpanContainer | None:
+    """Where a span started outside any span goes: the current experiment, else the current
+    logger, else None (nothing is traced)."""
+    if _inherited:
+        _adopt_inherited()
+    return state.parent_object
+
+
+def _adopt_inherited() -> None:
+    """In a child process: make the parent's logger or experiment current here (on first use,
+    not at import: the recorder would start a thread)."""
+    global _inherited
+    container, _inherited = _inherited, None
+    if state.parent_object is not None:  # this process chose its own with init/init_logger
+        return
+    rec = launcher.recorder_for(config.load())
+    parts = wire.split_container(container)
+    if parts[0] == wire.EXPERIMENT:
+        state.experiment = Experiment(parts[1], parts[3], parts[2], rec)
+    else:
+        state.logger = Logger(parts[1], container, rec)
+    state.parent_object = state.experiment or state.logger
 
 
 def current_span() -> Span | NoopSpan:
@@ -83,26 +155,38 @@ def current_span() -> Span | NoopSpan:
 
 
 def start_span(name: str | None = None, type: str | None = None, parent: str | None = None,
-               event: dict | None = None, **event_fields: Any) -> Span | NoopSpan:
+               event: dict | None = None, parents: list | None = None,
+               **event_fields: Any) -> Span | NoopSpan:
     """Start a span: a child of ``parent`` (a slug from ``Span.export()``, from any process),
-    else of the current span, else a root in the current logger; a no-op span if nothing is
-    being traced. Use it as a context manager, or end it with ``span.end()``.
+    else of the current span, else a root in the current experiment or logger; a no-op span if
+    nothing is being traced. Use it as a context manager, or end it with ``span.end()``.
 
-    ``event`` and keyword arguments are logged at start (``input=...``, ``metadata=...``).
+    ``parents=[span_or_slug, ...]`` makes the span a child of several spans (a trace is a DAG):
+    they must all be spans of one trace, else ValueError; the span joins that trace, under the
+    first parent's root. ``event`` and keyword arguments are logged at start (``input=...``,
+    ``metadata=...``).
     """
     fields, row_id = check_start(name, type, event, event_fields, "start_span")
+    if parents is not None:
+        if parent is not None:
+            raise TypeError("start_span: give parent= or parents=, not both")
+        if isinstance(parents, (list, tuple)) and any(isinstance(p, NoopSpan) for p in parents):
+            return NOOP_SPAN  # the parents were made while nothing was traced
+        resolved = resolve_parents(parents, "start_span")
+        rec = resolved.recorder or _recorder_for_slugs()
+        return start_under(resolved, rec, name, type, fields, row_id)
     if isinstance(parent, Span):
         return start_child(parent, name, type, fields, row_id)
-    ref = _parent_ref(parent)
+    ref = parent_ref(parent)
     if ref is not None:
         return start_root(_recorder_for_slugs(), ref.container, name, type, fields, row_id, ref)
     cur = current.get()
     if cur is not None:
         return start_child(cur, name, type, fields, row_id)
-    logger = current_logger()
-    if logger is None:
+    target = _parent_object()
+    if target is None:
         return NOOP_SPAN
-    return start_root(logger.recorder, logger.container, name, type, fields, row_id)
+    return start_root(target.recorder, target.container, name, type, fields, row_id)
 
 
 def update_span(exported: str, **fields: Any) -> None:
@@ -126,16 +210,10 @@ def flush(timeout: float | None = 30.0) -> None:
     sync_all(wire.COMMITTED, timeout)
 
 
-def _parent_ref(parent: object) -> slug.SpanRef | None:
-    if parent is None or parent == "":
-        return None
-    return slug.decode(parent)
-
-
 def _recorder_for_slugs():
     # A process that never called init_logger may still continue a trace it was handed.
-    logger = current_logger()
-    return logger.recorder if logger is not None else launcher.recorder_for(config.load())
+    target = _parent_object()
+    return target.recorder if target is not None else launcher.recorder_for(config.load())
 
 
 # -- @traced ---------------------------------------------------------------------------------
@@ -187,11 +265,11 @@ class _Traced:
     def open(self, args: tuple, kwargs: dict) -> Span | None:
         parent = current.get()
         if parent is None:
-            logger = state.logger or current_logger()
-            if logger is None:
+            target = state.parent_object or _parent_object()
+            if target is None:
                 return None
             sid, now = new_id(), time.time()
-            span = Span(logger.recorder, logger.container, new_trace_id(now), sid, None, sid,
+            span = Span(target.recorder, target.container, new_trace_id(now), sid, None, sid,
                         self.name, self.type, now)
         else:
             span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
@@ -228,11 +306,11 @@ class _Traced:
             # open(), inlined
             parent = current.get()
             if parent is None:
-                logger = state.logger or current_logger()
-                if logger is None:
+                target = state.parent_object or _parent_object()
+                if target is None:
                     return fn(*args, **kwargs)
                 sid, now = new_id(), time.time()
-                span = Span(logger.recorder, logger.container, new_trace_id(now), sid, None, sid,
+                span = Span(target.recorder, target.container, new_trace_id(now), sid, None, sid,
                             name, span_type, now)
             else:
                 span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,

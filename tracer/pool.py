@@ -37,8 +37,8 @@ class _Carried:
         if span is not None:
             self.parent = span.export()
             rec = span._rec
-        elif state.logger is not None:
-            rec = state.logger.recorder
+        elif state.parent_object is not None:
+            rec = state.parent_object.recorder
         else:
             return  # nothing is being traced: run fn as it is
         self.endpoint = rec.endpoint

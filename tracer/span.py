@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import event, slug, wire
 from .context import current, state
@@ -21,8 +21,10 @@ class Span:
     ``type``, ``start`` and ``end_time`` (epoch seconds; ``end_time`` is None while running).
     """
 
+    # ``_logged_end`` is left unset by __init__ (spans are made on @traced's hot path): only
+    # ``log(metrics={"end": ...})`` sets it, and ``end()`` reads it with a default.
     __slots__ = ("_rec", "container", "trace", "span", "parents", "root", "row_id",
-                 "name", "type", "start", "end_time", "_input", "_token")
+                 "name", "type", "start", "end_time", "_input", "_token", "_logged_end")
 
     def __init__(self, rec: Recorder, container: str, trace: int, span: int, parents: Any,
                  root: int, name: str | None, type: str | None, start: float) -> None:
@@ -30,7 +32,7 @@ class Span:
         self.container = container
         self.trace = trace
         self.span = span
-        self.parents = parents  # None (root), an int, or a list of ints
+        self.parents = parents  # None (root), an int, or a tuple of ints (several parents)
         self.root = root
         self.row_id: str | None = None
         self.name = name
@@ -78,9 +80,25 @@ class Span:
     def log(self, **fields: Any) -> None:
         """Merge fields into this span's row: ``input``, ``output``, ``expected``, ``error``,
         ``scores``, ``metadata``, ``metrics``, ``tags``. Dicts merge recursively; other values
-        replace what was there. Values are snapshotted now."""
+        replace what was there. Values are snapshotted now.
+
+        ``scores`` maps names to numbers in [0, 1] (None clears a score). ``metrics["start"]``
+        and ``metrics["end"]`` (epoch seconds) replace the times the span was started and
+        ended with: spans imported from elsewhere keep their own times.
+        """
         event.check(fields, "Span.log")
+        if fields.get("metrics"):
+            self._take_times(fields["metrics"])
         self._record_log(fields)
+
+    def _take_times(self, metrics: dict) -> None:
+        # The span's own start and end are sent when it ends, after any log: without this
+        # they would replace the logged ones in the merge.
+        start, end = metrics.get("start"), metrics.get("end")
+        if start is not None:
+            self.start = start
+        if end is not None and self.end_time is None:
+            self._logged_end = end
 
     def _record_log(self, fields: dict) -> None:
         if fields:
@@ -111,6 +129,8 @@ class Span:
         """End the span (idempotent); returns the end time in epoch seconds."""
         if self.end_time is not None:
             return self.end_time
+        if end_time is None:
+            end_time = getattr(self, "_logged_end", None)
         end = time.time() if end_time is None else float(end_time)
         self.end_time = end
         self._rec.open_spans.discard(self)
@@ -248,6 +268,65 @@ def check_start(name: str | None, type: str | None, event_dict: dict | None,
     return event.check(fields, where), row_id
 
 
+def parent_ref(parent: object) -> slug.SpanRef | None:
+    """The span an exported slug names; None for no parent (None or "")."""
+    if parent is None or parent == "":
+        return None
+    return slug.decode(parent)
+
+
+class Parents(NamedTuple):
+    """Several parents of one span, resolved: they are all spans of one trace."""
+
+    container: str
+    trace: int
+    spans: tuple[int, ...]
+    root: int
+    recorder: Recorder | None  # the recorder of the first parent that is a live Span
+
+
+def resolve_parents(parents: object, where: str) -> Parents:
+    """Check ``parents=`` (Spans or slugs from ``Span.export()``) and resolve it.
+
+    Ids inside a trace are 64-bit halves of one 128-bit id (``trace:span``), so a span's
+    parents must all be spans of its own trace: parents in other traces (or containers) raise
+    ValueError. The new span takes the first parent's root.
+    """
+    if not isinstance(parents, (list, tuple)):
+        raise TypeError(f"{where}: parents must be a list of spans or exported slugs, got "
+                        f"{type(parents).__name__}")
+    if not parents:
+        raise ValueError(f"{where}: parents is empty; give at least one span or slug")
+    refs = []
+    recorder = None
+    for parent in parents:
+        if isinstance(parent, Span):
+            refs.append((parent.container, parent.trace, parent.span, parent.root))
+            recorder = recorder or parent._rec
+        elif isinstance(parent, str):
+            ref = slug.decode(parent)
+            refs.append((ref.container, ref.trace, ref.span, ref.root))
+        else:
+            raise TypeError(f"{where}: parents must be spans or slugs from Span.export(), got "
+                            f"{type(parent).__name__}")
+    container, trace, _, root = refs[0]
+    for other_container, other_trace, _, _ in refs[1:]:
+        if other_container != container or other_trace != trace:
+            raise ValueError(f"{where}: parents must all be spans of one trace (in one "
+                             "container); a span cannot join two traces")
+    spans = tuple(dict.fromkeys(ref[2] for ref in refs))  # in order, each once
+    return Parents(container, trace, spans, root, recorder)
+
+
+def start_under(parents: Parents, rec: Recorder, name: str | None, type: str | None,
+                fields: dict, row_id: str | None) -> Span:
+    """A new span whose parents are ``parents`` (see ``resolve_parents``), sent by ``rec``."""
+    span_parents = parents.spans[0] if len(parents.spans) == 1 else parents.spans
+    span = Span(rec, parents.container, parents.trace, new_id(), span_parents, parents.root,
+                name, type, time.time())
+    return _begin(span, fields, row_id)
+
+
 def start_child(parent: Span, name: str | None, type: str | None, fields: dict,
                 row_id: str | None) -> Span:
     """A new span under ``parent``, with ``fields`` (checked) logged at start."""
@@ -272,6 +351,8 @@ def start_root(rec: Recorder, container: str, name: str | None, type: str | None
 def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
     state.active = True
     span.row_id = row_id
+    if fields.get("metrics"):
+        span._take_times(fields["metrics"])
     if "input" in fields:  # also kept for the announcement of a long-running span
         span._input = (None, snapshot(fields["input"]))
     span._rec.open_spans.add(span)

@@ -76,6 +76,11 @@ def experiment_container(project: str, experiment_id: str, experiment_name: str)
     return f"{EXPERIMENT}{SEP}{project}{SEP}{experiment_id}{SEP}{experiment_name}"
 
 
+def experiment_store_id(experiment_id: str) -> str:
+    """How the store names an experiment's container (its ``rows.container`` column)."""
+    return f"exp:{experiment_id}"
+
+
 def split_container(key: str) -> tuple[str, ...]:
     """Split a container key into (kind, project[, experiment_id, experiment_name])."""
     parts = tuple(key.split(SEP))

@@ -1,8 +1,10 @@
-"""The ``tracer`` command line: demo, export, show, stats, import-payloads, aggregator."""
+"""The ``tracer`` command line: demo, export, import, show, stats, import-payloads, aggregator."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import json
 import os
 import sqlite3
@@ -10,6 +12,7 @@ import sys
 from collections import defaultdict
 
 from tracer import config, wire
+from tracer.event import SPAN_TYPES
 
 from .sinks.sqlite import Store
 
@@ -33,16 +36,44 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tasks", type=int, default=8, help="items to fan out (default: 8)")
 
     export = commands.add_parser(
-        "export", help="print rows as JSON lines in the underlying format",
+        "export", help="print rows in the underlying format (JSON lines, JSON or CSV)",
         description="Print one JSON object per row, in the reference's underlying format "
                     "(id, span_id, root_span_id, span_parents, span_attributes, input, output, "
                     "expected, error, scores, metadata, metrics, tags, created, container ids "
-                    "and names).")
+                    "and names), in the order the spans started. tracer import reads it back.")
     scope = export.add_mutually_exclusive_group()
     scope.add_argument("--project", help="only rows of this project's logs and experiments")
-    scope.add_argument("--experiment", help="only rows of this experiment")
+    scope.add_argument("--experiment", metavar="NAME_OR_ID",
+                       help="only rows of this experiment (its name or its id)")
     export.add_argument("--root", metavar="ID", help="only the trace with this root_span_id")
+    export.add_argument("--type", choices=SPAN_TYPES, help="only spans of this type")
+    export.add_argument("--errors", action="store_true", help="only spans with an error")
+    export.add_argument("--since", metavar="TIME", type=parse_time,
+                        help="only spans that started at or after TIME (ISO 8601, UTC unless "
+                             "it says otherwise, or epoch seconds)")
+    export.add_argument("--until", metavar="TIME", type=parse_time,
+                        help="only spans that started before TIME")
+    export.add_argument("--format", choices=("jsonl", "json", "csv"), default="jsonl",
+                        help="jsonl: one object per line (default); json: one array; csv: one "
+                             "column per top-level field, nested values as JSON text")
     _store_arg(export)
+
+    importer = commands.add_parser(
+        "import", help="write spans from JSON lines into a store",
+        description="Read JSON lines and write them as spans: nested span trees (input, output, "
+                    "expected, error, scores, metadata, metrics, tags, name, type, children) get "
+                    "fresh ids, parents and roots; rows in the underlying format (with id and "
+                    "span_id, as tracer export prints them) keep theirs, so export -> import -> "
+                    "export gives the same rows. The whole input is checked before anything is "
+                    "written.")
+    importer.add_argument("file", metavar="FILE", help="a file of JSON lines, or - for stdin")
+    importer.add_argument("--project", help="into this project's logs (with --experiment: the "
+                                            "experiment's project). Default: a row's own "
+                                            "container; trees go to the project 'default'")
+    importer.add_argument("--experiment", metavar="NAME",
+                          help="into this experiment (added to if the store has one of that "
+                               "name in the project, else new)")
+    _store_arg(importer, "store to write to")
 
     show = commands.add_parser(
         "show", help="print a trace as an indented tree",
@@ -85,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return aggregator_main(argv[1:])
     args = parser.parse_args(argv)
     try:
-        return {"demo": cmd_demo, "export": cmd_export, "show": cmd_show, "stats": cmd_stats,
-                "import-payloads": cmd_import_payloads}[args.command](args)
+        return {"demo": cmd_demo, "export": cmd_export, "import": cmd_import, "show": cmd_show,
+                "stats": cmd_stats, "import-payloads": cmd_import_payloads}[args.command](args)
     except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
         print(f"tracer {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -117,10 +148,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
-        for row in store.rows(project=args.project, experiment=args.experiment,
-                              root_span_id=args.root):
+        rows = store.rows(project=args.project, experiment=args.experiment,
+                          root_span_id=args.root, span_type=args.type, errors=args.errors,
+                          since=args.since, until=args.until)
+        if args.format == "csv":
+            write_csv(list(rows), sys.stdout)
+            return 0
+        if args.format == "json":
+            print("[", end="")
+            for i, row in enumerate(rows):
+                print(("\n" if i == 0 else ",\n") + json.dumps(row, sort_keys=True), end="")
+            print("\n]")
+            return 0
+        for row in rows:
             print(json.dumps(row, sort_keys=True))
     return 0
+
+
+# The underlying format's fields, in the order CSV columns show them; any others follow.
+CSV_COLUMNS = ("id", "span_id", "root_span_id", "span_parents", "span_attributes", "input",
+               "output", "expected", "error", "scores", "metadata", "metrics", "tags", "created",
+               "project_id", "project_name", "log_id", "experiment_id", "experiment_name")
+
+
+def write_csv(rows: list[dict], out) -> None:
+    """One column per top-level field; strings as they are, other values as JSON text, a
+    missing field or null as an empty cell."""
+    extra = sorted({key for row in rows for key in row} - set(CSV_COLUMNS))
+    columns = list(CSV_COLUMNS) + extra
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC unless it names its offset), as epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import importer
+    from .sinks.sqlite import SQLiteSink
+
+    store = config.store_path(args.store or config.load().store)
+    if args.file == "-":
+        entries = list(importer.read_lines(sys.stdin, "<stdin>"))
+    else:
+        with open(args.file, encoding="utf-8") as f:
+            entries = list(importer.read_lines(f, args.file))
+    sink = SQLiteSink(store)
+    try:
+        target = importer.Target(sink, args.project, args.experiment)
+        pending, traces = importer.to_pending(entries, target)
+        importer.write(pending, sink)
+    finally:
+        sink.close()
+    where = sorted({_describe_container(p.container) for p in pending})
+    print(f"imported {len(pending)} rows ({traces} traces) into {store}: {', '.join(where)}")
+    return 0
+
+
+def _describe_container(container) -> str:
+    if container.experiment_id is None:
+        return f"logs of project {container.project_name!r}"
+    return (f"experiment {container.experiment_name!r} ({container.experiment_id}) of project "
+            f"{container.project_name!r}")
 
 
 def cmd_import_payloads(args: argparse.Namespace) -> int:
@@ -173,7 +285,13 @@ def print_tree(store: Store, root_span_id: str) -> bool:
 
     def walk(row: dict, prefix: str, last: bool, top: bool) -> None:
         branch = "" if top else ("└─ " if last else "├─ ")
-        print(prefix + branch + describe_span(row))
+        text = describe_span(row)
+        # A span with several parents is drawn under the first; the others are named.
+        others = [by_span[p] for p in (row.get("span_parents") or [])[1:] if p in by_span]
+        if others:
+            names = ", ".join(repr((o.get("span_attributes") or {}).get("name")) for o in others)
+            text += f"  (also under {names})"
+        print(prefix + branch + text)
         kids = sorted(children[row["span_id"]], key=_start)
         extension = "" if top else ("   " if last else "│  ")
         for i, kid in enumerate(kids):

@@ -48,7 +48,7 @@ class Container:
         """The container's id in the store: ``logs:<project_id>`` or ``exp:<experiment_id>``."""
         if self.kind == wire.PROJECT_LOGS:
             return f"logs:{self.project_id}"
-        return f"exp:{self.experiment_id}"
+        return wire.experiment_store_id(self.experiment_id)
 
 
 def project_id(name: str) -> str:

@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "tracer.wrap_openai needs the openai package: pip install 'tracer[openai]'"
     ) from exc
 
-from ..api import current_logger, start_span
+from ..api import _parent_object, start_span
 from ..context import current, state
 from ..span import Span, error_of
 
@@ -432,7 +432,7 @@ class _Call:
         """Open the span of a call about to be made (None when nothing is traced). ``kwargs``
         is the call's: a one-shot iterable of messages is replaced by a list, both sent and
         logged."""
-        if not state.active or (current.get() is None and current_logger() is None):
+        if not state.active or (current.get() is None and _parent_object() is None):
             return None  # nothing is traced: spend nothing on the parameters
         params = {}
         for key, value in kwargs.items():

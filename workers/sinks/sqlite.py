@@ -205,23 +205,42 @@ class Store:
         return [dict(r) for r in self.conn.execute("SELECT * FROM containers ORDER BY created")]
 
     def rows(self, project: str | None = None, experiment: str | None = None,
-             root_span_id: str | None = None) -> Iterator[dict]:
-        """Rows in the underlying format (plus ``project_name``/``experiment_name``)."""
+             root_span_id: str | None = None, span_type: str | None = None,
+             errors: bool = False, since: float | None = None,
+             until: float | None = None) -> Iterator[dict]:
+        """Rows in the underlying format (plus ``project_name``/``experiment_name``), in the
+        order they started (then created, then id: the same store always lists them alike).
+
+        ``experiment`` is an experiment's name or id; ``since``/``until`` (epoch seconds) keep
+        rows whose ``metrics.start`` is in ``[since, until)``; ``errors`` keeps rows with an
+        error.
+        """
         where, args = [], []
         if project is not None:
             where.append("c.project_name = ?")
             args.append(project)
         if experiment is not None:
-            where.append("c.experiment_name = ?")
-            args.append(experiment)
+            where.append("(c.experiment_name = ? OR c.experiment_id = ?)")
+            args += [experiment, experiment]
         if root_span_id is not None:
             where.append("r.root_span_id = ?")
             args.append(root_span_id)
+        if span_type is not None:
+            where.append("r.type = ?")
+            args.append(span_type)
+        if errors:
+            where.append("r.has_error = 1")
+        if since is not None:
+            where.append("r.start >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("r.start < ?")
+            args.append(until)
         sql = ("SELECT r.data, c.project_name, c.experiment_name FROM rows r "
                "LEFT JOIN containers c ON c.id = r.container")
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY r.start, r.created"
+        sql += " ORDER BY r.start, r.created, r.id, r.container"
         for data, project_name, experiment_name in self.conn.execute(sql, args):
             row = json.loads(data)
             row["project_name"] = project_name
