@@ -41,3 +41,12 @@ def die_in_a_span(_: int) -> None:
     with tracer.start_span("doomed", input="half done"):
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sigterm_is_default_after_a_span(i: int) -> bool:
+    """Record a span (which arms this process's exit paths), then say whether SIGTERM still has
+    its default action."""
+    import signal
+
+    work(i)
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -220,3 +220,11 @@ def test_a_plain_pool_of_fresh_interpreters_ended_by_terminate_delivers_every_sp
         names = [row["span_attributes"]["name"] for row in store.rows()
                  if row["metrics"]["start"] >= started]
     assert sorted(names) == sorted(["case"] + ["work", "inner"] * N)
+
+
+@pytest.mark.parametrize(("setting", "default_action_kept"), [("1", False), ("0", True)])
+def test_deliver_on_terminate_setting_decides_the_workers_sigterm_handler(
+        logger, monkeypatch, setting, default_action_kept):
+    monkeypatch.setenv("TRACER_DELIVER_ON_TERMINATE", setting)  # the fork children inherit it
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(tasks.sigterm_is_default_after_a_span, [0]) == [default_action_kept]

@@ -696,10 +696,15 @@ def _deliver_on_terminate() -> None:
     short. The handler delivers them (for at most TERMINATE_TIMEOUT seconds), then dies of the
     signal as it would have. Only where SIGTERM still has its default action, and only in
     children of multiprocessing: a program's own SIGTERM is left to it.
+
+    The trade-off: a Python signal handler runs between bytecodes, so a child busy in a long C
+    call (numpy, say) when terminate() arrives dies when that call returns rather than at once.
+    ``TRACER_DELIVER_ON_TERMINATE=0`` keeps the default action (and loses those spans).
     """
     import multiprocessing
 
-    if (multiprocessing.parent_process() is None
+    if (os.environ.get("TRACER_DELIVER_ON_TERMINATE", "1").lower() in ("0", "false", "no", "off")
+            or multiprocessing.parent_process() is None
             or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         return
