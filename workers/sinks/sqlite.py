@@ -216,26 +216,15 @@ class Store:
         error.
         """
         where, args = [], []
-        if project is not None:
-            where.append("c.project_name = ?")
-            args.append(project)
-        if experiment is not None:
-            where.append("(c.experiment_name = ? OR c.experiment_id = ?)")
-            args += [experiment, experiment]
-        if root_span_id is not None:
-            where.append("r.root_span_id = ?")
-            args.append(root_span_id)
-        if span_type is not None:
-            where.append("r.type = ?")
-            args.append(span_type)
+        for clause, value in (("c.project_name = ?", project),
+                              ("(c.experiment_name = ? OR c.experiment_id = ?)", experiment),
+                              ("r.root_span_id = ?", root_span_id), ("r.type = ?", span_type),
+                              ("r.start >= ?", since), ("r.start < ?", until)):
+            if value is not None:
+                where.append(clause)
+                args += [value] * clause.count("?")
         if errors:
             where.append("r.has_error = 1")
-        if since is not None:
-            where.append("r.start >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("r.start < ?")
-            args.append(until)
         sql = ("SELECT r.data, c.project_name, c.experiment_name FROM rows r "
                "LEFT JOIN containers c ON c.id = r.container")
         if where:
