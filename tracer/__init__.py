@@ -14,6 +14,7 @@ from .api import (
     traced,
     update_span,
 )
+from .attachments import Attachment, ExternalAttachment, JSONAttachment
 from .event import SPAN_TYPES
 from .integrations import wrap_openai
 from .logger import Logger
@@ -23,7 +24,10 @@ from .span import NoopSpan, Span
 
 __all__ = [
     "SPAN_TYPES",
+    "Attachment",
+    "ExternalAttachment",
     "FlushError",
+    "JSONAttachment",
     "Logger",
     "NoopSpan",
     "Span",

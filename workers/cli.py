@@ -1,4 +1,5 @@
-"""The ``tracer`` command line: demo, export, show, stats, import-payloads, aggregator."""
+"""The ``tracer`` command line: demo, export, show, stats, import-payloads, attachment,
+aggregator."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import defaultdict
 
 from tracer import config, wire
 
+from . import attachment_cli
 from .sinks.sqlite import Store
 
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     scope.add_argument("--experiment", help="only rows of this experiment")
     export.add_argument("--root", metavar="ID", help="only the trace with this root_span_id")
     _store_arg(export)
+    attachment_cli.add_export_option(export)
 
     show = commands.add_parser(
         "show", help="print a trace as an indented tree",
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="delete each file once its rows are committed")
     _store_arg(replay, "store to write to")
 
+    attachment_cli.add_commands(commands)
+
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")
 
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return aggregator_main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "attachment":
+        return attachment_cli.run(args)
     try:
         return {"demo": cmd_demo, "export": cmd_export, "show": cmd_show, "stats": cmd_stats,
                 "import-payloads": cmd_import_payloads}[args.command](args)
@@ -117,8 +124,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
-        for row in store.rows(project=args.project, experiment=args.experiment,
-                              root_span_id=args.root):
+        rows = store.rows(project=args.project, experiment=args.experiment,
+                          root_span_id=args.root)
+        if args.with_attachments:
+            rows = attachment_cli.saving(store, rows, args.with_attachments)
+        for row in rows:
             print(json.dumps(row, sort_keys=True))
     return 0
 
@@ -176,6 +186,8 @@ def print_tree(store: Store, root_span_id: str) -> bool:
         print(prefix + branch + describe_span(row))
         kids = sorted(children[row["span_id"]], key=_start)
         extension = "" if top else ("   " if last else "│  ")
+        for line in attachment_cli.span_lines(store, row):
+            print(prefix + extension + ("│  " if kids else "   ") + line)
         for i, kid in enumerate(kids):
             walk(kid, prefix + extension, i == len(kids) - 1, False)
 
