@@ -339,6 +339,39 @@ def test_a_pool_worker_logging_an_attachment_stores_it(logger, rows, store_path,
     assert [stored_bytes(store_path, key) for key in keys] == contents
 
 
+def test_a_bare_fork_child_leaving_through_os_exit_stores_its_attachment(
+        logger, rows, store_path):
+    content = os.urandom(30_000)
+    with tracer.start_span("parent"):
+        pid = os.fork()
+        if pid == 0:  # no flush: os._exit itself must deliver the attachment first
+            try:
+                attachment_tasks.log_bytes(content)
+            finally:
+                os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    named = by_name(rows())
+
+    key = named["worker attachment"]["output"]["file"]["key"]
+    assert stored_bytes(store_path, key) == content
+
+
+def test_a_process_exiting_without_flush_stores_its_attachments(tmp_path):
+    out = run_python("""
+        import tracer
+        tracer.init_logger("no flush")
+        attachment = tracer.Attachment(b"stored at exit" * 1000, filename="exit.bin")
+        with tracer.start_span("last words") as span:
+            span.log(output=attachment)
+        print(attachment.key)
+    """, env=clean_env(), cwd=str(tmp_path)).stdout
+    store = str(tmp_path / ".tracer" / "traces.db")
+
+    assert stored_bytes(store, out.strip()) == b"stored at exit" * 1000
+
+
 def test_a_standalone_aggregator_on_this_host_receives_attachments(tmp_path):
     from .test_cli import free_port
 

@@ -59,10 +59,11 @@ class _Unusable(Exception):
 
 
 class _Item:
-    __slots__ = ("att", "rec", "problem", "size")
+    __slots__ = ("att", "rec", "problem", "size", "logged")
 
     def __init__(self, att: Attachment, rec: Any, problem: str | None, size: int) -> None:
         self.att, self.rec, self.problem, self.size = att, rec, problem, size
+        self.logged = time.time()
 
 
 class _State:
@@ -101,11 +102,13 @@ def handle(att: BaseAttachment) -> dict:
     problem = att.check()
     if not att._handed:
         rec = _destination()
+        if rec is None:  # packed outside any logging (a JSONAttachment's value, say)
+            ref.update(upload_status="error", error_message="not stored: no logger in this "
+                                                            "process")
+            return ref
         w = _w
         with w.cond:
             size = att._size or 0
-            if problem is None and rec is None:
-                problem = "no logger in this process: nowhere to store it"
             if problem is None and w.pending_bytes + size > MAX_PENDING_BYTES:
                 # Not remembered on the object: a later log of it may find room.
                 ref.update(upload_status="error", error_message=(
@@ -243,7 +246,7 @@ def _process(w: _State, item: _Item) -> None:
         return
     spool = attachments.spool_dir(store)
     meta: dict[str, Any] = {"key": att.key, "filename": att.filename,
-                            "content_type": att.content_type, "logged": time.time(),
+                            "content_type": att.content_type, "logged": item.logged,
                             "pid": os.getpid()}
     problem = item.problem
     retries = config.load().num_retries

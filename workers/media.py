@@ -17,9 +17,10 @@ attachment) and replaced in the row by its reference. Bare base64 of unknown con
 is: a long run of letters and digits is not necessarily base64.
 
 Cost: the aggregator is the pipeline's bottleneck, so rows are only walked when they may hold
-something: a DATA body is searched once for ``data:image/``, ``image_url`` and ``http`` (C
-searches), and only records containing one are walked; only records larger than the inline limit
-are searched for long strings.
+something. A DATA body is searched once for ``image`` and ``://`` (two C searches, about 0.3 us
+per span); in a body that has one, a record is walked only if it contains ``image`` (every data
+URL and ``image_url``), or ``://`` and an image extension; a walk costs some microseconds. Only
+records larger than the inline limit are searched for long strings.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tracer import attachments, config
 
 DEFAULT_INLINE_LIMIT = 65536
 FIELDS = ("input", "output", "expected", "metadata")
-HINTS = (b"data:image/", b"image_url", b"http")
+HINTS = (b"image", b"://")  # in every data:image/ URL, image_url key and http(s) URL
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".svg", ".avif", ".heic")
 
 # Leading bytes of formats worth storing as attachments when they arrive as bare base64.
@@ -62,13 +63,18 @@ def inline_limit() -> int:
 
 
 def may_hold_images(body: bytes) -> bool:
-    """Whether a DATA body may hold an image worth flagging (cheap: three C searches)."""
+    """Whether a DATA body may hold an image worth flagging (cheap: two C searches)."""
     return any(hint in body for hint in HINTS)
 
 
 def hinted(body: bytes, start: int, end: int) -> bool:
     """Whether the record at ``body[start:end]`` may hold an image worth flagging."""
-    return any(body.find(hint, start, end) != -1 for hint in HINTS)
+    if body.find(b"image", start, end) != -1:
+        return True
+    if body.find(b"://", start, end) == -1:
+        return False
+    record = body[start:end].lower()
+    return any(ext.encode() in record for ext in IMAGE_EXTENSIONS)
 
 
 class _Walk:
@@ -88,7 +94,7 @@ def process(partial: dict, flag: bool, limit: int, adopt: Adopt | None) -> int:
     walk = _Walk(flag, limit if adopt is not None else 0, adopt)
     for field in FIELDS:
         if field in partial:
-            partial[field] = _value(partial[field], "/" + field, walk)
+            partial[field] = _value(partial[field], (None, field), walk)
     if walk.flags:
         images = partial.get("_images")
         if isinstance(images, dict):
@@ -98,24 +104,27 @@ def process(partial: dict, flag: bool, limit: int, adopt: Adopt | None) -> int:
     return walk.adopted
 
 
-def _value(value: Any, path: str, walk: _Walk) -> Any:
+def _value(value: Any, path: tuple, walk: _Walk) -> Any:
+    """``value`` with its long base64 strings extracted; ``path`` is (parent path, key)."""
     if isinstance(value, str):
         return _string(value, path, walk)
     if isinstance(value, dict):
         if value.get("type") in attachments.REFERENCE_TYPES:
             return value  # an attachment's reference: the viewer knows what it is
         for key, item in list(value.items()):
-            new = _value(item, f"{path}/{_escape(key)}", walk)
+            if isinstance(item, (int, float, bool)) or item is None:
+                continue
+            new = _value(item, (path, key), walk)
             if new is not item:
                 value[key] = new
         nested = value.get("image_url")
         if walk.flag and isinstance(nested, dict) and isinstance(nested.get("url"), str):
-            walk.flags.setdefault(f"{path}/image_url/url", "image_url")
+            walk.flags.setdefault(_pointer(((path, "image_url"), "url")), "image_url")
         return value
     if isinstance(value, (list, tuple)):
         changed = None
         for i, item in enumerate(value):
-            new = _value(item, f"{path}/{i}", walk)
+            new = _value(item, (path, i), walk)
             if new is not item:
                 if changed is None:
                     changed = list(value)
@@ -124,7 +133,7 @@ def _value(value: Any, path: str, walk: _Walk) -> Any:
     return value
 
 
-def _string(text: str, path: str, walk: _Walk) -> Any:
+def _string(text: str, path: tuple, walk: _Walk) -> Any:
     if walk.limit and len(text) > walk.limit:
         found = _decode(text)
         if found is not None:
@@ -135,14 +144,14 @@ def _string(text: str, path: str, walk: _Walk) -> Any:
             key = walk.adopt(content, filename, content_type)
             walk.adopted += 1
             if walk.flag and kind == "image":
-                walk.flags[path] = "attachment"
+                walk.flags[_pointer(path)] = "attachment"
             return {"type": attachments.BRAINTRUST_ATTACHMENT, "filename": filename,
                     "content_type": content_type, "key": key}
     if walk.flag:
         if text.startswith("data:image/"):
-            walk.flags[path] = "data_url"
+            walk.flags[_pointer(path)] = "data_url"
         elif text.startswith(("http://", "https://")) and _image_url(text):
-            walk.flags[path] = "url"
+            walk.flags[_pointer(path)] = "url"
     return text
 
 
@@ -182,5 +191,10 @@ def _sniff(start: bytes) -> str | None:
     return None
 
 
-def _escape(key: Any) -> str:
-    return str(key).replace("~", "~0").replace("/", "~1")
+def _pointer(path: tuple) -> str:
+    """The JSON pointer (RFC 6901) of a (parent path, key) chain."""
+    parts = []
+    while path is not None:
+        path, key = path
+        parts.append(str(key).replace("~", "~0").replace("/", "~1"))
+    return "/" + "/".join(reversed(parts))
