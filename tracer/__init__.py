@@ -16,6 +16,7 @@ from .api import (
     traced,
     update_span,
 )
+from .attachments import Attachment, ExternalAttachment, JSONAttachment
 from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
 from .integrations import wrap_openai
@@ -26,9 +27,12 @@ from .span import NoopSpan, Span
 
 __all__ = [
     "SPAN_TYPES",
+    "Attachment",
     "Experiment",
     "ExperimentSummary",
+    "ExternalAttachment",
     "FlushError",
+    "JSONAttachment",
     "Logger",
     "MetricSummary",
     "NoopSpan",

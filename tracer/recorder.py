@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import zmq
 
-from . import config, wire
+from . import attachment_writer, config, wire
 from .ids import reseed_after_fork
 from .serialize import pack_records
 
@@ -155,6 +155,7 @@ class Recorder:
         self._dropped_reported = 0
         # Re-entrant: the SIGTERM handler of a terminated child may interrupt a drop.
         self._count_lock = threading.RLock()
+        self._attachments_synced = 0  # attachment files published before our last SYNC
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -250,11 +251,15 @@ class Recorder:
             self._forget_parent()
         if self._closed:
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Attachments logged before this point are in the spool before the handshake is sent,
+        # so that the aggregator can wait for them too.
+        if attachment_writer.pending() and not attachment_writer.drain(timeout):
+            raise FlushError(f"flush timed out after {timeout}s writing attachments")
         waiter = _Sync(next(self._tokens), level)
         self._buffer.append(waiter)
         inline = self._thread is None and not self._start_thread()
         self._wake()
-        deadline = None if timeout is None else time.monotonic() + timeout
         while not waiter.done.is_set():
             if inline:  # no flusher can run (interpreter shutdown): do its work here
                 with self._stepping:
@@ -272,7 +277,7 @@ class Recorder:
         Pool workers call this after each task. There is no round trip when nothing was added
         since the last time; a failure is warned about, never raised.
         """
-        if not self._buffer and self._seq == self._acked_seq:
+        if not self._buffer and self._seq == self._acked_seq and not attachment_writer.pending():
             return
         try:
             self.sync(wire.RECEIVED, timeout)
@@ -445,7 +450,14 @@ class Recorder:
 
     def _send_sync(self, sync: _Sync) -> None:
         sync.seq = self._seq
-        if self._send(wire.SYNC, [sync.token, sync.level], b"") is None:
+        arg = [sync.token, sync.level]
+        published = attachment_writer.published(self)
+        if published != self._attachments_synced:
+            # Attachments published since our last handshake: the aggregator's commit flushes
+            # then wait for its mover to take them in.
+            self._attachments_synced = published
+            arg.append(1)
+        if self._send(wire.SYNC, arg, b"") is None:
             self._fail_waiting(f"the aggregator at {self.endpoint} is not reachable")
 
     def _send(self, kind: int, arg: object, body: bytes) -> int | None:
@@ -654,6 +666,7 @@ class Recorder:
         news = self.counters - self._reported
         self._reported.update(news)
         counts = {name: n for name, n in news.items() if name != "sent"}
+        counts.update(attachment_writer.take_counts(self))
         dropped = self._dropped - self._dropped_reported
         if dropped:
             self._dropped_reported += dropped

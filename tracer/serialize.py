@@ -13,8 +13,9 @@ Stand-ins (see README, "What gets stored"):
     numpy values -> ``tolist()``; bytearray/memoryview -> bytes; ints beyond 64 bits -> str;
     cycles -> "<cycle: TYPE>"; nesting too deep to serialise (about 1,000 levels: msgpack's or
     JSON's limit, whichever comes first) -> cut at MAX_DEPTH levels, "<max depth N reached>";
-    anything else -> its repr, truncated. Bytes, NaN and infinities travel as they are and are
-    given JSON stand-ins by the aggregator.
+    attachments (``tracer.attachments``) -> their reference dict, the content handed to the
+    attachment writer; anything else -> its repr, truncated. Bytes, NaN and infinities travel
+    as they are and are given JSON stand-ins by the aggregator.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import uuid
 
 import msgpack
 
+from .attachment_writer import handle as attachment_reference
+from .attachments import BaseAttachment
 from .wire import SNAPSHOT
 
 MAX_DEPTH = 200
@@ -39,6 +42,8 @@ _local = threading.local()
 
 def stand_in(obj: object) -> object:
     """msgpack ``default`` hook: a value msgpack can carry, describing ``obj``."""
+    if isinstance(obj, BaseAttachment):  # its reference; the content goes round the row
+        return attachment_reference(obj)
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):

@@ -35,7 +35,8 @@ import zmq
 from tracer import config, wire
 from tracer.launcher import read_pid_file, write_pid_file
 
-from . import payloads
+from . import media, payloads
+from .attachments import AttachmentMover
 from .queue import RowQueue
 from .rows import Container, merge, now_iso, record_to_row
 from .sinks.sqlite import SQLiteSink
@@ -97,6 +98,14 @@ class Aggregator:
         self._drop_warned = -DROP_WARN_INTERVAL
         self._owner_created = _create_time(owner) if owner else None
         self._process = psutil.Process()
+        self.mover: AttachmentMover | None = None  # started by run()
+        self.inline_limit = media.inline_limit()  # base64 longer than this: an attachment
+        # Attachments were published to the spool (a sender said so) or pulled out of rows since
+        # the mover was last asked for a scan; a commit flush then waits for the mover too, as
+        # it waits for every row queued before it, whoever sent them.
+        self._attachments_new = False
+        self._scan_due = 0  # the mover's scan the next commit flushes wait for
+        self._scans: dict[tuple, int] = {}  # (identity, token) of a flush -> that scan
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -116,20 +125,26 @@ class Aggregator:
         waker.connect("inproc://uploader-wake")
         waker_lock = threading.Lock()
 
+        def wake_loop() -> None:  # uploader and attachment mover threads
+            with waker_lock:
+                try:
+                    waker.send(b"", zmq.NOBLOCK)
+                except zmq.Again:  # wake-ups already pending: the loop will see the acks
+                    pass
+
         def on_done(finished: list) -> None:  # uploader thread
             for (kind, identity, token, first_seq), error in finished:
                 self.acks.append((kind, identity, token, first_seq, error))
             if finished:
-                with waker_lock:
-                    try:
-                        waker.send(b"", zmq.NOBLOCK)
-                    except zmq.Again:  # wake-ups already pending: the loop will see the acks
-                        pass
+                wake_loop()
 
         uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
                             lambda: self._record_run(sink))
         self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
         uploader.start()
+        # Attachments have their own thread, connection and retries: they never hold rows back.
+        self.mover = AttachmentMover(self.store, self.settings, self.counters, wake_loop)
+        self.mover.start()
         self._info(f"listening on {self.bind}, store {self.store}")
 
         reading = zmq.Poller()
@@ -158,6 +173,7 @@ class Aggregator:
         uploader.thread.join(60)
         uploader.stopping.set()
         uploader.thread.join(5)
+        self.mover.stop()
         self._send_acks(router)
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
             _log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not answer")
@@ -269,11 +285,18 @@ class Aggregator:
             # Tell the sender once this message is committed: until then it keeps a copy.
             self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq))
         elif kind == wire.SYNC:
-            token, level = arg
+            token, level = arg[0], arg[1]  # [token, level, attachments published since?]
             self.counters["syncs"] += 1
+            if len(arg) > 2 and arg[2]:
+                self._attachments_new = True
             if level == wire.RECEIVED:
                 self.acks.append((wire.ACK, identity, token, sender.first_seq, None))
             else:
+                if self._attachments_new:
+                    self._attachments_new = False
+                    self._scan_due = self.mover.request()
+                if self.mover.completed < self._scan_due:
+                    self._scans[(identity, token)] = self._scan_due
                 self._mark((wire.ACK, identity, token, sender.first_seq))
         elif kind == wire.BYE:
             sender.closed = True
@@ -327,6 +350,7 @@ class Aggregator:
         unpacker = wire.record_unpacker(max_buffer_size=max(len(body), 1))
         unpacker.feed(body)
         created = now_iso()
+        images = media.may_hold_images(body)  # most bodies: no record needs a look
         while True:
             start = unpacker.tell()
             try:
@@ -340,13 +364,22 @@ class Aggregator:
                 break  # the rest of the body cannot be framed
             sender.records += 1
             self.counters["records"] += 1
+            end = unpacker.tell()
             try:
-                self._apply(record, sender, unpacker.tell() - start, created)
+                self._apply(record, sender, end - start, created,
+                            images and media.hinted(body, start, end))
             except Exception:
                 self.counters["bad_records"] += 1
 
-    def _apply(self, record: list, sender: Sender, size: int, created: str) -> None:
+    def _apply(self, record: list, sender: Sender, size: int, created: str,
+               images: bool = False) -> None:
         container, row_id, partial = record_to_row(record, self._container)
+        large = self.inline_limit and size > self.inline_limit
+        if images or large:
+            adopt = self.mover.adopt if large and self.mover is not None else None
+            if media.process(partial, images, self.inline_limit, adopt):
+                self._attachments_new = True
+                self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)
         if record[0] == wire.SPAN_END:
             sender.open.pop(key, None)
@@ -369,13 +402,21 @@ class Aggregator:
     def _send_acks(self, router: zmq.Socket) -> None:
         committed: dict[bytes, tuple] = {}  # only the latest COMMITTED_UPTO per sender
         replies = []
+        later = []  # flushes still waiting for the attachment mover
         while self.acks:
-            kind, identity, token, first_seq, error = self.acks.popleft()
+            entry = self.acks.popleft()
+            kind, identity, token, first_seq, error = entry
             if kind == wire.COMMITTED_UPTO:
                 if token > committed.get(identity, (0, 0))[0]:
                     committed[identity] = (token, first_seq)
             else:
+                if self._scans and (identity, token) in self._scans:
+                    if self.mover.completed < self._scans[(identity, token)]:
+                        later.append(entry)
+                        continue
+                    del self._scans[(identity, token)]
                 replies.append((identity, wire.reply(kind, token, error, first_seq)))
+        self.acks.extend(later)
         replies += [(identity, wire.reply(wire.COMMITTED_UPTO, seq, None, first_seq))
                     for identity, (seq, first_seq) in committed.items()]
         for identity, reply in replies:
@@ -441,6 +482,7 @@ class Aggregator:
         return {
             "run_id": self.run_id,
             "pid": os.getpid(),
+            "host": HOST,
             "endpoint": self.bind,
             "store": self.store,
             "owner_pid": self.owner,

@@ -1,4 +1,5 @@
-"""The ``tracer`` command line: demo, export, import, show, stats, import-payloads, aggregator."""
+"""The ``tracer`` command line: demo, export, import, show, stats, import-payloads, attachment,
+aggregator."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import defaultdict
 from tracer import config, wire
 from tracer.event import SPAN_TYPES
 
+from . import attachment_cli
 from .sinks.sqlite import Store
 
 
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="jsonl: one object per line (default); json: one array; csv: one "
                              "column per top-level field, nested values as JSON text")
     _store_arg(export)
+    attachment_cli.add_export_option(export)
 
     importer = commands.add_parser(
         "import", help="write spans from JSON lines into a store",
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="delete each file once its rows are committed")
     _store_arg(replay, "store to write to")
 
+    attachment_cli.add_commands(commands)
+
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")
 
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return aggregator_main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "attachment":
+        return attachment_cli.run(args)
     try:
         return {"demo": cmd_demo, "export": cmd_export, "import": cmd_import, "show": cmd_show,
                 "stats": cmd_stats, "import-payloads": cmd_import_payloads}[args.command](args)
@@ -151,6 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         rows = store.rows(project=args.project, experiment=args.experiment,
                           root_span_id=args.root, span_type=args.type, errors=args.errors,
                           since=args.since, until=args.until)
+        if args.with_attachments:
+            rows = attachment_cli.saving(store, rows, args.with_attachments)
         if args.format == "csv":
             write_csv(list(rows), sys.stdout)
             return 0
@@ -294,6 +303,8 @@ def print_tree(store: Store, root_span_id: str) -> bool:
         print(prefix + branch + text)
         kids = sorted(children[row["span_id"]], key=_start)
         extension = "" if top else ("   " if last else "│  ")
+        for line in attachment_cli.span_lines(store, row):
+            print(prefix + extension + ("│  " if kids else "   ") + line)
         for i, kid in enumerate(kids):
             walk(kid, prefix + extension, i == len(kids) - 1, False)
 

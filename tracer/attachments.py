@@ -1,0 +1,263 @@
+"""Attachments: files and bytes logged anywhere in an event, stored apart from the row.
+
+Place an ``Attachment`` (a file path, read later, or bytes), an ``ExternalAttachment`` (a URL:
+nothing is uploaded) or a ``JSONAttachment`` (a large JSON value) anywhere in a logged value, at
+any depth of dicts and lists, in ``input``, ``output``, ``expected`` or ``metadata``. The row
+stores the attachment's *reference*, the reference SDK's shape::
+
+    {"type": "braintrust_attachment", "filename": ..., "content_type": ..., "key": ...}
+    {"type": "external_attachment", "filename": ..., "content_type": ..., "url": ...}
+
+and the bytes go round the row pipeline: when a logged value is snapshotted on the caller's
+thread, each attachment in it becomes its reference and is handed to this process's attachment
+writer (``tracer.attachment_writer``), whose own thread reads, hashes and writes the content into
+the store's spool directory; the aggregator moves it into the store's content-addressed blob area
+and records ``key -> sha256, size, status`` (``workers.attachments``). The caller never reads,
+hashes or writes the content; a path attachment costs it one ``os.stat`` and one ``os.access``
+(about 3 us, once per attachment object), so that a missing, unreadable or oversized file is
+said in the row's reference itself (``upload_status: "error"`` and ``error_message``).
+
+This module is imported by ``tracer.serialize`` and must stay free of the recorder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from . import config
+
+BRAINTRUST_ATTACHMENT = "braintrust_attachment"
+EXTERNAL_ATTACHMENT = "external_attachment"
+REFERENCE_TYPES = (BRAINTRUST_ATTACHMENT, EXTERNAL_ATTACHMENT)
+
+DEFAULT_MAX_SIZE = 512 * 2**20  # TRACER_MAX_ATTACHMENT_SIZE: bytes per attachment
+OCTET_STREAM = "application/octet-stream"
+
+# Common types without mimetypes' first-call cost (it reads the system's tables, ~ms).
+_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".svg": "image/svg+xml", ".bmp": "image/bmp", ".pdf": "application/pdf",
+    ".json": "application/json", ".txt": "text/plain", ".csv": "text/csv", ".md": "text/markdown",
+    ".html": "text/html", ".mp3": "audio/mpeg", ".wav": "audio/wav", ".ogg": "audio/ogg",
+    ".flac": "audio/flac", ".mp4": "video/mp4", ".webm": "video/webm", ".zip": "application/zip",
+}
+
+_max_size: int | None = None
+
+
+def max_size() -> int:
+    """The largest attachment stored, in bytes (``TRACER_MAX_ATTACHMENT_SIZE``, read once)."""
+    global _max_size
+    if _max_size is None:
+        _max_size = config._int(os.environ, "MAX_ATTACHMENT_SIZE", DEFAULT_MAX_SIZE, 0)
+    return _max_size
+
+
+def guess_type(filename: str) -> str:
+    """The MIME type of ``filename`` by its extension; ``application/octet-stream`` if unknown."""
+    ext = os.path.splitext(filename)[1].lower()
+    found = _TYPES.get(ext)
+    if found is None and ext:
+        import mimetypes
+
+        found = mimetypes.guess_type(filename, strict=False)[0]
+    return found or OCTET_STREAM
+
+
+def new_key() -> str:
+    """A fresh attachment key: 128 random bits as 32 hex digits (never reused across processes:
+    os.urandom, not a generator a fork child would share)."""
+    return os.urandom(16).hex()
+
+
+class BaseAttachment:
+    """What every attachment kind shares: a reference that the row stores in its place."""
+
+    __slots__ = ("filename", "content_type")
+
+    def reference(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Attachment(BaseAttachment):
+    """A file or bytes to store beside the row, logged anywhere in an event.
+
+    ``data`` is a file path (``str`` or ``os.PathLike``), read in the background shortly after
+    the value is logged, or ``bytes`` (``bytearray``/``memoryview`` are copied now). ``filename``
+    defaults to the path's base name (``"attachment"`` for bytes), ``content_type`` to a guess
+    from the filename. Identical content is stored once, however often it is logged.
+    """
+
+    __slots__ = ("data", "key", "_problem", "_size", "_handed")
+
+    def __init__(self, data: str | bytes | os.PathLike, filename: str | None = None,
+                 content_type: str | None = None) -> None:
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif isinstance(data, os.PathLike):
+            data = os.fspath(data)
+        if not isinstance(data, (str, bytes)):
+            raise TypeError(f"Attachment: data must be a file path or bytes, got "
+                            f"{type(data).__name__}")
+        if isinstance(data, str) and not data:
+            raise ValueError("Attachment: data is an empty path")
+        if filename is None:
+            filename = os.path.basename(data) if isinstance(data, str) else "attachment"
+        _check_text(filename, "filename")
+        if content_type is None:
+            content_type = guess_type(filename)
+        _check_text(content_type, "content_type")
+        self.data = data
+        self.filename = filename or "attachment"
+        self.content_type = content_type
+        self.key = new_key()
+        self._problem: str | None = None  # why it cannot be stored, found when first logged
+        self._size: int | None = None
+        self._handed = False  # given to the attachment writer (once per object)
+
+    @property
+    def path(self) -> str | None:
+        """The file path, or None for bytes."""
+        return self.data if isinstance(self.data, str) else None
+
+    def reference(self) -> dict[str, Any]:
+        """The dict the row stores in this attachment's place."""
+        return {"type": BRAINTRUST_ATTACHMENT, "filename": self.filename,
+                "content_type": self.content_type, "key": self.key}
+
+    def read(self) -> bytes:
+        """The content: the bytes, or the file read now."""
+        if isinstance(self.data, bytes):
+            return self.data
+        with open(self.data, "rb") as f:
+            return f.read()
+
+    def check(self) -> str | None:
+        """Why this attachment cannot be stored (missing, unreadable, not a file, too large), or
+        None; looked at once, when the attachment is first logged (a stat for a path)."""
+        if self._size is None and self._problem is None:
+            self._problem = self._look()
+        return self._problem
+
+    def _look(self) -> str | None:
+        limit = max_size()
+        data = self.data
+        if isinstance(data, bytes):
+            self._size = len(data)
+        else:
+            try:
+                info = os.stat(data)
+            except FileNotFoundError:
+                return f"file not found: {data}"
+            except OSError as exc:
+                return f"cannot read {data}: {exc.strerror or exc}"
+            if not stat.S_ISREG(info.st_mode):
+                return f"not a regular file: {data}"
+            if not os.access(data, os.R_OK):
+                return f"permission denied: {data}"
+            self._size = info.st_size
+        if self._size > limit:
+            return (f"{self._size} bytes is over the attachment size limit of {limit} bytes "
+                    "(TRACER_MAX_ATTACHMENT_SIZE)")
+        return None
+
+    def __repr__(self) -> str:
+        what = f"path={self.data!r}" if isinstance(self.data, str) else \
+            f"{len(self.data)} bytes"
+        return (f"<{type(self).__name__} {what} filename={self.filename!r} "
+                f"content_type={self.content_type!r} key={self.key}>")
+
+
+class JSONAttachment(Attachment):
+    """A JSON value stored as an attachment (``application/json``), for values too large to
+    keep in the row. The value is snapshotted now, as any logged value is (later mutation does
+    not change it), and encoded as JSON in the background. ``pretty`` indents it."""
+
+    __slots__ = ("pretty", "_snapshot")
+
+    def __init__(self, data: Any, filename: str = "data.json", pretty: bool = False) -> None:
+        from .serialize import pack  # serialize imports this module
+
+        super().__init__(b"", filename, "application/json")
+        self.data = b""  # the JSON exists once the writer has encoded the snapshot
+        self.pretty = pretty
+        self._snapshot = pack(data)  # msgpack: ~5x cheaper than JSON on the caller's thread
+
+    def _look(self) -> str | None:
+        self._size = len(self._snapshot)  # the JSON's own size is checked when it is encoded
+        return None
+
+    def read(self) -> bytes:
+        """The JSON text, encoded now."""
+        from .attachment_writer import encode_json
+
+        return encode_json(self._snapshot, self.pretty)
+
+    def __repr__(self) -> str:
+        return f"<JSONAttachment filename={self.filename!r} key={self.key}>"
+
+
+class ExternalAttachment(BaseAttachment):
+    """An attachment that lives elsewhere, at ``url``: the row stores a reference to it and
+    nothing is uploaded."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str, filename: str | None = None,
+                 content_type: str | None = None) -> None:
+        _check_text(url, "url")
+        if filename is None:
+            filename = os.path.basename(url.split("?", 1)[0].rstrip("/")) or "attachment"
+        _check_text(filename, "filename")
+        if content_type is None:
+            content_type = guess_type(filename)
+        _check_text(content_type, "content_type")
+        self.url = url
+        self.filename = filename
+        self.content_type = content_type
+
+    def reference(self) -> dict[str, Any]:
+        """The dict the row stores in this attachment's place."""
+        return {"type": EXTERNAL_ATTACHMENT, "filename": self.filename,
+                "content_type": self.content_type, "url": self.url}
+
+    def __repr__(self) -> str:
+        return f"<ExternalAttachment url={self.url!r} filename={self.filename!r}>"
+
+
+def _check_text(value: object, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"attachment {name} must be a non-empty string, got {value!r}")
+
+
+# -- where attachments live beside a store ---------------------------------------------------
+
+
+def store_dir(store_path: str) -> str:
+    """The attachment area of the store at ``store_path``: ``<store without .db>.attachments``,
+    holding ``spool/`` (handed over by recorders, not yet stored) and ``blobs/`` (content
+    addressed). One per store, so two stores in one directory never take each other's."""
+    return os.path.splitext(store_path)[0] + ".attachments"
+
+
+def make_private(path: str) -> None:
+    """Create directory ``path`` and its missing parents, each private to the user (0700):
+    attachments hold user data, like the store."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        make_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
+def spool_dir(store_path: str) -> str:
+    return os.path.join(store_dir(store_path), "spool")
+
+
+def blob_path(store_path: str, sha256: str) -> str:
+    """Where content with this sha256 (64 hex digits) is stored."""
+    return os.path.join(store_dir(store_path), "blobs", sha256[:2], sha256)

@@ -1,0 +1,395 @@
+"""The aggregator's attachment mover, and the store's record of attachments.
+
+Recorders leave each attachment in the store's spool directory (``tracer.attachment_writer``):
+``<key>.data`` (the content) and then ``<key>.json`` (its metadata: sha256, size, filename,
+content type, or the error that kept it from being read). The mover, one thread of the
+aggregator beside the row uploader, takes each published ``<key>.json``:
+
+- content addressed: the data is renamed to ``blobs/<sha256[:2]>/<sha256>`` (same file system:
+  no copy), or deleted if that blob exists already, so identical content is stored once however
+  many keys refer to it;
+- recorded: ``key -> sha256, size, filename, content_type, status ("done" | "error"), error`` in
+  the ``attachments`` table of the store, read by ``tracer show``, ``tracer export
+  --with-attachments`` and ``tracer attachment get``;
+- retried: a failure (the store locked, a full disk) is retried with backoff (``NUM_RETRIES``,
+  0.05 s doubling to 5 s), then counted (``attachments_failed``) and left in the spool for the
+  next aggregator to try; never does it hold back a row, which the uploader commits on its own.
+
+It also stores what the aggregator pulls out of rows itself (``workers.media``: very large base64
+strings), handed over with ``adopt``. A flush that covers attachments waits for the mover
+(``request`` / ``completed``), so that after ``tracer.flush()`` every attachment logged before it
+is in the blob area or recorded as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tracer import attachments
+from tracer.config import Settings
+
+from .sinks.sqlite import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS attachments (
+    key TEXT PRIMARY KEY,
+    sha256 TEXT,
+    size INTEGER,
+    filename TEXT,
+    content_type TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    source TEXT,
+    logged REAL,
+    stored REAL
+);
+CREATE INDEX IF NOT EXISTS attachments_by_sha ON attachments (sha256);
+"""
+
+# A key already recorded as stored stays so: a second publication of it (a fork child logging
+# its parent's attachment again) can only repeat it or fail where the first succeeded.
+RECORD = """
+INSERT INTO attachments VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
+    filename=excluded.filename, content_type=excluded.content_type, status=excluded.status,
+    error=excluded.error, source=excluded.source, logged=excluded.logged, stored=excluded.stored
+WHERE attachments.status != 'done'
+"""
+
+SCAN_INTERVAL = 0.25  # seconds between looks at the spool when nobody asks
+BACKOFF_BASE = 0.05
+BACKOFF_MAX = 5.0
+ORPHAN_AGE = 3600.0  # a data file with no metadata this old was left by a writer that died
+MAX_META_BYTES = 1 << 16
+KEY = re.compile(r"[0-9a-f]{32}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class AttachmentMover:
+    """Moves spooled attachments into the blob area and records them; one thread."""
+
+    def __init__(self, store: str, settings: Settings, counters: Counter,
+                 on_progress: Callable[[], None]) -> None:
+        self.store = store
+        self.settings = settings
+        self.counters = counters  # this thread writes only attachment* keys
+        self.on_progress = on_progress
+        self.spool = attachments.spool_dir(store)
+        self._conn: sqlite3.Connection | None = None
+        self._cond = threading.Condition()
+        self._requested = 0  # scans asked for (a flush waiting)
+        self._completed = 0  # the last request a finished scan covered
+        self._adopted: deque = deque()  # (key, content, filename, content_type) from rows
+        self._stopping = False
+        self._retry: dict[str, tuple[int, float]] = {}  # key -> (failures, next attempt)
+        self._given_up: set[str] = set()
+        self.stopping = threading.Event()  # cuts backoff short at shutdown
+        self.thread = threading.Thread(target=self._run, name="tracer-attachments", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # -- other threads ---------------------------------------------------------------------
+
+    def request(self) -> int:
+        """Ask for a scan of the spool now; returns the number ``completed`` reaches once a scan
+        that began after this call has finished."""
+        with self._cond:
+            self._requested += 1
+            self._cond.notify()
+            return self._requested
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    def adopt(self, content: bytes, filename: str, content_type: str) -> str:
+        """Store ``content`` pulled out of a row by the aggregator; returns its new key."""
+        key = attachments.new_key()
+        with self._cond:
+            self._adopted.append((key, content, filename, content_type))
+            self._cond.notify()
+        return key
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Take in what is spooled and adopted, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self.thread.join(timeout)
+        self.stopping.set()
+        self.thread.join(5)
+        if self._conn is not None and not self.thread.is_alive():
+            self._conn.close()
+
+    # -- the mover thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not (self._stopping or self._adopted or self._requested > self._completed):
+                    self._cond.wait(SCAN_INTERVAL)
+                covered = self._requested
+                stopping = self._stopping
+            try:
+                self._store_adopted()
+                self._scan()
+            except Exception as exc:  # never let the thread die: the next turn tries again
+                self.counters["attachment_mover_errors"] += 1
+                _log(f"attachment mover: {exc!r}")
+            if covered > self._completed:
+                self._completed = covered
+                self.on_progress()
+            if stopping:
+                return
+
+    def _scan(self) -> None:
+        try:
+            entries = list(os.scandir(self.spool))
+        except FileNotFoundError:  # nothing was ever logged with an attachment
+            return
+        names = {entry.name for entry in entries}
+        now = time.monotonic()
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".json"):
+                key = name[:-5]
+                if key in self._given_up:
+                    continue
+                failures, when = self._retry.get(key, (0, 0.0))
+                if when > now and not self._stopping:
+                    continue
+                self._take(key, failures)
+            elif name.endswith((".data", ".tmp")) and name.split(".", 1)[0] + ".json" not in names:
+                self._remove_orphan(entry)
+
+    def _take(self, key: str, failures: int) -> None:
+        meta_path = os.path.join(self.spool, key + ".json")
+        data_path = os.path.join(self.spool, key + ".data")
+        try:
+            meta = _read_meta(meta_path, key)
+            if meta is None:  # not ours to read: set aside, counted
+                self.counters["attachments_bad_metadata"] += 1
+                os.replace(meta_path, meta_path + ".bad")
+                return
+            error = meta.get("error")
+            sha = meta.get("sha256")
+            if error is None and not (isinstance(sha, str) and SHA256.fullmatch(sha)):
+                error = "the spooled metadata has no valid sha256"
+            if error is None:
+                self._move(data_path, sha)
+            self._record(key, meta, error, "logged")
+            os.unlink(meta_path)
+            if error is not None:
+                _unlink(data_path)
+                self.counters["attachments_failed"] += 1
+            self._retry.pop(key, None)
+        except _Missing as exc:  # the data is gone: nothing to retry
+            self._record_failure(key, meta, str(exc), meta_path)
+        except (OSError, sqlite3.Error) as exc:
+            self._failed(key, failures, exc)
+
+    def _move(self, data_path: str, sha: str) -> None:
+        blob = attachments.blob_path(self.store, sha)
+        if os.path.exists(blob):
+            if os.path.exists(data_path):
+                os.unlink(data_path)
+            self.counters["attachments_deduplicated"] += 1
+            return
+        if not os.path.exists(data_path):
+            raise _Missing("the spooled data file is missing")
+        attachments.make_private(os.path.dirname(blob))
+        size = os.path.getsize(data_path)
+        os.replace(data_path, blob)
+        self.counters["attachments_stored"] += 1
+        self.counters["attachment_bytes_stored"] += size
+
+    def _record(self, key: str, meta: dict, error: str | None, source: str) -> None:
+        conn = self._connection()
+        conn.execute(RECORD, (
+            key, meta.get("sha256") if error is None else None, _int(meta.get("size")),
+            _text(meta.get("filename")), _text(meta.get("content_type")),
+            "error" if error is not None else "done", error, source,
+            meta.get("logged") if isinstance(meta.get("logged"), (int, float)) else None,
+            time.time()))
+
+    def _record_failure(self, key: str, meta: dict, error: str, meta_path: str) -> None:
+        try:
+            self._record(key, meta, error, "logged")
+            os.unlink(meta_path)
+        except (OSError, sqlite3.Error) as exc:
+            _log(f"could not record attachment {key} as failed: {exc!r}")
+            self._given_up.add(key)
+        self.counters["attachments_failed"] += 1
+
+    def _failed(self, key: str, failures: int, exc: BaseException) -> None:
+        failures += 1
+        if failures > self.settings.num_retries or self._stopping:
+            self._retry.pop(key, None)
+            self._given_up.add(key)  # left in the spool: the next aggregator tries again
+            self.counters["attachments_failed"] += 1
+            _log(f"gave up storing attachment {key} after {failures} attempts: {exc!r}")
+            return
+        self.counters["attachment_retries"] += 1
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        self._retry[key] = (failures, time.monotonic() + delay)
+
+    def _remove_orphan(self, entry: os.DirEntry) -> None:
+        try:
+            if time.time() - entry.stat().st_mtime > ORPHAN_AGE:
+                os.unlink(entry.path)
+                self.counters["attachment_orphans_removed"] += 1
+        except OSError:
+            pass
+
+    def _store_adopted(self) -> None:
+        while self._adopted:
+            key, content, filename, content_type = self._adopted.popleft()
+            meta = {"filename": filename, "content_type": content_type, "size": len(content),
+                    "logged": time.time()}
+            for attempt in range(self.settings.num_retries + 1):
+                try:
+                    meta["sha256"] = self._write_blob(content)
+                    self._record(key, meta, None, "base64")
+                    break
+                except (OSError, sqlite3.Error) as exc:
+                    if attempt == self.settings.num_retries or self.stopping.is_set():
+                        self.counters["attachments_failed"] += 1
+                        _log(f"gave up storing extracted attachment {key}: {exc!r}")
+                        break
+                    self.counters["attachment_retries"] += 1
+                    self.stopping.wait(min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+
+    def _write_blob(self, content: bytes) -> str:
+        sha = hashlib.sha256(content).hexdigest()
+        blob = attachments.blob_path(self.store, sha)
+        if os.path.exists(blob):
+            self.counters["attachments_deduplicated"] += 1
+            return sha
+        attachments.make_private(os.path.dirname(blob))
+        tmp = f"{blob}.{os.getpid()}.tmp"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(content)
+        os.replace(tmp, blob)
+        self.counters["attachments_stored"] += 1
+        self.counters["attachment_bytes_stored"] += len(content)
+        return sha
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.store)
+            try:
+                conn.executescript(SCHEMA)
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+
+class _Missing(Exception):
+    """What the metadata announces is not there; retrying cannot help."""
+
+
+def _read_meta(path: str, key: str) -> dict | None:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_META_BYTES + 1)
+    if len(raw) > MAX_META_BYTES or not KEY.fullmatch(key):
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("key") == key else None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _log(message: str) -> None:
+    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+# -- reading: the command line ----------------------------------------------------------------
+
+
+def references(value: Any) -> Iterator[dict]:
+    """Every attachment reference (stored or external) in a row or value, depth first."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") in attachments.REFERENCE_TYPES and (
+                    "key" in item or "url" in item):
+                yield item
+                continue
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+
+
+def lookup(conn: sqlite3.Connection, keys: list[str]) -> dict[str, dict]:
+    """What the store recorded about these keys (a store with no attachments table: nothing)."""
+    found: dict[str, dict] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        try:
+            rows = conn.execute(
+                "SELECT key, sha256, size, filename, content_type, status, error FROM attachments"
+                f" WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        for row in rows:
+            found[row[0]] = dict(zip(("key", "sha256", "size", "filename", "content_type",
+                                      "status", "error"), row, strict=True))
+    return found
+
+
+def status(store: str, ref: dict, recorded: dict | None) -> dict:
+    """The state of one reference: ``{"upload_status": "done" | "error" | "uploading" |
+    "missing", "error_message"?, "size"?, "path"?}`` (``path``: the blob, when stored)."""
+    if ref.get("type") != attachments.BRAINTRUST_ATTACHMENT:
+        return {"upload_status": "external"}
+    if recorded is not None:
+        out: dict[str, Any] = {"upload_status": recorded["status"], "size": recorded["size"]}
+        if recorded["status"] == "done" and recorded["sha256"]:
+            path = attachments.blob_path(store, recorded["sha256"])
+            if os.path.exists(path):
+                out["path"] = path
+            else:
+                out.update(upload_status="error", error_message="the stored blob is missing")
+        if recorded["error"]:
+            out["error_message"] = recorded["error"]
+        return out
+    if ref.get("upload_status") == "error":  # found when it was logged
+        return {"upload_status": "error", "error_message": ref.get("error_message")}
+    key = ref.get("key")
+    if isinstance(key, str) and os.path.exists(
+            os.path.join(attachments.spool_dir(store), key + ".json")):
+        return {"upload_status": "uploading"}
+    return {"upload_status": "missing",
+            "error_message": "not in the store (its process may have died before writing it)"}
