@@ -726,9 +726,10 @@ def _deliver_on_terminate() -> None:
 
 def _terminated(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    deadline = time.monotonic() + TERMINATE_TIMEOUT  # for all recorders together
     try:
         for recorder in list(_recorders):
-            recorder.close(TERMINATE_TIMEOUT)
+            recorder.close(max(0.1, deadline - time.monotonic()))
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
 
