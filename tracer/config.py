@@ -159,12 +159,19 @@ def runtime_dir() -> str:
 _payload_files = itertools.count(1)  # next() is atomic: unique names across threads
 
 
-def payload_file(directory: str, reason: str, suffix: str) -> str:
-    """A new file name in a payload directory (created private to the user if missing).
+def write_payload_file(directory: str, reason: str, suffix: str, data: bytes) -> str:
+    """Write ``data`` as a new file in a payload directory (created private to the user if
+    missing); returns its path.
 
-    Names start with the UTC time, so sorting them replays in the order written.
+    Names start with the UTC time, so sorting them replays in the order written. The file
+    appears whole or not at all (written aside, then renamed), so a replay running at the same
+    time never reads half of one.
     """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{next(_payload_files):06d}-{reason}"
-    return os.path.join(directory, name + suffix)
+    path = os.path.join(directory, name + suffix)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+    return path

@@ -219,11 +219,8 @@ class Recorder:
         if not records:
             return
         try:
-            path = config.payload_file(self.spool_dir, self.drop_reason or "dropped",
-                                       ".records.msgpack")
-            with open(path + ".tmp", "wb") as f:
-                f.write(pack_records(records))
-            os.replace(path + ".tmp", path)
+            config.write_payload_file(self.spool_dir, self.drop_reason or "dropped",
+                                      ".records.msgpack", pack_records(records))
         except OSError as exc:
             self._warn("spool", f"tracer: could not write {len(records)} dropped records to "
                                 f"{self.spool_dir}: {exc}; they are lost")

@@ -35,23 +35,14 @@ VERSION = 1
 
 def write(directory: str, rows: Iterable[tuple[Container, dict]], reason: str,
           error: str | None = None) -> str:
-    """Write ``(container, row)`` pairs as one payload file; returns its path.
-
-    The file appears whole or not at all (written aside, then renamed), so a replay running at
-    the same time never reads half of one.
-    """
+    """Write ``(container, row)`` pairs as one payload file; returns its path."""
     lines = [f'{{"container":{json.dumps(c.key)},"row":{to_json(row)}}}\n' for c, row in rows]
     header = {"tracer_payload": VERSION, "reason": reason, "rows": len(lines),
               "written": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if error is not None:
         header["error"] = error
-    path = config.payload_file(directory, reason, ".jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
-        f.writelines(lines)
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(header) + "\n" + "".join(lines)
+    return config.write_payload_file(directory, reason, ".jsonl", text.encode("utf-8"))
 
 
 def files(path: str) -> list[str]:
