@@ -332,12 +332,7 @@ class Aggregator:
         if not self._dropped_rows:
             return
         rows, self._dropped_rows = self._dropped_rows, []
-        try:
-            payloads.write(self.settings.failed_payloads_dir, rows, self.drop_reason)
-            self.counters[f"payload_rows_{self.drop_reason}"] += len(rows)
-        except OSError as exc:
-            self.counters["payload_write_errors"] += 1
-            _log(f"could not write dropped rows to {self.settings.failed_payloads_dir}: {exc}")
+        payloads.save(self.settings.failed_payloads_dir, rows, self.drop_reason, self.counters)
 
     def _warn_drops(self) -> None:
         now = time.monotonic()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from tracer import config, wire
@@ -43,6 +45,21 @@ def write(directory: str, rows: Iterable[tuple[Container, dict]], reason: str,
         header["error"] = error
     text = json.dumps(header) + "\n" + "".join(lines)
     return config.write_payload_file(directory, reason, ".jsonl", text.encode("utf-8"))
+
+
+def save(directory: str, rows: list[tuple[Container, dict]], reason: str, counters: Counter,
+         error: str | None = None) -> str | None:
+    """``write``, counting the rows saved (``payload_rows_<reason>``) or the failure
+    (``payload_write_errors``, reported on stderr); never raises. Returns the path, if written."""
+    try:
+        path = write(directory, rows, reason, error)
+    except OSError as exc:
+        counters["payload_write_errors"] += 1
+        print(f"tracer-aggregator[{os.getpid()}]: could not write {len(rows)} rows "
+              f"({reason}) to {directory}: {exc}", file=sys.stderr, flush=True)
+        return None
+    counters[f"payload_rows_{reason}"] += len(rows)
+    return path
 
 
 def files(path: str) -> list[str]:

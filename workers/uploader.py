@@ -107,13 +107,5 @@ class Uploader:
 
     def _save(self, directory: str, batch: list[Pending], reason: str,
               error: str | None = None) -> str | None:
-        """Write a payload file; a failure to do so is counted and reported, never raised."""
-        try:
-            path = payloads.write(directory, [(p.container, p.row) for p in batch], reason, error)
-        except OSError as exc:
-            self.counters["payload_write_errors"] += 1
-            print(f"tracer-aggregator: could not write a payload file to {directory}: {exc}",
-                  file=sys.stderr)
-            return None
-        self.counters[f"payload_rows_{reason}"] += len(batch)
-        return path
+        return payloads.save(directory, [(p.container, p.row) for p in batch], reason,
+                             self.counters, error)
