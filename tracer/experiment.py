@@ -15,7 +15,6 @@ by its address alone (``endpoint=``, ``TRACER_ENDPOINT``) does not know where it
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import sqlite3
@@ -169,7 +168,7 @@ def _stored_rows(store: str, container_id: str) -> list[dict]:
         return []
     conn = sqlite3.connect(pathlib.Path(store).as_uri() + "?mode=ro", uri=True, timeout=10)
     try:
-        return [json.loads(data) for (data,) in
+        return [wire.unpack_stored(data) for (data,) in
                 conn.execute("SELECT data FROM rows WHERE container = ?", (container_id,))]
     finally:
         conn.close()

@@ -466,7 +466,7 @@ class Recorder:
             seq = self._seq + 1 if kind == wire.DATA else self._seq
             head = wire.header(kind, (_HOST, self._pid, self._gen), seq, arg)
             try:
-                sock.send_multipart([head, body], copy=False)
+                sock.send_multipart([head, body])
             except zmq.Again:
                 if self._closing and time.monotonic() > self._close_deadline:
                     return None

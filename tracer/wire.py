@@ -24,6 +24,8 @@ and rows merged by the aggregator, never by the caller.
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 
 VERSION = 1
@@ -154,6 +156,15 @@ def record_unpacker(source: object = None, max_buffer_size: int = 0) -> msgpack.
     """
     return msgpack.Unpacker(source, strict_map_key=False, use_list=False, ext_hook=_ext,
                             max_buffer_size=max_buffer_size)
+
+
+def unpack_stored(data: bytes | str) -> object:
+    """A row as a store holds it (the ``data`` column): msgpack, or JSON text in stores written
+    before msgpack (both are read; only msgpack is written). Arrays come back as tuples, as from
+    ``record_unpacker``."""
+    if isinstance(data, str):
+        return json.loads(data)
+    return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_ext)
 
 
 def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:

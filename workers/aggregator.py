@@ -316,17 +316,18 @@ class Aggregator:
                 if name.startswith("dropped_"):
                     sender.dropped += value
 
-    def _put(self, key: tuple, partial: dict, size: int, container: Container,
-             sender: Sender) -> None:
-        if self.queue.put(key, partial, size, container, self.drop_reason is not None):
-            return
-        self.counters[f"dropped_{self.drop_reason}"] += 1
-        sender.dropped += 1
-        self._warn_drops()
-        if self.settings.failed_payloads_dir:  # set aside for tracer import-payloads
-            self._dropped_rows.append((container, partial))
-            if len(self._dropped_rows) >= self.settings.batch_size:
-                self._save_dropped()
+    def _put(self, items: list, sender: Sender) -> None:
+        """Queue a message's partial rows; under a drop policy, count and set aside those the
+        full queue refuses."""
+        may_drop = self.drop_reason is not None
+        for _key, partial, _size, container in self.queue.put_many(items, may_drop):
+            self.counters[f"dropped_{self.drop_reason}"] += 1
+            sender.dropped += 1
+            self._warn_drops()
+            if self.settings.failed_payloads_dir:  # set aside for tracer import-payloads
+                self._dropped_rows.append((container, partial))
+                if len(self._dropped_rows) >= self.settings.batch_size:
+                    self._save_dropped()
 
     def _save_dropped(self) -> None:
         if not self._dropped_rows:
@@ -346,8 +347,10 @@ class Aggregator:
         unpacker.feed(body)
         created = now_iso()
         images = media.may_hold_images(body)  # most bodies: no record needs a look
+        items: list = []  # (key, partial row, size, container) for the queue
+        apply = self._apply
+        start = received = 0
         while True:
-            start = unpacker.tell()
             try:
                 record = next(unpacker)
             except StopIteration:
@@ -357,31 +360,36 @@ class Aggregator:
             except Exception:
                 self.counters["bad_records"] += 1
                 break  # the rest of the body cannot be framed
-            sender.records += 1
-            self.counters["records"] += 1
+            received += 1
             end = unpacker.tell()
             try:
-                self._apply(record, sender, end - start, created,
-                            images and media.hinted(body, start, end))
+                items.append(apply(record, sender, end - start, created,
+                                   images and media.hinted(body, start, end)))
             except Exception:
                 self.counters["bad_records"] += 1
+            start = end
+        sender.records += received
+        self.counters["records"] += received
+        self._put(items, sender)
 
     def _apply(self, record: list, sender: Sender, size: int, created: str,
-               images: bool = False) -> None:
+               images: bool = False) -> tuple:
+        """One record as ``(key, partial row, size, container)`` for the queue."""
         container, row_id, partial = record_to_row(record, self._container)
-        large = self.inline_limit and size > self.inline_limit
-        if images or large:
+        if images or self.inline_limit and size > self.inline_limit:
+            large = self.inline_limit and size > self.inline_limit
             adopt = self.mover.adopt if large and self.mover is not None else None
             if media.process(partial, images, self.inline_limit, adopt):
                 self._attachments_new = True
                 self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)
         if record[0] == wire.SPAN_END:
-            sender.open.pop(key, None)
+            if sender.open:
+                sender.open.pop(key, None)
         elif record[0] == wire.SPAN_OPEN:  # closed with an error if its process dies first
             sender.open[key] = (container, dict(partial))
         partial["created"] = created
-        self._put(key, partial, size, container, sender)
+        return key, partial, size, container
 
     def _container(self, key: str) -> Container:
         container = self.containers.get(key)

@@ -25,12 +25,13 @@ class Pending:
 
     __slots__ = ("key", "row", "size", "seq", "since", "container")
 
-    def __init__(self, key: Key, row: dict, size: int, seq: int, container: Any) -> None:
+    def __init__(self, key: Key, row: dict, size: int, seq: int, container: Any,
+                 since: float | None = None) -> None:
         self.key = key
         self.row = row
         self.size = size
         self.seq = seq
-        self.since = time.monotonic()
+        self.since = time.monotonic() if since is None else since
         self.container = container
 
 
@@ -58,19 +59,31 @@ class RowQueue:
             may_drop: bool = False) -> bool:
         """Queue a partial row, merged into the pending one with its key. With ``may_drop``, a
         new row that finds the queue full is refused (False) instead of going over the bound."""
+        return not self.put_many([(key, partial, size, container)], may_drop)
+
+    def put_many(self, items: list[tuple[Key, dict, int, Any]], may_drop: bool = False) -> list:
+        """``put`` for each ``(key, partial, size, container)``, under one lock (a message's
+        records); returns the items refused."""
+        refused = []
         with self._cond:
-            pending = self._pending.get(key)
-            if pending is None:
-                if may_drop and self.full():
-                    return False
-                self._seq += 1
-                self._pending[key] = Pending(key, partial, size, self._seq, container)
-                if len(self._pending) == 1:
-                    self._cond.notify()
-            else:
-                merge(pending.row, partial)
-                pending.size += size
-            return True
+            pending_rows = self._pending
+            was_empty = not pending_rows
+            since = time.monotonic()
+            for item in items:
+                pending = pending_rows.get(item[0])
+                if pending is None:
+                    if may_drop and self.full():
+                        refused.append(item)
+                        continue
+                    self._seq += 1
+                    key, partial, size, container = item
+                    pending_rows[key] = Pending(key, partial, size, self._seq, container, since)
+                else:
+                    merge(pending.row, item[1])
+                    pending.size += item[2]
+            if was_empty and pending_rows:
+                self._cond.notify()
+        return refused
 
     def mark(self, marker: Any, urgent: bool = True) -> list:
         """Queue a marker; returns ``[(marker, None)]`` at once when nothing is ahead of it.

@@ -313,7 +313,9 @@ def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
         conn.close()
     sample = None
     if found is not None:
-        row = json.loads(found[0])
+        from tracer.wire import unpack_stored
+
+        row = unpack_stored(found[0])
         text = (row.get("input") or {}).get("text")
         sample = {"input_text_len": len(text) if isinstance(text, str) else None,
                   "output": row.get("output")}

@@ -1,7 +1,8 @@
 """The default sink and store: one SQLite file in WAL mode.
 
-``rows`` holds one row per (container, id), the full row as JSON in ``data`` plus the columns the
-tree and time queries need. A write merges each incoming partial row into the stored one inside
+``rows`` holds one row per (container, id), the full row in ``data`` (msgpack: ``rows.load_row``
+reads it; stores written before that hold JSON text, which is read too) plus the columns the tree
+and time queries need. A write merges each incoming partial row into the stored one inside
 one ``BEGIN IMMEDIATE`` transaction, so two aggregators writing the same file (two process trees
 sharing a store) cannot lose each other's merges.
 """
@@ -15,7 +16,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..rows import merge, to_json
+from tracer import wire
+
+from ..rows import load_row, merge, pack_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS rows (
     has_error INTEGER NOT NULL DEFAULT 0,
     created TEXT NOT NULL,
     updated REAL NOT NULL,
-    data TEXT NOT NULL,
+    data BLOB NOT NULL,
     PRIMARY KEY (container, id)
 );
 CREATE INDEX IF NOT EXISTS rows_by_root ON rows (root_span_id, start);
@@ -76,14 +79,14 @@ ON CONFLICT (container, id) DO UPDATE SET
 """
 
 
-def _merge_json(stored: str, update: str) -> str:
+def _merge_data(stored: bytes | str, update: bytes) -> bytes:
     """tracer_merge(old, new) in SQL: the reference's merge; the first ``created`` stays."""
-    row = json.loads(stored)
+    row = wire.unpack_stored(stored)
     created = row.get("created")
-    merge(row, json.loads(update))
+    merge(row, wire.unpack_stored(update))
     if created is not None:
         row["created"] = created
-    return to_json(row)
+    return pack_row(row)
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
@@ -105,7 +108,7 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
         except sqlite3.Error:
             conn.close()
             raise
-        conn.create_function("tracer_merge", 2, _merge_json, deterministic=True)
+        conn.create_function("tracer_merge", 2, _merge_data, deterministic=True)
     return conn
 
 
@@ -177,7 +180,7 @@ def _columns(key: tuple, row: dict, now: float, created: str) -> tuple:
     metrics = row.get("metrics") or {}
     return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
             attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
-            1 if row.get("error") else 0, row.setdefault("created", created), now, to_json(row))
+            1 if row.get("error") else 0, row.setdefault("created", created), now, pack_row(row))
 
 
 def _number(value: Any) -> float | None:
@@ -231,7 +234,7 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY r.start, r.created, r.id, r.container"
         for data, project_name, experiment_name in self.conn.execute(sql, args):
-            row = json.loads(data)
+            row = load_row(data)
             row["project_name"] = project_name
             if experiment_name is not None:
                 row["experiment_name"] = experiment_name
