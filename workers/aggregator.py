@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import signal
 import socket
@@ -48,6 +49,7 @@ IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiti
 REMOTE_SILENCE = 30.0  # seconds after which a sender on another host counts as gone
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
 DROP_WARN_INTERVAL = 10.0  # seconds between warnings about dropped rows
+GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation (700)
 
 
 class Sender:
@@ -552,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.load()
     store = config.store_path(args.store if args.store is not None else settings.store)
     aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit)
+    # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
+    # default thresholds the collector scanned them every few hundred allocations (12% of the
+    # receiving thread's samples under load). Refcounting frees them; collect rarely.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 50)
     signal.signal(signal.SIGTERM, aggregator.stop)
     signal.signal(signal.SIGINT, aggregator.stop)
     return aggregator.run()
