@@ -1,0 +1,53 @@
+"""The store's format: rows are written as msgpack, and stores from before that still work."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import tracer
+from tracer.wire import unpack_stored
+from workers.rows import project_id
+
+
+def stored_data(store_path: str, row_id: str) -> tuple[str, object]:
+    conn = sqlite3.connect(store_path)
+    try:
+        return conn.execute("SELECT typeof(data), data FROM rows WHERE id = ?",
+                            (row_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+def test_rows_are_stored_as_msgpack(logger, store_path, rows):
+    with tracer.start_span("new") as span:
+        span.log(output={"answer": 42})
+    [row] = rows()
+
+    kind, data = stored_data(store_path, row["id"])
+
+    assert kind == "blob"
+    assert unpack_stored(data)["output"] == {"answer": 42}
+
+
+def test_a_row_stored_as_json_text_is_read_and_merged_into(logger, store_path, project, rows):
+    """Stores written before msgpack hold JSON text: readers and merges take both."""
+    row_id = "old-row"
+    old = {"id": row_id, "project_id": project_id(project), "log_id": "g",
+           "created": "2026-01-01T00:00:00+00:00", "output": "old",
+           "metadata": {"kept": 1}, "span_attributes": {"name": "old"}}
+    logger.flush()  # the aggregator is up and the store exists
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.execute("INSERT INTO rows (container, id, name, has_error, created, updated, data) "
+                 "VALUES (?, ?, 'old', 0, ?, 0, ?)",
+                 (f"logs:{project_id(project)}", row_id, old["created"], json.dumps(old)))
+    conn.close()
+
+    logger.update_span(id=row_id, metadata={"added": 2})
+    [row] = rows()
+
+    assert row["output"] == "old"
+    assert row["metadata"] == {"kept": 1, "added": 2}
+    assert row["created"] == "2026-01-01T00:00:00+00:00"
+    assert stored_data(store_path, row_id)[0] == "blob"
+
