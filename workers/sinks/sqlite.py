@@ -79,6 +79,23 @@ ON CONFLICT (container, id) DO UPDATE SET
 """
 
 
+# Rows per INSERT statement. sqlite3 lets go of the GIL for each step of a statement: with one
+# row per step (executemany), the uploader took the GIL back from the receiving thread once per
+# row. 80 rows x 12 values stay under SQLite's oldest limit on variables (999).
+ROWS_PER_STATEMENT = 80
+_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_upserts: dict[int, str] = {}
+
+
+def _upsert(rows: int) -> str:
+    """The upsert of ``rows`` rows in one statement (cached by row count)."""
+    sql = _upserts.get(rows)
+    if sql is None:
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+        sql = _upserts[rows] = f"{_UPSERT_HEAD}VALUES {values}{_UPSERT_TAIL}"
+    return sql
+
+
 def _merge_data(stored: bytes | str, update: bytes) -> bytes:
     """tracer_merge(old, new) in SQL: the reference's merge; the first ``created`` stays."""
     row = wire.unpack_stored(stored)
@@ -139,7 +156,10 @@ class SQLiteSink:
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._add_containers(batch)
-            conn.executemany(UPSERT, [_columns(p.key, p.row, now, created) for p in batch])
+            rows = [_columns(p.key, p.row, now, created) for p in batch]
+            for i in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[i:i + ROWS_PER_STATEMENT]
+                conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
