@@ -20,12 +20,14 @@ with a 1024-character string), all measured in one run:
 The anchors come from the ``bench`` extra (``pip install -e '.[bench]'``); a case whose package
 is missing is reported as such and skipped.
 
-Each case times ``--repeats`` batches of ``--calls`` calls per function with
-``time.perf_counter_ns()`` (GC disabled while a batch runs), after one warm-up batch, and reports
-the median per-call time. Children are this script run with a hidden ``--mode`` flag, in an
-environment stripped of TRACER_*, _TRACER_* and BRAINTRUST_* variables; they print JSON.
+Each case times ``--repeats`` batches of ``--calls`` calls per function (with a logger, ours and
+the anchors': ``--logger-repeats`` batches of ``--logger-calls``) with ``time.perf_counter_ns()``
+(GC disabled while a batch runs), after one warm-up batch, and reports the median per-call time.
+Children are this script run with a hidden ``--mode`` flag, in an environment stripped of
+TRACER_*, _TRACER_* and BRAINTRUST_* variables; they print JSON.
 
-    python scripts/bench/caller_cost.py              # defaults: 200000 calls x 7 repeats
+    python scripts/bench/caller_cost.py              # defaults: 200000 calls x 7 repeats;
+                                                     # with a logger 10000 x 31
     python scripts/bench/caller_cost.py --calls 50000 --json /tmp/bench.json
 """
 
@@ -171,7 +173,7 @@ def child_logger(args: argparse.Namespace) -> None:
     # The caller's own cost: batches that fit in the recorder's buffer, each flushed (untimed)
     # before the next, so no call waits for the aggregator.
     calls = args.logger_calls
-    timed = measure({"f": (tf, 0), "g": (tg, TEXT)}, calls, args.repeats, args.warmup,
+    timed = measure({"f": (tf, 0), "g": (tg, TEXT)}, calls, args.logger_repeats, args.warmup,
                     between=lambda: tracer.flush(timeout=300))
     # Sustained: one long batch, paced by the aggregator once the buffer is full (the default
     # blocking policy).
@@ -184,8 +186,8 @@ def child_logger(args: argparse.Namespace) -> None:
     except tracer.FlushError as exc:
         flush_error = str(exc)
     t2 = time.perf_counter()
-    expected = {"f": args.warmup + args.repeats * calls,
-                "g": args.warmup + args.repeats * calls + args.calls}
+    expected = {"f": args.warmup + args.logger_repeats * calls,
+                "g": args.warmup + args.logger_repeats * calls + args.calls}
     delivered, sample = count_rows(store)
     _emit(fd, {
         "mode": "logger",
@@ -250,9 +252,10 @@ def child_otel(args: argparse.Namespace) -> None:
         return wrapper
 
     timed = measure({"f": (traced(f), 0), "g": (traced(g), TEXT)}, args.logger_calls,
-                    args.repeats, args.warmup, between=lambda: processor.force_flush(60_000))
+                    args.logger_repeats, args.warmup,
+                    between=lambda: processor.force_flush(60_000))
     processor.force_flush(60_000)
-    expected = 2 * (args.warmup + args.repeats * args.logger_calls)
+    expected = 2 * (args.warmup + args.logger_repeats * args.logger_calls)
     _emit(fd, {"mode": "otel", "timings": timed, "max_queue_size": queue,
                "exported": Discard.exported, "expected": expected})
 
@@ -283,9 +286,9 @@ def child_braintrust(args: argparse.Namespace) -> None:
         logged += len(memory.pop())
 
     timed = measure({"f": (braintrust.traced(f), 0), "g": (braintrust.traced(g), TEXT)},
-                    args.logger_calls, args.repeats, args.warmup, between=drain)
+                    args.logger_calls, args.logger_repeats, args.warmup, between=drain)
     drain()
-    expected = 2 * (args.warmup + args.repeats * args.logger_calls)
+    expected = 2 * (args.warmup + args.logger_repeats * args.logger_calls)
     _emit(fd, {"mode": "braintrust", "timings": timed, "logged": logged, "expected": expected,
                "version": getattr(braintrust, "__version__", None) or _version("braintrust")})
 
@@ -328,7 +331,8 @@ def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
 def run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode,
            "--calls", str(args.calls), "--logger-calls", str(args.logger_calls),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), *extra]
+           "--repeats", str(args.repeats), "--logger-repeats", str(args.logger_repeats),
+           "--warmup", str(args.warmup), *extra]
     proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"caller_cost: child {mode!r} failed with exit code {proc.returncode}")
@@ -379,8 +383,9 @@ def main_run(args: argparse.Namespace) -> int:
     print("- load average at start: " + " ".join(f"{x:.2f}" for x in info["loadavg_start"]))
     print(f"- method: {args.repeats} repeats x {args.calls} calls per function, after a "
           f"{args.warmup}-call warm-up; median of the per-call times; GC off while timing. "
-          f"With a logger: batches of {args.logger_calls} calls (within the recorder's buffer), "
-          f"flushed between batches, untimed; then one sustained batch of {args.calls} calls")
+          f"With a logger (ours and the anchors): {args.logger_repeats} batches of "
+          f"{args.logger_calls} calls (within the recorder's buffer), flushed between batches, "
+          f"untimed; then, ours only, one sustained batch of {args.calls} calls")
     print(flush=True)
 
     bare = measure({"f": (f, 0), "g": (g, TEXT)}, args.calls, args.repeats, args.warmup)
@@ -494,6 +499,7 @@ def main_run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"machine": info, "calls": args.calls, "repeats": args.repeats,
+                       "logger_calls": args.logger_calls, "logger_repeats": args.logger_repeats,
                        "warmup": args.warmup, "bare": bare, "nologger": nolog,
                        "logger": logged, "anchors": anchors,
                        "added_nologger_us": {"f": added_nolog[0], "g": added_nolog[1]},
@@ -516,6 +522,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive, default=7,
                    help="timed batches per function and case; the median is reported "
                         "(default: %(default)s)")
+    p.add_argument("--logger-repeats", type=positive, default=31,
+                   help="timed batches per function with a logger, ours and the anchors': "
+                        "short batches vary more, so more of them (default: %(default)s)")
     p.add_argument("--warmup", type=positive, default=20_000,
                    help="calls in the untimed warm-up batch (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers to PATH")
