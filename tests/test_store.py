@@ -6,8 +6,11 @@ import json
 import sqlite3
 
 import tracer
+from tracer import wire
 from tracer.wire import unpack_stored
-from workers.rows import project_id
+from workers.queue import Pending
+from workers.rows import Container, project_id
+from workers.sinks.sqlite import SQLiteSink, Store
 
 
 def stored_data(store_path: str, row_id: str) -> tuple[str, object]:
@@ -51,3 +54,22 @@ def test_a_row_stored_as_json_text_is_read_and_merged_into(logger, store_path, p
     assert row["created"] == "2026-01-01T00:00:00+00:00"
     assert stored_data(store_path, row_id)[0] == "blob"
 
+
+
+def test_one_batch_holding_a_row_twice_merges_both(tmp_path):
+    """Imports and payload replays can hand the sink one row twice in a batch (rows go in many
+    to a statement)."""
+    container = Container(wire.logs_container("twice"))
+    parts = [{"id": "a", "output": 1, "metadata": {"x": 1}},
+             {"id": "a", "metadata": {"y": 2}}]
+    path = str(tmp_path / "traces.db")
+    sink = SQLiteSink(path)
+    sink.write([Pending((container.id, "a"), dict(part, **container.columns), 10, 0, container)
+                for part in parts])
+    sink.close()
+
+    with Store(path) as store:
+        [row] = list(store.rows(project="twice"))
+
+    assert row["output"] == 1
+    assert row["metadata"] == {"x": 1, "y": 2}

@@ -378,16 +378,15 @@ class Aggregator:
                images: bool = False) -> tuple:
         """One record as ``(key, partial row, size, container)`` for the queue."""
         container, row_id, partial = record_to_row(record, self._container)
-        if images or self.inline_limit and size > self.inline_limit:
-            large = self.inline_limit and size > self.inline_limit
+        large = self.inline_limit and size > self.inline_limit
+        if images or large:
             adopt = self.mover.adopt if large and self.mover is not None else None
             if media.process(partial, images, self.inline_limit, adopt):
                 self._attachments_new = True
                 self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)
         if record[0] == wire.SPAN_END:
-            if sender.open:
-                sender.open.pop(key, None)
+            sender.open.pop(key, None)
         elif record[0] == wire.SPAN_OPEN:  # closed with an error if its process dies first
             sender.open[key] = (container, dict(partial))
         partial["created"] = created
