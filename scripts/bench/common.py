@@ -39,6 +39,15 @@ def rss(pid: int) -> int:
         return 0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads); None once gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
 def percentile(sorted_values: list[float], pct: float) -> float:
     """The ``pct`` percentile (nearest rank) of an already sorted list; NaN if empty."""
     if not sorted_values:

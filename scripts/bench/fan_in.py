@@ -9,6 +9,8 @@ a producer waits when the aggregator falls behind) and flush. Reported per run:
 - offered spans/s: spans created / the longest producer's time from its first call to its last;
 - committed spans/s: spans stored / the time from the first span's start to the last commit;
 - latency from a span's end to its commit (the row's ``updated`` time), p50 and p99;
+- CPU time per span (user + system, all threads) of the aggregator and of all producers together
+  (a producer's last reading, sampled every 20 ms, before it exits);
 - peak RSS of the aggregator and of the largest producer (psutil, sampled every 20 ms);
 - committed == created (every span, checked in the store).
 
@@ -35,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import child_env, machine, percentile, rss  # noqa: E402
+from common import child_env, cpu_seconds, machine, percentile, rss  # noqa: E402
 
 from tracer import config  # noqa: E402
 from workers.cli import ask_stats  # noqa: E402
@@ -85,9 +87,12 @@ def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = Non
     procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, str(spans), str(rate)], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(producers)]
     peak_aggregator = peak_producer = 0
+    producer_cpu: dict[int, float] = {}  # the last reading before each producer exits
     while any(p.poll() is None for p in procs):
         peak_aggregator = max(peak_aggregator, rss(aggregator.pid))
         peak_producer = max([peak_producer] + [rss(p.pid) for p in procs])
+        for p in procs:
+            producer_cpu[p.pid] = cpu_seconds(p.pid) or producer_cpu.get(p.pid, 0.0)
         time.sleep(0.02)
     reports = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in procs]
     if spy is not None:
@@ -116,6 +121,8 @@ def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = Non
         "peak_rss_aggregator_mib": peak_aggregator / 2**20,
         "peak_rss_producer_mib": peak_producer / 2**20,
         "aggregator_cpu_s": cpu,
+        "aggregator_cpu_us_per_span": (cpu["user"] + cpu["system"]) / created * 1e6,
+        "producer_cpu_us_per_span": sum(producer_cpu.values()) / created * 1e6,
         "dropped": {k: v for k, v in counters.items() if "dropped" in k or "lost" in k},
     }
 
@@ -141,14 +148,16 @@ def main() -> int:
     if args.paced:
         results.append(run(1, int(args.paced * 5), rate=args.paced))
     print("| producers | spans | offered spans/s | committed spans/s | p50 end→commit | "
-          "p99 end→commit | peak RSS aggregator | peak RSS producer | committed == created |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "p99 end→commit | CPU µs/span aggregator | CPU µs/span producers | "
+          "peak RSS aggregator | peak RSS producer | committed == created |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         label = f"{r['producers']}" + (f" (paced {r['paced_rate']:.0f}/s)" if r["paced_rate"]
                                        else "")
         print(f"| {label} | {r['created']:,} | {r['offered_spans_per_s']:,.0f} | "
               f"{r['committed_spans_per_s']:,.0f} | {r['latency_p50_ms']:.0f} ms | "
-              f"{r['latency_p99_ms']:.0f} ms | {r['peak_rss_aggregator_mib']:.1f} MiB | "
+              f"{r['latency_p99_ms']:.0f} ms | {r['aggregator_cpu_us_per_span']:.1f} | "
+              f"{r['producer_cpu_us_per_span']:.1f} | {r['peak_rss_aggregator_mib']:.1f} MiB | "
               f"{r['peak_rss_producer_mib']:.1f} MiB | "
               f"{'yes' if r['complete'] else 'NO: ' + str(r['committed'])} |")
     if args.json:
