@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import time
 
 import psutil
@@ -228,3 +230,38 @@ def test_deliver_on_terminate_setting_decides_the_workers_sigterm_handler(
     monkeypatch.setenv("TRACER_DELIVER_ON_TERMINATE", setting)  # the fork children inherit it
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.map(tasks.sigterm_is_default_after_a_span, [0]) == [default_action_kept]
+
+
+def blocked_signals(thread) -> set[int]:
+    """The signals ``thread`` blocks, from its kernel status (Linux)."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        mask = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask & (1 << (number - 1))}
+
+
+def running_thread(name: str):
+    return next(t for t in threading.enumerate() if t.name == name)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_the_flusher_leaves_termination_signals_to_the_main_thread(logger):
+    # Otherwise the kernel may hand a pool worker's SIGTERM to the flusher while the main thread
+    # waits on the task queue's lock, which Pool.terminate() never releases: the handler would
+    # never run and the worker would never exit.
+    with tracer.start_span("wakes the flusher"):
+        pass
+
+    blocked = blocked_signals(running_thread("tracer-flusher"))
+
+    assert {signal.SIGTERM, signal.SIGINT} <= blocked
+    assert signal.SIGTERM not in blocked_signals(threading.main_thread())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_the_attachment_writer_leaves_termination_signals_to_the_main_thread(logger):
+    with tracer.start_span("starts the writer") as span:
+        span.log(input=tracer.Attachment(data=b"x" * 100, filename="x.bin"))
+
+    blocked = blocked_signals(running_thread("tracer-attachments"))
+
+    assert {signal.SIGTERM, signal.SIGINT} <= blocked

@@ -40,7 +40,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from . import attachments, config, wire
+from . import attachments, config, threads, wire
 from .attachments import Attachment, BaseAttachment, JSONAttachment
 from .context import state
 
@@ -145,7 +145,7 @@ def _start(w: _State) -> bool:
     shutdown): ``drain`` then does the work on its own thread."""
     thread = threading.Thread(target=_run, args=(w,), name="tracer-attachments", daemon=True)
     try:
-        thread.start()
+        threads.start(thread)
     except RuntimeError:
         return False
     w.thread = thread

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import zmq
 
-from . import attachment_writer, config, wire
+from . import attachment_writer, config, threads, wire
 from .ids import reseed_after_fork
 from .serialize import pack_records
 
@@ -306,7 +306,7 @@ class Recorder:
             thread = threading.Thread(target=self._run, name="tracer-flusher", daemon=True)
             self._starting = True
             try:
-                thread.start()
+                threads.start(thread)
             except RuntimeError:
                 started = False
             else:
