@@ -50,3 +50,21 @@ def sigterm_is_default_after_a_span(i: int) -> bool:
 
     work(i)
     return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def waits_on_a_lock_while_another_thread_takes_sigterm(lock) -> None:
+    """Record a span, then wait on ``lock`` (held by the parent) as a pool worker waits on its
+    task queue, while SIGTERM lands on another thread: the wait is never interrupted."""
+    import signal
+    import threading
+    import time
+
+    work(0)
+
+    def take_sigterm() -> None:
+        time.sleep(0.5)  # the main thread is in lock.acquire() by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        time.sleep(60)
+
+    threading.Thread(target=take_sigterm, daemon=True).start()
+    lock.acquire()

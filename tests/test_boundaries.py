@@ -265,3 +265,22 @@ def test_the_attachment_writer_leaves_termination_signals_to_the_main_thread(log
     blocked = blocked_signals(running_thread("tracer-attachments"))
 
     assert {signal.SIGTERM, signal.SIGINT} <= blocked
+
+
+def test_a_worker_whose_sigterm_lands_on_another_thread_still_delivers_and_dies(logger, rows):
+    # The main thread sits in a semaphore wait that only a signal it takes itself would end,
+    # as a pool worker after Pool.terminate() took the task queue's lock.
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.Lock()
+    lock.acquire()
+    with tracer.start_span("case"):
+        child = ctx.Process(target=tasks.waits_on_a_lock_while_another_thread_takes_sigterm,
+                            args=(lock,))
+        child.start()
+        child.join(20)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+
+    assert child.exitcode == -signal.SIGTERM
+    assert sorted(row["span_attributes"]["name"] for row in rows()) == ["case", "inner", "work"]

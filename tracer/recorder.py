@@ -54,6 +54,7 @@ SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive t
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
 TERMINATE_TIMEOUT = 2.0  # how long a terminated multiprocessing child delivers before dying
+MISSED_SIGNAL_GRACE = 0.5  # seconds a SIGTERM handler has to start before it is re-sent
 WARN_INTERVAL = 10.0  # at most one warning per reason per interval
 CHECK_INTERVAL = 0.5  # how often the flusher checks the aggregator while it waits on it
 MAX_RESTARTS = 3  # replacement aggregators started per RESTART_WINDOW seconds, at most
@@ -718,10 +719,60 @@ def _deliver_on_terminate() -> None:
             or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         return
-    signal.signal(signal.SIGTERM, _terminated)
+    if _watch_for_missed_signals():  # else the default action: a loss beats a hang
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+# The read end of the wakeup pipe of this process's SIGTERM handler, once it is installed.
+_signal_pipe: tuple[int, int] | None = None
+_terminating = False  # the handler has started
+
+
+def _watch_for_missed_signals() -> bool:
+    """Make sure a SIGTERM that Python takes is acted on even if the main thread misses it.
+
+    Python runs a handler when the main thread next runs bytecode. A signal taken just before
+    the main thread enters a wait that only a signal would end (a pool worker going back to the
+    task queue's lock, which ``Pool.terminate()`` holds for good) does not interrupt that wait:
+    the handler never runs and, caught rather than fatal, the signal no longer kills the process.
+    Python's C handler writes each signal's number to the wakeup fd, whatever the thread; a small
+    thread reads it and, if the handler has not started after a moment, sends SIGTERM to the
+    main thread itself, which ends the wait and runs the handler. False (handler not installed)
+    where the wakeup fd is already someone else's.
+    """
+    global _signal_pipe
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    if previous != -1:
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+        return False
+    _signal_pipe = (read_end, write_end)
+    threads.start(threading.Thread(target=_watch_signal_pipe, args=(read_end,),
+                                   name="tracer-sigterm", daemon=True))
+    return True
+
+
+def _watch_signal_pipe(read_end: int) -> None:
+    while True:
+        try:
+            received = os.read(read_end, 64)
+        except OSError:
+            return
+        if not received:
+            return
+        if signal.SIGTERM in received:
+            time.sleep(MISSED_SIGNAL_GRACE)
+            if not _terminating:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            return
 
 
 def _terminated(signum: int, frame: object) -> None:
+    global _terminating
+    _terminating = True
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     deadline = time.monotonic() + TERMINATE_TIMEOUT  # for all recorders together
     try:
@@ -805,8 +856,21 @@ def _exit_delivering(code: int) -> None:
 
 def _after_fork_in_child() -> None:
     # Never log or take locks here: other threads of the parent do not exist in the child.
-    global _exit_registered_pid
+    global _exit_registered_pid, _signal_pipe, _terminating
     _exit_registered_pid = 0
+    if _signal_pipe is not None:
+        # The parent's SIGTERM handler and wakeup pipe: the watching thread is not here, and a
+        # signal of ours must not wake the parent's. The first record re-arms both.
+        try:
+            signal.set_wakeup_fd(-1)
+            if signal.getsignal(signal.SIGTERM) is _terminated:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # forked from a thread Python does not take for the main one
+            pass
+        for fd in _signal_pipe:
+            os.close(fd)
+        _signal_pipe = None
+    _terminating = False
     for recorder in _recorders:
         recorder._forget_parent()
     if _recorders:
