@@ -723,7 +723,7 @@ def _deliver_on_terminate() -> None:
         signal.signal(signal.SIGTERM, _terminated)
 
 
-# The read end of the wakeup pipe of this process's SIGTERM handler, once it is installed.
+# The signal wakeup pipe (read end, write end) of this process's SIGTERM handler, once installed.
 _signal_pipe: tuple[int, int] | None = None
 _terminating = False  # the handler has started
 
@@ -741,6 +741,8 @@ def _watch_for_missed_signals() -> bool:
     where the wakeup fd is already someone else's.
     """
     global _signal_pipe
+    if not hasattr(signal, "pthread_kill"):  # Windows: no way to re-send it
+        return False
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
