@@ -3,6 +3,9 @@
 The test process calls ``init_logger`` for real: the aggregator it starts is the one every test in
 this process sends to. Each test logs under its own project name, so tests never see each other's
 rows.
+
+The project's internals that the tests use beyond its public API are imported here, and the
+tests import them from here: when one moves, this is the one place to change.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import psutil
 import pytest
 
 import tracer
-from tracer.recorder import process_alive
-from workers.sinks.sqlite import Store
+from tracer.recorder import process_alive as process_alive
+from workers.sinks.sqlite import SQLiteSink as SQLiteSink
+from workers.sinks.sqlite import Store as Store
+
+from .helpers import poll
+from .helpers import wait_until as wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "workers.cli"]
@@ -105,17 +112,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def gone_within(pid: int, seconds: float) -> bool:
     """Whether process ``pid`` exits (or is a zombie) within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+    return poll(lambda: gone(pid), seconds)
 
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -134,17 +141,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           capture_output=True, encoding="utf-8", timeout=timeout)
 
 
+def runs_in(store_path: str) -> list[dict]:
+    """The aggregator runs recorded in the store."""
+    with Store(store_path) as store:
+        return store.runs()
+
+
 def wait_for_runs_to_end(store_path: str, timeout: float = 15) -> list[dict]:
     """The aggregator runs recorded in the store, once none of them is still running (a killed
-    one never records its end)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with Store(store_path) as store:
-            runs = store.runs()
-        running = [r for r in runs if not r["ended"] and process_alive(r["pid"])]
-        if runs and not running or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.1)
+    one never records its end); what is recorded at the timeout otherwise."""
+
+    def ended() -> list[dict]:
+        runs = runs_in(store_path)
+        if any(not r["ended"] and process_alive(r["pid"]) for r in runs):
+            return []
+        return runs
+
+    return poll(ended, timeout, interval=0.1) or runs_in(store_path)
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +182,53 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class StandaloneAggregator:
+    """``tracer aggregator --bind tcp://127.0.0.1:PORT --store STORE`` in a subprocess, as a
+    fleet runs it on a host of its own; recorders reach it through ``endpoint``. Its output
+    goes to ``log_path``. A context manager: it is stopped on leaving."""
+
+    def __init__(self, store: str, log_path: str) -> None:
+        self.store = store
+        self.log_path = log_path
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*CLI, "aggregator", "--bind", self.endpoint, "--store", store],
+                env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as a service manager stops it; returns its exit code. One that ignores
+        SIGTERM for ``timeout`` seconds is killed and fails the test."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"the standalone aggregator ignored SIGTERM for {timeout}s:\n"
+                            f"{self.log()}")
+        return self.proc.returncode
+
+    def __enter__(self) -> StandaloneAggregator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def standalone_aggregator(tmp_path) -> Iterator[StandaloneAggregator]:
+    """A standalone aggregator of the test's own, storing into ``tmp_path/standalone.db``."""
+    with StandaloneAggregator(str(tmp_path / "standalone.db"),
+                              str(tmp_path / "aggregator.log")) as aggregator:
+        yield aggregator
 
 
 # -- Celery: a real Redis broker and real worker processes -------------------------------------

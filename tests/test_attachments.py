@@ -7,8 +7,6 @@ import base64
 import json
 import multiprocessing
 import os
-import signal
-import subprocess
 
 import pytest
 
@@ -16,10 +14,9 @@ import tracer
 from tracer.attachments import blob_path, spool_dir
 from workers.attachments import lookup, references
 from workers.cli import ask_stats
-from workers.sinks.sqlite import Store
 
 from . import attachment_tasks
-from .conftest import CLI, by_name, clean_env, run_cli, run_python
+from .conftest import Store, by_name, clean_env, run_cli, run_python
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 
@@ -372,29 +369,19 @@ def test_a_process_exiting_without_flush_stores_its_attachments(tmp_path):
     assert stored_bytes(store, out.strip()) == b"stored at exit" * 1000
 
 
-def test_a_standalone_aggregator_on_this_host_receives_attachments(tmp_path):
-    from .test_cli import free_port
+def test_a_standalone_aggregator_on_this_host_receives_attachments(standalone_aggregator):
+    out = run_python("""
+        import tracer
+        tracer.init_logger("remote")
+        attachment = tracer.Attachment(b"over tcp", filename="tcp.txt")
+        with tracer.start_span("remote span") as span:
+            span.log(output=attachment)
+        tracer.flush(timeout=30)
+        print(attachment.key)
+    """, env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint)).stdout
+    standalone_aggregator.stop()
 
-    store = str(tmp_path / "standalone.db")
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    aggregator = subprocess.Popen([*CLI, "aggregator", "--bind", endpoint, "--store", store],
-                                  env=clean_env(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, encoding="utf-8")
-    try:
-        out = run_python("""
-            import tracer
-            tracer.init_logger("remote")
-            attachment = tracer.Attachment(b"over tcp", filename="tcp.txt")
-            with tracer.start_span("remote span") as span:
-                span.log(output=attachment)
-            tracer.flush(timeout=30)
-            print(attachment.key)
-        """, env=clean_env(TRACER_ENDPOINT=endpoint)).stdout
-    finally:
-        aggregator.send_signal(signal.SIGTERM)
-        aggregator.communicate(timeout=30)
-
-    assert stored_bytes(store, out.strip()) == b"over tcp"
+    assert stored_bytes(standalone_aggregator.store, out.strip()) == b"over tcp"
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 import tracer
-from workers.sinks.sqlite import Store
 
 from . import boundary_tasks as tasks
+from .conftest import Store
 
 N = 12  # tasks per case; each makes two spans (work -> inner)
 

@@ -11,8 +11,6 @@ trace is in one store.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -21,10 +19,16 @@ import pytest
 from celery import chain, chord, group
 
 import tracer
-from workers.sinks.sqlite import Store
 
 from . import celery_tasks
-from .conftest import CLI, clean_env, free_port, run_python, wait_for_runs_to_end
+from .conftest import (
+    StandaloneAggregator,
+    Store,
+    clean_env,
+    free_port,
+    run_python,
+    wait_for_runs_to_end,
+)
 
 ADD, TOTAL, FAIL, FLAKY, WORK, SLOW = (f"{celery_tasks.NAME}.{name}" for name in
                                        ("add", "total", "fail", "flaky", "work", "slow"))
@@ -46,21 +50,12 @@ def shared_fleet(celery_workers, tmp_path_factory):
     no logger in the worker's main process, so its pool children make their recorders after
     the fork (the other fleets' children inherit one)."""
     directory = tmp_path_factory.mktemp("celery-shared")
-    store = str(directory / "shared.db")
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    with open(directory / "aggregator.log", "wb") as log:
-        aggregator = subprocess.Popen([*CLI, "aggregator", "--bind", endpoint, "--store", store],
-                                      env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
-    worker = celery_workers(TRACER_ENDPOINT=endpoint)
-    yield SimpleNamespace(worker=worker, store=store, endpoint=endpoint,
-                          app=celery_tasks.make_app(worker.broker))
-    worker.stop()
-    aggregator.send_signal(signal.SIGTERM)
-    try:
-        aggregator.wait(30)
-    except subprocess.TimeoutExpired:
-        aggregator.kill()
-        aggregator.wait()
+    with StandaloneAggregator(str(directory / "shared.db"),
+                              str(directory / "aggregator.log")) as aggregator:
+        worker = celery_workers(TRACER_ENDPOINT=aggregator.endpoint)
+        yield SimpleNamespace(worker=worker, store=aggregator.store, endpoint=aggregator.endpoint,
+                              app=celery_tasks.make_app(worker.broker))
+        worker.stop()
 
 
 def test_importing_tracer_never_imports_celery():

@@ -9,24 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
 import tracer
-from tests.conftest import CLI, clean_env, run_cli, run_python
-from workers.sinks.sqlite import Store
+from tests.conftest import Store, clean_env, run_cli, run_python
 
 UNKNOWN_ROOT = "00000000-0000-0000-0000-000000000000"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_nested_trace_with_caught_error() -> str:
@@ -232,31 +223,19 @@ def test_stats_json_reports_live_aggregator_counters(logger, store_path):
 # -- standalone aggregator -------------------------------------------------------------------
 
 
-def test_standalone_aggregator_commits_a_remote_span_and_exits_0_on_sigterm(tmp_path):
-    store = str(tmp_path / "standalone.db")
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    aggregator = subprocess.Popen([*CLI, "aggregator", "--bind", endpoint, "--store", store],
-                                  env=clean_env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, encoding="utf-8")
-    try:
-        run_python("""
-            import tracer
+def test_standalone_aggregator_commits_a_remote_span_and_exits_0_on_sigterm(
+        standalone_aggregator):
+    run_python("""
+        import tracer
 
-            tracer.init_logger("standalone")
-            with tracer.start_span("remote span") as span:
-                span.log(input="sent over tcp")
-            tracer.flush(timeout=30)
-        """, env=clean_env(TRACER_ENDPOINT=endpoint))
+        tracer.init_logger("standalone")
+        with tracer.start_span("remote span") as span:
+            span.log(input="sent over tcp")
+        tracer.flush(timeout=30)
+    """, env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint))
 
-        aggregator.send_signal(signal.SIGTERM)
-        _, stderr = aggregator.communicate(timeout=10)
-    finally:
-        if aggregator.poll() is None:
-            aggregator.kill()
-            aggregator.communicate()
-
-    assert aggregator.returncode == 0, stderr
-    with Store(store) as reader:
+    assert standalone_aggregator.stop(timeout=10) == 0, standalone_aggregator.log()
+    with Store(standalone_aggregator.store) as reader:
         stored = list(reader.rows(project="standalone"))
     assert [row["span_attributes"]["name"] for row in stored] == ["remote span"]
     assert stored[0]["input"] == "sent over tcp"

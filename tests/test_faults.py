@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from workers.sinks.sqlite import Store
-
-from .conftest import clean_env, gone_within, wait_for_runs_to_end
+from .conftest import Store, clean_env, gone_within, wait_for_runs_to_end
 
 
 def counted_losses(runs: list[dict]) -> dict[str, int]:

@@ -13,9 +13,8 @@ import textwrap
 from workers import payloads
 from workers.queue import Pending
 from workers.rows import Container
-from workers.sinks.sqlite import SQLiteSink, Store
 
-from .conftest import clean_env, run_cli, run_python
+from .conftest import SQLiteSink, Store, clean_env, run_cli, run_python
 
 # The child logs N spans ("span <i>" with output i) into project PROJECT while its store is
 # locked, then runs AFTER_LOGGING; ``counters()`` asks the live aggregator for its counters.

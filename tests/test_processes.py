@@ -18,9 +18,8 @@ import zmq
 import tracer
 from tracer import wire
 from tracer.recorder import Recorder
-from workers.sinks.sqlite import Store
 
-from .conftest import ROOT, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
+from .conftest import ROOT, Store, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
 
 
 def test_without_init_logger_nothing_is_started(tmp_path):

@@ -12,9 +12,8 @@ import json
 import textwrap
 
 from workers import payloads
-from workers.sinks.sqlite import Store
 
-from .conftest import clean_env, run_cli, run_python, wait_for_runs_to_end
+from .conftest import Store, clean_env, run_cli, run_python, wait_for_runs_to_end
 
 PRODUCE_WHILE_LOCKED = """
 import json, os, sqlite3, threading, time, tracer

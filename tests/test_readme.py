@@ -9,9 +9,7 @@ import re
 
 import pytest
 
-from workers.sinks.sqlite import Store
-
-from .conftest import ROOT, clean_env, run_python
+from .conftest import ROOT, Store, clean_env, run_python
 
 with open(os.path.join(ROOT, "README.md")) as _readme:
     EXAMPLES = [block for block in re.findall(r"```python\n(.*?)```", _readme.read(), re.S)
