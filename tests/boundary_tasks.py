@@ -39,7 +39,7 @@ def die_in_a_span(_: int) -> None:
     import time
 
     with tracer.start_span("doomed", input="half done"):
-        time.sleep(0.5)
+        time.sleep(0.5)  # the recorder announces a running span within 0.1 s
         os.kill(os.getpid(), signal.SIGKILL)
 
 

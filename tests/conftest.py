@@ -32,7 +32,6 @@ from workers.sinks.sqlite import SQLiteSink as SQLiteSink
 from workers.sinks.sqlite import Store as Store
 
 from .helpers import poll
-from .helpers import wait_until as wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "workers.cli"]

@@ -11,7 +11,6 @@ trace is in one store.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -29,6 +28,7 @@ from .conftest import (
     run_python,
     wait_for_runs_to_end,
 )
+from .helpers import poll, wait_until
 
 ADD, TOTAL, FAIL, FLAKY, WORK, SLOW = (f"{celery_tasks.NAME}.{name}" for name in
                                        ("add", "total", "fail", "flaky", "work", "slow"))
@@ -78,16 +78,18 @@ def celery_meta(row: dict) -> dict:
 def trace_in(store: str, root_span_id: str, expected: int, timeout: float = 60) -> list[dict]:
     """The rows of one trace in ``store`` once ``expected`` of them are there and ended
     (workers commit on their own schedule); what is there at the timeout otherwise."""
-    deadline = time.monotonic() + timeout
-    got: list[dict] = []
-    while time.monotonic() < deadline:
-        if os.path.exists(store):
-            with Store(store) as reader:
-                got = list(reader.rows(root_span_id=root_span_id))
-            if len(got) >= expected and all(ended(row) for row in got):
-                break
-        time.sleep(0.1)
-    return got
+
+    def stored() -> list[dict]:
+        if not os.path.exists(store):
+            return []
+        with Store(store) as reader:
+            return list(reader.rows(root_span_id=root_span_id))
+
+    def complete() -> list[dict]:
+        got = stored()
+        return got if len(got) >= expected and all(ended(row) for row in got) else []
+
+    return poll(complete, timeout, interval=0.1) or stored()
 
 
 def ended(row: dict) -> bool:
@@ -250,15 +252,15 @@ def test_a_task_published_outside_any_span_starts_its_own_root(fleet, logger, ro
     assert result.get(timeout=60) == 42
     assert rows() == []  # no producer span: nothing was being traced here
 
-    deadline = time.monotonic() + 60
-    task = None
-    while task is None and time.monotonic() < deadline:
-        if os.path.exists(fleet.store):
-            with Store(fleet.store) as reader:
-                task = next((r for r in reader.rows(project=WORKER_PROJECT)
-                             if celery_meta(r).get("task_id") == result.id and ended(r)), None)
-        time.sleep(0.1)
-    assert task is not None, "the task's span was not stored"
+
+    def stored_task() -> dict | None:
+        if not os.path.exists(fleet.store):
+            return None
+        with Store(fleet.store) as reader:
+            return next((r for r in reader.rows(project=WORKER_PROJECT)
+                         if celery_meta(r).get("task_id") == result.id and ended(r)), None)
+
+    task = wait_until(stored_task, 60, "the task's span was not stored", interval=0.1)
     assert not task["span_parents"]
     assert task["root_span_id"] == task["span_id"]
     got = trace_in(fleet.store, task["root_span_id"], expected=2)
@@ -294,9 +296,8 @@ def test_a_warm_shutdown_loses_no_task_span(celery_workers, tmp_path, logger):
     slow = celery_tasks.make_app(worker.broker).tasks[SLOW]
     with tracer.start_span("interrupted") as root:
         results = [slow.delay(i, 1.0) for i in range(8)]
-    deadline = time.monotonic() + 60
-    while sum(r.state == "STARTED" for r in results) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: sum(r.state == "STARTED" for r in results) >= 2, 60,
+               "the worker never started two tasks")
     assert worker.stop() == 0  # running tasks finish; the rest stay queued
     wait_for_runs_to_end(store)
 

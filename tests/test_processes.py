@@ -20,6 +20,7 @@ from tracer import wire
 from tracer.recorder import Recorder
 
 from .conftest import ROOT, Store, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
+from .helpers import wait_until
 
 
 def test_without_init_logger_nothing_is_started(tmp_path):
@@ -205,12 +206,8 @@ def test_a_span_left_running_by_a_killed_process_is_stored_marked(logger, rows):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=dict(os.environ),
                           timeout=60)
     assert proc.returncode == -9
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        named = by_name(rows())
-        if "error" in named.get("interrupted", {}):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: "error" in by_name(rows()).get("interrupted", {}), 10,
+               "the killed process's span was never marked")
     row = by_name(rows())["interrupted"]
     assert "exited before the span ended" in row["error"]
     assert row["input"] == "work"
