@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -54,7 +55,7 @@ def logger(store_path, project) -> tracer.Logger:
 
 
 @pytest.fixture
-def experiment(store_path, project) -> tracer.Experiment:
+def experiment(store_path, project) -> Iterator[tracer.Experiment]:
     """A current experiment named "exp" of the test's project; afterwards spans outside any
     span go to the current logger again, as other tests expect."""
     exp = tracer.init(project, "exp", store=store_path)
@@ -127,8 +128,34 @@ def gone_within(pid: int, seconds: float) -> bool:
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60,
                cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (``python -c``); fails the test if it fails."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return run_child([sys.executable, "-c", textwrap.dedent(code)], env, timeout, cwd)
+
+
+# ``python -c`` that imports a function by ``module:name`` and calls it with JSON arguments.
+# ROOT goes first on sys.path without touching the environment the child is given.
+_CALL = ("import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+         "module, name = sys.argv[2].split(':'); "
+         "getattr(importlib.import_module(module), name)(*json.loads(sys.argv[3]))")
+
+
+def python_command(program: Callable[..., object], *args: object) -> list[str]:
+    """The command that runs ``program(*args)`` in a fresh interpreter: a module-level function
+    (``tests/programs.py``) and arguments JSON can carry."""
+    return [sys.executable, "-c", _CALL, ROOT, f"{program.__module__}:{program.__name__}",
+            json.dumps(args)]
+
+
+def run_function(program: Callable[..., object], *args: object,
+                 env: dict[str, str] | None = None, timeout: float = 60,
+                 cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``program(*args)`` in a fresh interpreter (see ``python_command``); fails the test
+    if it fails."""
+    return run_child(python_command(program, *args), env, timeout, cwd)
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None, timeout: float,
+              cwd: str | None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
     return proc
 

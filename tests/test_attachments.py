@@ -15,8 +15,8 @@ from tracer.attachments import blob_path, spool_dir
 from workers.attachments import lookup, references
 from workers.cli import ask_stats
 
-from . import attachment_tasks
-from .conftest import Store, by_name, clean_env, run_cli, run_python
+from . import attachment_tasks, programs
+from .conftest import Store, by_name, clean_env, run_cli, run_function
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 
@@ -172,13 +172,8 @@ def test_an_external_attachment_is_a_reference_and_nothing_is_uploaded(logger, r
 
 def test_a_missing_file_warns_and_its_reference_says_so_and_the_row_is_kept(tmp_path):
     missing = tmp_path / "not-there.png"
-    proc = run_python(f"""
-        import tracer
-        tracer.init_logger("missing")
-        with tracer.start_span("with a missing file") as span:
-            span.log(input={{"image": tracer.Attachment({str(missing)!r})}}, output="answered")
-        tracer.flush()
-    """, env=clean_env(), cwd=str(tmp_path))
+    proc = run_function(programs.logs_an_attachment_of_a_missing_file, str(missing),
+                        env=clean_env(), cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
 
     row = row_of(store, "missing")
@@ -192,13 +187,8 @@ def test_a_missing_file_warns_and_its_reference_says_so_and_the_row_is_kept(tmp_
 
 
 def test_an_attachment_over_the_size_limit_is_refused_with_a_warning(tmp_path):
-    proc = run_python("""
-        import tracer
-        tracer.init_logger("limit")
-        with tracer.start_span("too big") as span:
-            span.log(output=tracer.Attachment(b"x" * 5000, filename="big.bin"))
-        tracer.flush()
-    """, env=clean_env(TRACER_MAX_ATTACHMENT_SIZE="4096"), cwd=str(tmp_path))
+    proc = run_function(programs.logs_an_attachment_of_5000_bytes,
+                        env=clean_env(TRACER_MAX_ATTACHMENT_SIZE="4096"), cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
 
     reference = row_of(store, "limit")["output"]
@@ -213,15 +203,8 @@ def test_a_failed_attachment_never_loses_the_row_and_is_counted(tmp_path):
     (tmp_path / ".tracer").mkdir()
     # The attachment area is a file: every write into it fails, retries included.
     (tmp_path / ".tracer" / "traces.attachments").write_bytes(b"in the way")
-    proc = run_python("""
-        import json, os, tracer
-        from workers.cli import ask_stats
-        tracer.init_logger("unwritable")
-        with tracer.start_span("kept") as span:
-            span.log(input=tracer.Attachment(b"lost bytes", filename="lost.bin"), output=42)
-        tracer.flush()
-        print(json.dumps(ask_stats(os.environ["TRACER_ENDPOINT"])["counters"]))
-    """, env=clean_env(TRACER_NUM_RETRIES="1"), cwd=str(tmp_path))
+    proc = run_function(programs.logs_an_attachment_that_cannot_be_written,
+                        env=clean_env(TRACER_NUM_RETRIES="1"), cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
 
     row = row_of(store, "unwritable")
@@ -237,13 +220,8 @@ def test_a_failed_attachment_never_loses_the_row_and_is_counted(tmp_path):
 def test_show_and_export_say_a_failed_attachment_was_not_stored(tmp_path):
     (tmp_path / ".tracer").mkdir()
     (tmp_path / ".tracer" / "traces.attachments").write_bytes(b"in the way")
-    run_python("""
-        import tracer
-        tracer.init_logger("unstored")
-        with tracer.start_span("kept") as span:
-            span.log(input=tracer.Attachment(b"lost bytes", filename="lost.bin"))
-        tracer.flush()
-    """, env=clean_env(TRACER_NUM_RETRIES="0"), cwd=str(tmp_path))
+    run_function(programs.logs_an_attachment_that_is_not_stored,
+                 env=clean_env(TRACER_NUM_RETRIES="0"), cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
 
     shown = run_cli("show", "--last", "--store", store)
@@ -356,29 +334,16 @@ def test_a_bare_fork_child_leaving_through_os_exit_stores_its_attachment(
 
 
 def test_a_process_exiting_without_flush_stores_its_attachments(tmp_path):
-    out = run_python("""
-        import tracer
-        tracer.init_logger("no flush")
-        attachment = tracer.Attachment(b"stored at exit" * 1000, filename="exit.bin")
-        with tracer.start_span("last words") as span:
-            span.log(output=attachment)
-        print(attachment.key)
-    """, env=clean_env(), cwd=str(tmp_path)).stdout
+    out = run_function(programs.logs_an_attachment_and_exits_without_flush, env=clean_env(),
+                       cwd=str(tmp_path)).stdout
     store = str(tmp_path / ".tracer" / "traces.db")
 
     assert stored_bytes(store, out.strip()) == b"stored at exit" * 1000
 
 
 def test_a_standalone_aggregator_on_this_host_receives_attachments(standalone_aggregator):
-    out = run_python("""
-        import tracer
-        tracer.init_logger("remote")
-        attachment = tracer.Attachment(b"over tcp", filename="tcp.txt")
-        with tracer.start_span("remote span") as span:
-            span.log(output=attachment)
-        tracer.flush(timeout=30)
-        print(attachment.key)
-    """, env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint)).stdout
+    out = run_function(programs.logs_an_attachment_over_tcp,
+                       env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint)).stdout
     standalone_aggregator.stop()
 
     assert stored_bytes(standalone_aggregator.store, out.strip()) == b"over tcp"

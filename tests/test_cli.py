@@ -15,7 +15,8 @@ import sys
 import pytest
 
 import tracer
-from tests.conftest import Store, clean_env, run_cli, run_python
+from tests import programs
+from tests.conftest import Store, clean_env, run_cli, run_function
 
 UNKNOWN_ROOT = "00000000-0000-0000-0000-000000000000"
 
@@ -225,14 +226,8 @@ def test_stats_json_reports_live_aggregator_counters(logger, store_path):
 
 def test_standalone_aggregator_commits_a_remote_span_and_exits_0_on_sigterm(
         standalone_aggregator):
-    run_python("""
-        import tracer
-
-        tracer.init_logger("standalone")
-        with tracer.start_span("remote span") as span:
-            span.log(input="sent over tcp")
-        tracer.flush(timeout=30)
-    """, env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint))
+    run_function(programs.logs_a_span_over_tcp,
+                 env=clean_env(TRACER_ENDPOINT=standalone_aggregator.endpoint))
 
     assert standalone_aggregator.stop(timeout=10) == 0, standalone_aggregator.log()
     with Store(standalone_aggregator.store) as reader:

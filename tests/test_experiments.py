@@ -11,7 +11,8 @@ import pytest
 import tracer
 from workers.rows import project_id
 
-from .conftest import by_name, experiment_rows, run_python
+from . import programs
+from .conftest import by_name, experiment_rows, run_function
 
 # -- containers: experiments beside logs -----------------------------------------------------
 
@@ -80,14 +81,8 @@ def test_spans_outside_any_span_go_to_the_current_experiment_before_the_logger(
 
 def test_a_child_process_traces_into_its_parents_experiment(experiment, store_path):
     # The child inherits this process's environment, where init() left the experiment.
-    run_python(f"""
-        import tracer
-
-        with tracer.start_span("in the child"):
-            pass
-        assert tracer.current_experiment().id == {experiment.id!r}
-        tracer.flush(timeout=30)
-    """, env=dict(os.environ))
+    run_function(programs.traces_into_the_inherited_experiment, experiment.id,
+                 env=dict(os.environ))
 
     names = [row["span_attributes"]["name"] for row in experiment_rows(store_path, experiment)]
     assert names == ["in the child"]

@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
-from .conftest import Store, clean_env, gone_within, wait_for_runs_to_end
+from . import programs
+from .conftest import Store, clean_env, gone_within, python_command, wait_for_runs_to_end
 from .helpers import wait_until
 
 
@@ -27,29 +26,9 @@ def counted_losses(runs: list[dict]) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_killing_the_aggregator_under_load_loses_nothing(tmp_path):
-    code = textwrap.dedent("""
-        import json, os, time, tracer
-        from tests import boundary_tasks as tasks
-
-        tracer.init_logger("under-load")
-        print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
-        created = 0
-        with tracer.TracedPool(2) as pool:
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
-                with tracer.start_span("batch"):
-                    pool.map(tasks.work, range(20))
-                    for i in range(20):
-                        tasks.work(i)
-                created += 1 + 4 * 20
-        finished = time.monotonic()
-        tracer.flush(timeout=30)
-        print(json.dumps({"created": created, "flush_seconds": time.monotonic() - finished}),
-              flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=clean_env(),
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(python_command(programs.logs_under_load_for_3_seconds),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(), cwd=str(tmp_path))
     first_aggregator = int(proc.stdout.readline())
     time.sleep(1.0)  # a second into the child's 3 s of load: the kill lands mid-stream
     os.kill(first_aggregator, signal.SIGKILL)
@@ -97,18 +76,9 @@ def test_a_pool_worker_killed_in_a_span_leaves_the_span_marked(logger, rows):
 
 
 def test_an_owner_killed_with_sigkill_still_has_its_spans_committed(tmp_path):
-    code = textwrap.dedent("""
-        import os, signal, time, tracer
-        tracer.init_logger("killed-owner")
-        for i in range(50):
-            with tracer.start_span(f"span {i}"):
-                pass
-        print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
-        time.sleep(0.5)  # the recorder sends within 0.1 s; no flush, no exit handler
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=clean_env(), cwd=str(tmp_path), timeout=60)
+    proc = subprocess.run(python_command(programs.logs_50_spans_and_is_killed),
+                          capture_output=True, text=True, env=clean_env(), cwd=str(tmp_path),
+                          timeout=60)
     assert proc.returncode == -signal.SIGKILL
     aggregator = int(proc.stdout.strip())
     store_path = str(tmp_path / ".tracer" / "traces.db")
@@ -120,22 +90,9 @@ def test_an_owner_killed_with_sigkill_still_has_its_spans_committed(tmp_path):
 
 
 def test_an_aggregator_that_dies_as_it_starts_is_not_restarted_in_a_loop(tmp_path):
-    code = textwrap.dedent("""
-        import os, signal, tracer
-        tracer.init_logger("doomed")
-        tracer.flush()
-        os.environ["TRACER_QUEUE_SIZE"] = "not a number"  # every replacement dies as it starts
-        os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
-        for i in range(6):
-            with tracer.start_span(f"span {i}"):
-                pass
-            try:
-                tracer.flush(timeout=30)
-            except tracer.FlushError as exc:
-                print("FlushError:", exc)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        python_command(programs.kills_its_aggregator_whose_replacements_die_as_they_start),
+        env=clean_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     with open(tmp_path / ".tracer" / "aggregator.log") as log:
         replacements_that_died = log.read().count("TRACER_QUEUE_SIZE='not a number'")
 

@@ -15,8 +15,8 @@ import pytest
 
 import tracer
 
-from . import openai_tasks
-from .conftest import by_name, clean_env, run_python
+from . import openai_tasks, programs
+from .conftest import by_name, clean_env, run_function, run_python
 from .openai_server import (
     CHAT_USAGE_METRICS,
     EMBEDDING,
@@ -106,17 +106,8 @@ def test_importing_tracer_does_not_import_openai():
 
 
 def test_without_a_logger_the_wrapped_client_returns_the_clients_own_objects(openai_server):
-    run_python(f"""
-        import openai
-        import tracer
-        client = tracer.wrap_openai(openai.OpenAI(base_url={openai_server.base_url!r},
-                                                  api_key="test-key", max_retries=0))
-        stream = client.chat.completions.create(model="m", messages=[], stream=True)
-        assert type(stream) is openai.Stream, type(stream)
-        assert [c.choices[0].delta.content for c in stream if c.choices][1] == "Hello"
-        completion = client.chat.completions.create(model="m", messages=[])
-        assert completion.choices[0].message.content == {REPLY!r}
-    """, env=clean_env())
+    run_function(programs.calls_a_wrapped_openai_client_without_a_logger,
+                 openai_server.base_url, REPLY, env=clean_env())
 
 
 def test_wrap_openai_refuses_what_is_not_an_openai_client():

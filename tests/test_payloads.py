@@ -8,38 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
+from collections.abc import Callable
 
 from workers import payloads
 from workers.queue import Pending
 from workers.rows import Container
 
-from .conftest import SQLiteSink, Store, clean_env, run_cli, run_python
-
-# The child logs N spans ("span <i>" with output i) into project PROJECT while its store is
-# locked, then runs AFTER_LOGGING; ``counters()`` asks the live aggregator for its counters.
-LOCKED_CHILD = """
-import json, os, sqlite3, time, tracer
-from workers.cli import ask_stats
-
-def counters():
-    return ask_stats(os.environ["TRACER_ENDPOINT"])["counters"]
-
-logger = tracer.init_logger(PROJECT)
-logger.flush()  # a real handshake: the aggregator is up and its store exists
-lock = sqlite3.connect(os.path.join(".tracer", "traces.db"), isolation_level=None)
-lock.execute("BEGIN EXCLUSIVE")  # the sink cannot commit until we let go
-for i in range(N):
-    with tracer.start_span(f"span {i}") as span:
-        span.log(output=i)
-"""
+from . import programs
+from .conftest import SQLiteSink, Store, clean_env, run_cli, run_function
 
 
-def run_locked_child(tmp_path, project: str, n: int, after_logging: str, **settings: str) -> dict:
-    """Run LOCKED_CHILD then ``after_logging``, which must print one JSON line last."""
-    code = (f"PROJECT, N = {project!r}, {n}\n" + textwrap.dedent(LOCKED_CHILD)
-            + textwrap.dedent(after_logging))
-    proc = run_python(code, env=clean_env(**settings), cwd=str(tmp_path), timeout=180)
+def run_locked_child(tmp_path, program: Callable[[str, int], None], project: str, n: int,
+                     **settings: str) -> dict:
+    """Run ``program(project, n)``, which logs n spans ("span <i>" with output i) into
+    ``project`` while its store is locked and prints one JSON line last; returns that line."""
+    proc = run_function(program, project, n, env=clean_env(**settings), cwd=str(tmp_path),
+                        timeout=180)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -61,14 +45,8 @@ def payload_rows(directory) -> list[Pending]:
 
 
 def test_a_sink_failing_twice_then_recovering_loses_and_duplicates_nothing(tmp_path):
-    counters = run_locked_child(tmp_path, "retried", 200, """
-        deadline = time.monotonic() + 60
-        while counters().get("write_retries", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        lock.execute("ROLLBACK")  # the sink recovers
-        tracer.flush(timeout=60)
-        print(json.dumps(counters()))
-    """)
+    counters = run_locked_child(
+        tmp_path, programs.logs_while_the_store_fails_twice_then_recovers, "retried", 200)
 
     rows = stored_rows(str(tmp_path / ".tracer" / "traces.db"), "retried")
     assert counters["write_retries"] >= 2
@@ -98,15 +76,9 @@ def test_writing_a_batch_twice_leaves_each_row_as_written_once(tmp_path):
 
 def test_batches_given_up_go_to_the_failed_dir_and_import_payloads_restores_them(tmp_path):
     failed = tmp_path / "failed"
-    counters = run_locked_child(tmp_path, "given-up", 40, """
-        try:
-            tracer.flush(timeout=120)
-        except tracer.FlushError:
-            pass  # expected: the store stays locked past every retry
-        stats = counters()
-        lock.execute("ROLLBACK")
-        print(json.dumps(stats))
-    """, TRACER_NUM_RETRIES="0", TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed))
+    counters = run_locked_child(
+        tmp_path, programs.logs_while_the_store_stays_locked_past_every_retry, "given-up", 40,
+        TRACER_NUM_RETRIES="0", TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed))
     store = str(tmp_path / ".tracer" / "traces.db")
 
     assert counters["dropped_sink_failed"] == 40
@@ -139,17 +111,8 @@ def test_import_payloads_twice_changes_nothing(tmp_path):
 
 def test_every_batch_goes_to_the_all_payloads_dir_and_replays_into_an_equal_store(tmp_path):
     every = tmp_path / "every"
-    code = """
-        import tracer
-        tracer.init_logger("copied")
-        for i in range(30):
-            with tracer.start_span(f"span {i}", type="task") as span:
-                span.log(output=i, metadata={"i": i})
-        tracer.update_span(span.export(), tags=["last"])  # a second partial of one row
-        tracer.flush()
-    """
-    run_python(code, env=clean_env(TRACER_ALL_PUBLISH_PAYLOADS_DIR=str(every)),
-               cwd=str(tmp_path))
+    run_function(programs.copies_every_batch,
+                 env=clean_env(TRACER_ALL_PUBLISH_PAYLOADS_DIR=str(every)), cwd=str(tmp_path))
     replayed = str(tmp_path / "replayed.db")
 
     proc = run_cli("import-payloads", str(every), "--store", replayed)
@@ -162,18 +125,10 @@ def test_every_batch_goes_to_the_all_payloads_dir_and_replays_into_an_equal_stor
 
 def test_a_row_over_max_request_size_is_stored_truncated_and_its_full_copy_set_aside(tmp_path):
     failed = tmp_path / "failed"
-    code = """
-        import tracer
-        tracer.init_logger("oversized")
-        with tracer.start_span("huge") as span:
-            span.log(output="x" * 100_000, metadata={"kept": True})
-        with tracer.start_span("small") as span:
-            span.log(output="fine")
-        tracer.flush()
-    """
-    run_python(code, env=clean_env(TRACER_MAX_REQUEST_SIZE="4096",
-                                   TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
-               cwd=str(tmp_path))
+    run_function(programs.logs_a_row_over_max_request_size,
+                 env=clean_env(TRACER_MAX_REQUEST_SIZE="4096",
+                               TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
+                 cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
     rows = {row["span_attributes"]["name"]: row for row in stored_rows(store, "oversized")}
 
@@ -210,21 +165,10 @@ def test_a_store_that_is_not_a_database_fails_the_flush_with_the_cause_and_keeps
     failed = tmp_path / "failed"
     (tmp_path / ".tracer").mkdir()
     (tmp_path / ".tracer" / "traces.db").write_bytes(b"not a database " * 400)
-    code = """
-        import os, tracer
-        from tracer.recorder import process_alive
-        tracer.init_logger("unwritable")
-        with tracer.start_span("kept aside"):
-            pass
-        try:
-            tracer.flush(timeout=60)
-        except tracer.FlushError as exc:
-            print("FlushError:", exc)
-        print("aggregator alive:", process_alive(int(os.environ["_TRACER_AGGREGATOR_PID"])))
-    """
-    out = run_python(code, env=clean_env(TRACER_NUM_RETRIES="1",
-                                         TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
-                     cwd=str(tmp_path)).stdout
+    out = run_function(programs.flushes_into_a_store_that_is_not_a_database,
+                       env=clean_env(TRACER_NUM_RETRIES="1",
+                                     TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
+                       cwd=str(tmp_path)).stdout
 
     assert "FlushError: DatabaseError: file is not a database" in out
     assert "aggregator alive: True" in out

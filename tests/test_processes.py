@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -19,44 +18,24 @@ import tracer
 from tracer import wire
 from tracer.recorder import Recorder
 
-from .conftest import ROOT, Store, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
+from . import programs
+from .conftest import (
+    ROOT,
+    Store,
+    by_name,
+    clean_env,
+    gone_within,
+    python_command,
+    run_function,
+    wait_for_runs_to_end,
+)
 from .helpers import wait_until
 
 
 def test_without_init_logger_nothing_is_started(tmp_path):
     """No logger in the process tree: no socket, no process, no thread, values pass through."""
-    code = """
-        import json, os, threading, psutil, tracer
-
-        @tracer.traced
-        def double(x):
-            return 2 * x
-
-        @tracer.traced
-        async def adouble(x):
-            return 2 * x
-
-        import asyncio
-        results = [double(21), asyncio.run(adouble(2))]
-        with tracer.start_span("ignored") as span:
-            span.log(input=1, output=2)
-        span.end()
-        tracer.current_span().log(metadata={"k": "v"})
-        tracer.flush()
-        me = psutil.Process()
-        print(json.dumps({
-            "results": results,
-            "span": repr(tracer.current_span()),
-            "export": span.export(),
-            "threads": threading.active_count(),
-            "os_threads": me.num_threads(),
-            "children": len(me.children(recursive=True)),
-            "sockets": len(me.net_connections(kind="all")),
-            "zmq_loaded": "zmq" in __import__("sys").modules and
-                          any(t.name.startswith("tracer") for t in threading.enumerate()),
-        }))
-    """
-    out = json.loads(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    out = json.loads(run_function(programs.traces_without_a_logger, env=clean_env(),
+                                  cwd=str(tmp_path)).stdout)
     assert out["results"] == [42, 4]
     assert out["span"] == "<NoopSpan>" and out["export"] == ""
     assert out["threads"] == 1 and out["os_threads"] == 1
@@ -69,13 +48,8 @@ def test_slug_used_as_parent_in_a_separate_process_lands_in_the_same_trace(logge
     """The child never calls init_logger: the slug carries the container."""
     with tracer.start_span("client") as client:
         slug = client.export()
-    code = f"""
-        import tracer
-        with tracer.start_span("server", type="llm", parent={slug!r}) as span:
-            span.log(output="served")
-        tracer.flush()
-    """
-    run_python(code, env=dict(os.environ))  # inherits TRACER_ENDPOINT from init_logger
+    # The child inherits TRACER_ENDPOINT from init_logger.
+    run_function(programs.logs_a_server_span_under, slug, env=dict(os.environ))
     named = by_name(rows())
     assert named["server"]["span_parents"] == [named["client"]["span_id"]]
     assert named["server"]["root_span_id"] == named["client"]["root_span_id"]
@@ -87,14 +61,8 @@ def test_slug_carries_the_trace_into_a_process_with_its_own_aggregator(
     """A child with a clean environment starts its own aggregator on the same store."""
     with tracer.start_span("origin") as origin:
         slug = origin.export()
-    code = f"""
-        import tracer
-        tracer.update_span(exported={slug!r}, metadata={{"updated_by": "child"}})
-        with tracer.start_span("remote child", parent={slug!r}):
-            pass
-        tracer.flush()
-    """
-    run_python(code, env=clean_env(TRACER_STORE=store_path))
+    run_function(programs.updates_and_continues_an_exported_span, slug,
+                 env=clean_env(TRACER_STORE=store_path))
     named = by_name(rows())
     assert named["remote child"]["span_parents"] == [named["origin"]["span_id"]]
     assert named["origin"]["metadata"] == {"updated_by": "child"}
@@ -104,27 +72,14 @@ def test_a_spawned_child_attaches_to_the_parents_aggregator_without_init_logger(
     with tracer.start_span("parent"):
         pass
     tracer.flush()
-    code = """
-        import tracer
-        @tracer.traced
-        def in_child():
-            return "ok"
-        in_child()
-    """
-    run_python(code, env=dict(os.environ))
+    run_function(programs.calls_a_traced_function, env=dict(os.environ))
     names = sorted(r["span_attributes"]["name"] for r in rows())
     assert names == ["in_child", "parent"]
 
 
 def test_the_aggregator_exits_after_its_owner_is_gone(tmp_path):
-    code = """
-        import os, tracer
-        log = tracer.init_logger("lifetime")
-        with tracer.start_span("only"):
-            pass
-        print(os.environ["_TRACER_AGGREGATOR_PID"])
-    """
-    pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    pid = int(run_function(programs.logs_one_span_and_prints_the_aggregator_pid,
+                           env=clean_env(), cwd=str(tmp_path)).stdout)
     assert gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert [r["span_attributes"]["name"] for r in store.rows()] == ["only"]
@@ -197,14 +152,8 @@ def test_ids_never_collide_between_forked_children_even_with_seeded_random(logge
 def test_a_span_left_running_by_a_killed_process_is_stored_marked(logger, rows):
     with tracer.start_span("parent of victim") as parent:
         slug = parent.export()
-    code = f"""
-        import os, signal, sys, time, tracer
-        span = tracer.start_span("interrupted", parent={slug!r}, input="work")
-        time.sleep(0.5)  # long enough for the recorder to announce the running span
-        os.kill(os.getpid(), signal.SIGKILL)
-    """
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=dict(os.environ),
-                          timeout=60)
+    proc = subprocess.run(python_command(programs.is_killed_in_a_running_span, slug),
+                          env=dict(os.environ), timeout=60)
     assert proc.returncode == -9
     wait_until(lambda: "error" in by_name(rows()).get("interrupted", {}), 10,
                "the killed process's span was never marked")
@@ -216,37 +165,15 @@ def test_a_span_left_running_by_a_killed_process_is_stored_marked(logger, rows):
 
 
 def test_a_sender_claiming_another_host_does_not_keep_an_owned_aggregator_alive(tmp_path):
-    code = """
-        import os, msgpack, zmq, tracer
-        log = tracer.init_logger("claims")
-        with tracer.start_span("real"):
-            pass
-        tracer.flush()
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.connect(os.environ["TRACER_ENDPOINT"])
-        sock.send_multipart([msgpack.packb([1, 1, "another-host", 999999, 1, 1, 0]), b""])
-        sock.close(linger=1000)
-        ctx.term()
-        print(os.environ["_TRACER_AGGREGATOR_PID"])
-    """
-    pid = int(run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout)
+    pid = int(run_function(programs.sends_a_message_claiming_another_host, env=clean_env(),
+                           cwd=str(tmp_path)).stdout)
     assert gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
 
 
 
 def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
-    code = """
-        import atexit, tracer
-        def last_words():  # registered first, so it runs after tracer's own exit handler
-            with tracer.start_span("from atexit"):
-                pass
-        atexit.register(last_words)
-        tracer.init_logger("late")
-        with tracer.start_span("during the run"):
-            pass
-    """
-    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    run_function(programs.logs_a_span_from_a_later_exit_handler, env=clean_env(),
+                 cwd=str(tmp_path))
     store_path = str(tmp_path / ".tracer" / "traces.db")
     with Store(store_path) as store:
         names = sorted(r["span_attributes"]["name"] for r in store.rows())
@@ -254,14 +181,8 @@ def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
 
 
 def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
-    code = """
-        import os, tracer
-        tracer.init_logger("tidy")
-        with tracer.start_span("x"):
-            pass
-        print(os.environ["TRACER_ENDPOINT"], os.environ["_TRACER_AGGREGATOR_PID"])
-    """
-    endpoint, pid = run_python(code, env=clean_env(), cwd=str(tmp_path)).stdout.split()
+    endpoint, pid = run_function(programs.logs_one_span_and_prints_the_endpoint_and_aggregator_pid,
+                                 env=clean_env(), cwd=str(tmp_path)).stdout.split()
     assert gone_within(int(pid), 10)
     path = endpoint[len("ipc://"):]
     assert not [p for p in (path, path + ".pid", path + ".lock") if os.path.exists(p)]
@@ -270,30 +191,15 @@ def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
 def test_a_span_logged_after_the_flusher_went_idle_is_delivered_at_exit(tmp_path):
     """The flusher thread exits when idle; at exit (where Python >= 3.12 starts no thread) the
     last span still goes out."""
-    code = """
-        import time, tracer
-        from tracer import recorder
-        tracer.init_logger("idle")
-        with tracer.start_span("early"):
-            pass
-        time.sleep(recorder.IDLE_EXIT + 0.6)
-        with tracer.start_span("late"):
-            pass
-    """
-    proc = run_python(code, env=clean_env(), cwd=str(tmp_path))
+    proc = run_function(programs.logs_a_span_after_the_flusher_went_idle, env=clean_env(),
+                        cwd=str(tmp_path))
     assert "Traceback" not in proc.stderr, proc.stderr
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert sorted(r["span_attributes"]["name"] for r in store.rows()) == ["early", "late"]
 
 
 def test_the_store_directory_created_for_traces_is_private(tmp_path):
-    code = """
-        import tracer
-        tracer.init_logger("private")
-        with tracer.start_span("x"):
-            pass
-    """
-    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    run_function(programs.logs_one_span, env=clean_env(), cwd=str(tmp_path))
     assert (tmp_path / ".tracer").stat().st_mode & 0o777 == 0o700
 
 
@@ -329,18 +235,8 @@ def record_of(project: str, name: str) -> tuple:
 
 
 def test_a_fork_child_that_starts_recording_itself_delivers_before_os_exit(tmp_path):
-    # The parent never recorded, so nothing was armed at fork: the child arms its own exit.
-    code = """
-        import os, tracer
-        pid = os.fork()
-        if pid == 0:
-            tracer.init_logger("child-only")
-            with tracer.start_span("from the child"):
-                pass
-            os._exit(0)
-        os.waitpid(pid, 0)
-    """
-    run_python(code, env=clean_env(), cwd=str(tmp_path))
+    run_function(programs.forks_a_child_that_records_and_leaves_through_os_exit,
+                 env=clean_env(), cwd=str(tmp_path))
     store = str(tmp_path / ".tracer" / "traces.db")
     wait_for_runs_to_end(store)
 

@@ -9,48 +9,17 @@ go and flushes.
 from __future__ import annotations
 
 import json
-import textwrap
 
 from workers import payloads
 
-from .conftest import Store, clean_env, run_cli, run_python, wait_for_runs_to_end
-
-PRODUCE_WHILE_LOCKED = """
-import json, os, sqlite3, threading, time, tracer
-
-logger = tracer.init_logger("policy")
-logger.flush()  # a real handshake: the aggregator is up and its store exists
-lock = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30, isolation_level=None)
-lock.execute("BEGIN EXCLUSIVE")  # the sink cannot commit until we let go
-
-created = 0
-done = threading.Event()
-
-def produce():
-    global created
-    for i in range(N):
-        with tracer.start_span(f"span {i}"):
-            pass
-        created += 1
-    done.set()
-
-producer = threading.Thread(target=produce)
-producer.start()
-time.sleep(1.5)
-blocked_while_locked = not done.is_set()
-lock.execute("ROLLBACK")
-lock.close()
-producer.join(120)
-tracer.flush(timeout=120)
-print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
-                  "finished": done.is_set()}))
-"""
+from . import programs
+from .conftest import Store, clean_env, run_cli, run_function, wait_for_runs_to_end
 
 
 def run_policy(tmp_path, n: int, **settings: str) -> tuple[dict, int, dict]:
     """Run the producer; returns its report, the rows stored and the drop counters."""
-    code = f"N = {n}\n" + textwrap.dedent(PRODUCE_WHILE_LOCKED)
-    proc = run_python(code, env=clean_env(**settings), cwd=str(tmp_path), timeout=180)
+    proc = run_function(programs.produces_n_spans_while_the_store_is_locked, n,
+                        env=clean_env(**settings), cwd=str(tmp_path), timeout=180)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     store_path = str(tmp_path / ".tracer" / "traces.db")
     runs = wait_for_runs_to_end(store_path)

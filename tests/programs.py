@@ -1,0 +1,444 @@
+"""Programs the tests run in a fresh interpreter: ``run_function(programs.NAME, *args)`` in
+``tests/conftest.py`` runs ``NAME(*args)`` under ``python -c`` (arguments through JSON), so that
+process start and exit (fork, ``os._exit``, ``atexit``, signals) are real.
+
+What a program prints on stdout is what its test reads. Only the standard library and ``tracer``
+are imported here at the top, as a user's script would; anything else is imported by the program
+that needs it, where the program text used to, so that no program runs with modules loaded that
+it did not load itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import tracer
+
+from .helpers import wait_until
+
+# -- a process with no logger ----------------------------------------------------------------
+
+
+def traces_without_a_logger() -> None:
+    """Trace, log and flush with no logger anywhere; print what that started."""
+    import asyncio
+    import sys
+
+    import psutil
+
+    @tracer.traced
+    def double(x: int) -> int:
+        return 2 * x
+
+    @tracer.traced
+    async def adouble(x: int) -> int:
+        return 2 * x
+
+    results = [double(21), asyncio.run(adouble(2))]
+    with tracer.start_span("ignored") as span:
+        span.log(input=1, output=2)
+    span.end()
+    tracer.current_span().log(metadata={"k": "v"})
+    tracer.flush()
+    me = psutil.Process()
+    print(json.dumps({
+        "results": results,
+        "span": repr(tracer.current_span()),
+        "export": span.export(),
+        "threads": threading.active_count(),
+        "os_threads": me.num_threads(),
+        "children": len(me.children(recursive=True)),
+        "sockets": len(me.net_connections(kind="all")),
+        "zmq_loaded": "zmq" in sys.modules and
+                      any(t.name.startswith("tracer") for t in threading.enumerate()),
+    }))
+
+
+def calls_a_wrapped_openai_client_without_a_logger(base_url: str, reply: str) -> None:
+    """The wrapped client's results are the client's own objects when nothing is traced."""
+    import openai
+
+    client = tracer.wrap_openai(openai.OpenAI(base_url=base_url, api_key="test-key",
+                                              max_retries=0))
+    stream = client.chat.completions.create(model="m", messages=[], stream=True)
+    assert type(stream) is openai.Stream, type(stream)
+    assert [c.choices[0].delta.content for c in stream if c.choices][1] == "Hello"
+    completion = client.chat.completions.create(model="m", messages=[])
+    assert completion.choices[0].message.content == reply
+
+
+# -- children of a traced process ------------------------------------------------------------
+
+
+def logs_a_server_span_under(slug: str) -> None:
+    with tracer.start_span("server", type="llm", parent=slug) as span:
+        span.log(output="served")
+    tracer.flush()
+
+
+def updates_and_continues_an_exported_span(slug: str) -> None:
+    tracer.update_span(exported=slug, metadata={"updated_by": "child"})
+    with tracer.start_span("remote child", parent=slug):
+        pass
+    tracer.flush()
+
+
+def calls_a_traced_function() -> None:
+    @tracer.traced
+    def in_child() -> str:
+        return "ok"
+
+    in_child()
+
+
+def traces_into_the_inherited_experiment(experiment_id: str) -> None:
+    with tracer.start_span("in the child"):
+        pass
+    experiment = tracer.current_experiment()
+    assert experiment is not None and experiment.id == experiment_id
+    tracer.flush(timeout=30)
+
+
+def is_killed_in_a_running_span(slug: str) -> None:
+    running = tracer.start_span("interrupted", parent=slug, input="work")
+    time.sleep(0.5)  # long enough for the recorder to announce the running span
+    os.kill(os.getpid(), signal.SIGKILL)
+    running.end()  # never reached: the span is held, running, until the kill
+
+
+# -- a process that owns its aggregator ------------------------------------------------------
+
+
+def logs_one_span_and_prints_the_aggregator_pid() -> None:
+    tracer.init_logger("lifetime")
+    with tracer.start_span("only"):
+        pass
+    print(os.environ["_TRACER_AGGREGATOR_PID"])
+
+
+def logs_one_span_and_prints_the_endpoint_and_aggregator_pid() -> None:
+    tracer.init_logger("tidy")
+    with tracer.start_span("x"):
+        pass
+    print(os.environ["TRACER_ENDPOINT"], os.environ["_TRACER_AGGREGATOR_PID"])
+
+
+def logs_one_span() -> None:
+    tracer.init_logger("private")
+    with tracer.start_span("x"):
+        pass
+
+
+def sends_a_message_claiming_another_host() -> None:
+    """Log a span, send a message from a sender on another host, print the aggregator pid."""
+    import msgpack
+    import zmq
+
+    tracer.init_logger("claims")
+    with tracer.start_span("real"):
+        pass
+    tracer.flush()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(os.environ["TRACER_ENDPOINT"])
+    sock.send_multipart([msgpack.packb([1, 1, "another-host", 999999, 1, 1, 0]), b""])
+    sock.close(linger=1000)
+    ctx.term()
+    print(os.environ["_TRACER_AGGREGATOR_PID"])
+
+
+def logs_a_span_from_a_later_exit_handler() -> None:
+    def last_words() -> None:  # registered first, so it runs after tracer's own exit handler
+        with tracer.start_span("from atexit"):
+            pass
+
+    atexit.register(last_words)
+    tracer.init_logger("late")
+    with tracer.start_span("during the run"):
+        pass
+
+
+def logs_a_span_after_the_flusher_went_idle() -> None:
+    from tracer import recorder
+
+    tracer.init_logger("idle")
+    with tracer.start_span("early"):
+        pass
+    wait_until(lambda: not any(t.name == "tracer-flusher" for t in threading.enumerate()),
+               recorder.IDLE_EXIT + 30, "the flusher thread never went idle")
+    with tracer.start_span("late"):
+        pass
+
+
+def forks_a_child_that_records_and_leaves_through_os_exit() -> None:
+    # The parent never recorded, so nothing was armed at fork: the child arms its own exit.
+    pid = os.fork()
+    if pid == 0:
+        tracer.init_logger("child-only")
+        with tracer.start_span("from the child"):
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def logs_a_span_over_tcp() -> None:
+    """Log one span to ``TRACER_ENDPOINT`` (a standalone aggregator)."""
+    tracer.init_logger("standalone")
+    with tracer.start_span("remote span") as span:
+        span.log(input="sent over tcp")
+    tracer.flush(timeout=30)
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def logs_under_load_for_3_seconds() -> None:
+    """Print the aggregator pid, log spans from a pool and this process for 3 s, flush; print
+    how many spans were created and how long the flush took."""
+    from tests import boundary_tasks as tasks
+
+    tracer.init_logger("under-load")
+    print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
+    created = 0
+    with tracer.TracedPool(2) as pool:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            with tracer.start_span("batch"):
+                pool.map(tasks.work, range(20))
+                for i in range(20):
+                    tasks.work(i)
+            created += 1 + 4 * 20
+    finished = time.monotonic()
+    tracer.flush(timeout=30)
+    print(json.dumps({"created": created, "flush_seconds": time.monotonic() - finished}),
+          flush=True)
+
+
+def logs_50_spans_and_is_killed() -> None:
+    tracer.init_logger("killed-owner")
+    for i in range(50):
+        with tracer.start_span(f"span {i}"):
+            pass
+    print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
+    time.sleep(0.5)  # the recorder sends within 0.1 s; no flush, no exit handler
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kills_its_aggregator_whose_replacements_die_as_they_start() -> None:
+    tracer.init_logger("doomed")
+    tracer.flush()
+    os.environ["TRACER_QUEUE_SIZE"] = "not a number"  # every replacement dies as it starts
+    os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
+    for i in range(6):
+        with tracer.start_span(f"span {i}"):
+            pass
+        try:
+            tracer.flush(timeout=30)
+        except tracer.FlushError as exc:
+            print("FlushError:", exc)
+
+
+# -- a store that cannot be written ----------------------------------------------------------
+
+
+def lock_the_store(timeout: float = 5.0) -> sqlite3.Connection:
+    """Hold an exclusive lock on ``.tracer/traces.db`` (the sink cannot commit) until the
+    connection returned rolls back; ``timeout`` is how long to wait for the lock."""
+    lock = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=timeout,
+                           isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    return lock
+
+
+def aggregator_counters() -> dict:
+    """The counters of the aggregator this process logs to, asked over the socket."""
+    from workers.cli import ask_stats
+
+    stats = ask_stats(os.environ["TRACER_ENDPOINT"])
+    assert stats is not None, "the aggregator did not answer"
+    return stats["counters"]
+
+
+def log_while_the_store_is_locked(project: str, n: int) -> sqlite3.Connection:
+    """Log ``n`` spans ("span <i>", output i) into ``project`` while the store is locked;
+    returns the lock."""
+    logger = tracer.init_logger(project)
+    logger.flush()  # a real handshake: the aggregator is up and its store exists
+    lock = lock_the_store()
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            span.log(output=i)
+    return lock
+
+
+def logs_while_the_store_fails_twice_then_recovers(project: str, n: int) -> None:
+    lock = log_while_the_store_is_locked(project, n)
+    wait_until(lambda: aggregator_counters().get("write_retries", 0) >= 2, 60,
+               "the aggregator never retried a write twice", interval=0.1)
+    lock.execute("ROLLBACK")  # the sink recovers
+    tracer.flush(timeout=60)
+    print(json.dumps(aggregator_counters()))
+
+
+def logs_while_the_store_stays_locked_past_every_retry(project: str, n: int) -> None:
+    lock = log_while_the_store_is_locked(project, n)
+    try:
+        tracer.flush(timeout=120)
+    except tracer.FlushError:
+        pass  # expected: the store stays locked past every retry
+    stats = aggregator_counters()
+    lock.execute("ROLLBACK")
+    print(json.dumps(stats))
+
+
+def produces_n_spans_while_the_store_is_locked(n: int) -> None:
+    """Produce ``n`` spans from a thread while the store is locked; after 1.5 s let go and
+    flush. Print how many were created and whether the producer was blocked meanwhile."""
+    logger = tracer.init_logger("policy")
+    logger.flush()  # a real handshake: the aggregator is up and its store exists
+    lock = lock_the_store(timeout=30)
+    created = 0
+    done = threading.Event()
+
+    def produce() -> None:
+        nonlocal created
+        for i in range(n):
+            with tracer.start_span(f"span {i}"):
+                pass
+            created += 1
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(1.5)  # time for a producer that is not blocked to finish
+    blocked_while_locked = not done.is_set()
+    lock.execute("ROLLBACK")
+    lock.close()
+    producer.join(120)
+    tracer.flush(timeout=120)
+    print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
+                      "finished": done.is_set()}))
+
+
+def stored_rows_count() -> int:
+    conn = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def counts_the_rows_stored_before_and_after_flush() -> None:
+    logger = tracer.init_logger("held")
+    logger.flush()  # the aggregator is up and its store exists
+    for i in range(20):
+        with tracer.start_span(f"span {i}"):
+            pass
+    time.sleep(1.0)  # far past the usual 0.1 s batching delay
+    before = stored_rows_count()
+    tracer.flush()
+    print(json.dumps({"before": before, "after": stored_rows_count()}))
+
+
+def flushes_while_the_store_is_locked() -> None:
+    logger = tracer.init_logger("failing")
+    logger.flush()
+    lock = lock_the_store()  # locked for the whole flush
+    with tracer.start_span("doomed"):
+        pass
+    try:
+        tracer.flush(timeout=60)
+    except tracer.FlushError as exc:
+        print("FlushError:", exc)
+    else:
+        print("no error")
+    lock.execute("ROLLBACK")
+
+
+def copies_every_batch() -> None:
+    tracer.init_logger("copied")
+    for i in range(30):
+        with tracer.start_span(f"span {i}", type="task") as span:
+            span.log(output=i, metadata={"i": i})
+    tracer.update_span(span.export(), tags=["last"])  # a second partial of one row
+    tracer.flush()
+
+
+def logs_a_row_over_max_request_size() -> None:
+    tracer.init_logger("oversized")
+    with tracer.start_span("huge") as span:
+        span.log(output="x" * 100_000, metadata={"kept": True})
+    with tracer.start_span("small") as span:
+        span.log(output="fine")
+    tracer.flush()
+
+
+def flushes_into_a_store_that_is_not_a_database() -> None:
+    from tracer.recorder import process_alive
+
+    tracer.init_logger("unwritable")
+    with tracer.start_span("kept aside"):
+        pass
+    try:
+        tracer.flush(timeout=60)
+    except tracer.FlushError as exc:
+        print("FlushError:", exc)
+    print("aggregator alive:", process_alive(int(os.environ["_TRACER_AGGREGATOR_PID"])))
+
+
+# -- attachments -----------------------------------------------------------------------------
+
+
+def logs_an_attachment_of_a_missing_file(path: str) -> None:
+    tracer.init_logger("missing")
+    with tracer.start_span("with a missing file") as span:
+        span.log(input={"image": tracer.Attachment(path)}, output="answered")
+    tracer.flush()
+
+
+def logs_an_attachment_of_5000_bytes() -> None:
+    tracer.init_logger("limit")
+    with tracer.start_span("too big") as span:
+        span.log(output=tracer.Attachment(b"x" * 5000, filename="big.bin"))
+    tracer.flush()
+
+
+def logs_an_attachment_that_cannot_be_written() -> None:
+    """Print the aggregator's counters after the flush."""
+    tracer.init_logger("unwritable")
+    with tracer.start_span("kept") as span:
+        span.log(input=tracer.Attachment(b"lost bytes", filename="lost.bin"), output=42)
+    tracer.flush()
+    print(json.dumps(aggregator_counters()))
+
+
+def logs_an_attachment_that_is_not_stored() -> None:
+    tracer.init_logger("unstored")
+    with tracer.start_span("kept") as span:
+        span.log(input=tracer.Attachment(b"lost bytes", filename="lost.bin"))
+    tracer.flush()
+
+
+def logs_an_attachment_and_exits_without_flush() -> None:
+    """Print the attachment's key."""
+    tracer.init_logger("no flush")
+    attachment = tracer.Attachment(b"stored at exit" * 1000, filename="exit.bin")
+    with tracer.start_span("last words") as span:
+        span.log(output=attachment)
+    print(attachment.key)
+
+
+def logs_an_attachment_over_tcp() -> None:
+    """Log to ``TRACER_ENDPOINT``; print the attachment's key."""
+    tracer.init_logger("remote")
+    attachment = tracer.Attachment(b"over tcp", filename="tcp.txt")
+    with tracer.start_span("remote span") as span:
+        span.log(output=attachment)
+    tracer.flush(timeout=30)
+    print(attachment.key)
