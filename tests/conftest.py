@@ -23,6 +23,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -210,26 +211,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class StandaloneAggregator:
-    """``tracer aggregator --bind tcp://127.0.0.1:PORT --store STORE`` in a subprocess, as a
-    fleet runs it on a host of its own; recorders reach it through ``endpoint``. Its output
-    goes to ``log_path``. A context manager: it is stopped on leaving."""
+S = TypeVar("S", bound="Service")
 
-    def __init__(self, store: str, log_path: str) -> None:
-        self.store = store
+
+class Service:
+    """A long-running subprocess of the tests (an aggregator, a Celery worker), its output going
+    to ``log_path``, stopped with SIGTERM. A context manager: it is stopped on leaving."""
+
+    def __init__(self, what: str, cmd: list[str], log_path: str, env: dict[str, str],
+                 cwd: str | None = None) -> None:
+        self.what = what  # how a failure names it
         self.log_path = log_path
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*CLI, "aggregator", "--bind", self.endpoint, "--store", store],
-                env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log,
+                                         stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, as a service manager stops it; returns its exit code. One that ignores
+        """SIGTERM, as a service manager stops it; returns the exit code. One that ignores
         SIGTERM for ``timeout`` seconds is killed and fails the test."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -238,15 +240,26 @@ class StandaloneAggregator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                pytest.fail(f"the standalone aggregator ignored SIGTERM for {timeout}s:\n"
-                            f"{self.log()}")
+                pytest.fail(f"{self.what} ignored SIGTERM for {timeout}s:\n{self.log()}")
         return self.proc.returncode
 
-    def __enter__(self) -> StandaloneAggregator:
+    def __enter__(self: S) -> S:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class StandaloneAggregator(Service):
+    """``tracer aggregator --bind tcp://127.0.0.1:PORT --store STORE``, as a fleet runs it on a
+    host of its own; recorders reach it through ``endpoint``."""
+
+    def __init__(self, store: str, log_path: str) -> None:
+        self.store = store
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        super().__init__("the standalone aggregator",
+                         [*CLI, "aggregator", "--bind", self.endpoint, "--store", store],
+                         log_path, clean_env())
 
 
 @pytest.fixture
@@ -320,7 +333,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 _redis_databases = itertools.count(1)
 
 
-class CeleryWorker:
+class CeleryWorker(Service):
     """A real ``celery -A tests.celery_tasks worker`` with the prefork pool, in a subprocess.
 
     ``broker`` is the Redis database it consumes from (also its result backend); ``env`` is
@@ -330,38 +343,21 @@ class CeleryWorker:
     def __init__(self, broker: str, name: str, log_path: str, env: dict[str, str],
                  args: tuple[str, ...] = ()) -> None:
         self.broker = broker
-        self.log_path = log_path
         cmd = [sys.executable, "-m", "celery", "-A", "tests.celery_tasks", "worker",
                "--pool", "prefork", "--concurrency", "2", "--loglevel", "INFO",
                "--without-heartbeat", "--without-gossip", "--without-mingle",
                "--hostname", f"{name}@%h", *args]
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=clean_env(TRACER_TEST_BROKER=broker, **env),
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while " ready." not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"the celery worker did not start:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        super().__init__("the celery worker", cmd, log_path,
+                         clean_env(TRACER_TEST_BROKER=broker, **env), cwd=ROOT)
+        poll(lambda: " ready." in self.log() or self.proc.poll() is not None, 60, interval=0.1)
+        if " ready." not in self.log():
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the celery worker did not start:\n{self.log()}")
 
     def stop(self, timeout: float = 60) -> int:
         """Warm shutdown (SIGTERM: running tasks finish first); returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"the celery worker ignored a warm shutdown for {timeout}s:\n"
-                            f"{self.log()}")
-        return self.proc.returncode
+        return super().stop(timeout)
 
 
 @pytest.fixture(scope="module")

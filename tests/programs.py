@@ -115,24 +115,13 @@ def is_killed_in_a_running_span(slug: str) -> None:
 # -- a process that owns its aggregator ------------------------------------------------------
 
 
-def logs_one_span_and_prints_the_aggregator_pid() -> None:
-    tracer.init_logger("lifetime")
-    with tracer.start_span("only"):
-        pass
-    print(os.environ["_TRACER_AGGREGATOR_PID"])
-
-
-def logs_one_span_and_prints_the_endpoint_and_aggregator_pid() -> None:
-    tracer.init_logger("tidy")
-    with tracer.start_span("x"):
+def logs_one_span(project: str, name: str) -> None:
+    """Log one span into ``project`` (starting an aggregator); print the aggregator's endpoint
+    and pid."""
+    tracer.init_logger(project)
+    with tracer.start_span(name):
         pass
     print(os.environ["TRACER_ENDPOINT"], os.environ["_TRACER_AGGREGATOR_PID"])
-
-
-def logs_one_span() -> None:
-    tracer.init_logger("private")
-    with tracer.start_span("x"):
-        pass
 
 
 def sends_a_message_claiming_another_host() -> None:
@@ -198,6 +187,17 @@ def logs_a_span_over_tcp() -> None:
 # -- faults ----------------------------------------------------------------------------------
 
 
+def flush_printing_the_error(timeout: float) -> bool:
+    """``tracer.flush``, printing a FlushError ("FlushError: <why>") rather than raising it;
+    whether the flush succeeded."""
+    try:
+        tracer.flush(timeout=timeout)
+    except tracer.FlushError as exc:
+        print("FlushError:", exc)
+        return False
+    return True
+
+
 def logs_under_load_for_3_seconds() -> None:
     """Print the aggregator pid, log spans from a pool and this process for 3 s, flush; print
     how many spans were created and how long the flush took."""
@@ -238,10 +238,7 @@ def kills_its_aggregator_whose_replacements_die_as_they_start() -> None:
     for i in range(6):
         with tracer.start_span(f"span {i}"):
             pass
-        try:
-            tracer.flush(timeout=30)
-        except tracer.FlushError as exc:
-            print("FlushError:", exc)
+        flush_printing_the_error(timeout=30)
 
 
 # -- a store that cannot be written ----------------------------------------------------------
@@ -352,11 +349,7 @@ def flushes_while_the_store_is_locked() -> None:
     lock = lock_the_store()  # locked for the whole flush
     with tracer.start_span("doomed"):
         pass
-    try:
-        tracer.flush(timeout=60)
-    except tracer.FlushError as exc:
-        print("FlushError:", exc)
-    else:
+    if flush_printing_the_error(timeout=60):
         print("no error")
     lock.execute("ROLLBACK")
 
@@ -385,10 +378,7 @@ def flushes_into_a_store_that_is_not_a_database() -> None:
     tracer.init_logger("unwritable")
     with tracer.start_span("kept aside"):
         pass
-    try:
-        tracer.flush(timeout=60)
-    except tracer.FlushError as exc:
-        print("FlushError:", exc)
+    flush_printing_the_error(timeout=60)
     print("aggregator alive:", process_alive(int(os.environ["_TRACER_AGGREGATOR_PID"])))
 
 

@@ -78,9 +78,9 @@ def test_a_spawned_child_attaches_to_the_parents_aggregator_without_init_logger(
 
 
 def test_the_aggregator_exits_after_its_owner_is_gone(tmp_path):
-    pid = int(run_function(programs.logs_one_span_and_prints_the_aggregator_pid,
-                           env=clean_env(), cwd=str(tmp_path)).stdout)
-    assert gone_within(pid, 10), f"aggregator {pid} still running 10 s after its owner exited"
+    _endpoint, pid = run_function(programs.logs_one_span, "lifetime", "only", env=clean_env(),
+                                  cwd=str(tmp_path)).stdout.split()
+    assert gone_within(int(pid), 10), f"aggregator {pid} still running 10 s after its owner exited"
     with Store(str(tmp_path / ".tracer" / "traces.db")) as store:
         assert [r["span_attributes"]["name"] for r in store.rows()] == ["only"]
         (run,) = store.runs()
@@ -181,8 +181,8 @@ def test_a_span_logged_by_a_later_exit_handler_is_still_delivered(tmp_path):
 
 
 def test_an_aggregator_removes_its_socket_files_when_it_exits(tmp_path):
-    endpoint, pid = run_function(programs.logs_one_span_and_prints_the_endpoint_and_aggregator_pid,
-                                 env=clean_env(), cwd=str(tmp_path)).stdout.split()
+    endpoint, pid = run_function(programs.logs_one_span, "tidy", "x", env=clean_env(),
+                                 cwd=str(tmp_path)).stdout.split()
     assert gone_within(int(pid), 10)
     path = endpoint[len("ipc://"):]
     assert not [p for p in (path, path + ".pid", path + ".lock") if os.path.exists(p)]
@@ -199,7 +199,7 @@ def test_a_span_logged_after_the_flusher_went_idle_is_delivered_at_exit(tmp_path
 
 
 def test_the_store_directory_created_for_traces_is_private(tmp_path):
-    run_function(programs.logs_one_span, env=clean_env(), cwd=str(tmp_path))
+    run_function(programs.logs_one_span, "private", "x", env=clean_env(), cwd=str(tmp_path))
     assert (tmp_path / ".tracer").stat().st_mode & 0o777 == 0o700
 
 

@@ -52,6 +52,13 @@ class Taker:
         return not self.thread.is_alive()
 
 
+def assert_still_waiting(taker: Taker, queue: RowQueue) -> None:
+    """``taker``'s take has not returned after 0.2 s (closing the queue then releases it)."""
+    assert not taker.returned_within(0.2)
+    queue.close()
+    assert taker.returned_within(SOON)
+
+
 # -- putting rows ----------------------------------------------------------------------------
 
 
@@ -246,9 +253,7 @@ def test_a_batch_is_not_due_before_max_rows_or_max_delay():
     put(queue, "a")
     taker = Taker(queue, max_rows=2, max_delay=60)
 
-    assert not taker.returned_within(0.2)
-    queue.close()
-    assert taker.returned_within(SOON)
+    assert_still_waiting(taker, queue)
 
 
 def test_closing_hands_out_what_is_left_then_none():
@@ -377,9 +382,7 @@ def test_a_marker_that_is_not_urgent_waits_like_the_rows():
 
     queue.mark("commit notice", urgent=False)
 
-    assert not taker.returned_within(0.2)
-    queue.close()
-    assert taker.returned_within(SOON)
+    assert_still_waiting(taker, queue)
 
 
 # -- holding rows for a flush (SYNC_FLUSH) ---------------------------------------------------
@@ -391,9 +394,7 @@ def test_a_holding_queue_keeps_rows_past_max_rows_and_max_delay():
     put(queue, "b")
     taker = Taker(queue, max_rows=1, max_delay=0.01)
 
-    assert not taker.returned_within(0.2)
-    queue.close()
-    assert taker.returned_within(SOON)
+    assert_still_waiting(taker, queue)
 
 
 def test_a_holding_queue_hands_rows_out_on_a_flush():
