@@ -182,10 +182,10 @@ def main() -> int:
         stop(aggregator)  # it commits what it holds, then exits
 
         from workers.cli import print_tree
-        from workers.sinks.sqlite import Store
+        from workers.store import open_store
 
         print()
-        with Store(store) as reader:
+        with open_store(store, readonly=True) as reader:
             print_tree(reader, root.root_span_id)
             rows = list(reader.rows(root_span_id=root.root_span_id))
         expected = 1 + SPANS_PER_ORDER * args.orders

@@ -25,7 +25,7 @@ import pytest
 
 import tracer
 from tracer.recorder import process_alive
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "workers.cli"]

@@ -14,9 +14,10 @@ import pytest
 
 import tracer
 from tracer.attachments import blob_path, spool_dir
-from workers.attachments import lookup, references
+from workers.attachments import references
 from workers.cli import ask_stats
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
+from workers.store.sqlite import lookup_attachments as lookup
 
 from . import attachment_tasks
 from .conftest import CLI, by_name, clean_env, run_cli, run_python

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import tracer
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from . import boundary_tasks as tasks
 

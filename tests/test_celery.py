@@ -21,7 +21,7 @@ import pytest
 from celery import chain, chord, group
 
 import tracer
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from . import celery_tasks
 from .conftest import CLI, clean_env, free_port, run_python, wait_for_runs_to_end

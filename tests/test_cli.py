@@ -18,7 +18,7 @@ import pytest
 
 import tracer
 from tests.conftest import CLI, clean_env, run_cli, run_python
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 UNKNOWN_ROOT = "00000000-0000-0000-0000-000000000000"
 

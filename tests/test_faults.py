@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from .conftest import clean_env, gone_within, wait_for_runs_to_end
 

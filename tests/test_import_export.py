@@ -17,7 +17,7 @@ import sys
 import tracer
 from tests.conftest import ROOT, by_name, clean_env, run_cli
 from tests.openai_server import CHAT_USAGE
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 EXAMPLE = os.path.join(ROOT, "scripts", "import_example")
 REFERENCE_SPANS = os.path.join(EXAMPLE, "spans.jsonl")  # the reference's printed output

@@ -13,7 +13,8 @@ import textwrap
 from workers import payloads
 from workers.queue import Pending
 from workers.rows import Container
-from workers.sinks.sqlite import SQLiteSink, Store
+from workers.store.sqlite import SQLiteReader as Store
+from workers.store.sqlite import SQLiteWriter as SQLiteSink
 
 from .conftest import clean_env, run_cli, run_python
 

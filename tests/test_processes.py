@@ -18,7 +18,7 @@ import zmq
 import tracer
 from tracer import wire
 from tracer.recorder import Recorder
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from .conftest import ROOT, by_name, clean_env, gone_within, run_python, wait_for_runs_to_end
 

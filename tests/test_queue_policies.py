@@ -12,7 +12,7 @@ import json
 import textwrap
 
 from workers import payloads
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from .conftest import clean_env, run_cli, run_python, wait_for_runs_to_end
 

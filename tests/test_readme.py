@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from workers.sinks.sqlite import Store
+from workers.store.sqlite import SQLiteReader as Store
 
 from .conftest import ROOT, clean_env, run_python
 

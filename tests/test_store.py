@@ -10,7 +10,8 @@ from tracer import wire
 from tracer.wire import unpack_stored
 from workers.queue import Pending
 from workers.rows import Container, project_id
-from workers.sinks.sqlite import SQLiteSink, Store
+from workers.store.sqlite import SQLiteReader as Store
+from workers.store.sqlite import SQLiteWriter as SQLiteSink
 
 
 def stored_data(store_path: str, row_id: str) -> tuple[str, object]:

@@ -1,6 +1,6 @@
 """The aggregator: one process that receives the spans of a whole process tree (or fleet).
 
-    receive -> decode -> merge into the queue -> uploader thread -> sink
+    receive -> decode -> merge into the queue -> uploader thread -> store
 
 The receiving loop below is the only user of the ROUTER socket. It decodes each message (counting
 and skipping anything malformed: garbage never crashes it), checks each sender's sequence numbers
@@ -40,7 +40,7 @@ from . import media, payloads
 from .attachments import AttachmentMover
 from .queue import RowQueue
 from .rows import Container, merge, now_iso, record_to_row
-from .sinks.sqlite import SQLiteSink
+from .store import StoreWriter, open_store
 from .uploader import Uploader
 
 HOST = socket.gethostname()
@@ -112,7 +112,7 @@ class Aggregator:
     # -- main loop -------------------------------------------------------------------------------
 
     def run(self) -> int:
-        sink = SQLiteSink(self.store)
+        sink = open_store(self.store)
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -190,7 +190,7 @@ class Aggregator:
         self._info(f"exiting: {self.summary()}")
         return 0
 
-    def _record_run(self, sink: SQLiteSink, ended: bool = False) -> None:
+    def _record_run(self, sink: StoreWriter, ended: bool = False) -> None:
         try:
             sink.record_run(self.run_id, self.info(), self.stats(), ended)
         except Exception as exc:  # the store is unusable: rows still go to retries and payloads

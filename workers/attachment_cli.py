@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 
 from tracer import attachments, config
 
-from .attachments import KEY, lookup, references, status
-from .sinks.sqlite import Store
+from .attachments import KEY, references, status
+from .store import STORE_ERRORS, StoreReader, open_store
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """``tracer attachment ...``; exit status 0, 1 (not stored) or 2 (bad input or store)."""
     try:
         return get(args)
-    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
+    except (FileNotFoundError, ValueError, *STORE_ERRORS) as exc:
         print(f"tracer attachment {args.action}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -55,8 +54,8 @@ def get(args: argparse.Namespace) -> int:
     if not KEY.fullmatch(args.key):
         raise ValueError(f"not an attachment key: {args.key!r} (expected 32 hex digits)")
     path = config.store_path(args.store or config.load().store)
-    with Store(path) as store:
-        recorded = lookup(store.conn, [args.key]).get(args.key)
+    with open_store(path, readonly=True) as store:
+        recorded = store.attachments([args.key]).get(args.key)
     state = status(path, {"type": attachments.BRAINTRUST_ATTACHMENT, "key": args.key}, recorded)
     if "path" not in state:
         why = state.get("error_message") or "it is still being stored; try again in a moment"
@@ -73,7 +72,7 @@ def get(args: argparse.Namespace) -> int:
     return 0
 
 
-def saving(store: Store, rows: Iterable[dict], directory: str) -> Iterator[dict]:
+def saving(store: StoreReader, rows: Iterable[dict], directory: str) -> Iterator[dict]:
     """``rows`` as they are exported, each attachment they refer to written to ``directory``
     and each reference given its ``upload_status`` (and ``error_message``)."""
     os.makedirs(directory, exist_ok=True)
@@ -82,10 +81,10 @@ def saving(store: Store, rows: Iterable[dict], directory: str) -> Iterator[dict]
     for row in rows:
         refs = [ref for ref in references(row)
                 if ref.get("type") == attachments.BRAINTRUST_ATTACHMENT]
-        recorded = lookup(store.conn, [ref["key"] for ref in refs if isinstance(ref.get("key"),
-                                                                                   str)])
+        recorded = store.attachments([ref["key"] for ref in refs
+                                      if isinstance(ref.get("key"), str)])
         for ref in refs:
-            state = status(store.path, ref, recorded.get(ref.get("key")))
+            state = status(store.location, ref, recorded.get(ref.get("key")))
             ref["upload_status"] = state["upload_status"]
             if state.get("error_message"):
                 ref["error_message"] = state["error_message"]
@@ -109,15 +108,15 @@ def file_name(ref: dict) -> str:
     return f"{ref['key']}-{name}"
 
 
-def span_lines(store: Store, row: dict) -> list[str]:
+def span_lines(store: StoreReader, row: dict) -> list[str]:
     """One line per attachment of a span, for ``tracer show``."""
     refs = list(references(row))
     if not refs:
         return []
-    recorded = lookup(store.conn, [ref["key"] for ref in refs if isinstance(ref.get("key"), str)])
+    recorded = store.attachments([ref["key"] for ref in refs if isinstance(ref.get("key"), str)])
     lines = []
     for ref in refs:
-        state = status(store.path, ref, recorded.get(ref.get("key")))
+        state = status(store.location, ref, recorded.get(ref.get("key")))
         text = f"attachment {ref.get('filename')} ({ref.get('content_type')}"
         size = state.get("size")
         text += f", {_size(size)})" if isinstance(size, int) else ")"

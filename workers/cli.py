@@ -8,7 +8,6 @@ import csv
 import datetime
 import json
 import os
-import sqlite3
 import sys
 from collections import defaultdict
 
@@ -16,7 +15,7 @@ from tracer import config, wire
 from tracer.event import SPAN_TYPES
 
 from . import attachment_cli
-from .sinks.sqlite import Store
+from .store import STORE_ERRORS, StoreReader, open_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"demo": cmd_demo, "export": cmd_export, "import": cmd_import, "show": cmd_show,
                 "stats": cmd_stats, "import-payloads": cmd_import_payloads}[args.command](args)
-    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
+    except (FileNotFoundError, ValueError, *STORE_ERRORS) as exc:
         print(f"tracer {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -136,8 +135,8 @@ def _store_arg(p: argparse.ArgumentParser, what: str = "store to read") -> None:
     p.add_argument("--store", help=f"{what} (default: TRACER_STORE or .tracer/traces.db)")
 
 
-def _open_store(args: argparse.Namespace) -> Store:
-    return Store(config.store_path(args.store or config.load().store))
+def _open_store(args: argparse.Namespace) -> StoreReader:
+    return open_store(config.store_path(args.store or config.load().store), readonly=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -145,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     store = config.store_path(args.store or config.load().store)
     root_id = run_demo(store, args.tasks)
-    with Store(store) as reader:
+    with open_store(store, readonly=True) as reader:
         print_tree(reader, root_id)
     print(f"\nrows stored in {store}")
     print(f"next: tracer show --last --store {store}   |   tracer export --root {root_id} "
@@ -217,7 +216,6 @@ def parse_time(text: str) -> float:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from . import importer
-    from .sinks.sqlite import SQLiteSink
 
     store = config.store_path(args.store or config.load().store)
     if args.file == "-":
@@ -225,7 +223,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         with open(args.file, encoding="utf-8") as f:
             entries = list(importer.read_lines(f, args.file))
-    sink = SQLiteSink(store)
+    sink = open_store(store)
     try:
         target = importer.Target(sink, args.project, args.experiment)
         pending, traces = importer.to_pending(entries, target)
@@ -246,11 +244,10 @@ def _describe_container(container) -> str:
 
 def cmd_import_payloads(args: argparse.Namespace) -> int:
     from . import payloads
-    from .sinks.sqlite import SQLiteSink
 
     store = config.store_path(args.store or config.load().store)
     names = payloads.files(args.path)
-    sink = SQLiteSink(store)
+    sink = open_store(store)
     rows = 0
     try:
         for name in names:
@@ -275,7 +272,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_tree(store: Store, root_span_id: str) -> bool:
+def print_tree(store: StoreReader, root_span_id: str) -> bool:
     """Print one trace as an indented tree; False if it has no rows."""
     rows = list(store.rows(root_span_id=root_span_id))
     if not rows:
@@ -354,7 +351,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     runs: list[dict] = []
     store_path = config.store_path(args.store or config.load().store)
     if os.path.exists(store_path):
-        with Store(store_path) as store:
+        with open_store(store_path, readonly=True) as store:
             runs = store.runs()
     if endpoints[0] is None:
         endpoints = [run["endpoint"] for run in runs if run["ended"] is None]

@@ -31,6 +31,7 @@ from tracer import config, wire
 
 from .queue import Pending
 from .rows import Container, record_to_row, to_json
+from .store import StoreWriter
 
 VERSION = 1
 
@@ -76,8 +77,8 @@ def files(path: str) -> list[str]:
 
 
 def read(path: str) -> Iterator[Pending]:
-    """The rows of one payload file, ready for a sink's ``write``. Raises ValueError, naming the
-    file and line, for anything that is not a payload."""
+    """The rows of one payload file, ready for a store writer's ``write``. Raises ValueError,
+    naming the file and line, for anything that is not a payload."""
     containers: dict[str, Container] = {}
 
     def container_of(key: str) -> Container:
@@ -113,7 +114,7 @@ def _read_records(path: str, container_of) -> Iterator[Pending]:
             yield Pending((container.id, row_id), row, 0, 0, container)
 
 
-def replay(path: str, sink, batch_size: int = 1000) -> tuple[int, int]:
+def replay(path: str, sink: StoreWriter, batch_size: int = 1000) -> tuple[int, int]:
     """Merge every row of the payload files at ``path`` into ``sink``; returns (files, rows).
 
     A file is read whole before any of it is written, so a malformed file writes nothing.

@@ -18,7 +18,7 @@ Caller side (one process):
 Aggregator side (the spans a ``@traced`` root/child pair records, 100-character input):
   receive     ``Aggregator._apply_records`` on DATA bodies as recorders send them: decode, check,
               turn each record into its partial row, queue it (the real ``RowQueue``);
-  sink        ``SQLiteSink.write`` of the queued rows in batches of 1,000 (the default): columns,
+  sink        ``SQLiteWriter.write`` of the queued rows in batches of 1,000 (the default): columns,
               msgpack, the upsert into the table and its indexes, the commit; wall and CPU time.
 """
 
@@ -130,7 +130,7 @@ def bodies(spans: int) -> list[bytes]:
 def aggregator(spans: int, repeats: int, store_dir: str) -> dict:
     from workers.aggregator import Aggregator, Sender
     from workers.queue import RowQueue
-    from workers.sinks.sqlite import SQLiteSink
+    from workers.store.sqlite import SQLiteWriter
 
     data = bodies(spans)
     agg = Aggregator("ipc:///nonexistent", os.path.join(store_dir, "unused.db"))
@@ -147,7 +147,7 @@ def aggregator(spans: int, repeats: int, store_dir: str) -> dict:
         queued = agg.queue.take(spans, 1 << 40, 0)
         if len(queued) != spans:
             raise SystemExit(f"limits: {len(queued)} rows queued of {spans}")
-        sink = SQLiteSink(os.path.join(store_dir, f"sink-{attempt}.db"))
+        sink = SQLiteWriter(os.path.join(store_dir, f"sink-{attempt}.db"))
         sink.write(queued[:1])  # schema and connection made outside the timing
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(1, spans, 1000):

@@ -24,7 +24,7 @@ measure what users get.
   workers find the aggregator through ``TRACER_ENDPOINT``), ``@tracer.traced`` tasks, with
   ``tracer.TracedPool`` (the documented way) and with a plain ``multiprocessing`` Pool (what users
   of the anchors write); ``tracer.flush()`` at the end. Delivered: rows with an end time in the
-  SQLite store, read with ``workers.sinks.sqlite.Store`` once the aggregator has exited.
+  SQLite store, read with ``workers.store.open_store`` once the aggregator has exited.
 - OpenTelemetry SDK: ``TracerProvider`` + ``BatchSpanProcessor`` (defaults) + an exporter that
   appends one JSON line per exported span to ``spans-<pid>.jsonl``; tasks decorated with
   ``tracer.start_as_current_span(name)``; plain Pool; ``provider.shutdown()`` at the end.
@@ -129,10 +129,10 @@ class Ours:
 
     @staticmethod
     def count(out: str) -> tuple[dict[str, Seen], dict]:
-        from workers.sinks.sqlite import Store
+        from workers.store import open_store
 
         seen = {}
-        with Store(os.path.join(out, "traces.db")) as store:
+        with open_store(os.path.join(out, "traces.db"), readonly=True) as store:
             for row in store.rows(project=PROJECT):
                 seen[row["span_id"]] = Seen(row["span_attributes"].get("name"),
                                             row["root_span_id"],
