@@ -14,8 +14,8 @@ import pytest
 
 import tracer
 from tracer.attachments import blob_path, spool_dir
+from tracer.stats_client import ask_stats
 from workers.attachments import references
-from workers.cli import ask_stats
 from workers.store.sqlite import SQLiteReader as Store
 from workers.store.sqlite import lookup_attachments as lookup
 
@@ -219,7 +219,7 @@ def test_a_failed_attachment_never_loses_the_row_and_is_counted(tmp_path):
     (tmp_path / ".tracer" / "traces.attachments").write_bytes(b"in the way")
     proc = run_python("""
         import json, os, tracer
-        from workers.cli import ask_stats
+        from tracer.stats_client import ask_stats
         tracer.init_logger("unwritable")
         with tracer.start_span("kept") as span:
             span.log(input=tracer.Attachment(b"lost bytes", filename="lost.bin"), output=42)

@@ -22,7 +22,7 @@ from .conftest import clean_env, run_cli, run_python
 # locked, then runs AFTER_LOGGING; ``counters()`` asks the live aggregator for its counters.
 LOCKED_CHILD = """
 import json, os, sqlite3, time, tracer
-from workers.cli import ask_stats
+from tracer.stats_client import ask_stats
 
 def counters():
     return ask_stats(os.environ["TRACER_ENDPOINT"])["counters"]

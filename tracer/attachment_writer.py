@@ -378,24 +378,10 @@ def _store_of(w: _State, rec: Any) -> str | None:
 def _ask_store(endpoint: str) -> str | None:
     """Ask a standalone aggregator (attached to by endpoint) where its store is; None unless
     it runs on this host with its store's directory here."""
-    import zmq
+    from .stats_client import ask_stats  # only a recorder attached by endpoint ever asks
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([wire.header(wire.STATS, (socket.gethostname(), os.getpid(), 0), 0,
-                                         0), b""])
-        if not sock.poll(ASK_TIMEOUT_MS):
-            return None
-        kind, _token, stats, _first = wire.unpack_reply(sock.recv())
-    except (zmq.ZMQError, ValueError):
-        return None
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    if kind != wire.STATS_REPLY or not isinstance(stats, dict):
+    stats = ask_stats(endpoint, ASK_TIMEOUT_MS)
+    if stats is None:
         return None
     store, host = stats.get("store"), stats.get("host")
     if not isinstance(store, str) or not (endpoint.startswith("ipc://")

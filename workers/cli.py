@@ -11,8 +11,9 @@ import os
 import sys
 from collections import defaultdict
 
-from tracer import config, wire
+from tracer import config
 from tracer.event import SPAN_TYPES
+from tracer.stats_client import ask_stats
 
 from . import attachment_cli
 from .store import STORE_ERRORS, StoreReader, open_store
@@ -366,30 +367,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 1
     _print_stats(stored, args.json, "stored counters of a past aggregator run")
     return 0
-
-
-def ask_stats(endpoint: str, timeout_ms: int = 2000) -> dict | None:
-    """Ask the aggregator at ``endpoint`` for its counters; None if it does not answer."""
-    import socket as socket_module
-
-    import zmq
-
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([wire.header(wire.STATS, (socket_module.gethostname(), os.getpid(),
-                                                      0), 0, 1), b""])
-        if not sock.poll(timeout_ms):
-            return None
-        kind, _token, payload, _first = wire.unpack_reply(sock.recv())
-        return payload if kind == wire.STATS_REPLY else None
-    except (zmq.ZMQError, ValueError):
-        return None
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 def _print_stats(all_stats: list[dict], as_json: bool, what: str) -> None:

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import child_env, cpu_seconds, machine, percentile, rss  # noqa: E402
 
 from tracer import config  # noqa: E402
-from workers.cli import ask_stats  # noqa: E402
+from tracer.stats_client import ask_stats  # noqa: E402
 
 PRODUCER = """
 import json, sys, time, tracer
