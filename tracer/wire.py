@@ -25,6 +25,7 @@ and rows merged by the aggregator, never by the caller.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgpack
 
@@ -177,3 +178,30 @@ def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:
     if not isinstance(obj, list) or len(obj) != 5 or obj[0] != VERSION:
         raise ValueError("not a reply of this wire version")
     return obj[1], obj[2], obj[3], obj[4]
+
+
+class VersionMismatch(ValueError):
+    """A header of another wire version than ours."""
+
+
+def unpack_header(frame: bytes) -> tuple[object, str, int, int, int, Any]:
+    """Decode a message's header frame (``header``) into ``(kind, host, pid, gen, seq, arg)``.
+
+    Raises ValueError for anything that is not a header of this wire version: undecodable, of
+    the wrong shape, or with a malformed sender; VersionMismatch (a ValueError) for a header of
+    another version. ``kind`` and ``arg`` are returned as they came: their meaning is the
+    receiver's to check.
+    """
+    try:
+        header = msgpack.unpackb(frame)
+    except Exception as exc:
+        raise ValueError(f"undecodable header: {exc}") from None
+    if not isinstance(header, list) or len(header) != 7:
+        raise ValueError("not a header: expected an array of 7")
+    version, kind, host, pid, gen, seq, arg = header
+    if version != VERSION:
+        raise VersionMismatch(f"wire version {version!r}, not {VERSION}")
+    if not (isinstance(host, str) and isinstance(pid, int) and isinstance(gen, int)
+            and isinstance(seq, int)):
+        raise ValueError("malformed sender or sequence number in header")
+    return kind, host, pid, gen, seq, arg
