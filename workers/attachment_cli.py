@@ -14,6 +14,9 @@ from tracer import attachments, config
 from .attachments import KEY, references, status
 from .store import STORE_ERRORS, StoreReader, open_store
 
+# A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
+_FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """``tracer attachment get KEY [-o FILE] [--store URL]``."""
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """``tracer attachment ...``; exit status 0, 1 (not stored) or 2 (bad input or store)."""
     try:
         return get(args)
-    except (FileNotFoundError, ValueError, *STORE_ERRORS) as exc:
+    except _FAILURES as exc:
         print(f"tracer attachment {args.action}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -45,6 +45,8 @@ BACKOFF_MAX = 5.0
 ORPHAN_AGE = 3600.0  # a data file with no metadata this old was left by a writer that died
 MAX_META_BYTES = 1 << 16
 KEY = re.compile(r"[0-9a-f]{32}")
+# What storing an attachment may fail with (the file system, the store) and is retried.
+_FAILURES: tuple[type[Exception], ...] = (OSError, *STORE_ERRORS)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -169,7 +171,7 @@ class AttachmentMover:
             self._retry.pop(key, None)
         except _Missing as exc:  # the data is gone: nothing to retry
             self._record_failure(key, meta, str(exc), meta_path)
-        except (OSError, *STORE_ERRORS) as exc:
+        except _FAILURES as exc:
             self._failed(key, failures, exc)
 
     def _move(self, data_path: str, sha: str) -> None:
@@ -199,7 +201,7 @@ class AttachmentMover:
         try:
             self._record(key, meta, error, "logged")
             os.unlink(meta_path)
-        except (OSError, *STORE_ERRORS) as exc:
+        except _FAILURES as exc:
             _log(f"could not record attachment {key} as failed: {exc!r}")
             self._given_up.add(key)
         self.counters["attachments_failed"] += 1
@@ -234,7 +236,7 @@ class AttachmentMover:
                     meta["sha256"] = self._write_blob(content)
                     self._record(key, meta, None, "base64")
                     break
-                except (OSError, *STORE_ERRORS) as exc:
+                except _FAILURES as exc:
                     if attempt == self.settings.num_retries or self.stopping.is_set():
                         self.counters["attachments_failed"] += 1
                         _log(f"gave up storing extracted attachment {key}: {exc!r}")

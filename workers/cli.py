@@ -18,6 +18,9 @@ from tracer.stats_client import ask_stats
 from . import attachment_cli
 from .store import STORE_ERRORS, StoreReader, open_store
 
+# A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
+_FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"demo": cmd_demo, "export": cmd_export, "import": cmd_import, "show": cmd_show,
                 "stats": cmd_stats, "import-payloads": cmd_import_payloads}[args.command](args)
-    except (FileNotFoundError, ValueError, *STORE_ERRORS) as exc:
+    except _FAILURES as exc:
         print(f"tracer {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -63,6 +63,40 @@ def save(directory: str, rows: list[tuple[Container, dict]], reason: str, counte
     return path
 
 
+class DroppedRows:
+    """Rows a queue policy dropped, saved as payload files of ``batch_size`` rows (and whatever
+    is left at each ``save``), so that ``tracer import-payloads`` can bring them back. Without a
+    directory they are only counted, as the dropping already was."""
+
+    def __init__(self, directory: str | None, reason: str | None, batch_size: int,
+                 counters: Counter) -> None:
+        self.directory = directory
+        self.reason = reason  # the drop counter's name, dropped_<reason>; None: nothing drops
+        self.batch_size = max(1, batch_size)
+        self.counters = counters
+        self._rows: list[tuple[Container, dict]] = []  # dropped, not yet in a payload file
+
+    def extend(self, rows: Iterable[tuple[Container, dict]]) -> None:
+        """Set aside ``(container, row)`` pairs just dropped."""
+        if self.directory is None:
+            return
+        self._rows.extend(rows)
+        while len(self._rows) >= self.batch_size:
+            batch, self._rows = self._rows[:self.batch_size], self._rows[self.batch_size:]
+            self._write(batch)
+
+    def save(self) -> None:
+        """Write what is set aside now (the aggregator does at each supervision turn and at
+        exit)."""
+        if self._rows:
+            batch, self._rows = self._rows, []
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Container, dict]]) -> None:
+        if self.directory is not None and self.reason is not None:
+            save(self.directory, batch, self.reason, self.counters)
+
+
 def files(path: str) -> list[str]:
     """The payload files at ``path`` (a file, or a directory searched recursively), in order."""
     if os.path.isfile(path):

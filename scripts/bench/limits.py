@@ -128,8 +128,9 @@ def bodies(spans: int) -> list[bytes]:
 
 
 def aggregator(spans: int, repeats: int, store_dir: str) -> dict:
-    from workers.aggregator import Aggregator, Sender
+    from workers.aggregator import Aggregator
     from workers.queue import RowQueue
+    from workers.senders import Sender
     from workers.store.sqlite import SQLiteWriter
 
     data = bodies(spans)
