@@ -181,7 +181,7 @@ def main() -> int:
             stop(worker)
         stop(aggregator)  # it commits what it holds, then exits
 
-        from workers.cli import print_tree
+        from workers.cli.tree import print_tree
         from workers.store import open_store
 
         print()

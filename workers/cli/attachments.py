@@ -1,5 +1,5 @@
 """The command line's attachment parts: ``tracer attachment get``, ``tracer export
---with-attachments DIR`` and the attachment lines of ``tracer show`` (wired in ``cli.py``)."""
+--with-attachments DIR`` and the attachment lines of ``tracer show``."""
 
 from __future__ import annotations
 
@@ -9,54 +9,17 @@ import shutil
 import sys
 from collections.abc import Iterable, Iterator
 
-from tracer import attachments, config
+from tracer import attachments
 
-from .attachments import KEY, references, status
-from .store import STORE_ERRORS, StoreReader, open_store
-
-# A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
-_FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
+from ..attachments import KEY, references, status
+from ..store import StoreReader, open_store
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """``tracer attachment get KEY [-o FILE] [--store URL]``."""
-    attachment = commands.add_parser(
-        "attachment", help="retrieve the attachments of logged spans",
-        description="Retrieve attachments (files and bytes logged with tracer.Attachment) from "
-                    "a store by the key their reference in the row carries.")
-    actions = attachment.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-    get = actions.add_parser(
-        "get", help="write an attachment's bytes to a file or stdout",
-        description="Write the stored bytes of the attachment with this key (the \"key\" of a "
-                    "braintrust_attachment reference in a row) to FILE, or to stdout.")
-    get.add_argument("key", metavar="KEY", help="the attachment's key (32 hex digits)")
-    get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    get.add_argument("--store", help="store to read (default: TRACER_STORE or .tracer/traces.db)")
-
-
-def add_export_option(export: argparse.ArgumentParser) -> None:
-    export.add_argument("--with-attachments", metavar="DIR",
-                        help="also write each attachment the rows refer to as DIR/<key>-<filename>"
-                             " and give each reference its upload_status (done, error, "
-                             "uploading, missing) and error_message")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``tracer attachment ...``; exit status 0, 1 (not stored) or 2 (bad input or store)."""
-    try:
-        return get(args)
-    except _FAILURES as exc:
-        print(f"tracer attachment {args.action}: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-
-
-def get(args: argparse.Namespace) -> int:
+def cmd_attachment(args: argparse.Namespace) -> int:
+    """``tracer attachment get``: 0, or 1 if the attachment is not stored."""
     if not KEY.fullmatch(args.key):
         raise ValueError(f"not an attachment key: {args.key!r} (expected 32 hex digits)")
-    path = config.store_path(args.store or config.load().store)
+    path = args.store
     with open_store(path, readonly=True) as store:
         recorded = store.attachments([args.key]).get(args.key)
     state = status(path, {"type": attachments.BRAINTRUST_ATTACHMENT, "key": args.key}, recorded)
