@@ -158,11 +158,12 @@ class AttachmentMover:
                 os.replace(meta_path, meta_path + ".bad")
                 return
             error = meta.get("error")
-            sha = meta.get("sha256")
-            if error is None and not (isinstance(sha, str) and SHA256.fullmatch(sha)):
-                error = "the spooled metadata has no valid sha256"
             if error is None:
-                self._move(data_path, sha)
+                sha = meta.get("sha256")
+                if isinstance(sha, str) and SHA256.fullmatch(sha):
+                    self._move(data_path, sha)
+                else:
+                    error = "the spooled metadata has no valid sha256"
             self._record(key, meta, error, "logged")
             os.unlink(meta_path)
             if error is not None:
@@ -197,9 +198,10 @@ class AttachmentMover:
             error=error, source=source,
             logged=logged if isinstance(logged, (int, float)) else None)
 
-    def _record_failure(self, key: str, meta: dict, error: str, meta_path: str) -> None:
+    def _record_failure(self, key: str, meta: dict | None, error: str, meta_path: str) -> None:
+        """Record ``key`` as failed for good (``meta``: its metadata, if it was read)."""
         try:
-            self._record(key, meta, error, "logged")
+            self._record(key, meta or {}, error, "logged")
             os.unlink(meta_path)
         except _FAILURES as exc:
             _log(f"could not record attachment {key} as failed: {exc!r}")

@@ -136,7 +136,7 @@ def _value(value: Any, path: tuple, walk: _Walk) -> Any:
 def _string(text: str, path: tuple, walk: _Walk) -> Any:
     if walk.limit and len(text) > walk.limit:
         found = _decode(text)
-        if found is not None:
+        if found is not None and walk.adopt is not None:  # a limit is set only with adopt
             content, content_type = found
             kind = content_type.split("/", 1)[0]
             filename = (kind if kind in ("image", "audio", "video") else "file") + \
@@ -170,11 +170,11 @@ def _decode(text: str) -> tuple[bytes, str] | None:
         content = _b64(payload)
         return None if content is None else (content, content_type)
     start = _b64(text[:16])
-    content_type = _sniff(start) if start is not None else None
-    if content_type is None:
+    sniffed = _sniff(start) if start is not None else None
+    if sniffed is None:
         return None
     content = _b64(text)
-    return None if content is None else (content, content_type)
+    return None if content is None else (content, sniffed)
 
 
 def _b64(text: str) -> bytes | None:

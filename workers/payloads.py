@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from tracer import config, wire
 
@@ -137,7 +137,7 @@ def read(path: str) -> Iterator[Pending]:
                 raise ValueError(f"{path}:{number}: {exc}") from None
 
 
-def _read_records(path: str, container_of) -> Iterator[Pending]:
+def _read_records(path: str, container_of: Callable[[str], Container]) -> Iterator[Pending]:
     with open(path, "rb") as f:
         unpacker = wire.record_unpacker(f)
         for number, record in enumerate(unpacker, 1):

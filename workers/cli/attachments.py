@@ -50,7 +50,7 @@ def saving(store: StoreReader, rows: Iterable[dict], directory: str) -> Iterator
         recorded = store.attachments([ref["key"] for ref in refs
                                       if isinstance(ref.get("key"), str)])
         for ref in refs:
-            state = status(store.location, ref, recorded.get(ref.get("key")))
+            state = status(store.location, ref, _recorded(recorded, ref))
             ref["upload_status"] = state["upload_status"]
             if state.get("error_message"):
                 ref["error_message"] = state["error_message"]
@@ -64,6 +64,12 @@ def saving(store: StoreReader, rows: Iterable[dict], directory: str) -> Iterator
         if problems else ""
     print(f"tracer export: wrote {len(written)} attachments to {directory}{note}",
           file=sys.stderr)
+
+
+def _recorded(recorded: dict[str, dict], ref: dict) -> dict | None:
+    """What the store recorded about the attachment ``ref`` refers to (None: nothing)."""
+    key = ref.get("key")
+    return recorded.get(key) if isinstance(key, str) else None
 
 
 def file_name(ref: dict) -> str:
@@ -82,7 +88,7 @@ def span_lines(store: StoreReader, row: dict) -> list[str]:
     recorded = store.attachments([ref["key"] for ref in refs if isinstance(ref.get("key"), str)])
     lines = []
     for ref in refs:
-        state = status(store.location, ref, recorded.get(ref.get("key")))
+        state = status(store.location, ref, _recorded(recorded, ref))
         text = f"attachment {ref.get('filename')} ({ref.get('content_type')}"
         size = state.get("size")
         text += f", {_size(size)})" if isinstance(size, int) else ")"
