@@ -15,8 +15,9 @@ comes in two halves, because no user needs both and a backend opens them differe
   older schemas as they are) and works on a store its reader may not write; the store must
   exist.
 
-Both refuse a store whose schema is newer than this code knows (``SchemaVersionError``) rather
-than misread it. ``workers.store.open_store`` picks the backend for a path or URL; the SQLite
+Both are ``StoreHandle``s (where the store is, its schema version, ``close``, ``with``), and both
+refuse a store whose schema is newer than this code knows (``SchemaVersionError``) rather than
+misread it. ``workers.store.open_store`` picks the backend for a path or URL; the SQLite
 backend is ``workers.store.sqlite``.
 """
 
@@ -28,8 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..rows import Container, Key
 
-_Writer = TypeVar("_Writer", bound="StoreWriter")
-_Reader = TypeVar("_Reader", bound="StoreReader")
+_Handle = TypeVar("_Handle", bound="StoreHandle")
 
 
 class RowUpdate(Protocol):
@@ -51,11 +51,31 @@ class SchemaVersionError(ValueError):
         self.known = known
 
 
-class StoreWriter(abc.ABC):
-    """Writes to a store: partial rows merged in, containers, runs and attachment records."""
+class StoreHandle(abc.ABC):
+    """What writers and readers share: where the store is, its schema version, closing."""
 
-    #: Where the store is (a file path, or a server's URL), for messages.
+    #: Where the store is (a file path, or a server's URL), for messages. For a SQLite store it
+    #: is also where its attachments are (``tracer.attachments.store_dir``).
     location: str
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The store's schema version: a writer's is always the current one once it has
+        opened; a reader reads an older one as it is."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of the store (a writer never opened closes without opening it)."""
+
+    def __enter__(self: _Handle) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StoreWriter(StoreHandle):
+    """Writes to a store: partial rows merged in, containers, runs and attachment records."""
 
     @abc.abstractmethod
     def write(self, batch: Sequence[RowUpdate]) -> None:
@@ -94,27 +114,9 @@ class StoreWriter(abc.ABC):
         """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
         ``tracer import --experiment`` adds to)."""
 
-    @abc.abstractmethod
-    def schema_version(self) -> int:
-        """The store's schema version (once opened, always the current one)."""
 
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Let go of the store; a writer never opened closes without opening it."""
-
-    def __enter__(self: _Writer) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class StoreReader(abc.ABC):
+class StoreReader(StoreHandle):
     """Reads a store: rows, containers, runs and attachment records."""
-
-    #: Where the store is (a file path, or a server's URL), for messages. For a SQLite store it
-    #: is also where its attachments are (``tracer.attachments.store_dir``).
-    location: str
 
     @abc.abstractmethod
     def rows(self, project: str | None = None, experiment: str | None = None,
@@ -152,17 +154,3 @@ class StoreReader(abc.ABC):
         """What the store recorded about these attachment keys, by key: ``key``, ``sha256``,
         ``size``, ``filename``, ``content_type``, ``status`` (``done`` or ``error``),
         ``error``. Keys it has no record of are left out."""
-
-    @abc.abstractmethod
-    def schema_version(self) -> int:
-        """The store's schema version (an older one than the current is read as it is)."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Let go of the store."""
-
-    def __enter__(self: _Reader) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
