@@ -17,7 +17,7 @@ from .context import current, state
 from .experiment import Experiment
 from .ids import new_id, new_trace_id
 from .logger import Logger, SpanContainer
-from .recorder import sync_all
+from .registry import sync_all
 from .serialize import immutable, pack, snapshot
 from .span import (
     NOOP_SPAN,

@@ -34,7 +34,7 @@ import psutil
 import zmq
 
 from tracer import config, wire
-from tracer.launcher import read_pid_file, write_pid_file
+from tracer.processes import read_pid_file, write_pid_file
 
 from . import media, payloads
 from .attachments import AttachmentMover

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from celery import Celery, signals
 
-from .. import api, recorder, slug
+from .. import api, registry, slug
 from ..context import current
 from ..span import NoopSpan, Span, error_of
 
@@ -258,7 +258,7 @@ def _on_postrun(task_id: str | None = None, retval: Any = None, state: str | Non
     # Hand this task's spans to the aggregator before its result goes back: the child may be
     # recycled or stopped right after, and billiard children leave through os._exit.
     # Every recorder of the process, not only the task span's: the task may log elsewhere too.
-    recorder.deliver_all(DELIVER_TIMEOUT)
+    registry.deliver_all(DELIVER_TIMEOUT)
 
 
 # -- worker processes --------------------------------------------------------------------------
@@ -286,11 +286,11 @@ def _on_process_shutdown(**_: Any) -> None:
     # A pool child about to os._exit (recycled, or the pool is stopping). Billiard runs neither
     # atexit handlers nor multiprocessing's finalizers there: close here (bounded), whatever
     # else runs.
-    recorder.close_all()
+    registry.close_all()
 
 
 def _on_worker_shutdown(**_: Any) -> None:
-    recorder.close_all()
+    registry.close_all()
 
 
 def _warn(reason: str, message: str) -> None:
