@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from . import registry, threads
 
@@ -63,7 +64,7 @@ def arm_exit() -> None:
     _deliver_on_terminate()
 
 
-def _exit_delivering(code: int) -> None:
+def _exit_delivering(status: int) -> NoReturn:
     """``os._exit`` in fork children: deliver this process's spans first (bounded), then exit.
 
     A child made with a bare ``os.fork()`` that ends in ``os._exit`` runs no atexit handler and
@@ -73,7 +74,7 @@ def _exit_delivering(code: int) -> None:
         registry.close_all()
     except BaseException:
         pass
-    _real_exit(code)
+    _real_exit(status)
 
 
 def _deliver_on_terminate() -> None:

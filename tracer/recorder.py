@@ -198,7 +198,7 @@ class Recorder:
         """Write the dropped records kept so far as one payload file (any thread)."""
         with self._count_lock:
             records, self._spool = self._spool, []
-        if not records:
+        if not records or self.spool_dir is None:
             return
         try:
             config.write_payload_file(self.spool_dir, self.drop_reason or "dropped",
@@ -357,7 +357,7 @@ class Recorder:
             self._polled = sock
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
-        poller.poll(timeout * 1000)
+        poller.poll(int(timeout * 1000))
         self._kicked = False
         try:
             while os.read(self._wake_r, 4096):
@@ -463,7 +463,7 @@ class Recorder:
     def _read_replies(self) -> None:
         acks, replaced = self._channel.read_replies()
         for token, payload in acks:
-            sync = self._waiting.pop(token, None)  # type: ignore[arg-type]
+            sync = self._waiting.pop(token, None) if isinstance(token, int) else None
             if sync is None:
                 continue
             if payload is None:

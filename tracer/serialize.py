@@ -77,8 +77,9 @@ def stand_in(obj: object) -> object:
         dump = getattr(obj, "model_dump", None)
         if callable(dump):
             return dump()
-        if hasattr(obj, "dtype") and callable(getattr(obj, "tolist", None)):
-            return obj.tolist()
+        tolist = getattr(obj, "tolist", None)
+        if hasattr(obj, "dtype") and callable(tolist):
+            return tolist()
     except Exception:
         pass
     return describe(obj)

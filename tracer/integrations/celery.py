@@ -54,8 +54,8 @@ class _Run(NamedTuple):
     parent: str | None
 
 
-_running: dict[str, _Run] = {}  # task id -> the run of that task in this process
-_publishing: dict[str, Span] = {}  # task id -> its producer span, until after_task_publish
+_running: dict[str | None, _Run] = {}  # task id -> the run of that task in this process
+_publishing: dict[str | None, Span] = {}  # task id -> its producer span, until published
 # Task ids published by the innermost wrapped ``send_task`` call, so that a publish that raises
 # (after_task_publish never fires) still ends its producer span.
 _opened: ContextVar[list | None] = ContextVar("tracer_celery_opened", default=None)
@@ -127,7 +127,7 @@ def _watch_send_task(app: Celery) -> None:
                     producer.end()
 
     send_task._tracer_watched = True  # type: ignore[attr-defined]
-    app.send_task = send_task  # type: ignore[method-assign]
+    app.send_task = send_task
 
 
 # -- publishing --------------------------------------------------------------------------------
