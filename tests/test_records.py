@@ -42,8 +42,8 @@ def keeper(monkeypatch: pytest.MonkeyPatch) -> KeepingRecorder:
 def parent(keeper: KeepingRecorder) -> Iterator[Span]:
     """A current span whose records (and its children's) go to ``keeper``."""
     now = time.time()
-    span = Span(keeper, wire.logs_container("records"), 7, 11, None, 11, "parent", None,
-                now)  # type: ignore[arg-type]
+    span = Span(keeper, wire.logs_container("records"),  # type: ignore[arg-type]
+                7, 11, None, 11, "parent", None, now)
     with span:
         yield span
 

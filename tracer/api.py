@@ -1,5 +1,16 @@
-"""The user-facing API: ``init_logger``, ``init``, ``traced``, ``start_span``, ``current_span``,
-..."""
+"""The user-facing API, as the reference (Braintrust's Python SDK) defines it.
+
+- Containers: ``init_logger`` (a project's logs) and ``init`` (an experiment) start or attach to
+  this process tree's aggregator and make the container current; ``current_logger``,
+  ``current_experiment``.
+- Spans: ``traced`` (functions, coroutines, generators), ``start_span``, ``current_span``;
+  ``update_span`` and ``permalink`` for spans known only by their exported slug.
+- ``flush``: wait until every record this process made so far is committed.
+
+``@traced``'s synchronous wrapper is the hottest path of the package: it inlines span creation
+and the SPAN_END record (see ``_Traced``). Spans are built by ``span.py``; records leave through
+the process's ``Recorder``.
+"""
 
 from __future__ import annotations
 
