@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import tracer  # noqa: E402
-from tracer.recorder import close_all  # noqa: E402
+from tracer.registry import close_all  # noqa: E402
 
 try:
     from celery import Celery, group

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import tracer
-from tracer.recorder import process_alive
+from tracer.processes import process_alive
 from workers.store.sqlite import SQLiteReader as Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

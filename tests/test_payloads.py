@@ -214,7 +214,7 @@ def test_a_store_that_is_not_a_database_fails_the_flush_with_the_cause_and_keeps
     (tmp_path / ".tracer" / "traces.db").write_bytes(b"not a database " * 400)
     code = """
         import os, tracer
-        from tracer.recorder import process_alive
+        from tracer.processes import process_alive
         tracer.init_logger("unwritable")
         with tracer.start_span("kept aside"):
             pass

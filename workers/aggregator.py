@@ -30,7 +30,7 @@ from collections import Counter
 import zmq
 
 from tracer import config, wire
-from tracer.launcher import read_pid_file, write_pid_file
+from tracer.processes import read_pid_file, write_pid_file
 
 from . import media, payloads, stats
 from .acks import Acks, Marker
