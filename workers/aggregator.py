@@ -323,7 +323,8 @@ class Aggregator:
         large = self.inline_limit and size > self.inline_limit
         if images or large:
             adopt = self.mover.adopt if large else None
-            if media.process(partial, images, self.inline_limit, adopt):
+            if media.mark_and_extract(partial, mark_images=images,
+                                      extract_over=self.inline_limit, adopt=adopt):
                 self._attachments_new = True
                 self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)

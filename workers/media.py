@@ -78,20 +78,22 @@ def hinted(body: bytes, start: int, end: int) -> bool:
 
 
 class _Walk:
-    __slots__ = ("flag", "limit", "adopt", "flags", "adopted")
+    __slots__ = ("mark_images", "limit", "adopt", "flags", "adopted")
 
-    def __init__(self, flag: bool, limit: int, adopt: Adopt | None) -> None:
-        self.flag = flag
+    def __init__(self, mark_images: bool, limit: int, adopt: Adopt | None) -> None:
+        self.mark_images = mark_images
         self.limit = limit  # 0: extract nothing
         self.adopt = adopt
         self.flags: dict[str, str] = {}
         self.adopted = 0
 
 
-def process(partial: dict, flag: bool, limit: int, adopt: Adopt | None) -> int:
-    """Flag images in ``partial`` (when ``flag``) and extract base64 strings longer than
-    ``limit`` (when ``limit`` and ``adopt``), in place; returns how many were extracted."""
-    walk = _Walk(flag, limit if adopt is not None else 0, adopt)
+def mark_and_extract(partial: dict, *, mark_images: bool, extract_over: int,
+                     adopt: Adopt | None) -> int:
+    """In place: mark the images in ``partial`` (when ``mark_images``) and move base64 strings
+    longer than ``extract_over`` characters into attachments through ``adopt`` (when both are
+    given); returns how many were moved."""
+    walk = _Walk(mark_images, extract_over if adopt is not None else 0, adopt)
     for field in FIELDS:
         if field in partial:
             partial[field] = _value(partial[field], (None, field), walk)
@@ -118,7 +120,7 @@ def _value(value: Any, path: tuple, walk: _Walk) -> Any:
             if new is not item:
                 value[key] = new
         nested = value.get("image_url")
-        if walk.flag and isinstance(nested, dict) and isinstance(nested.get("url"), str):
+        if walk.mark_images and isinstance(nested, dict) and isinstance(nested.get("url"), str):
             walk.flags.setdefault(_pointer(((path, "image_url"), "url")), "image_url")
         return value
     if isinstance(value, (list, tuple)):
@@ -143,11 +145,11 @@ def _string(text: str, path: tuple, walk: _Walk) -> Any:
                 _EXTENSIONS.get(content_type, ".bin")
             key = walk.adopt(content, filename, content_type)
             walk.adopted += 1
-            if walk.flag and kind == "image":
+            if walk.mark_images and kind == "image":
                 walk.flags[_pointer(path)] = "attachment"
             return {"type": attachments.BRAINTRUST_ATTACHMENT, "filename": filename,
                     "content_type": content_type, "key": key}
-    if walk.flag:
+    if walk.mark_images:
         if text.startswith("data:image/"):
             walk.flags[_pointer(path)] = "data_url"
         elif text.startswith(("http://", "https://")) and _image_url(text):
