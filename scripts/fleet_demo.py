@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import tracer  # noqa: E402
-from tracer.recorder import close_all  # noqa: E402
+from tracer.registry import close_all  # noqa: E402
 
 try:
     from celery import Celery, group
@@ -181,11 +181,11 @@ def main() -> int:
             stop(worker)
         stop(aggregator)  # it commits what it holds, then exits
 
-        from workers.cli import print_tree
-        from workers.sinks.sqlite import Store
+        from workers.cli.tree import print_tree
+        from workers.store import open_store
 
         print()
-        with Store(store) as reader:
+        with open_store(store, readonly=True) as reader:
             print_tree(reader, root.root_span_id)
             rows = list(reader.rows(root_span_id=root.root_span_id))
         expected = 1 + SPANS_PER_ORDER * args.orders

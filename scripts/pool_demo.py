@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tracer  # noqa: E402
-from workers.sinks.sqlite import Store  # noqa: E402
+from workers.store import open_store  # noqa: E402
 
 
 @tracer.traced
@@ -56,7 +56,7 @@ def main() -> int:
     committed = time.perf_counter() - started
 
     created = 1 + 2 * args.tasks
-    with Store(store) as reader:
+    with open_store(store, readonly=True) as reader:
         rows = list(reader.rows(root_span_id=root.root_span_id))
     by_span = {r["span_id"]: r for r in rows}
     handles = [r for r in rows if r["span_attributes"]["name"] == "handle"]

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
 from common import rss  # noqa: E402
 
 from tracer import config  # noqa: E402
-from workers.cli import ask_stats  # noqa: E402
+from tracer.stats_client import ask_stats  # noqa: E402
 
 POLICIES = {
     "block": {},

@@ -29,9 +29,10 @@ import psutil
 import pytest
 
 import tracer
-from tracer.recorder import process_alive as process_alive
-from workers.sinks.sqlite import SQLiteSink as SQLiteSink
-from workers.sinks.sqlite import Store as Store
+from tracer.processes import process_alive as process_alive
+from workers.store.sqlite import SQLiteReader as Store
+from workers.store.sqlite import SQLiteWriter as SQLiteSink  # noqa: F401 (for the tests)
+from workers.store.sqlite import lookup_attachments as lookup_attachments
 
 from .helpers import poll
 

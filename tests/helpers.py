@@ -22,13 +22,13 @@ def poll(condition: Callable[[], T], timeout: float, interval: float = 0.05) -> 
         time.sleep(interval)
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 10,
+def wait_until(condition: Callable[[], T | None], timeout: float = 10,
                message: str | Callable[[], str] = "the condition never held",
                interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy, and return that; fail with
     ``message`` (or what it returns, when callable) if it has not within ``timeout`` seconds."""
     value = poll(condition, timeout, interval)
-    if not value:
+    if value is None or not value:
         text = message() if callable(message) else message
         raise AssertionError(f"{text} (waited {timeout:g} s)")
     return value

@@ -255,7 +255,7 @@ def lock_the_store(timeout: float = 5.0) -> sqlite3.Connection:
 
 def aggregator_counters() -> dict:
     """The counters of the aggregator this process logs to, asked over the socket."""
-    from workers.cli import ask_stats
+    from tracer.stats_client import ask_stats
 
     stats = ask_stats(os.environ["TRACER_ENDPOINT"])
     assert stats is not None, "the aggregator did not answer"
@@ -373,7 +373,7 @@ def logs_a_row_over_max_request_size() -> None:
 
 
 def flushes_into_a_store_that_is_not_a_database() -> None:
-    from tracer.recorder import process_alive
+    from tracer.processes import process_alive
 
     tracer.init_logger("unwritable")
     with tracer.start_span("kept aside"):

@@ -12,11 +12,11 @@ import pytest
 
 import tracer
 from tracer.attachments import blob_path, spool_dir
-from workers.attachments import lookup, references
-from workers.cli import ask_stats
+from tracer.stats_client import ask_stats
+from workers.attachments import references
 
 from . import attachment_tasks, programs
-from .conftest import Store, by_name, clean_env, run_cli, run_function
+from .conftest import Store, by_name, clean_env, lookup_attachments, run_cli, run_function
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 
@@ -24,7 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 def recorded(store_path: str, key: str) -> dict | None:
     """What the store's attachments table says about ``key``."""
     with Store(store_path) as store:
-        return lookup(store.conn, [key]).get(key)
+        return lookup_attachments(store.conn, [key]).get(key)
 
 
 def stored_bytes(store_path: str, key: str) -> bytes:

@@ -4,6 +4,8 @@ Every span from every process (threads, fork/spawn/forkserver children, pools) l
 trace. See README.md for the guide; the docstrings here are the API reference.
 """
 
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
+
 from .api import (
     current_experiment,
     current_logger,

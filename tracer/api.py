@@ -1,5 +1,16 @@
-"""The user-facing API: ``init_logger``, ``init``, ``traced``, ``start_span``, ``current_span``,
-..."""
+"""The user-facing API, as the reference (Braintrust's Python SDK) defines it.
+
+- Containers: ``init_logger`` (a project's logs) and ``init`` (an experiment) start or attach to
+  this process tree's aggregator and make the container current; ``current_logger``,
+  ``current_experiment``.
+- Spans: ``traced`` (functions, coroutines, generators), ``start_span``, ``current_span``;
+  ``update_span`` and ``permalink`` for spans known only by their exported slug.
+- ``flush``: wait until every record this process made so far is committed.
+
+``@traced``'s synchronous wrapper is the hottest path of the package: it inlines span creation
+and the SPAN_END record (see ``_Traced``). Spans are built by ``span.py``; records leave through
+the process's ``Recorder``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ from .context import current, state
 from .experiment import Experiment
 from .ids import new_id, new_trace_id
 from .logger import Logger, SpanContainer
-from .recorder import sync_all
+from .registry import sync_all
 from .serialize import immutable, pack, snapshot
 from .span import (
     NOOP_SPAN,
@@ -137,7 +148,7 @@ def _adopt_inherited() -> None:
     not at import: the recorder would start a thread)."""
     global _inherited
     container, _inherited = _inherited, None
-    if state.parent_object is not None:  # this process chose its own with init/init_logger
+    if container is None or state.parent_object is not None:  # none, or chosen here already
         return
     rec = launcher.recorder_for(config.load())
     parts = wire.split_container(container)
@@ -193,7 +204,7 @@ def update_span(exported: str, **fields: Any) -> None:
     """Merge ``fields`` into the row of an exported span, from any process."""
     ref = slug.decode(exported)
     event.check(fields, "update_span")
-    _recorder_for_slugs().add(pack((wire.UPDATE, ref.container, ref.id, fields)))
+    _recorder_for_slugs().add(pack(wire.update(ref.container, ref.id, fields)))
 
 
 def permalink(slug_: str) -> str:
@@ -235,7 +246,7 @@ def traced(fn: F | None = None, *, name: str | None = None, type: str | None = N
         raise TypeError(f"traced: expected a function, got {fn.__class__.__name__}")
     event.check_name(name, "traced")
     event.check_type(type, "traced")
-    tracer = _Traced(fn, name or getattr(fn, "__name__", "function"), type,
+    tracer = _Traced(fn, name or str(getattr(fn, "__name__", "function")), type,
                      None if notrace_io else _InputCapture(fn))
     if inspect.isasyncgenfunction(fn):
         wrapper = tracer.async_gen_wrapper()
@@ -272,8 +283,8 @@ class _Traced:
             span = Span(target.recorder, target.container, new_trace_id(now), sid, None, sid,
                         self.name, self.type, now)
         else:
-            span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
-                        parent.root, self.name, self.type, time.time())
+            span = Span(parent._rec, parent.container, parent.trace_int, new_id(), parent.span_int,
+                        parent.root_int, self.name, self.type, time.time())
         if self.capture is not None:
             span._input = self.capture.snapshot(args, kwargs)
         span._rec.open_spans.add(span)
@@ -285,14 +296,16 @@ class _Traced:
         end = span.end_time = time.time()
         rec = span._rec
         rec.open_spans.discard(span)
+        fields: dict[str, object] | None
         if exc is not None:
             fields = {"error": error_of(exc)}
         elif self.capture is not None:
             fields = {"output": snapshot(output)}
         else:
             fields = None
-        rec.add((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
-                 span.root, span.row_id, span.name, span.type, span.start, end, fields,
+        # wire.span_end, inlined.
+        rec.add((wire.SPAN_END, span.container, span.trace_int, span.span_int, span.parents,
+                 span.root_int, span.row_id, span.name, span.type, span.start, end, fields,
                  span._input))
 
     def sync_wrapper(self) -> Callable:
@@ -313,8 +326,8 @@ class _Traced:
                 span = Span(target.recorder, target.container, new_trace_id(now), sid, None, sid,
                             name, span_type, now)
             else:
-                span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
-                            parent.root, name, span_type, time.time())
+                span = Span(parent._rec, parent.container, parent.trace_int, new_id(),
+                            parent.span_int, parent.root_int, name, span_type, time.time())
             if capture_input is not None:
                 span._input = capture_input(args, kwargs)
             rec = span._rec
@@ -334,8 +347,9 @@ class _Traced:
             end = span.end_time = time.time()
             rec.open_spans.discard(span)
             # Packed on the flusher's thread, with the output as it is now (see snapshot).
-            rec.add((wire.SPAN_END, span.container, span.trace, span.span, span.parents,
-                     span.root, span.row_id, span.name, span.type, span.start, end,
+            # wire.span_end, inlined.
+            rec.add((wire.SPAN_END, span.container, span.trace_int, span.span_int, span.parents,
+                     span.root_int, span.row_id, span.name, span.type, span.start, end,
                      {"output": snapshot(output)}, span._input))
             return output
 
@@ -473,7 +487,9 @@ class _InputCapture:
     def __init__(self, fn: Callable) -> None:
         self.names: tuple | None = None
         self.skip = 0
-        self.sig: inspect.Signature | None = None
+        self.sig: Any = None  # the inspect.Signature, where binding needs it
+        # Chosen once: how this function's calls are snapshotted.
+        self.snapshot: Callable[[tuple, dict], tuple] = self._snapshot_unbound
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -486,7 +502,7 @@ class _InputCapture:
             self.sig = sig
         self.snapshot = self._snapshot_named if self.names is not None else self._snapshot_bound
 
-    def snapshot(self, args: tuple, kwargs: dict) -> tuple:
+    def _snapshot_unbound(self, args: tuple, kwargs: dict) -> tuple:
         return (None, snapshot({"args": list(args), "kwargs": kwargs}))
 
     def _snapshot_named(self, args: tuple, kwargs: dict) -> tuple:

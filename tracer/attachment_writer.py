@@ -31,7 +31,6 @@ rows, never waits for attachments.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sys
@@ -40,7 +39,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from . import attachments, config, threads, wire
+from . import attachments, config, lifecycle, registry, serialize, threads
 from .attachments import Attachment, BaseAttachment, JSONAttachment
 from .context import state
 
@@ -135,9 +134,7 @@ def _destination() -> Any:
     logger = state.logger
     if logger is not None:
         return logger.recorder
-    from .recorder import _recorders  # the recorder imports this module
-
-    return _recorders[-1] if _recorders else None
+    return registry.latest()
 
 
 def _start(w: _State) -> bool:
@@ -292,7 +289,7 @@ def _spool_content(att: Attachment, store: str, spool: str) -> tuple[str, int, b
     final = os.path.join(spool, att.key + ".data")
     tmp = f"{final}.{os.getpid()}.tmp"
     if isinstance(att, JSONAttachment):
-        data: str | bytes = encode_json(att._snapshot, att.pretty)
+        data: str | bytes = serialize.snapshot_to_json(att._snapshot, att.pretty)
         if len(data) > limit:
             raise _Unusable(f"its JSON is {len(data)} bytes, over the attachment size limit of "
                             f"{limit} bytes (TRACER_MAX_ATTACHMENT_SIZE)")
@@ -378,24 +375,10 @@ def _store_of(w: _State, rec: Any) -> str | None:
 def _ask_store(endpoint: str) -> str | None:
     """Ask a standalone aggregator (attached to by endpoint) where its store is; None unless
     it runs on this host with its store's directory here."""
-    import zmq
+    from .stats_client import ask_stats  # only a recorder attached by endpoint ever asks
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([wire.header(wire.STATS, (socket.gethostname(), os.getpid(), 0), 0,
-                                         0), b""])
-        if not sock.poll(ASK_TIMEOUT_MS):
-            return None
-        kind, _token, stats, _first = wire.unpack_reply(sock.recv())
-    except (zmq.ZMQError, ValueError):
-        return None
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    if kind != wire.STATS_REPLY or not isinstance(stats, dict):
+    stats = ask_stats(endpoint, ASK_TIMEOUT_MS)
+    if stats is None:
         return None
     store, host = stats.get("store"), stats.get("host")
     if not isinstance(store, str) or not (endpoint.startswith("ipc://")
@@ -426,38 +409,12 @@ def _warn(w: _State, reason: str, message: str) -> None:
 # -- JSONAttachment -------------------------------------------------------------------------
 
 
-def encode_json(snapshot: bytes, pretty: bool = False) -> bytes:
-    """The JSON text of a value snapshotted with ``serialize.pack``."""
-    unpacker = wire.record_unpacker()
-    unpacker.feed(snapshot)
-    value = next(unpacker)
-    indent = 2 if pretty else None
-    try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent)
-    except (TypeError, ValueError):
-        text = json.dumps(_json_safe(value), ensure_ascii=False, allow_nan=False, indent=indent)
-    return text.encode("utf-8", "backslashreplace")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, bytes):
-        return f"<bytes: {len(value)} bytes>"
-    if isinstance(value, dict):
-        return {(k if isinstance(k, (str, int, float, bool)) or k is None else repr(k)):
-                _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, bool)) or value is None or isinstance(value, float):
-        return value
-    return repr(value)
-
-
 def _after_fork_in_child() -> None:
     # The parent's queue is the parent's to write; its thread does not exist here.
     global _w
     _w = _State()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.on_fork_child(_after_fork_in_child)
+# A logged attachment becomes its reference, its content handed to this writer.
+serialize.register_substitute(BaseAttachment, handle)

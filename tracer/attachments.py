@@ -27,6 +27,7 @@ import stat
 from typing import Any
 
 from . import config
+from .serialize import pack, snapshot_to_json
 
 BRAINTRUST_ATTACHMENT = "braintrust_attachment"
 EXTERNAL_ATTACHMENT = "external_attachment"
@@ -178,8 +179,6 @@ class JSONAttachment(Attachment):
     __slots__ = ("pretty", "_snapshot")
 
     def __init__(self, data: Any, filename: str = "data.json", pretty: bool = False) -> None:
-        from .serialize import pack  # serialize imports this module
-
         super().__init__(b"", filename, "application/json")
         self.data = b""  # the JSON exists once the writer has encoded the snapshot
         self.pretty = pretty
@@ -191,9 +190,7 @@ class JSONAttachment(Attachment):
 
     def read(self) -> bytes:
         """The JSON text, encoded now."""
-        from .attachment_writer import encode_json
-
-        return encode_json(self._snapshot, self.pretty)
+        return snapshot_to_json(self._snapshot, self.pretty)
 
     def __repr__(self) -> str:
         return f"<JSONAttachment filename={self.filename!r} key={self.key}>"

@@ -48,6 +48,7 @@ def check_scores(scores: object, where: str) -> dict | None:
     if scores is None:
         return None
     _check_keys(scores, f"{where}: scores")
+    assert isinstance(scores, Mapping)  # _check_keys raised otherwise
     out = {}
     for name, value in scores.items():
         if isinstance(value, bool):

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 import sqlite3
+from typing import TypeGuard, cast
 
 from . import wire
 from .logger import SpanContainer
@@ -133,7 +134,9 @@ def summarize_rows(rows: list[dict], project: str, name: str, experiment_id: str
     for row in rows:
         if row.get("error"):
             errors += 1
-        metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
+        metrics = row.get("metrics")
+        if not isinstance(metrics, dict):
+            metrics = {}
         if not row.get("span_parents"):
             traces += 1
             start, end = metrics.get("start"), metrics.get("end")
@@ -168,13 +171,13 @@ def _stored_rows(store: str, container_id: str) -> list[dict]:
         return []
     conn = sqlite3.connect(pathlib.Path(store).as_uri() + "?mode=ro", uri=True, timeout=10)
     try:
-        return [wire.unpack_stored(data) for (data,) in
+        return [cast(dict, wire.unpack_stored(data)) for (data,) in
                 conn.execute("SELECT data FROM rows WHERE container = ?", (container_id,))]
     finally:
         conn.close()
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from . import lifecycle
+
 _rng = random.Random()
 _MS_BITS = (1 << 40) - 1
 
@@ -31,5 +33,8 @@ def new_trace_id(now: float) -> int:
     return ((int(now * 1000) & _MS_BITS) << 24) | _rng.getrandbits(24)
 
 
-def reseed_after_fork() -> None:
+def _reseed_after_fork() -> None:
     _rng.seed()
+
+
+lifecycle.on_fork_child(_reseed_after_fork)

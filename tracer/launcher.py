@@ -1,6 +1,6 @@
 """Finding, starting and restarting the aggregator a process sends to.
 
-One aggregator per process tree and store (design point 5): the first ``init_logger()`` starts it
+One aggregator per process tree and store: the first ``init_logger()`` starts it
 as a plain subprocess (``python -m workers.aggregator``; never a fork of a threaded process) and
 leaves its address in the environment, where children, spawned or forked, find it. Resolution:
 
@@ -22,7 +22,8 @@ import secrets
 import sys
 
 from . import config
-from .recorder import Recorder, process_alive
+from .processes import process_alive, read_pid_file, write_pid_file
+from .recorder import Recorder
 
 _by_endpoint: dict[str, Recorder] = {}
 _by_store: dict[str, Recorder] = {}
@@ -143,21 +144,6 @@ def restart_aggregator(rec: Recorder) -> int | None:
         pid = start_aggregator(rec.endpoint, rec.store, rec.aggregator_owner)
         write_pid_file(path, pid)
         return pid
-
-
-def read_pid_file(socket_path: str) -> int | None:
-    try:
-        with open(socket_path + ".pid") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def write_pid_file(socket_path: str, pid: int) -> None:
-    tmp = f"{socket_path}.pid.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.replace(tmp, socket_path + ".pid")
 
 
 def aggregator_log(store_path: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import multiprocessing.pool
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -65,21 +65,21 @@ class TracedPool(multiprocessing.pool.Pool):
     submitted (``map``, ``imap``, ``imap_unordered``, ``starmap``, ``apply`` and their async
     forms), with any start method (``context=multiprocessing.get_context(...)``)."""
 
-    def apply_async(self, func: Callable, args: Iterable = (), kwds: dict | None = None,
-                    callback: Callable | None = None,
+    def apply_async(self, func: Callable, args: Iterable = (),
+                    kwds: Mapping[str, Any] | None = None, callback: Callable | None = None,
                     error_callback: Callable | None = None) -> multiprocessing.pool.AsyncResult:
         return super().apply_async(_Carried(func), tuple(args), kwds or {}, callback,
                                    error_callback)
 
     def _map_async(self, func, iterable, mapper, chunksize=None, callback=None,
                    error_callback=None):  # map, map_async, starmap and starmap_async
-        return super()._map_async(_Carried(func), iterable, mapper, chunksize, callback,
-                                  error_callback)
+        return super()._map_async(  # type: ignore[misc]  # private, absent from the stubs
+            _Carried(func), iterable, mapper, chunksize, callback, error_callback)
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1):
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = 1):
         return super().imap(_Carried(func), iterable, chunksize)
 
-    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1):
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = 1):
         return super().imap_unordered(_Carried(func), iterable, chunksize)
 
 
@@ -90,7 +90,7 @@ class TracedProcessPoolExecutor(ProcessPoolExecutor):
     """``ProcessPoolExecutor`` whose tasks run as children of the span current at ``submit``
     (and ``map``), with any ``mp_context``."""
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):
         return super().submit(_Carried(fn), *args, **kwargs)
 
 
@@ -98,6 +98,6 @@ class TracedThreadPoolExecutor(ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` whose tasks run in the submitter's context, so spans created in
     a task are children of the span that was current at ``submit`` time."""
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any):
         ctx = contextvars.copy_context()
         return super().submit(ctx.run, fn, *args, **kwargs)

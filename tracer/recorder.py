@@ -1,38 +1,33 @@
-"""The per-process span recorder: a buffer, one lazy ZeroMQ socket and one small flusher thread.
+"""The per-process span recorder: a buffer, its queue policy, flushes and one small flusher thread.
 
-The caller's thread only appends an already packed record to a deque (see ``Recorder.add``).
-A daemon flusher thread, started on first use and again after fork, turns the buffer into DATA
-messages at least every ``FLUSH_INTERVAL`` (or as soon as ``KICK_RECORDS`` are waiting), announces
-spans that are still running, and carries flush handshakes. It exits when it has had nothing to do
-for ``IDLE_EXIT`` seconds and is started again by the next record.
+The caller's thread only appends a record to a deque (see ``Recorder.add``). A daemon flusher
+thread, started on first use and again after fork, turns the buffer into DATA messages on the
+``Channel`` to the aggregator at least every ``FLUSH_INTERVAL`` (or as soon as ``KICK_RECORDS``
+are waiting), announces spans that are still running, and carries flush handshakes. It exits when
+it has had nothing to do for ``IDLE_EXIT`` seconds and is started again by the next record.
 
-Fork: the child must never touch the parent's ZeroMQ context or socket (ZeroMQ is not fork-safe).
-An ``os.register_at_fork`` hook gives every recorder fresh state in the child (new buffer - the
-inherited one belongs to the parent -, new locks, new wake pipe, no socket, no thread, a new
-sender generation); the socket is reopened lazily, and a pid check in ``_kick`` and ``sync``
-covers a fork that bypassed the hook. Children leave through ``os._exit``: multiprocessing
-children run the ``multiprocessing.util.Finalize`` registered by the first record of a process,
-and in a bare ``os.fork()`` child the hook wraps ``os._exit`` itself to deliver first. At
-interpreter shutdown, where Python >= 3.12 starts no thread, ``sync`` and ``close`` do the
-flusher's work on their own thread.
+- Queue policy: with a bound (``TRACER_QUEUE_SIZE``), a full buffer blocks the caller while the
+  aggregator is alive (the default), or drops the newest record, counted and, with
+  ``FAILED_PUBLISH_PAYLOADS_DIR``, written there for ``tracer import-payloads``.
+- Nothing is lost when the aggregator dies: the channel keeps every DATA message until it is
+  committed; the ``Supervisor`` notices the death and gets a replacement, and the recorder resends
+  what was not committed as a new sender (merges are idempotent: no duplicate rows). Where no
+  replacement can be had, the loss is counted and warned about.
+- Fork and exit: ``lifecycle`` runs ``_forget_parent`` in every fork child (new buffer - the
+  inherited one belongs to the parent -, new locks, new wake pipe, no socket, no thread) and
+  closes every recorder however the process ends; a pid check in ``_kick`` and ``sync`` covers a
+  fork that bypassed the hook. At interpreter shutdown, where Python >= 3.12 starts no thread,
+  ``sync`` and ``close`` do the flusher's work on their own thread.
+- Exit never hangs: every send has a timeout, every close a bounded linger, every handshake a
+  deadline, and a dead aggregator is detected through its pid.
 
-Nothing is lost when the aggregator dies: every DATA message is kept until the aggregator says
-it is committed (``COMMITTED_UPTO``). If the aggregator's process is gone, the recorder starts a
-new one (or finds the one another process started), reconnects as a new sender and resends what
-was not committed; row merges are idempotent, so a resent record never duplicates a row. Where no
-new aggregator can be had, the loss is counted and warned about.
-
-Exit never hangs: every send has a timeout, every close a bounded linger, every handshake a
-deadline, and a dead aggregator is detected through its pid.
+See docs/architecture.md for the whole data path.
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
-import signal
-import socket
 import sys
 import threading
 import time
@@ -41,31 +36,21 @@ from collections.abc import Callable
 
 import zmq
 
-from . import attachment_writer, config, threads, wire
-from .ids import reseed_after_fork
+from . import attachment_writer, config, lifecycle, registry, threads, wire
+from .channel import LINGER_MS, Channel
 from .serialize import pack_records
+from .supervisor import Supervisor
 
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
 KICK_RECORDS = 64  # records that wake the flusher early
 FRAME_MAX_RECORDS = 1024
 SPOOL_RECORDS = 1024  # dropped records kept before they must be written to the spool dir
 IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
-SEND_TIMEOUT_MS = 500  # a blocked send re-checks that the aggregator is alive this often
-LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
-TERMINATE_TIMEOUT = 2.0  # how long a terminated multiprocessing child delivers before dying
-MISSED_SIGNAL_GRACE = 0.5  # seconds a SIGTERM handler has to start before it is re-sent
 WARN_INTERVAL = 10.0  # at most one warning per reason per interval
-CHECK_INTERVAL = 0.5  # how often the flusher checks the aggregator while it waits on it
-MAX_RESTARTS = 3  # replacement aggregators started per RESTART_WINDOW seconds, at most
-RESTART_WINDOW = 60.0
-UNRESPONSIVE = 30.0  # an aggregator whose pid we do not know is taken for dead after this
-
-_HOST = socket.gethostname()
-_recorders: list[Recorder] = []
 
 
-class _Sync:
+class _FlushMarker:
     """A flush handshake waiting in the buffer, in order with the records before it."""
 
     __slots__ = ("token", "level", "done", "error", "seq")
@@ -91,7 +76,6 @@ class Recorder:
                  restart: Callable[[Recorder], int | None] | None = None,
                  spool_dir: str | None = None):
         self.endpoint = endpoint
-        self.aggregator_pid = aggregator_pid
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
         self._block_at = max_buffer or sys.maxsize
         # The queue policy: None blocks the caller while the buffer is full; otherwise the
@@ -100,35 +84,32 @@ class Recorder:
         # FAILED_PUBLISH_PAYLOADS_DIR: dropped records are written there for tracer
         # import-payloads rather than only counted.
         self.spool_dir = spool_dir
-        # Frames of at most a quarter of the bound: ZeroMQ's queues count messages, and what
-        # sits in them counts against the bound too (design point 8).
+        # Frames of at most a quarter of the bound, and a send high-water mark to match:
+        # ZeroMQ's queues count messages, and what sits in them counts against the bound too.
         self._frame_records = min(FRAME_MAX_RECORDS, max(1, max_buffer // 4)) if max_buffer \
             else FRAME_MAX_RECORDS
+        hwm = max(2, max_buffer // (4 * self._frame_records)) if max_buffer else None
+        self._channel = Channel(endpoint, hwm)
+        self._supervisor = Supervisor(endpoint, aggregator_pid, restart, self._warn)
         self.store = store  # the aggregator's store, when known: needed to restart it
         # The process whose exit (with every sender gone) ends the aggregator: us, if we
         # started it. A replacement aggregator gets the same owner.
         self.aggregator_owner = os.getpid() if owner else aggregator_owner
-        self._restart = restart  # starts a replacement aggregator; returns its pid
         self._tokens = itertools.count(1)
         self._reset()
-        _recorders.append(self)
+        registry.register(self)
+
+    @property
+    def aggregator_pid(self) -> int | None:
+        return self._supervisor.aggregator_pid
 
     def _reset(self) -> None:
         """Fresh per-process state; runs at construction and in a fork child."""
         self._pid = os.getpid()
-        self._gen = int.from_bytes(os.urandom(4), "big")
         self._buffer: deque = deque()
         self.open_spans: set = set()  # spans started and not yet ended, see _announce
         self._announced: set = set()
-        self._seq = 0
-        self._acked_seq = 0  # the aggregator has received every DATA message up to this one
-        self._unacked: deque = deque()  # (seq, body, records) sent and not known committed
-        self._last_reply = time.monotonic()
-        self._checked = 0.0
         self._recovering = False
-        self._restarts: deque = deque()  # when we started replacement aggregators
-        self._ctx: zmq.Context | None = None
-        self._sock: zmq.Socket | None = None
         # Re-entrant: a span ended by a GC finalizer (an abandoned stream or generator) can call
         # add() from inside _start_thread on this same thread.
         self._lock = threading.RLock()
@@ -147,7 +128,7 @@ class Recorder:
         self._closing = False
         self._close_deadline = 0.0
         self._closed = False
-        self._waiting: dict[int, _Sync] = {}
+        self._waiting: dict[int, _FlushMarker] = {}
         self._warned: dict[str, float] = {}
         self.counters: Counter = Counter()  # written by the flusher only
         self._reported: Counter = Counter()  # counters already sent to the aggregator
@@ -196,7 +177,7 @@ class Recorder:
             item = self._buffer.pop()
         except IndexError:
             return
-        if isinstance(item, _Sync):  # a flush marker is never dropped
+        if isinstance(item, _FlushMarker):  # a flush marker is never dropped
             self._buffer.append(item)
             return
         with self._count_lock:
@@ -217,7 +198,7 @@ class Recorder:
         """Write the dropped records kept so far as one payload file (any thread)."""
         with self._count_lock:
             records, self._spool = self._spool, []
-        if not records:
+        if not records or self.spool_dir is None:
             return
         try:
             config.write_payload_file(self.spool_dir, self.drop_reason or "dropped",
@@ -254,7 +235,7 @@ class Recorder:
         # so that the aggregator can wait for them too.
         if attachment_writer.pending() and not attachment_writer.drain(timeout):
             raise FlushError(f"flush timed out after {timeout}s writing attachments")
-        waiter = _Sync(next(self._tokens), level)
+        waiter = _FlushMarker(next(self._tokens), level)
         self._buffer.append(waiter)
         inline = self._thread is None and not self._start_thread()
         self._wake()
@@ -275,20 +256,24 @@ class Recorder:
         Pool workers call this after each task. There is no round trip when nothing was added
         since the last time; a failure is warned about, never raised.
         """
-        if not self._buffer and self._seq == self._acked_seq and not attachment_writer.pending():
+        channel = self._channel
+        if not self._buffer and channel.seq == channel.acked_seq \
+                and not attachment_writer.pending():
             return
         try:
             self.sync(wire.RECEIVED, timeout)
         except FlushError as exc:
             self._warn("deliver", f"tracer: spans of process {os.getpid()} may be lost: {exc}")
 
+    def in_use(self) -> bool:
+        """Whether this recorder has sent or holds anything (a flush has work to wait for)."""
+        return self._channel.sock is not None or bool(self._buffer)
+
     def aggregator_dead(self) -> bool:
         """True when the aggregator's process is gone, or (pid unknown) it has not answered
-        for ``UNRESPONSIVE`` seconds while we wait on it."""
-        if self.aggregator_pid is not None:
-            return not process_alive(self.aggregator_pid)
-        waiting = self._unacked or self._waiting
-        return bool(waiting) and time.monotonic() - self._last_reply > UNRESPONSIVE
+        for a long while as we wait on it."""
+        return self._supervisor.dead(bool(self._channel.unacked or self._waiting),
+                                     self._channel.last_reply)
 
     # -- the flusher thread ------------------------------------------------------------------
 
@@ -296,7 +281,7 @@ class Recorder:
         """Start the flusher unless it runs; False if no thread can be started (Python >= 3.12
         refuses at interpreter shutdown): then ``sync``/``close`` do its work inline."""
         # The first record of a process arms the exit handlers, however soon it then exits.
-        _register_exit()
+        lifecycle.arm_exit()
         with self._lock:
             if self._thread is not None or self._starting:  # running, or being started below
                 return True
@@ -321,8 +306,8 @@ class Recorder:
 
     def _forget_parent(self) -> None:
         """In a fork child: leave the parent's socket, pipe and buffer alone, start afresh."""
-        if self._sock is not None:
-            _inherited_zmq.append((self._ctx, self._sock))
+        self._channel.forget_parent()
+        self._supervisor.reset()
         for fd in (self._wake_r, self._wake_w):  # our copies of the parent's wake pipe
             try:
                 os.close(fd)
@@ -345,7 +330,7 @@ class Recorder:
                     self._finish()
                     return
             now = time.monotonic()
-            if busy or self._buffer or self._waiting or self._unacked:
+            if busy or self._buffer or self._waiting or self._channel.unacked:
                 idle_since = now
             elif now - idle_since > IDLE_EXIT:
                 # Exit when idle. Clear _thread before looking at the buffer, under the lock,
@@ -365,13 +350,14 @@ class Recorder:
         if poller is None:
             poller = self._poller = zmq.Poller()
             poller.register(self._wake_r, zmq.POLLIN)
-        if self._sock is not self._polled:  # opened, or replaced after a recovery
+        sock = self._channel.sock
+        if sock is not self._polled:  # opened, or replaced after a recovery
             if self._polled is not None:
                 poller.unregister(self._polled)
-            self._polled = self._sock
-            if self._sock is not None:
-                poller.register(self._sock, zmq.POLLIN)
-        poller.poll(timeout * 1000)
+            self._polled = sock
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        poller.poll(int(timeout * 1000))
         self._kicked = False
         try:
             while os.read(self._wake_r, 4096):
@@ -392,21 +378,6 @@ class Recorder:
             self._room.notify_all()
         return busy
 
-    def _ensure_open(self) -> zmq.Socket:
-        if self._sock is not None:
-            return self._sock
-        self._ctx = zmq.Context(io_threads=1)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        if self.max_buffer:
-            # What sits in ZeroMQ's queue counts against the bound too (design point 8).
-            sock.setsockopt(zmq.SNDHWM, max(2, self.max_buffer // (4 * self._frame_records)))
-        sock.connect(self.endpoint)
-        self._sock = sock
-        return sock
-
     def _send_buffered(self) -> bool:
         buffer = self._buffer
         if not buffer:
@@ -415,7 +386,7 @@ class Recorder:
         while buffer:
             items = [take() for _ in range(min(len(buffer), self._frame_records))]
             for item in items:
-                if type(item) is _Sync:  # flush markers among them: send in order around them
+                if type(item) is _FlushMarker:  # flush markers among them: keep the order
                     self._send_in_order(items)
                     break
             else:
@@ -425,7 +396,7 @@ class Recorder:
     def _send_in_order(self, items: list) -> None:
         records: list[bytes] = []
         for item in items:
-            if isinstance(item, _Sync):
+            if isinstance(item, _FlushMarker):
                 if records:
                     self._send_data(pack_records(records), len(records))
                     records = []
@@ -443,11 +414,11 @@ class Recorder:
         if seq is None:
             self._lose(records, "aggregator_unreachable")
             return
-        self._unacked.append((seq, body, records))
+        self._channel.keep(seq, body, records)
         self.counters["sent"] += records
 
-    def _send_sync(self, sync: _Sync) -> None:
-        sync.seq = self._seq
+    def _send_sync(self, sync: _FlushMarker) -> None:
+        sync.seq = self._channel.seq
         arg = [sync.token, sync.level]
         published = attachment_writer.published(self)
         if published != self._attachments_synced:
@@ -462,23 +433,17 @@ class Recorder:
         """Send one message; returns its seq, or None if it cannot be delivered. Blocks while
         the aggregator is alive but not reading (the queue policy); recovers if it died."""
         while True:
-            sock = self._ensure_open()
-            # Numbered here, after any recovery inside this loop has renumbered the stream.
-            seq = self._seq + 1 if kind == wire.DATA else self._seq
-            head = wire.header(kind, (_HOST, self._pid, self._gen), seq, arg)
             try:
-                sock.send_multipart([head, body])
+                # Numbered by the channel, after any recovery below has renumbered the stream.
+                return self._channel.send(kind, arg, body)
             except zmq.Again:
                 if self._closing and time.monotonic() > self._close_deadline:
                     return None
                 if self.aggregator_dead() and not self._recover():
                     return None
-                continue
             except zmq.ZMQError as exc:
                 self._warn("send", f"tracer: send to {self.endpoint} failed: {exc}")
                 return None
-            self._seq = seq
-            return seq
 
     def _announce(self) -> bool:
         """Send spans that have been running for a while, so a crash leaves a marked row."""
@@ -496,45 +461,25 @@ class Recorder:
         return True
 
     def _read_replies(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        while True:
-            try:
-                msg = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                kind, token, payload, first_seq = wire.unpack_reply(msg)
-            except ValueError:
+        acks, replaced = self._channel.read_replies()
+        for token, payload in acks:
+            sync = self._waiting.pop(token, None) if isinstance(token, int) else None
+            if sync is None:
                 continue
-            self._last_reply = time.monotonic()
-            if self._seq and first_seq != 1:
-                # A replacement aggregator, reached through a silent reconnect, that never saw
-                # the start of our stream: what went to its predecessor may be lost. Resend.
-                self._recover(replaced=True)
-                return
-            if kind == wire.COMMITTED_UPTO:
-                unacked = self._unacked
-                while unacked and unacked[0][0] <= token:
-                    unacked.popleft()
-                self._acked_seq = max(self._acked_seq, token)
-            elif kind == wire.ACK:
-                sync = self._waiting.pop(token, None)
-                if sync is not None:
-                    if payload is None:
-                        self._acked_seq = max(self._acked_seq, sync.seq)
-                    sync.error = payload
-                    sync.done.set()
+            if payload is None:
+                self._channel.acked(sync.seq)
+            else:
+                sync.error = str(payload)
+            sync.done.set()
+        if replaced:
+            # A replacement aggregator, reached through a silent reconnect, that never saw the
+            # start of our stream: what went to its predecessor may be lost. Resend.
+            self._recover(replaced=True)
 
     def _check_aggregator(self) -> None:
         """While waiting on the aggregator, look now and then whether it is still there."""
-        if not (self._unacked or self._waiting):
+        if not (self._channel.unacked or self._waiting) or not self._supervisor.check_due():
             return
-        now = time.monotonic()
-        if now - self._checked < CHECK_INTERVAL:
-            return
-        self._checked = now
         if self.aggregator_dead():
             self._recover()
 
@@ -544,26 +489,22 @@ class Recorder:
         counting the loss) if no new one can be had."""
         if self._recovering:
             return False
-        dead = self.aggregator_pid
-        if replaced:  # someone else already started the new one: find its pid, if we can
-            pid = _pid_file_of(self.endpoint) or self.aggregator_pid
+        supervisor, channel = self._supervisor, self._channel
+        dead = supervisor.aggregator_pid
+        if replaced:  # someone else already started the new one
+            pid = supervisor.found_replacement()
         else:
-            pid = None
-            if self._restart is not None and self._may_restart():
-                pid = self._restart(self)
+            pid = supervisor.start_replacement(self)
             if pid is None:
-                self._lose(sum(n for _, _, n in self._unacked), "aggregator_died")
-                self._unacked.clear()
+                self._lose(channel.unacked_records(), "aggregator_died")
+                channel.unacked.clear()
                 self._fail_waiting(f"the aggregator at {self.endpoint} is gone")
-                self._last_reply = time.monotonic()
+                channel.last_reply = time.monotonic()
                 return False
         self._recovering = True
         try:
-            self.aggregator_pid = pid
-            self._close_socket(linger=0)
-            self._gen = int.from_bytes(os.urandom(4), "big")
-            self._seq = self._acked_seq = 0
-            resend, self._unacked = list(self._unacked), deque()
+            supervisor.aggregator_pid = pid
+            resend = channel.restart_stream()
             for _, body, records in resend:
                 self._send_data(body, records)
             for sync in list(self._waiting.values()):
@@ -576,21 +517,7 @@ class Recorder:
                                   f"died; pid {pid} took over and {resent} records were resent")
         finally:
             self._recovering = False
-            self._last_reply = time.monotonic()
-        return True
-
-    def _may_restart(self) -> bool:
-        """At most MAX_RESTARTS replacements a minute: an aggregator that dies as it starts (a
-        broken interpreter, say) is given up on rather than restarted in a loop."""
-        now = time.monotonic()
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
-            self._restarts.popleft()
-        if len(self._restarts) >= MAX_RESTARTS:
-            self._warn("restarts", f"tracer: the aggregator at {self.endpoint} died "
-                                   f"{MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f} s; "
-                                   "not starting another (see aggregator.log beside the store)")
-            return False
-        self._restarts.append(now)
+            channel.last_reply = time.monotonic()
         return True
 
     def _lose(self, records: int, reason: str) -> None:
@@ -606,21 +533,13 @@ class Recorder:
             sync.done.set()
         self._waiting.clear()
 
-    def _close_socket(self, linger: int) -> None:
-        sock, ctx = self._sock, self._ctx
-        self._sock = self._ctx = None
-        if sock is not None:
-            sock.close(linger=linger)
-        if ctx is not None:
-            ctx.term()
-
     # -- exit ----------------------------------------------------------------------------------
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
         """Deliver what is buffered, say goodbye and close; never takes much over ``timeout``."""
         if self._pid != os.getpid() or self._closed or self._closing:
             return
-        if self._sock is None and not self._buffer:
+        if self._channel.sock is None and not self._buffer:
             self._closed = True
             return
         # Committed, not only received: once this process is gone nobody could resend its
@@ -646,14 +565,7 @@ class Recorder:
         # On the flusher thread: the only thread that ever touches the socket. The goodbye
         # carries this sender's counters, so losses it counted end up in the aggregator's.
         self._write_spool()
-        if self._sock is not None:
-            try:
-                self._sock.send_multipart([wire.header(wire.BYE, (_HOST, self._pid, self._gen),
-                                                       self._seq, self._unreported()), b""],
-                                          zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        self._close_socket(linger=LINGER_MS)
+        self._channel.say_goodbye(self._unreported())
         with self._lock:
             self._thread = None
             self._closed = True
@@ -678,206 +590,10 @@ class Recorder:
             print(message, file=sys.stderr)
 
 
-_exit_registered_pid = 0
-
-
-def _register_exit() -> None:
-    """Arrange for every recorder of this process to be closed when the process ends."""
-    global _exit_registered_pid
-    if _exit_registered_pid == os.getpid():
-        return
-    _exit_registered_pid = os.getpid()
-    atexit.register(close_all)
-    # A process that ends in os._exit (fork children of multiprocessing, billiard, bare forks)
-    # runs no atexit handler: deliver first there too.
-    os._exit = _exit_delivering
-    import multiprocessing.util
-
-    # multiprocessing children end in os._exit: atexit never runs there, but their finalizers do.
-    multiprocessing.util.Finalize(None, close_all, exitpriority=100)
-    _deliver_on_terminate()
-
-
-def _deliver_on_terminate() -> None:
-    """In a multiprocessing child, have SIGTERM deliver this process's spans before it dies.
-
-    ``Pool.terminate()`` (what ``with Pool() as pool:`` calls on the way out) and
-    ``Process.terminate()`` send SIGTERM, whose default action kills the child on the spot,
-    with the spans of its last tasks still in its buffer: every one of them, when the tasks are
-    short. The handler delivers them (for at most TERMINATE_TIMEOUT seconds), then dies of the
-    signal as it would have. Only where SIGTERM still has its default action, and only in
-    children of multiprocessing: a program's own SIGTERM is left to it.
-
-    The trade-off: a Python signal handler runs between bytecodes, so a child busy in a long C
-    call (numpy, say) when terminate() arrives dies when that call returns rather than at once.
-    ``TRACER_DELIVER_ON_TERMINATE=0`` keeps the default action (and loses those spans).
-    """
-    import multiprocessing
-
-    if (os.environ.get("TRACER_DELIVER_ON_TERMINATE", "1").lower() in ("0", "false", "no", "off")
-            or multiprocessing.parent_process() is None
-            or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        return
-    if _watch_for_missed_signals():  # else the default action: a loss beats a hang
-        signal.signal(signal.SIGTERM, _terminated)
-
-
-# The signal wakeup pipe (read end, write end) of this process's SIGTERM handler, once installed.
-_signal_pipe: tuple[int, int] | None = None
-_terminating = False  # the handler has started
-
-
-def _watch_for_missed_signals() -> bool:
-    """Make sure a SIGTERM that Python takes is acted on even if the main thread misses it.
-
-    Python runs a handler when the main thread next runs bytecode. A signal taken just before
-    the main thread enters a wait that only a signal would end (a pool worker going back to the
-    task queue's lock, which ``Pool.terminate()`` holds for good) does not interrupt that wait:
-    the handler never runs and, caught rather than fatal, the signal no longer kills the process.
-    Python's C handler writes each signal's number to the wakeup fd, whatever the thread; a small
-    thread reads it and, if the handler has not started after a moment, sends SIGTERM to the
-    main thread itself, which ends the wait and runs the handler. False (handler not installed)
-    where the wakeup fd is already someone else's.
-    """
-    global _signal_pipe
-    if not hasattr(signal, "pthread_kill"):  # Windows: no way to re-send it
-        return False
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    if previous != -1:
-        signal.set_wakeup_fd(previous)
-        os.close(read_end)
-        os.close(write_end)
-        return False
-    _signal_pipe = (read_end, write_end)
-    threads.start(threading.Thread(target=_watch_signal_pipe, args=(read_end,),
-                                   name="tracer-sigterm", daemon=True))
-    return True
-
-
-def _watch_signal_pipe(read_end: int) -> None:
-    while True:
-        try:
-            received = os.read(read_end, 64)
-        except OSError:
-            return
-        if not received:
-            return
-        if signal.SIGTERM in received:
-            time.sleep(MISSED_SIGNAL_GRACE)
-            if not _terminating:
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-            return
-
-
-def _terminated(signum: int, frame: object) -> None:
-    global _terminating
-    _terminating = True
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    deadline = time.monotonic() + TERMINATE_TIMEOUT  # for all recorders together
-    try:
-        for recorder in list(_recorders):
-            recorder.close(max(0.1, deadline - time.monotonic()))
-    finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def close_all() -> None:
-    """Close every recorder of this process (idempotent)."""
-    for recorder in list(_recorders):
-        recorder.close()
-
-
-def deliver_all(timeout: float) -> None:
-    """Hand everything this process recorded so far to the aggregators (received, not yet
-    committed); never raises. For code that ends units of work in a process that may be killed
-    right after (pool workers, Celery tasks)."""
-    for recorder in list(_recorders):
-        recorder.deliver(timeout)
-
-
-def sync_all(level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
-    """Flush every recorder of this process."""
-    for recorder in list(_recorders):
-        if recorder._sock is not None or recorder._buffer:
-            recorder.sync(level, timeout)
-
-
-# The parent's ZeroMQ objects as a fork child inherited them. The child must never use them, and
-# letting them be garbage-collected makes pyzmq warn about unclosed sockets (it skips the close in
-# a child by itself), so they are kept here, untouched, until the child exits.
-_inherited_zmq: list = []
-
-
-def _pid_file_of(endpoint: str) -> int | None:
-    if not endpoint.startswith("ipc://"):
-        return None
-    from .launcher import read_pid_file  # launcher imports this module
-
-    return read_pid_file(endpoint[len("ipc://") :])
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie is not)."""
-    try:  # an aggregator we started is our child: reap it if it has exited
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    import psutil  # only on this slow path: it costs ~10 ms to import
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-_real_exit = os._exit
-
-
-def _exit_delivering(code: int) -> None:
-    """``os._exit`` in fork children: deliver this process's spans first (bounded), then exit.
-
-    A child made with a bare ``os.fork()`` that ends in ``os._exit`` runs no atexit handler and
-    no finalizer: this is the only place its last spans can still be sent from.
-    """
-    try:
-        close_all()
-    except BaseException:
-        pass
-    _real_exit(code)
-
-
-def _after_fork_in_child() -> None:
-    # Never log or take locks here: other threads of the parent do not exist in the child.
-    global _exit_registered_pid, _signal_pipe, _terminating
-    _exit_registered_pid = 0
-    if _signal_pipe is not None:
-        # The parent's SIGTERM handler and wakeup pipe: the watching thread is not here, and a
-        # signal of ours must not wake the parent's. The first record re-arms both.
-        try:
-            signal.set_wakeup_fd(-1)
-            if signal.getsignal(signal.SIGTERM) is _terminated:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        except ValueError:  # forked from a thread Python does not take for the main one
-            pass
-        for fd in _signal_pipe:
-            os.close(fd)
-        _signal_pipe = None
-    _terminating = False
-    for recorder in _recorders:
+def _forget_parents() -> None:
+    """Fork child: every recorder starts afresh (registered with ``lifecycle``)."""
+    for recorder in registry.recorders:
         recorder._forget_parent()
-    if _recorders:
-        os._exit = _exit_delivering
-    reseed_after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.on_fork_child(_forget_parents)

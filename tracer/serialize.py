@@ -24,14 +24,17 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import json
+import math
 import pathlib
 import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
-from .attachment_writer import handle as attachment_reference
-from .attachments import BaseAttachment
+from . import wire
 from .wire import SNAPSHOT
 
 MAX_DEPTH = 200
@@ -39,11 +42,23 @@ MAX_REPR = 1000
 
 _local = threading.local()
 
+# Types that stand for something else when logged, with what they become: (type, function)
+# pairs, tried first. Registered by the module that knows them (the attachment writer turns an
+# attachment into its reference dict), so that this module imports neither.
+_substitutes: tuple[tuple[type, Callable[[Any], object]], ...] = ()
+
+
+def register_substitute(cls: type, substitute: Callable[[Any], object]) -> None:
+    """Log ``substitute(obj)`` in place of any ``obj`` of type ``cls``."""
+    global _substitutes
+    _substitutes = (*_substitutes, (cls, substitute))
+
 
 def stand_in(obj: object) -> object:
     """msgpack ``default`` hook: a value msgpack can carry, describing ``obj``."""
-    if isinstance(obj, BaseAttachment):  # its reference; the content goes round the row
-        return attachment_reference(obj)
+    for cls, substitute in _substitutes:
+        if isinstance(obj, cls):
+            return substitute(obj)
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
@@ -62,8 +77,9 @@ def stand_in(obj: object) -> object:
         dump = getattr(obj, "model_dump", None)
         if callable(dump):
             return dump()
-        if hasattr(obj, "dtype") and callable(getattr(obj, "tolist", None)):
-            return obj.tolist()
+        tolist = getattr(obj, "tolist", None)
+        if hasattr(obj, "dtype") and callable(tolist):
+            return tolist()
     except Exception:
         pass
     return describe(obj)
@@ -184,3 +200,31 @@ def _key(key: object) -> object:
     if isinstance(key, (str, int, float, bool)) or key is None:
         return sanitize(key)
     return describe(key)
+
+
+def snapshot_to_json(snapshot: bytes, pretty: bool = False) -> bytes:
+    """The JSON text of a value snapshotted with ``serialize.pack``."""
+    unpacker = wire.record_unpacker()
+    unpacker.feed(snapshot)
+    value = next(unpacker)
+    indent = 2 if pretty else None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent)
+    except (TypeError, ValueError):
+        text = json.dumps(_json_safe(value), ensure_ascii=False, allow_nan=False, indent=indent)
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes):
+        return f"<bytes: {len(value)} bytes>"
+    if isinstance(value, dict):
+        return {(k if isinstance(k, (str, int, float, bool)) or k is None else repr(k)):
+                _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None or isinstance(value, float):
+        return value
+    return repr(value)

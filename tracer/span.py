@@ -19,21 +19,23 @@ class Span:
 
     Attributes: ``id`` (the row id), ``span_id``, ``root_span_id``, ``span_parents``, ``name``,
     ``type``, ``start`` and ``end_time`` (epoch seconds; ``end_time`` is None while running).
+    Internally a span is named by 64-bit integers (``trace_int``, ``span_int``, ``root_int``;
+    ``parents`` holds ``span_int``s), which the aggregator formats into the string ids.
     """
 
     # ``_logged_end`` is left unset by __init__ (spans are made on @traced's hot path): only
     # ``log(metrics={"end": ...})`` sets it, and ``end()`` reads it with a default.
-    __slots__ = ("_rec", "container", "trace", "span", "parents", "root", "row_id",
+    __slots__ = ("_rec", "container", "trace_int", "span_int", "parents", "root_int", "row_id",
                  "name", "type", "start", "end_time", "_input", "_token", "_logged_end")
 
     def __init__(self, rec: Recorder, container: str, trace: int, span: int, parents: Any,
                  root: int, name: str | None, type: str | None, start: float) -> None:
         self._rec = rec
         self.container = container
-        self.trace = trace
-        self.span = span
+        self.trace_int = trace
+        self.span_int = span
         self.parents = parents  # None (root), an int, or a tuple of ints (several parents)
-        self.root = root
+        self.root_int = root
         self.row_id: str | None = None
         self.name = name
         self.type = type
@@ -47,15 +49,15 @@ class Span:
     @property
     def id(self) -> str:
         """The row id: pass it to ``Logger.update_span(id=...)``."""
-        return self.row_id or wire.format_id(self.trace, self.span)
+        return self.row_id or wire.format_id(self.trace_int, self.span_int)
 
     @property
     def span_id(self) -> str:
-        return wire.format_id(self.trace, self.span)
+        return wire.format_id(self.trace_int, self.span_int)
 
     @property
     def root_span_id(self) -> str:
-        return wire.format_id(self.trace, self.root)
+        return wire.format_id(self.trace_int, self.root_int)
 
     @property
     def span_parents(self) -> list[str]:
@@ -64,16 +66,17 @@ class Span:
             return []
         if isinstance(parents, int):
             parents = [parents]
-        return [wire.format_id(self.trace, p) for p in parents]
+        return [wire.format_id(self.trace_int, p) for p in parents]
 
     def export(self) -> str:
         """An opaque string that another process (or thread) can pass as ``parent=`` to continue
         this trace, or as ``exported=`` to ``update_span``."""
-        return slug.encode(self.container, self.trace, self.span, self.root, self.row_id)
+        return slug.encode(self.container, self.trace_int, self.span_int, self.root_int,
+                           self.row_id)
 
     def permalink(self) -> str:
         """A link to this span in the trace viewer (base URL: ``TRACER_APP_URL``)."""
-        return make_permalink(self.container, self.trace, self.span, self.root)
+        return make_permalink(self.container, self.trace_int, self.span_int, self.root_int)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -102,8 +105,8 @@ class Span:
 
     def _record_log(self, fields: dict) -> None:
         if fields:
-            self._rec.add(pack((wire.SPAN_LOG, self.container, self.trace, self.span,
-                                self.parents, self.root, self.row_id, fields)))
+            self._rec.add(pack(wire.span_log(self.container, self.trace_int, self.span_int,
+                                             self.parents, self.root_int, self.row_id, fields)))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
         """Change the span's name or type."""
@@ -114,9 +117,9 @@ class Span:
         if type is not None:
             self.type = type
         if self.end_time is not None:  # already sent: send the change as a merge
-            self._rec.add(pack((wire.SPAN_END, self.container, self.trace, self.span,
-                                self.parents, self.root, self.row_id, self.name, self.type,
-                                self.start, self.end_time, None, None)))
+            self._rec.add(pack(wire.span_end(self.container, self.trace_int, self.span_int,
+                                             self.parents, self.root_int, self.row_id, self.name,
+                                             self.type, self.start, self.end_time, None, None)))
 
     def start_span(self, name: str | None = None, type: str | None = None,
                    **event_fields: Any) -> Span:
@@ -134,9 +137,9 @@ class Span:
         end = time.time() if end_time is None else float(end_time)
         self.end_time = end
         self._rec.open_spans.discard(self)
-        # Nothing here can change later: packed on the flusher's thread.
-        self._rec.add((wire.SPAN_END, self.container, self.trace, self.span, self.parents,
-                       self.root, self.row_id, self.name, self.type, self.start, end, None,
+        # Nothing here can change later: packed on the flusher's thread. wire.span_end, inlined.
+        self._rec.add((wire.SPAN_END, self.container, self.trace_int, self.span_int, self.parents,
+                       self.root_int, self.row_id, self.name, self.type, self.start, end, None,
                        None))
         return end
 
@@ -148,8 +151,9 @@ class Span:
 
     def open_record(self) -> bytes:
         """The announcement of a span still running (sent by the recorder's flusher)."""
-        return pack((wire.SPAN_OPEN, self.container, self.trace, self.span, self.parents,
-                     self.root, self.row_id, self.name, self.type, self.start, None, self._input))
+        return pack(wire.span_open(self.container, self.trace_int, self.span_int, self.parents,
+                                   self.root_int, self.row_id, self.name, self.type, self.start,
+                                   None, self._input))
 
     # -- context manager: current span inside the block, error logged, ended at exit -------
 
@@ -233,15 +237,15 @@ class RemoteSpan(Span):
 
     def _record_log(self, fields: dict) -> None:
         if fields:
-            self._rec.add(pack((wire.UPDATE, self.container, self.id, fields)))
+            self._rec.add(pack(wire.update(self.container, self.id, fields)))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
         event.check_name(name, "Span.set_attributes")
         event.check_type(type, "Span.set_attributes")
         attributes = {k: v for k, v in (("name", name), ("type", type)) if v is not None}
         if attributes:
-            self._rec.add(pack((wire.UPDATE, self.container, self.id,
-                                {"span_attributes": attributes})))
+            self._rec.add(pack(wire.update(self.container, self.id,
+                                           {"span_attributes": attributes})))
 
     def end(self, end_time: float | None = None) -> float:
         return time.time() if end_time is None else float(end_time)
@@ -301,7 +305,7 @@ def resolve_parents(parents: object, where: str) -> Parents:
     recorder = None
     for parent in parents:
         if isinstance(parent, Span):
-            refs.append((parent.container, parent.trace, parent.span, parent.root))
+            refs.append((parent.container, parent.trace_int, parent.span_int, parent.root_int))
             recorder = recorder or parent._rec
         elif isinstance(parent, str):
             ref = slug.decode(parent)
@@ -330,8 +334,8 @@ def start_under(parents: Parents, rec: Recorder, name: str | None, type: str | N
 def start_child(parent: Span, name: str | None, type: str | None, fields: dict,
                 row_id: str | None) -> Span:
     """A new span under ``parent``, with ``fields`` (checked) logged at start."""
-    span = Span(parent._rec, parent.container, parent.trace, new_id(), parent.span,
-                parent.root, name, type, time.time())
+    span = Span(parent._rec, parent.container, parent.trace_int, new_id(), parent.span_int,
+                parent.root_int, name, type, time.time())
     return _begin(span, fields, row_id)
 
 

@@ -25,6 +25,7 @@ and rows merged by the aggregator, never by the caller.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgpack
 
@@ -48,11 +49,18 @@ COMMITTED_UPTO = 12  # token: a DATA seq; every DATA message up to it is committ
 RECEIVED = 0  # every earlier message of this sender has been read and queued
 COMMITTED = 1  # ... and every row it touched is committed to the sink
 
-# Record kinds.
-SPAN_END = 1  # head + (name, type, start, end, fields | None, input)
-SPAN_LOG = 2  # head + (fields,)
-SPAN_OPEN = 3  # head + (name, type, start, fields | None, input): a span still running
+# Record kinds. Each record's layout is defined once, by its builder below (``span_end`` ...)
+# and its ``*_FIELDS`` names; the aggregator reads records by these positions.
+SPAN_END = 1  # a span that ended: head + (name, type, start, end, fields | None, input)
+SPAN_LOG = 2  # fields logged to a span: head + (fields,)
+SPAN_OPEN = 3  # a span still running: head + (name, type, start, fields | None, input)
 UPDATE = 4  # (UPDATE, container, row_id, fields): merge into an existing row by id
+
+HEAD_FIELDS = ("kind", "container", "trace", "span", "parents", "root", "row_id")
+SPAN_END_FIELDS = (*HEAD_FIELDS, "name", "type", "start", "end", "fields", "input")
+SPAN_LOG_FIELDS = (*HEAD_FIELDS, "fields")
+SPAN_OPEN_FIELDS = (*HEAD_FIELDS, "name", "type", "start", "fields", "input")
+UPDATE_FIELDS = ("kind", "container", "row_id", "fields")
 
 # msgpack extension type of a value packed when it was logged, inside a record packed later
 # (tracer.serialize.snapshot): unpacked in place.
@@ -93,6 +101,34 @@ def split_container(key: str) -> tuple[str, ...]:
     raise ValueError(f"malformed container key {key!r}")
 
 
+def span_end(container: str, trace: int, span: int, parents: object, root: int,
+             row_id: str | None, name: str | None, type: str | None, start: float, end: float,
+             fields: dict | None, input: object) -> tuple:
+    """A SPAN_END record. ``@traced`` and ``Span.end`` build it inline (a call costs ~0.1 us on
+    the hottest path); tests/test_records.py checks those copies against this layout."""
+    return (SPAN_END, container, trace, span, parents, root, row_id, name, type, start, end,
+            fields, input)
+
+
+def span_log(container: str, trace: int, span: int, parents: object, root: int,
+             row_id: str | None, fields: dict) -> tuple:
+    """A SPAN_LOG record: fields merged into the span's row."""
+    return (SPAN_LOG, container, trace, span, parents, root, row_id, fields)
+
+
+def span_open(container: str, trace: int, span: int, parents: object, root: int,
+              row_id: str | None, name: str | None, type: str | None, start: float,
+              fields: dict | None, input: object) -> tuple:
+    """A SPAN_OPEN record: the announcement of a span still running."""
+    return (SPAN_OPEN, container, trace, span, parents, root, row_id, name, type, start, fields,
+            input)
+
+
+def update(container: str, row_id: str, fields: dict) -> tuple:
+    """An UPDATE record: fields merged into the row ``row_id`` of ``container``."""
+    return (UPDATE, container, row_id, fields)
+
+
 _prefixes: dict[int, str] = {}  # trace -> the first half of its ids, "xxxxxxxx-xxxx-xxxx-"
 
 
@@ -127,7 +163,7 @@ def reply(kind: int, token: object, payload: object = None, first_seq: int = 0) 
     return msgpack.packb([VERSION, kind, token, payload, first_seq])
 
 
-def unpack_input(slot: object) -> object:
+def unpack_input(slot: Any) -> object:
     """The input a SPAN_END/SPAN_OPEN record carries in its ``input`` slot: ``(names, value)``,
     ``value`` being the input itself (names None) or ``(args, kwargs)`` to bind to the names."""
     names, value = slot
@@ -177,3 +213,30 @@ def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:
     if not isinstance(obj, list) or len(obj) != 5 or obj[0] != VERSION:
         raise ValueError("not a reply of this wire version")
     return obj[1], obj[2], obj[3], obj[4]
+
+
+class VersionMismatch(ValueError):
+    """A header of another wire version than ours."""
+
+
+def unpack_header(frame: bytes) -> tuple[object, str, int, int, int, Any]:
+    """Decode a message's header frame (``header``) into ``(kind, host, pid, gen, seq, arg)``.
+
+    Raises ValueError for anything that is not a header of this wire version: undecodable, of
+    the wrong shape, or with a malformed sender; VersionMismatch (a ValueError) for a header of
+    another version. ``kind`` and ``arg`` are returned as they came: their meaning is the
+    receiver's to check.
+    """
+    try:
+        header = msgpack.unpackb(frame)
+    except Exception as exc:
+        raise ValueError(f"undecodable header: {exc}") from None
+    if not isinstance(header, list) or len(header) != 7:
+        raise ValueError("not a header: expected an array of 7")
+    version, kind, host, pid, gen, seq, arg = header
+    if version != VERSION:
+        raise VersionMismatch(f"wire version {version!r}, not {VERSION}")
+    if not (isinstance(host, str) and isinstance(pid, int) and isinstance(gen, int)
+            and isinstance(seq, int)):
+        raise ValueError("malformed sender or sequence number in header")
+    return kind, host, pid, gen, seq, arg

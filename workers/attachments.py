@@ -1,4 +1,4 @@
-"""The aggregator's attachment mover, and the store's record of attachments.
+"""The aggregator's attachment mover, and the state of the attachments a row refers to.
 
 Recorders leave each attachment in the store's spool directory (``tracer.attachment_writer``):
 ``<key>.data`` (the content) and then ``<key>.json`` (its metadata: sha256, size, filename,
@@ -9,8 +9,8 @@ aggregator beside the row uploader, takes each published ``<key>.json``:
   no copy), or deleted if that blob exists already, so identical content is stored once however
   many keys refer to it;
 - recorded: ``key -> sha256, size, filename, content_type, status ("done" | "error"), error`` in
-  the ``attachments`` table of the store, read by ``tracer show``, ``tracer export
-  --with-attachments`` and ``tracer attachment get``;
+  the store (``StoreWriter.record_attachment``), read by ``tracer show``, ``tracer export
+  --with-attachments`` and ``tracer attachment get`` (``references`` and ``status`` below);
 - retried: a failure (the store locked, a full disk) is retried with backoff (``NUM_RETRIES``,
   0.05 s doubling to 5 s), then counted (``attachments_failed``) and left in the spool for the
   next aggregator to try; never does it hold back a row, which the uploader commits on its own.
@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import sys
 import threading
 import time
@@ -38,33 +37,7 @@ from typing import Any
 from tracer import attachments
 from tracer.config import Settings
 
-from .sinks.sqlite import connect
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS attachments (
-    key TEXT PRIMARY KEY,
-    sha256 TEXT,
-    size INTEGER,
-    filename TEXT,
-    content_type TEXT,
-    status TEXT NOT NULL,
-    error TEXT,
-    source TEXT,
-    logged REAL,
-    stored REAL
-);
-CREATE INDEX IF NOT EXISTS attachments_by_sha ON attachments (sha256);
-"""
-
-# A key already recorded as stored stays so: a second publication of it (a fork child logging
-# its parent's attachment again) can only repeat it or fail where the first succeeded.
-RECORD = """
-INSERT INTO attachments VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
-    filename=excluded.filename, content_type=excluded.content_type, status=excluded.status,
-    error=excluded.error, source=excluded.source, logged=excluded.logged, stored=excluded.stored
-WHERE attachments.status != 'done'
-"""
+from .store import STORE_ERRORS, StoreWriter, open_store
 
 SCAN_INTERVAL = 0.25  # seconds between looks at the spool when nobody asks
 BACKOFF_BASE = 0.05
@@ -72,6 +45,8 @@ BACKOFF_MAX = 5.0
 ORPHAN_AGE = 3600.0  # a data file with no metadata this old was left by a writer that died
 MAX_META_BYTES = 1 << 16
 KEY = re.compile(r"[0-9a-f]{32}")
+# What storing an attachment may fail with (the file system, the store) and is retried.
+_FAILURES: tuple[type[Exception], ...] = (OSError, *STORE_ERRORS)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -85,7 +60,7 @@ class AttachmentMover:
         self.counters = counters  # this thread writes only attachment* keys
         self.on_progress = on_progress
         self.spool = attachments.spool_dir(store)
-        self._conn: sqlite3.Connection | None = None
+        self._store: StoreWriter = open_store(store)  # opened on first use, by this thread
         self._cond = threading.Condition()
         self._requested = 0  # scans asked for (a flush waiting)
         self._completed = 0  # the last request a finished scan covered
@@ -129,8 +104,8 @@ class AttachmentMover:
         self.thread.join(timeout)
         self.stopping.set()
         self.thread.join(5)
-        if self._conn is not None and not self.thread.is_alive():
-            self._conn.close()
+        if not self.thread.is_alive():  # else it is still using the store: leave it
+            self._store.close()
 
     # -- the mover thread ------------------------------------------------------------------
 
@@ -183,11 +158,12 @@ class AttachmentMover:
                 os.replace(meta_path, meta_path + ".bad")
                 return
             error = meta.get("error")
-            sha = meta.get("sha256")
-            if error is None and not (isinstance(sha, str) and SHA256.fullmatch(sha)):
-                error = "the spooled metadata has no valid sha256"
             if error is None:
-                self._move(data_path, sha)
+                sha = meta.get("sha256")
+                if isinstance(sha, str) and SHA256.fullmatch(sha):
+                    self._move(data_path, sha)
+                else:
+                    error = "the spooled metadata has no valid sha256"
             self._record(key, meta, error, "logged")
             os.unlink(meta_path)
             if error is not None:
@@ -196,7 +172,7 @@ class AttachmentMover:
             self._retry.pop(key, None)
         except _Missing as exc:  # the data is gone: nothing to retry
             self._record_failure(key, meta, str(exc), meta_path)
-        except (OSError, sqlite3.Error) as exc:
+        except _FAILURES as exc:
             self._failed(key, failures, exc)
 
     def _move(self, data_path: str, sha: str) -> None:
@@ -215,19 +191,19 @@ class AttachmentMover:
         self.counters["attachment_bytes_stored"] += size
 
     def _record(self, key: str, meta: dict, error: str | None, source: str) -> None:
-        conn = self._connection()
-        conn.execute(RECORD, (
-            key, meta.get("sha256") if error is None else None, _int(meta.get("size")),
-            _text(meta.get("filename")), _text(meta.get("content_type")),
-            "error" if error is not None else "done", error, source,
-            meta.get("logged") if isinstance(meta.get("logged"), (int, float)) else None,
-            time.time()))
+        logged = meta.get("logged")
+        self._store.record_attachment(
+            key, sha256=meta.get("sha256"), size=_int(meta.get("size")),
+            filename=_text(meta.get("filename")), content_type=_text(meta.get("content_type")),
+            error=error, source=source,
+            logged=logged if isinstance(logged, (int, float)) else None)
 
-    def _record_failure(self, key: str, meta: dict, error: str, meta_path: str) -> None:
+    def _record_failure(self, key: str, meta: dict | None, error: str, meta_path: str) -> None:
+        """Record ``key`` as failed for good (``meta``: its metadata, if it was read)."""
         try:
-            self._record(key, meta, error, "logged")
+            self._record(key, meta or {}, error, "logged")
             os.unlink(meta_path)
-        except (OSError, sqlite3.Error) as exc:
+        except _FAILURES as exc:
             _log(f"could not record attachment {key} as failed: {exc!r}")
             self._given_up.add(key)
         self.counters["attachments_failed"] += 1
@@ -262,7 +238,7 @@ class AttachmentMover:
                     meta["sha256"] = self._write_blob(content)
                     self._record(key, meta, None, "base64")
                     break
-                except (OSError, sqlite3.Error) as exc:
+                except _FAILURES as exc:
                     if attempt == self.settings.num_retries or self.stopping.is_set():
                         self.counters["attachments_failed"] += 1
                         _log(f"gave up storing extracted attachment {key}: {exc!r}")
@@ -284,17 +260,6 @@ class AttachmentMover:
         self.counters["attachments_stored"] += 1
         self.counters["attachment_bytes_stored"] += len(content)
         return sha
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self.store)
-            try:
-                conn.executescript(SCHEMA)
-            except sqlite3.Error:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
 
 
 class _Missing(Exception):
@@ -348,25 +313,6 @@ def references(value: Any) -> Iterator[dict]:
             stack.extend(reversed(list(item.values())))
         elif isinstance(item, list):
             stack.extend(reversed(item))
-
-
-def lookup(conn: sqlite3.Connection, keys: list[str]) -> dict[str, dict]:
-    """What the store recorded about these keys (a store with no attachments table: nothing)."""
-    found: dict[str, dict] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        try:
-            rows = conn.execute(
-                "SELECT key, sha256, size, filename, content_type, status, error FROM attachments"
-                f" WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return {}
-            raise
-        for row in rows:
-            found[row[0]] = dict(zip(("key", "sha256", "size", "filename", "content_type",
-                                      "status", "error"), row, strict=True))
-    return found
 
 
 def status(store: str, ref: dict, recorded: dict | None) -> dict:

@@ -13,7 +13,7 @@ Each line is one JSON object of one of two shapes:
   the same rows. Without ``--project``/``--experiment`` it goes back to its own container
   (``project_name``, and ``experiment_id``/``experiment_name`` or ``log_id``).
 
-Rows are merged into the store by the aggregator's own sink (``SQLiteSink``), as ``tracer
+Rows are merged into the store by a store writer, as the aggregator's are and as ``tracer
 import-payloads`` does: a row whose id is already stored in that container is merged into it.
 The whole input is read and checked before anything is written, so a malformed line writes
 nothing.
@@ -32,7 +32,7 @@ from tracer.ids import new_id, new_trace_id
 
 from .queue import Pending
 from .rows import Container, to_json
-from .sinks.sqlite import SQLiteSink
+from .store import StoreWriter
 
 TREE_KEYS = frozenset(event.FIELDS) | {"name", "type", "children"}
 # Export adds these from the store's containers table; they are not part of a row's data.
@@ -45,7 +45,7 @@ class Target:
     """Where imported rows go: ``project`` and ``experiment`` from the command line (None: a
     row in the underlying format keeps its own container; a tree goes to ``default``)."""
 
-    def __init__(self, sink: SQLiteSink, project: str | None = None,
+    def __init__(self, sink: StoreWriter, project: str | None = None,
                  experiment: str | None = None) -> None:
         self.sink = sink
         self.project = project
@@ -79,10 +79,7 @@ class Target:
 
     def _experiment_id(self, project: str, name: str) -> str:
         # An experiment of that name already in the store is added to; otherwise a new one.
-        found = self.sink.conn.execute(
-            "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND project_name = ? "
-            "AND experiment_name = ? ORDER BY created LIMIT 1", (project, name)).fetchone()
-        return found[0] if found else str(uuid.uuid4())
+        return self.sink.find_experiment(project, name) or str(uuid.uuid4())
 
     def container(self, key: str) -> Container:
         try:
@@ -191,6 +188,6 @@ def tree_rows(tree: dict, where: str) -> list[dict]:
     return rows
 
 
-def write(pending: list[Pending], sink: SQLiteSink) -> None:
+def write(pending: list[Pending], sink: StoreWriter) -> None:
     for start in range(0, len(pending), BATCH_ROWS):
         sink.write(pending[start:start + BATCH_ROWS])

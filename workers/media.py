@@ -78,20 +78,22 @@ def hinted(body: bytes, start: int, end: int) -> bool:
 
 
 class _Walk:
-    __slots__ = ("flag", "limit", "adopt", "flags", "adopted")
+    __slots__ = ("mark_images", "limit", "adopt", "flags", "adopted")
 
-    def __init__(self, flag: bool, limit: int, adopt: Adopt | None) -> None:
-        self.flag = flag
+    def __init__(self, mark_images: bool, limit: int, adopt: Adopt | None) -> None:
+        self.mark_images = mark_images
         self.limit = limit  # 0: extract nothing
         self.adopt = adopt
         self.flags: dict[str, str] = {}
         self.adopted = 0
 
 
-def process(partial: dict, flag: bool, limit: int, adopt: Adopt | None) -> int:
-    """Flag images in ``partial`` (when ``flag``) and extract base64 strings longer than
-    ``limit`` (when ``limit`` and ``adopt``), in place; returns how many were extracted."""
-    walk = _Walk(flag, limit if adopt is not None else 0, adopt)
+def mark_and_extract(partial: dict, *, mark_images: bool, extract_over: int,
+                     adopt: Adopt | None) -> int:
+    """In place: mark the images in ``partial`` (when ``mark_images``) and move base64 strings
+    longer than ``extract_over`` characters into attachments through ``adopt`` (when both are
+    given); returns how many were moved."""
+    walk = _Walk(mark_images, extract_over if adopt is not None else 0, adopt)
     for field in FIELDS:
         if field in partial:
             partial[field] = _value(partial[field], (None, field), walk)
@@ -118,7 +120,7 @@ def _value(value: Any, path: tuple, walk: _Walk) -> Any:
             if new is not item:
                 value[key] = new
         nested = value.get("image_url")
-        if walk.flag and isinstance(nested, dict) and isinstance(nested.get("url"), str):
+        if walk.mark_images and isinstance(nested, dict) and isinstance(nested.get("url"), str):
             walk.flags.setdefault(_pointer(((path, "image_url"), "url")), "image_url")
         return value
     if isinstance(value, (list, tuple)):
@@ -136,18 +138,18 @@ def _value(value: Any, path: tuple, walk: _Walk) -> Any:
 def _string(text: str, path: tuple, walk: _Walk) -> Any:
     if walk.limit and len(text) > walk.limit:
         found = _decode(text)
-        if found is not None:
+        if found is not None and walk.adopt is not None:  # a limit is set only with adopt
             content, content_type = found
             kind = content_type.split("/", 1)[0]
             filename = (kind if kind in ("image", "audio", "video") else "file") + \
                 _EXTENSIONS.get(content_type, ".bin")
             key = walk.adopt(content, filename, content_type)
             walk.adopted += 1
-            if walk.flag and kind == "image":
+            if walk.mark_images and kind == "image":
                 walk.flags[_pointer(path)] = "attachment"
             return {"type": attachments.BRAINTRUST_ATTACHMENT, "filename": filename,
                     "content_type": content_type, "key": key}
-    if walk.flag:
+    if walk.mark_images:
         if text.startswith("data:image/"):
             walk.flags[_pointer(path)] = "data_url"
         elif text.startswith(("http://", "https://")) and _image_url(text):
@@ -170,11 +172,11 @@ def _decode(text: str) -> tuple[bytes, str] | None:
         content = _b64(payload)
         return None if content is None else (content, content_type)
     start = _b64(text[:16])
-    content_type = _sniff(start) if start is not None else None
-    if content_type is None:
+    sniffed = _sniff(start) if start is not None else None
+    if sniffed is None:
         return None
     content = _b64(text)
-    return None if content is None else (content, content_type)
+    return None if content is None else (content, sniffed)
 
 
 def _b64(text: str) -> bytes | None:

@@ -25,12 +25,13 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from tracer import config, wire
 
 from .queue import Pending
 from .rows import Container, record_to_row, to_json
+from .store import StoreWriter
 
 VERSION = 1
 
@@ -62,6 +63,40 @@ def save(directory: str, rows: list[tuple[Container, dict]], reason: str, counte
     return path
 
 
+class DroppedRows:
+    """Rows a queue policy dropped, saved as payload files of ``batch_size`` rows (and whatever
+    is left at each ``save``), so that ``tracer import-payloads`` can bring them back. Without a
+    directory they are only counted, as the dropping already was."""
+
+    def __init__(self, directory: str | None, reason: str | None, batch_size: int,
+                 counters: Counter) -> None:
+        self.directory = directory
+        self.reason = reason  # the drop counter's name, dropped_<reason>; None: nothing drops
+        self.batch_size = max(1, batch_size)
+        self.counters = counters
+        self._rows: list[tuple[Container, dict]] = []  # dropped, not yet in a payload file
+
+    def extend(self, rows: Iterable[tuple[Container, dict]]) -> None:
+        """Set aside ``(container, row)`` pairs just dropped."""
+        if self.directory is None:
+            return
+        self._rows.extend(rows)
+        while len(self._rows) >= self.batch_size:
+            batch, self._rows = self._rows[:self.batch_size], self._rows[self.batch_size:]
+            self._write(batch)
+
+    def save(self) -> None:
+        """Write what is set aside now (the aggregator does at each supervision turn and at
+        exit)."""
+        if self._rows:
+            batch, self._rows = self._rows, []
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Container, dict]]) -> None:
+        if self.directory is not None and self.reason is not None:
+            save(self.directory, batch, self.reason, self.counters)
+
+
 def files(path: str) -> list[str]:
     """The payload files at ``path`` (a file, or a directory searched recursively), in order."""
     if os.path.isfile(path):
@@ -76,8 +111,8 @@ def files(path: str) -> list[str]:
 
 
 def read(path: str) -> Iterator[Pending]:
-    """The rows of one payload file, ready for a sink's ``write``. Raises ValueError, naming the
-    file and line, for anything that is not a payload."""
+    """The rows of one payload file, ready for a store writer's ``write``. Raises ValueError,
+    naming the file and line, for anything that is not a payload."""
     containers: dict[str, Container] = {}
 
     def container_of(key: str) -> Container:
@@ -102,7 +137,7 @@ def read(path: str) -> Iterator[Pending]:
                 raise ValueError(f"{path}:{number}: {exc}") from None
 
 
-def _read_records(path: str, container_of) -> Iterator[Pending]:
+def _read_records(path: str, container_of: Callable[[str], Container]) -> Iterator[Pending]:
     with open(path, "rb") as f:
         unpacker = wire.record_unpacker(f)
         for number, record in enumerate(unpacker, 1):
@@ -113,7 +148,7 @@ def _read_records(path: str, container_of) -> Iterator[Pending]:
             yield Pending((container.id, row_id), row, 0, 0, container)
 
 
-def replay(path: str, sink, batch_size: int = 1000) -> tuple[int, int]:
+def replay(path: str, sink: StoreWriter, batch_size: int = 1000) -> tuple[int, int]:
     """Merge every row of the payload files at ``path`` into ``sink``; returns (files, rows).
 
     A file is read whole before any of it is written, so a malformed file writes nothing.

@@ -176,8 +176,9 @@ def now_iso() -> str:
 _encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
-def to_json(row: dict) -> str:
-    """Serialise a row as JSON; values JSON cannot hold get readable stand-ins."""
+def to_json(row: Any) -> str:
+    """Serialise a row (or any value of one) as JSON; values JSON cannot hold get readable
+    stand-ins."""
     try:
         return _encode(row)
     except (TypeError, ValueError, RecursionError):

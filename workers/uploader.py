@@ -1,4 +1,4 @@
-"""The uploader: one thread that takes batches from the queue and writes them to the sink.
+"""The uploader: one thread that takes batches from the queue and writes them to the store.
 
 Batches are bounded by ``DEFAULT_BATCH_SIZE`` rows, ``MAX_REQUEST_SIZE`` bytes and ``MAX_DELAY``
 seconds. A failed write is retried ``NUM_RETRIES`` times with exponential backoff and jitter
@@ -25,6 +25,7 @@ from tracer.config import Settings
 from . import payloads
 from .queue import Pending, RowQueue
 from .rows import to_json, truncate
+from .store import StoreWriter
 
 MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
 BACKOFF_BASE = 0.05
@@ -33,9 +34,9 @@ RUN_RECORD_INTERVAL = 1.0
 
 
 class Uploader:
-    """Owns the sink: every sink call happens on this thread."""
+    """Owns the store's writer: every call to it happens on this thread."""
 
-    def __init__(self, queue: RowQueue, sink, settings: Settings, counters: Counter,
+    def __init__(self, queue: RowQueue, sink: StoreWriter, settings: Settings, counters: Counter,
                  on_done: Callable[[list], None], on_idle: Callable[[], None]) -> None:
         self.queue = queue
         self.sink = sink

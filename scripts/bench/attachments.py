@@ -114,9 +114,9 @@ def child(args: argparse.Namespace) -> None:
             busy_batches.append(per_call[-1])
     if worker is not None:
         worker.join()
-    t0 = time.perf_counter()
+    flush_start = time.perf_counter()
     tracer.flush(timeout=600)
-    flush_s = time.perf_counter() - t0
+    flush_s = time.perf_counter() - flush_start
 
     conn = sqlite3.connect(store)
     spans = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
@@ -144,8 +144,8 @@ def child(args: argparse.Namespace) -> None:
         "attachments_expected": len(digests),
         "final_flush_s": flush_s,
     }
-    with os.fdopen(out, "w") as f:
-        f.write(json.dumps(result))
+    with os.fdopen(out, "w") as channel:
+        channel.write(json.dumps(result))
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:

@@ -147,10 +147,11 @@ def child_nologger(args: argparse.Namespace) -> None:
     fd = _json_channel()
     import tracer
 
+    state: object = None
     try:
         from tracer.context import state  # internal: only to report that tracing is off
     except ImportError:
-        state = None
+        pass
     tf, tg = tracer.traced(f), tracer.traced(g)
     timed = measure({"f": (tf, 0), "g": (tg, TEXT), "bare_f": (f, 0), "bare_g": (g, TEXT)},
                     args.calls, args.repeats, args.warmup)
@@ -273,7 +274,10 @@ def child_braintrust(args: argparse.Namespace) -> None:
     # fake project metadata so that nothing logs in, and an in-memory background logger.
     memory = bt._MemoryBackgroundLogger()
     bt._state._override_bg_logger.logger = memory
-    bt._state._global_bg_logger = LazyValue(lambda: memory, use_mutex=False)
+    in_memory = LazyValue(lambda: memory, use_mutex=False)
+    # A private slot typed for the HTTP logger: the memory logger stands in for it, as in
+    # braintrust's own tests.
+    bt._state._global_bg_logger = in_memory  # type: ignore[assignment]
     metadata = bt.OrgProjectMetadata(
         org_id="bench-org", project=bt.ObjectMetadata(id=PROJECT, name=PROJECT, full_info={}))
     logger = braintrust.init_logger(project=PROJECT)
@@ -319,6 +323,8 @@ def count_rows(store: str) -> tuple[dict[str, int], dict | None]:
         from tracer.wire import unpack_stored
 
         row = unpack_stored(found[0])
+        if not isinstance(row, dict):
+            raise SystemExit(f"caller_cost: a stored row is a {type(row).__name__}, not a map")
         text = (row.get("input") or {}).get("text")
         sample = {"input_text_len": len(text) if isinstance(text, str) else None,
                   "output": row.get("output")}
@@ -439,8 +445,8 @@ def main_run(args: argparse.Namespace) -> int:
         print(f"- OpenTelemetry: {o['exported']} of {o['expected']} spans exported "
               f"(max_queue_size={o['max_queue_size']})")
     if "missing" not in anchors["braintrust"]:
-        b = anchors["braintrust"]
-        print(f"- braintrust {b['version']}: {b['logged']} of {b['expected']} rows logged")
+        br = anchors["braintrust"]
+        print(f"- braintrust {br['version']}: {br['logged']} of {br['expected']} rows logged")
     print()
 
     print("Spread (min-max per-call µs over repeats):")

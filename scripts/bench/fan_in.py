@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import child_env, cpu_seconds, machine, percentile, rss  # noqa: E402
 
 from tracer import config  # noqa: E402
-from workers.cli import ask_stats  # noqa: E402
+from tracer.stats_client import ask_stats  # noqa: E402
 
 PRODUCER = """
 import json, sys, time, tracer
@@ -66,6 +66,12 @@ emitted = time.perf_counter()
 tracer.flush(timeout=600)
 print(json.dumps({"emit_s": emitted - start, "flush_s": time.perf_counter() - emitted}))
 """
+
+
+def last_json_line(proc: subprocess.Popen[str]) -> dict:
+    """The report a producer printed last (its stdout is a pipe)."""
+    assert proc.stdout is not None, "the producer was started without stdout=PIPE"
+    return json.loads(proc.stdout.read().strip().splitlines()[-1])
 
 
 def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = None) -> dict:
@@ -94,11 +100,14 @@ def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = Non
         for p in procs:
             producer_cpu[p.pid] = cpu_seconds(p.pid) or producer_cpu.get(p.pid, 0.0)
         time.sleep(0.02)
-    reports = [json.loads(p.stdout.read().strip().splitlines()[-1]) for p in procs]
+    reports = [last_json_line(p) for p in procs]
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT, not SIGTERM
         spy.wait(60)
-    counters = ask_stats(endpoint, 5000)["counters"]
+    stats = ask_stats(endpoint, 5000)
+    if stats is None:
+        raise RuntimeError("the aggregator did not answer the final stats request")
+    counters = stats["counters"]
     times = psutil.Process(aggregator.pid).cpu_times()
     cpu = {"user": times.user, "system": times.system}
     aggregator.terminate()

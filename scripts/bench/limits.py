@@ -18,7 +18,7 @@ Caller side (one process):
 Aggregator side (the spans a ``@traced`` root/child pair records, 100-character input):
   receive     ``Aggregator._apply_records`` on DATA bodies as recorders send them: decode, check,
               turn each record into its partial row, queue it (the real ``RowQueue``);
-  sink        ``SQLiteSink.write`` of the queued rows in batches of 1,000 (the default): columns,
+  sink        ``SQLiteWriter.write`` of the queued rows in batches of 1,000 (the default): columns,
               msgpack, the upsert into the table and its indexes, the commit; wall and CPU time.
 """
 
@@ -52,7 +52,7 @@ def fastest(fn, number: int, repeats: int) -> float:
 
 
 def floor_decorator(buffer: list):
-    current = contextvars.ContextVar("current", default=None)
+    current: contextvars.ContextVar[int | None] = contextvars.ContextVar("current", default=None)
     rng = random.Random()
 
     def traced(fn):
@@ -85,8 +85,15 @@ def caller(spans: int, repeats: int, store_dir: str) -> dict:
     kept: list = []  # both keep their records, as a recorder's buffer does until it sends them
     floor_g = floor_decorator(kept)(g)
     tracer.init_logger("limits", store=os.path.join(store_dir, "caller.db"))
-    rec = tracer.current_logger().recorder
-    real_add, rec.add = rec.add, kept.append  # the records are packed below, untimed
+    logger = tracer.current_logger()
+    if logger is None:
+        raise SystemExit("limits: init_logger set no current logger")
+    rec = logger.recorder
+    # The records are packed below, untimed. The method is shadowed on this instance only, for
+    # the timing: deliberate, so the two ignores (assigned directly rather than by setattr, so
+    # that mypy still checks that the method exists).
+    real_add = rec.add
+    rec.add = kept.append  # type: ignore[method-assign,assignment]
     ours_g = tracer.traced(g)
 
     def loop(fn):
@@ -102,7 +109,7 @@ def caller(spans: int, repeats: int, store_dir: str) -> dict:
     out["pack_us"] = fastest(lambda: [serialize.pack_records(r) for r in runs], len(kept),
                              repeats)
     out["bare_us"] = fastest(loop(g), spans, repeats)
-    rec.add = real_add
+    rec.add = real_add  # type: ignore[method-assign]  # put the real method back
     return out
 
 
@@ -115,22 +122,23 @@ def bodies(spans: int) -> list[bytes]:
     from tracer.ids import new_id, new_trace_id
 
     container = wire.logs_container("limits")
-    records = []
+    records: list[tuple] = []
     for i in range(spans // 2):
         now = time.time()
         trace, root, child = new_trace_id(now), new_id(), new_id()
         inp = (("i", "text"), ((i, TEXT), None))
-        records.append((wire.SPAN_END, container, trace, child, root, root, None, "child", None,
-                        now, now, {"output": 100}, inp))
-        records.append((wire.SPAN_END, container, trace, root, None, root, None, "work", None,
-                        now, now, {"output": 100}, inp))
+        records.append(wire.span_end(container, trace, child, root, root, None, "child", None,
+                                     now, now, {"output": 100}, inp))
+        records.append(wire.span_end(container, trace, root, None, root, None, "work", None,
+                                     now, now, {"output": 100}, inp))
     return [serialize.pack_records(records[i:i + 64]) for i in range(0, len(records), 64)]
 
 
 def aggregator(spans: int, repeats: int, store_dir: str) -> dict:
-    from workers.aggregator import Aggregator, Sender
+    from workers.aggregator import Aggregator
     from workers.queue import RowQueue
-    from workers.sinks.sqlite import SQLiteSink
+    from workers.senders import Sender
+    from workers.store.sqlite import SQLiteWriter
 
     data = bodies(spans)
     agg = Aggregator("ipc:///nonexistent", os.path.join(store_dir, "unused.db"))
@@ -145,9 +153,11 @@ def aggregator(spans: int, repeats: int, store_dir: str) -> dict:
             agg._apply_records(body, sender)
         best_receive = min(best_receive, time.perf_counter() - start)
         queued = agg.queue.take(spans, 1 << 40, 0)
+        if queued is None:  # only once the queue is closed, which nothing here does
+            raise SystemExit("limits: the row queue is closed")
         if len(queued) != spans:
             raise SystemExit(f"limits: {len(queued)} rows queued of {spans}")
-        sink = SQLiteSink(os.path.join(store_dir, f"sink-{attempt}.db"))
+        sink = SQLiteWriter(os.path.join(store_dir, f"sink-{attempt}.db"))
         sink.write(queued[:1])  # schema and connection made outside the timing
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(1, spans, 1000):

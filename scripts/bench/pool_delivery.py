@@ -24,7 +24,7 @@ measure what users get.
   workers find the aggregator through ``TRACER_ENDPOINT``), ``@tracer.traced`` tasks, with
   ``tracer.TracedPool`` (the documented way) and with a plain ``multiprocessing`` Pool (what users
   of the anchors write); ``tracer.flush()`` at the end. Delivered: rows with an end time in the
-  SQLite store, read with ``workers.sinks.sqlite.Store`` once the aggregator has exited.
+  SQLite store, read with ``workers.store.open_store`` once the aggregator has exited.
 - OpenTelemetry SDK: ``TracerProvider`` + ``BatchSpanProcessor`` (defaults) + an exporter that
   appends one JSON line per exported span to ``spans-<pid>.jsonl``; tasks decorated with
   ``tracer.start_as_current_span(name)``; plain Pool; ``provider.shutdown()`` at the end.
@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, child_env, machine, positive  # noqa: E402
@@ -96,9 +96,27 @@ class Seen:
     complete: bool = True
 
 
+class System(Protocol):
+    """What each system below provides (the comment at the head of this section)."""
+
+    label: ClassVar[str]  # the row label in the table
+    package: ClassVar[str]  # a module whose absence means "not installed"
+
+    def setup(self, out: str) -> None: ...
+    def traced(self, fn: Callable) -> Callable: ...
+    def start(self) -> dict: ...
+    def root(self) -> AbstractContextManager: ...
+    def trace_of(self, root: Any) -> str: ...
+    def pool(self, kind: str, ctx: Any, processes: int, maxtasks: int | None) -> Any: ...
+    def finish(self) -> None: ...
+
+    @staticmethod
+    def count(out: str) -> tuple[dict[str, Seen], dict]: ...
+
+
 class Ours:
-    label = "ours (tracer)"
-    package = "tracer"
+    label: ClassVar[str] = "ours (tracer)"
+    package: ClassVar[str] = "tracer"
 
     def setup(self, out: str) -> None:
         import tracer
@@ -129,10 +147,10 @@ class Ours:
 
     @staticmethod
     def count(out: str) -> tuple[dict[str, Seen], dict]:
-        from workers.sinks.sqlite import Store
+        from workers.store import open_store
 
         seen = {}
-        with Store(os.path.join(out, "traces.db")) as store:
+        with open_store(os.path.join(out, "traces.db"), readonly=True) as store:
             for row in store.rows(project=PROJECT):
                 seen[row["span_id"]] = Seen(row["span_attributes"].get("name"),
                                             row["root_span_id"],
@@ -142,8 +160,8 @@ class Ours:
 
 
 class Otel:
-    label = "OpenTelemetry SDK"
-    package = "opentelemetry.sdk"
+    label: ClassVar[str] = "OpenTelemetry SDK"
+    package: ClassVar[str] = "opentelemetry.sdk"
 
     def setup(self, out: str) -> None:
         from opentelemetry import trace
@@ -205,8 +223,8 @@ class Otel:
 
 
 class Braintrust:
-    label = "braintrust SDK"
-    package = "braintrust"
+    label: ClassVar[str] = "braintrust SDK"
+    package: ClassVar[str] = "braintrust"
 
     def setup(self, out: str) -> None:
         import braintrust
@@ -216,7 +234,10 @@ class Braintrust:
 
         # As braintrust/test_helpers.py::init_test_logger does: fake project metadata, so
         # neither init_logger nor a span ever logs in or registers the project.
+        # Its signature is _compute_logger_metadata's, which it replaces (state and
+        # project_group_name unused).
         def metadata(project_name: str | None = None, project_id: str | None = None,
+                     state: object = None, project_group_name: str | None = None,
                      **_: Any) -> Any:
             name = project_id or project_name or PROJECT
             return bt.OrgProjectMetadata(org_id="bench-org", project=bt.ObjectMetadata(
@@ -278,7 +299,7 @@ class Braintrust:
                       "rows_in_dropped_dumps": dropped}
 
 
-SYSTEMS: dict[str, type] = {"ours": Ours, "otel": Otel, "braintrust": Braintrust}
+SYSTEMS: dict[str, type[System]] = {"ours": Ours, "otel": Otel, "braintrust": Braintrust}
 
 
 # -- the workload -------------------------------------------------------------------------------
@@ -382,6 +403,7 @@ def execute(run: Run, args: argparse.Namespace, workdir: str) -> None:
     if run.maxtasksperchild:
         cmd += ["--maxtasksperchild", str(run.maxtasksperchild)]
     started = time.perf_counter()
+    code: int | str  # the exit code, or why there is none
     # Output goes to a file, not a pipe: a process that outlives the run (an aggregator, a
     # stray worker) must not keep the harness waiting for EOF. Its own session lets a run that
     # hangs be killed with its workers.

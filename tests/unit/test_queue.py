@@ -31,7 +31,8 @@ def take_now(queue: RowQueue, max_rows: int = 100, max_bytes: int = 10**9) -> li
     return batch
 
 
-def ids(batch: list[Pending]) -> list[str]:
+def ids(batch: list[Pending] | None) -> list[str]:
+    assert batch is not None, "the queue was closed and empty"
     return [pending.key[1] for pending in batch]
 
 

@@ -12,6 +12,7 @@ import decimal
 import enum
 import pathlib
 import uuid
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from tracer import serialize, wire
 
 
-def packed(value: object) -> object:
+def packed(value: object) -> Any:
     """``value`` as the aggregator reads it after ``serialize.pack``."""
     unpacker = wire.record_unpacker()
     unpacker.feed(serialize.pack(value))

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from celery import Celery, signals
 
-from .. import api, recorder, slug
+from .. import api, registry, slug
 from ..context import current
 from ..span import NoopSpan, Span, error_of
 
@@ -54,8 +54,8 @@ class _Run(NamedTuple):
     parent: str | None
 
 
-_running: dict[str, _Run] = {}  # task id -> the run of that task in this process
-_publishing: dict[str, Span] = {}  # task id -> its producer span, until after_task_publish
+_running: dict[str | None, _Run] = {}  # task id -> the run of that task in this process
+_publishing: dict[str | None, Span] = {}  # task id -> its producer span, until published
 # Task ids published by the innermost wrapped ``send_task`` call, so that a publish that raises
 # (after_task_publish never fires) still ends its producer span.
 _opened: ContextVar[list | None] = ContextVar("tracer_celery_opened", default=None)
@@ -127,7 +127,7 @@ def _watch_send_task(app: Celery) -> None:
                     producer.end()
 
     send_task._tracer_watched = True  # type: ignore[attr-defined]
-    app.send_task = send_task  # type: ignore[method-assign]
+    app.send_task = send_task
 
 
 # -- publishing --------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def _on_postrun(task_id: str | None = None, retval: Any = None, state: str | Non
     # Hand this task's spans to the aggregator before its result goes back: the child may be
     # recycled or stopped right after, and billiard children leave through os._exit.
     # Every recorder of the process, not only the task span's: the task may log elsewhere too.
-    recorder.deliver_all(DELIVER_TIMEOUT)
+    registry.deliver_all(DELIVER_TIMEOUT)
 
 
 # -- worker processes --------------------------------------------------------------------------
@@ -286,11 +286,11 @@ def _on_process_shutdown(**_: Any) -> None:
     # A pool child about to os._exit (recycled, or the pool is stopping). Billiard runs neither
     # atexit handlers nor multiprocessing's finalizers there: close here (bounded), whatever
     # else runs.
-    recorder.close_all()
+    registry.close_all()
 
 
 def _on_worker_shutdown(**_: Any) -> None:
-    recorder.close_all()
+    registry.close_all()
 
 
 def _warn(reason: str, message: str) -> None:

@@ -118,6 +118,7 @@ def usage_metrics(usage: Any) -> dict[str, int | float]:
     if not isinstance(usage, dict):
         return metrics
     for key, value in usage.items():
+        key = str(key)
         if key.endswith("_tokens_details") and isinstance(value, dict):
             kind = key[: -len("_tokens_details")]
             prefix = _DETAIL_PREFIXES.get(kind, kind)

@@ -1,62 +1,27 @@
 """The command line's attachment parts: ``tracer attachment get``, ``tracer export
---with-attachments DIR`` and the attachment lines of ``tracer show`` (wired in ``cli.py``)."""
+--with-attachments DIR`` and the attachment lines of ``tracer show``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 
-from tracer import attachments, config
+from tracer import attachments
 
-from .attachments import KEY, lookup, references, status
-from .sinks.sqlite import Store
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """``tracer attachment get KEY [-o FILE] [--store URL]``."""
-    attachment = commands.add_parser(
-        "attachment", help="retrieve the attachments of logged spans",
-        description="Retrieve attachments (files and bytes logged with tracer.Attachment) from "
-                    "a store by the key their reference in the row carries.")
-    actions = attachment.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-    get = actions.add_parser(
-        "get", help="write an attachment's bytes to a file or stdout",
-        description="Write the stored bytes of the attachment with this key (the \"key\" of a "
-                    "braintrust_attachment reference in a row) to FILE, or to stdout.")
-    get.add_argument("key", metavar="KEY", help="the attachment's key (32 hex digits)")
-    get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    get.add_argument("--store", help="store to read (default: TRACER_STORE or .tracer/traces.db)")
+from ..attachments import KEY, references, status
+from ..store import StoreReader, open_store
 
 
-def add_export_option(export: argparse.ArgumentParser) -> None:
-    export.add_argument("--with-attachments", metavar="DIR",
-                        help="also write each attachment the rows refer to as DIR/<key>-<filename>"
-                             " and give each reference its upload_status (done, error, "
-                             "uploading, missing) and error_message")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``tracer attachment ...``; exit status 0, 1 (not stored) or 2 (bad input or store)."""
-    try:
-        return get(args)
-    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
-        print(f"tracer attachment {args.action}: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-
-
-def get(args: argparse.Namespace) -> int:
+def cmd_attachment(args: argparse.Namespace) -> int:
+    """``tracer attachment get``: 0, or 1 if the attachment is not stored."""
     if not KEY.fullmatch(args.key):
         raise ValueError(f"not an attachment key: {args.key!r} (expected 32 hex digits)")
-    path = config.store_path(args.store or config.load().store)
-    with Store(path) as store:
-        recorded = lookup(store.conn, [args.key]).get(args.key)
+    path = args.store
+    with open_store(path, readonly=True) as store:
+        recorded = store.attachments([args.key]).get(args.key)
     state = status(path, {"type": attachments.BRAINTRUST_ATTACHMENT, "key": args.key}, recorded)
     if "path" not in state:
         why = state.get("error_message") or "it is still being stored; try again in a moment"
@@ -73,7 +38,7 @@ def get(args: argparse.Namespace) -> int:
     return 0
 
 
-def saving(store: Store, rows: Iterable[dict], directory: str) -> Iterator[dict]:
+def saving(store: StoreReader, rows: Iterable[dict], directory: str) -> Iterator[dict]:
     """``rows`` as they are exported, each attachment they refer to written to ``directory``
     and each reference given its ``upload_status`` (and ``error_message``)."""
     os.makedirs(directory, exist_ok=True)
@@ -82,10 +47,10 @@ def saving(store: Store, rows: Iterable[dict], directory: str) -> Iterator[dict]
     for row in rows:
         refs = [ref for ref in references(row)
                 if ref.get("type") == attachments.BRAINTRUST_ATTACHMENT]
-        recorded = lookup(store.conn, [ref["key"] for ref in refs if isinstance(ref.get("key"),
-                                                                                   str)])
+        recorded = store.attachments([ref["key"] for ref in refs
+                                      if isinstance(ref.get("key"), str)])
         for ref in refs:
-            state = status(store.path, ref, recorded.get(ref.get("key")))
+            state = status(store.location, ref, _recorded(recorded, ref))
             ref["upload_status"] = state["upload_status"]
             if state.get("error_message"):
                 ref["error_message"] = state["error_message"]
@@ -101,6 +66,12 @@ def saving(store: Store, rows: Iterable[dict], directory: str) -> Iterator[dict]
           file=sys.stderr)
 
 
+def _recorded(recorded: dict[str, dict], ref: dict) -> dict | None:
+    """What the store recorded about the attachment ``ref`` refers to (None: nothing)."""
+    key = ref.get("key")
+    return recorded.get(key) if isinstance(key, str) else None
+
+
 def file_name(ref: dict) -> str:
     """``<key>-<filename>``, the filename reduced to a safe base name."""
     name = os.path.basename(str(ref.get("filename") or "").replace("\\", "/")).replace("\0", "")
@@ -109,15 +80,15 @@ def file_name(ref: dict) -> str:
     return f"{ref['key']}-{name}"
 
 
-def span_lines(store: Store, row: dict) -> list[str]:
+def span_lines(store: StoreReader, row: dict) -> list[str]:
     """One line per attachment of a span, for ``tracer show``."""
     refs = list(references(row))
     if not refs:
         return []
-    recorded = lookup(store.conn, [ref["key"] for ref in refs if isinstance(ref.get("key"), str)])
+    recorded = store.attachments([ref["key"] for ref in refs if isinstance(ref.get("key"), str)])
     lines = []
     for ref in refs:
-        state = status(store.path, ref, recorded.get(ref.get("key")))
+        state = status(store.location, ref, _recorded(recorded, ref))
         text = f"attachment {ref.get('filename')} ({ref.get('content_type')}"
         size = state.get("size")
         text += f", {_size(size)})" if isinstance(size, int) else ")"

@@ -1,69 +1,30 @@
-"""The default sink and store: one SQLite file in WAL mode.
+"""The SQLite store: one file in WAL mode (the schema: ``workers.store.schema``).
 
-``rows`` holds one row per (container, id), the full row in ``data`` (msgpack: ``rows.load_row``
-reads it; stores written before that hold JSON text, which is read too) plus the columns the tree
-and time queries need. A write merges each incoming partial row into the stored one inside
-one ``BEGIN IMMEDIATE`` transaction, so two aggregators writing the same file (two process trees
-sharing a store) cannot lose each other's merges.
+A write merges each incoming partial row into the stored one inside one ``BEGIN IMMEDIATE``
+transaction, so two aggregators writing the same file (two process trees sharing a store)
+cannot lose each other's merges. A new row is inserted as it is; a row already stored is merged
+in SQL by ``tracer_merge``, a function of ours that SQLite calls only for those.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tracer import wire
 
-from ..rows import load_row, merge, pack_row
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rows (
-    container TEXT NOT NULL,
-    id TEXT NOT NULL,
-    span_id TEXT,
-    root_span_id TEXT,
-    name TEXT,
-    type TEXT,
-    start REAL,
-    end REAL,
-    has_error INTEGER NOT NULL DEFAULT 0,
-    created TEXT NOT NULL,
-    updated REAL NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (container, id)
-);
-CREATE INDEX IF NOT EXISTS rows_by_root ON rows (root_span_id, start);
-CREATE INDEX IF NOT EXISTS rows_by_time ON rows (container, start);
-CREATE TABLE IF NOT EXISTS containers (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    project_id TEXT NOT NULL,
-    project_name TEXT NOT NULL,
-    experiment_id TEXT,
-    experiment_name TEXT,
-    created TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS aggregator_runs (
-    run_id TEXT PRIMARY KEY,
-    pid INTEGER,
-    host TEXT,
-    endpoint TEXT,
-    started TEXT,
-    updated TEXT,
-    ended TEXT,
-    counters TEXT
-);
-"""
+from ..rows import Key, load_row, merge, pack_row
+from . import schema
+from .base import RowUpdate, StoreReader, StoreWriter
 
 _COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
            "updated, data"
 
-# A new row is inserted as it is; a row already stored (a later log() or update_span, or a row
-# another aggregator wrote) is merged in SQL by tracer_merge, which SQLite calls only for those.
 UPSERT = f"""
 INSERT INTO rows ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT (container, id) DO UPDATE SET
@@ -78,13 +39,23 @@ ON CONFLICT (container, id) DO UPDATE SET
     updated = excluded.updated
 """
 
-
 # Rows per INSERT statement. sqlite3 lets go of the GIL for each step of a statement: with one
 # row per step (executemany), the uploader took the GIL back from the receiving thread once per
 # row. 80 rows x 12 values stay under SQLite's oldest limit on variables (999).
 ROWS_PER_STATEMENT = 80
 _UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 _upserts: dict[int, str] = {}
+
+# A key already recorded as stored stays so (StoreWriter.record_attachment).
+RECORD_ATTACHMENT = """
+INSERT INTO attachments VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
+    filename=excluded.filename, content_type=excluded.content_type, status=excluded.status,
+    error=excluded.error, source=excluded.source, logged=excluded.logged, stored=excluded.stored
+WHERE attachments.status != 'done'
+"""
+
+_ATTACHMENT_FIELDS = ("key", "sha256", "size", "filename", "content_type", "status", "error")
 
 
 def _upsert(rows: int) -> str:
@@ -99,57 +70,63 @@ def _upsert(rows: int) -> str:
 def _merge_data(stored: bytes | str, update: bytes) -> bytes:
     """tracer_merge(old, new) in SQL: the reference's merge; the first ``created`` stays."""
     row = wire.unpack_stored(stored)
+    new = wire.unpack_stored(update)
+    if not (isinstance(row, dict) and isinstance(new, dict)):  # only rows are written to `data`
+        raise ValueError("tracer_merge: a stored row is not a map")
     created = row.get("created")
-    merge(row, wire.unpack_stored(update))
+    merge(row, new)
     if created is not None:
         row["created"] = created
     return pack_row(row)
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the store at ``path``. Writable: the file and a private directory are
+    made if missing, and the schema brought up to date. Read-only: the file must exist; its
+    schema is checked, not changed. Either raises ``SchemaVersionError`` for a newer store."""
     if readonly:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no store at {path}")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    else:
-        directory = os.path.dirname(path)
-        if directory:  # traces hold prompts and user data: a directory we create is private
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        # A short busy timeout: a locked store fails fast into the uploader's retries and
-        # backoff, which count and report what they could not write.
-        conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-        except sqlite3.Error:
+            schema.check(schema.version(conn), path)
+        except BaseException:
             conn.close()
             raise
-        conn.create_function("tracer_merge", 2, _merge_data, deterministic=True)
+        return conn
+    directory = os.path.dirname(path)
+    if directory:  # traces hold prompts and user data: a directory we create is private
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    # A short busy timeout: a locked store fails fast into the uploader's retries and backoff,
+    # which count and report what they could not write.
+    conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        schema.migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    conn.create_function("tracer_merge", 2, _merge_data, deterministic=True)
     return conn
 
 
-class SQLiteSink:
-    """Writes batches of partial rows; used only by the aggregator's uploader thread.
-
-    The file is opened on first use (and tried again at each write until it opens), so a
-    store that cannot be opened (not a database, an unwritable directory) fails each write
-    into the uploader's retries and payload files rather than stopping the aggregator.
-    """
+class SQLiteWriter(StoreWriter):
+    """Writes to a SQLite store; the file is opened on first use (see ``StoreWriter``)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = self.location = path
         self._conn: sqlite3.Connection | None = None
         self._known_containers: set[str] = set()
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """The connection, opened (and the schema migrated) on first use."""
         if self._conn is None:
             self._conn = connect(self.path)
         return self._conn
 
-    def write(self, batch: list) -> None:
-        """Merge a batch of ``workers.queue.Pending`` rows into the store, atomically."""
+    def write(self, batch: Sequence[RowUpdate]) -> None:
         conn = self.conn
         now = time.time()
         created = _iso(now)
@@ -166,7 +143,7 @@ class SQLiteSink:
                 conn.execute("ROLLBACK")
             raise
 
-    def _add_containers(self, batch: list) -> None:
+    def _add_containers(self, batch: Sequence[RowUpdate]) -> None:
         for p in batch:
             c = p.container
             if c.id in self._known_containers:
@@ -180,7 +157,6 @@ class SQLiteSink:
             self._known_containers.add(c.id)
 
     def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False) -> None:
-        """Persist the aggregator's counters, so they outlive it (``tracer stats``)."""
         now = _iso(time.time())
         self.conn.execute(
             "INSERT INTO aggregator_runs VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE "
@@ -189,13 +165,30 @@ class SQLiteSink:
              now if ended else None, json.dumps(counters, sort_keys=True)),
         )
 
+    def record_attachment(self, key: str, *, sha256: str | None, size: int | None,
+                          filename: str | None, content_type: str | None, error: str | None,
+                          source: str, logged: float | None) -> None:
+        self.conn.execute(RECORD_ATTACHMENT, (
+            key, sha256 if error is None else None, size, filename, content_type,
+            "error" if error is not None else "done", error, source, logged, time.time()))
+
+    def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
+        found = self.conn.execute(
+            "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND project_name = ? "
+            "AND experiment_name = ? ORDER BY created LIMIT 1",
+            (project_name, experiment_name)).fetchone()
+        return found[0] if found else None
+
+    def schema_version(self) -> int:
+        return schema.version(self.conn)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
 
-def _columns(key: tuple, row: dict, now: float, created: str) -> tuple:
+def _columns(key: Key, row: dict, now: float, created: str) -> tuple:
     attrs = row.get("span_attributes") or {}
     metrics = row.get("metrics") or {}
     return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
@@ -208,19 +201,14 @@ def _number(value: Any) -> float | None:
 
 
 def _iso(epoch: float) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
 
 
-# -- reading (the CLI and tests) -------------------------------------------------------------
-
-
-class Store:
-    """Read access to a store file."""
+class SQLiteReader(StoreReader):
+    """Reads a SQLite store, read-only (see ``StoreReader``); the file must exist."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = self.location = path
         self.conn = connect(path, readonly=True)
         self.conn.row_factory = sqlite3.Row
 
@@ -231,14 +219,8 @@ class Store:
              root_span_id: str | None = None, span_type: str | None = None,
              errors: bool = False, since: float | None = None,
              until: float | None = None) -> Iterator[dict]:
-        """Rows in the underlying format (plus ``project_name``/``experiment_name``), in the
-        order they started (then created, then id: the same store always lists them alike).
-
-        ``experiment`` is an experiment's name or id; ``since``/``until`` (epoch seconds) keep
-        rows whose ``metrics.start`` is in ``[since, until)``; ``errors`` keeps rows with an
-        error.
-        """
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for clause, value in (("c.project_name = ?", project),
                               ("(c.experiment_name = ? OR c.experiment_id = ?)", experiment),
                               ("r.root_span_id = ?", root_span_id), ("r.type = ?", span_type),
@@ -269,11 +251,30 @@ class Store:
         return [dict(r) for r in self.conn.execute(
             "SELECT * FROM aggregator_runs ORDER BY started DESC")]
 
+    def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return lookup_attachments(self.conn, keys)
+
+    def schema_version(self) -> int:
+        return schema.version(self.conn)
+
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> Store:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def lookup_attachments(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``StoreReader.attachments`` on a connection. A store of version 0 may have no
+    attachments table (it was made once an attachment was stored): nothing is recorded."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        try:
+            rows = conn.execute(
+                f"SELECT {', '.join(_ATTACHMENT_FIELDS)} FROM attachments"
+                f" WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        for row in rows:
+            found[row[0]] = dict(zip(_ATTACHMENT_FIELDS, row, strict=True))
+    return found

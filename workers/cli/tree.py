@@ -1,0 +1,83 @@
+"""``tracer show`` and ``tracer demo``'s output: a trace as an indented tree of its spans, with
+durations, errors and attachments."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ..store import StoreReader
+from .attachments import span_lines
+
+
+def print_tree(store: StoreReader, root_span_id: str) -> bool:
+    """Print one trace as an indented tree; False if it has no rows."""
+    rows = list(store.rows(root_span_id=root_span_id))
+    if not rows:
+        return False
+    by_span = {row["span_id"]: row for row in rows}
+    children = defaultdict(list)
+    tops = []
+    for row in rows:
+        parents = [p for p in (row.get("span_parents") or []) if p in by_span]
+        if parents:
+            children[parents[0]].append(row)
+        else:
+            tops.append(row)
+    errors = sum(1 for row in rows if row.get("error"))
+    print(f"trace {root_span_id}: {len(rows)} spans, {errors} with errors")
+
+    def walk(row: dict, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└─ " if last else "├─ ")
+        text = describe_span(row)
+        # A span with several parents is drawn under the first; the others are named.
+        others = [by_span[p] for p in (row.get("span_parents") or [])[1:] if p in by_span]
+        if others:
+            names = ", ".join(repr((o.get("span_attributes") or {}).get("name")) for o in others)
+            text += f"  (also under {names})"
+        print(prefix + branch + text)
+        kids = sorted(children[row["span_id"]], key=_start)
+        extension = "" if top else ("   " if last else "│  ")
+        for line in span_lines(store, row):
+            print(prefix + extension + ("│  " if kids else "   ") + line)
+        for i, kid in enumerate(kids):
+            walk(kid, prefix + extension, i == len(kids) - 1, False)
+
+    for top in sorted(tops, key=_start):
+        walk(top, "", True, True)
+    return True
+
+
+def describe_span(row: dict) -> str:
+    attrs = row.get("span_attributes") or {}
+    text = attrs.get("name") or "(unnamed)"
+    if attrs.get("type"):
+        text += f" [{attrs['type']}]"
+    metrics = row.get("metrics") or {}
+    start, end = metrics.get("start"), metrics.get("end")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+        text += f"  {_duration(end - start)}"
+    elif start is not None:
+        text += "  (not ended)"
+    tokens = metrics.get("total_tokens")
+    if tokens is not None:
+        text += f"  {tokens} tokens"
+    error = row.get("error")
+    if error:
+        if isinstance(error, dict):
+            error = f"{error.get('type', 'error')}: {error.get('message', '')}"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+        text += f"  ✗ {first_line[:120]}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _start(row: dict) -> float:
+    start = (row.get("metrics") or {}).get("start")
+    return start if isinstance(start, (int, float)) else 0.0

@@ -1,0 +1,156 @@
+"""The store interface: what every backend offers, written before any backend.
+
+A store holds the rows the aggregator commits, the containers (project logs and experiments)
+they belong to, the aggregators' runs and counters, and the record of stored attachments. It
+comes in two halves, because no user needs both and a backend opens them differently:
+
+- ``StoreWriter``: merges batches of partial rows, records containers, runs and attachments.
+  Used by one thread at a time (the aggregator's uploader; its attachment mover has a writer
+  of its own; ``tracer import`` and ``tracer import-payloads``). A writer opens its store on
+  first use and tries again at each call until it opens, so a store that cannot be opened
+  fails each write (into the uploader's retries and payload files), never the constructor.
+  Opening upgrades a store of an older schema to the current one.
+- ``StoreReader``: rows with the filters ``tracer export`` has, containers, the last trace,
+  runs and attachment records. Read-only: it takes no write lock, migrates nothing (it reads
+  older schemas as they are) and works on a store its reader may not write; the store must
+  exist.
+
+Both are ``StoreHandle``s (where the store is, its schema version, ``close``, ``with``), and both
+refuse a store whose schema is newer than this code knows (``SchemaVersionError``) rather than
+misread it. ``workers.store.open_store`` picks the backend for a path or URL; the SQLite
+backend is ``workers.store.sqlite``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, TypeVar
+
+from ..rows import Container, Key
+
+_Handle = TypeVar("_Handle", bound="StoreHandle")
+
+
+class RowUpdate(Protocol):
+    """One partial row for ``StoreWriter.write``: ``workers.queue.Pending`` is one."""
+
+    key: Key  # (container id, row id)
+    row: dict  # the partial row, in the underlying format
+    container: Container  # where the row belongs
+
+
+class SchemaVersionError(ValueError):
+    """The store was written by a newer version of this code, with a schema it does not know."""
+
+    def __init__(self, location: str, version: int, known: int) -> None:
+        super().__init__(f"store {location} has schema version {version}; this tracer knows up "
+                         f"to {known}: upgrade tracer")
+        self.location = location
+        self.version = version
+        self.known = known
+
+
+class StoreHandle(abc.ABC):
+    """What writers and readers share: where the store is, its schema version, closing."""
+
+    #: Where the store is (a file path, or a server's URL), for messages. For a SQLite store it
+    #: is also where its attachments are (``tracer.attachments.store_dir``).
+    location: str
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The store's schema version: a writer's is always the current one once it has
+        opened; a reader reads an older one as it is."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of the store (a writer never opened closes without opening it)."""
+
+    def __enter__(self: _Handle) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StoreWriter(StoreHandle):
+    """Writes to a store: partial rows merged in, containers, runs and attachment records."""
+
+    @abc.abstractmethod
+    def write(self, batch: Sequence[RowUpdate]) -> None:
+        """Merge a batch of partial rows into the store, atomically: all or nothing.
+
+        Each partial row is merged into the stored row of its key the way ``workers.rows.merge``
+        merges: dicts recursively, any other value replaces what was there; a row not stored
+        yet is stored as it is, given a ``created`` time if it has none, and the first
+        ``created`` of a row stays. A batch may hold a key more than once: its partial rows
+        merge in order. The containers of the batch are recorded (``StoreReader.containers``).
+        Writing the same batch again changes nothing (retries and replays rely on it).
+        """
+
+    @abc.abstractmethod
+    def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False) -> None:
+        """Store an aggregator run's counters, so that they outlive it (``tracer stats``).
+
+        ``info`` has the run's ``pid``, ``host``, ``endpoint`` and ``started``; recording the
+        same ``run_id`` again updates its counters (and ``ended``, when it has).
+        """
+
+    @abc.abstractmethod
+    def record_attachment(self, key: str, *, sha256: str | None, size: int | None,
+                          filename: str | None, content_type: str | None, error: str | None,
+                          source: str, logged: float | None) -> None:
+        """Record what became of the attachment ``key``: stored as the blob ``sha256`` (``error``
+        None) or failed with ``error``. ``source`` says how it came (``"logged"``: spooled by a
+        recorder; ``"base64"``: pulled out of a row by the aggregator); ``logged`` is when, in
+        epoch seconds. A key already recorded as stored stays so: a second publication of it
+        (a fork child logging its parent's attachment again) can only repeat it or fail where
+        the first succeeded.
+        """
+
+    @abc.abstractmethod
+    def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
+        """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
+        ``tracer import --experiment`` adds to)."""
+
+
+class StoreReader(StoreHandle):
+    """Reads a store: rows, containers, runs and attachment records."""
+
+    @abc.abstractmethod
+    def rows(self, project: str | None = None, experiment: str | None = None,
+             root_span_id: str | None = None, span_type: str | None = None,
+             errors: bool = False, since: float | None = None,
+             until: float | None = None) -> Iterator[dict]:
+        """Rows in the underlying format (plus ``project_name``, and ``experiment_name`` for an
+        experiment's rows), in the order they started, then created, then id: the same store
+        always lists them alike.
+
+        Every filter given must hold: ``project`` is a project's name; ``experiment`` an
+        experiment's name or id; ``root_span_id`` one trace; ``span_type`` a span type
+        (``span_attributes.type``); ``errors`` keeps rows with an error; ``since``/``until``
+        (epoch seconds) keep rows whose ``metrics.start`` is in ``[since, until)``.
+        """
+
+    @abc.abstractmethod
+    def containers(self) -> list[dict]:
+        """Every container, oldest first: ``id``, ``kind`` (``project_logs`` or
+        ``experiment``), ``project_id``, ``project_name``, ``experiment_id``,
+        ``experiment_name``, ``created``."""
+
+    @abc.abstractmethod
+    def last_root(self) -> str | None:
+        """The ``root_span_id`` of the row written last (None for an empty store)."""
+
+    @abc.abstractmethod
+    def runs(self) -> list[dict]:
+        """The aggregator runs recorded, the latest started first: ``run_id``, ``pid``, ``host``,
+        ``endpoint``, ``started``, ``updated``, ``ended`` (None while it runs, or if it died)
+        and ``counters`` (JSON text)."""
+
+    @abc.abstractmethod
+    def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What the store recorded about these attachment keys, by key: ``key``, ``sha256``,
+        ``size``, ``filename``, ``content_type``, ``status`` (``done`` or ``error``),
+        ``error``. Keys it has no record of are left out."""

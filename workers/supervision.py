@@ -1,0 +1,87 @@
+"""Watching the processes the aggregator serves: which senders died, and when to exit.
+
+A sender on this host that is no longer running (psutil; a zombie counts as gone, and a pid
+reused by a newer process does not pass for the old one) is marked dead, so that the aggregator
+closes the spans it left running. A sender on another host cannot be watched: silence for
+``REMOTE_SILENCE`` seconds stands for exit. An aggregator started by ``init_logger`` has an
+owner (the process that started it) and exits once the owner and every sender are gone and it
+has had no traffic for its idle delay.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+from collections import Counter
+
+import psutil
+
+from .senders import Sender, Senders
+
+HOST = socket.gethostname()
+REMOTE_SILENCE = 30.0  # seconds after which a sender on another host counts as gone
+FORGET_AFTER = 60.0  # seconds after its last message that a sender gone is forgotten
+
+
+class Supervisor:
+    """Checks the senders and the owner; the aggregator calls it every few hundred ms."""
+
+    def __init__(self, owner: int | None, local_only: bool, idle_exit: float,
+                 counters: Counter) -> None:
+        self.owner = owner
+        self.local_only = local_only  # over ipc every peer is on this host, whatever it says
+        self.idle_exit = idle_exit
+        self.counters = counters
+        self._owner_created = create_time(owner) if owner else None
+
+    def dead_senders(self, senders: Senders) -> list[tuple[Sender, str]]:
+        """Mark the senders that are gone; returns those on this host that died, each with why
+        their running spans did not end. Senders gone a while are forgotten."""
+        died = []
+        now = time.time()
+        for key, sender in senders.items():
+            if sender.live and sender.host != HOST and not self.local_only:
+                # No way to watch a process on another host: silence stands for exit.
+                if now - sender.last_seen > REMOTE_SILENCE:
+                    sender.dead = True
+                    self.counters["remote_senders_silent"] += 1
+                continue
+            if sender.live and not alive(sender.pid, sender.first_seen):
+                sender.dead = True
+                self.counters["senders_died"] += 1
+                when = datetime.datetime.fromtimestamp(sender.last_seen, datetime.timezone.utc)
+                died.append((sender, f"process {sender.pid} exited before the span ended "
+                                     f"(last heard from at {when.isoformat()})"))
+            if not sender.live and now - sender.last_seen > FORGET_AFTER:
+                senders.forget(key)
+        return died
+
+    def may_exit(self, senders: Senders, last_traffic: float) -> bool:
+        """Whether the owner and every sender are gone and nothing came for the idle delay
+        (``last_traffic``: ``time.monotonic()`` of the last message). Never, without an owner."""
+        if self.owner is None:
+            return False
+        owner_gone = not alive(self.owner, self._owner_created)
+        live = any(s.live for s in senders.snapshot())
+        quiet = time.monotonic() - last_traffic >= self.idle_exit
+        return owner_gone and not live and quiet
+
+
+def create_time(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), None if it is not running."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def alive(pid: int, not_after: float | None) -> bool:
+    """Whether ``pid`` is a live process that existed by ``not_after`` (guards pid reuse)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not_after is None or proc.create_time() <= not_after + 1.0
+    except psutil.Error:
+        return False
