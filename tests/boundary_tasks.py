@@ -64,7 +64,7 @@ def waits_on_a_lock_while_another_thread_takes_sigterm(lock) -> None:
     def take_sigterm() -> None:
         time.sleep(0.5)  # the main thread is in lock.acquire() by now
         signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
-        time.sleep(60)
+        time.sleep(60)  # this thread stays while the process is terminated
 
     threading.Thread(target=take_sigterm, daemon=True).start()
     lock.acquire()

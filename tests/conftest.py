@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -309,16 +308,16 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
                                  "--save", "", "--appendonly", "no", "--dir", str(workdir)],
                                 stdout=log, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
         try:
-            redis.Redis.from_url(url, socket_timeout=1).ping()
-            break
+            return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
         except redis.RedisError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
-            time.sleep(0.05)
+            return False
+
+    if not poll(lambda: answers() or proc.poll() is not None, 30) or proc.poll() is not None:
+        proc.kill()
+        pytest.fail(f"redis-server did not start:\n{(workdir / 'redis.log').read_text()}")
     yield url
     # AsyncResults caught in reference cycles unsubscribe from Redis when they are collected:
     # collect them while Redis is still there.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
-import socket
 import time
 
 import openai
@@ -16,7 +15,7 @@ import pytest
 import tracer
 
 from . import openai_tasks, programs
-from .conftest import by_name, clean_env, run_function, run_python
+from .conftest import by_name, clean_env, free_port, run_function, run_python
 from .openai_server import (
     CHAT_USAGE_METRICS,
     EMBEDDING,
@@ -414,10 +413,7 @@ def test_a_timeout_sets_error(logger, rows, openai_server):
 
 
 def test_a_refused_connection_sets_error(logger, rows):
-    with socket.socket() as unused:  # a loopback port that nobody listens on
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    client = tracer.wrap_openai(openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
+    client = tracer.wrap_openai(openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1",
                                               api_key="test-key", max_retries=0))
     with client, pytest.raises(openai.APIConnectionError):
         client.responses.create(model=MODEL, input="anyone there?")
