@@ -15,12 +15,13 @@ import json
 import struct
 import threading
 from collections import deque
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REPLY_CHUNKS = ["Hello", " there", ", traveller."]
 REPLY = "".join(REPLY_CHUNKS)
-CHAT_USAGE = {
+CHAT_USAGE: dict[str, Any] = {
     "prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
     "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": None},
     "completion_tokens_details": {"reasoning_tokens": 2},
@@ -29,7 +30,7 @@ CHAT_USAGE_METRICS = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens
                       "prompt_cached_tokens": 3, "completion_reasoning_tokens": 2}
 TOOL_ARGUMENTS_CHUNKS = ['{"city"', ': "Par', 'is"}']
 TOOL_ARGUMENTS = "".join(TOOL_ARGUMENTS_CHUNKS)
-RESPONSES_USAGE = {
+RESPONSES_USAGE: dict[str, Any] = {
     "input_tokens": 9, "output_tokens": 4, "total_tokens": 13,
     "input_tokens_details": {"cached_tokens": 1},
     "output_tokens_details": {"reasoning_tokens": 0},
@@ -142,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _sse(self, events: list[tuple[str | None, Any]], plan: dict, fake: FakeOpenAI) -> None:
+    def _sse(self, events: Sequence[tuple[str | None, Any]], plan: dict, fake: FakeOpenAI) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("x-request-id", "req_test")
@@ -201,12 +202,13 @@ class _Handler(BaseHTTPRequestHandler):
         started = {**response, "status": "in_progress", "output": [], "usage": None}
         item = {**message, "status": "in_progress", "content": []}
         part = {"type": "output_text", "text": "", "annotations": []}
-        events = [("response.created", {"type": "response.created", "response": started}),
-                  ("response.output_item.added", {"type": "response.output_item.added",
-                                                  "output_index": 0, "item": item}),
-                  ("response.content_part.added", {"type": "response.content_part.added",
-                                                   "item_id": "msg_test", "output_index": 0,
-                                                   "content_index": 0, "part": part})]
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"type": "response.created", "response": started}),
+            ("response.output_item.added", {"type": "response.output_item.added",
+                                            "output_index": 0, "item": item}),
+            ("response.content_part.added", {"type": "response.content_part.added",
+                                             "item_id": "msg_test", "output_index": 0,
+                                             "content_index": 0, "part": part})]
         events += [("response.output_text.delta", {"type": "response.output_text.delta",
                                                    "item_id": "msg_test", "output_index": 0,
                                                    "content_index": 0, "delta": piece,
@@ -242,7 +244,7 @@ def _tool_call(tools: list[dict]) -> dict:
 
 
 def _chat_chunks(model: str, n: int, tools: list | None, content: str | None,
-                 usage: bool) -> list[tuple[None, Any]]:
+                 usage: bool | None) -> list[tuple[None, Any]]:
     def chunk(choices: list[dict], **extra: Any) -> tuple[None, dict]:
         return None, {"id": "chatcmpl-test", "object": "chat.completion.chunk",
                       "created": CREATED, "model": model, "choices": choices, **extra}
@@ -251,7 +253,7 @@ def _chat_chunks(model: str, n: int, tools: list | None, content: str | None,
         return [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
                 for i in range(n)]
 
-    chunks = [chunk(each({"role": "assistant", "content": ""}))]
+    chunks: list[tuple[None, Any]] = [chunk(each({"role": "assistant", "content": ""}))]
     if tools:
         call = _tool_call(tools)
         first = {"index": 0, "id": call["id"], "type": "function",

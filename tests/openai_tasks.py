@@ -8,7 +8,7 @@ import openai
 import tracer
 
 
-def ask(base_url: str, question: str) -> str:
+def ask(base_url: str, question: str) -> str | None:
     """One chat completion, from whatever process runs this."""
     client = tracer.wrap_openai(openai.OpenAI(base_url=base_url, api_key="test-key",
                                               max_retries=0))

@@ -337,6 +337,7 @@ def test_error_inside_start_span_block_is_logged_and_reraised(logger, rows):
 def test_span_log_of_error_field_is_stored_as_given(logger, rows):
     with tracer.start_span("handled") as span:
         tracer.current_span().log(error="Input too long")
+    assert isinstance(span, tracer.Span)
     assert span.end_time is not None
     (row,) = rows()
     assert row["error"] == "Input too long"

@@ -7,6 +7,7 @@ import base64
 import json
 import multiprocessing
 import os
+from typing import Any
 
 import pytest
 
@@ -107,8 +108,11 @@ def test_the_same_content_logged_twice_is_stored_once(logger, rows, store_path, 
 
     first, second = named["first"]["output"], named["second"]["output"]
     assert first["key"] != second["key"]
-    sha = recorded(store_path, first["key"])["sha256"]
-    assert recorded(store_path, second["key"])["sha256"] == sha
+    first_info = recorded(store_path, first["key"])
+    second_info = recorded(store_path, second["key"])
+    assert first_info is not None and second_info is not None
+    sha = first_info["sha256"]
+    assert second_info["sha256"] == sha
     blobs = os.path.dirname(blob_path(store_path, sha))
     assert [name for name in os.listdir(blobs) if name.startswith(sha)] == [sha]
     assert not [name for name in os.listdir(spool_dir(store_path))
@@ -140,7 +144,8 @@ def test_an_attachment_argument_of_a_traced_function_is_stored(logger, rows, sto
 
 def test_a_json_attachment_stores_the_value_as_logged_not_as_later_mutated(
         logger, rows, store_path):
-    value = {"rows": [{"i": i, "text": "x" * 10} for i in range(100)], "ratio": float("nan")}
+    value: dict[str, Any] = {"rows": [{"i": i, "text": "x" * 10} for i in range(100)],
+                             "ratio": float("nan")}
     attachment = tracer.JSONAttachment(value, filename="table.json")
     with tracer.start_span("json") as span:
         span.log(output=attachment)
@@ -183,7 +188,9 @@ def test_a_missing_file_warns_and_its_reference_says_so_and_the_row_is_kept(tmp_
     assert image["upload_status"] == "error"
     assert image["error_message"] == f"file not found: {missing}"
     assert f"file not found: {missing}" in proc.stderr
-    assert recorded(store, image["key"])["status"] == "error"
+    info = recorded(store, image["key"])
+    assert info is not None
+    assert info["status"] == "error"
 
 
 def test_an_attachment_over_the_size_limit_is_refused_with_a_warning(tmp_path):
@@ -196,7 +203,9 @@ def test_an_attachment_over_the_size_limit_is_refused_with_a_warning(tmp_path):
     assert reference["upload_status"] == "error"
     assert "5000 bytes is over the attachment size limit of 4096" in reference["error_message"]
     assert "TRACER_MAX_ATTACHMENT_SIZE" in proc.stderr
-    assert recorded(store, reference["key"])["status"] == "error"
+    info = recorded(store, reference["key"])
+    assert info is not None
+    assert info["status"] == "error"
 
 
 def test_a_failed_attachment_never_loses_the_row_and_is_counted(tmp_path):
@@ -402,7 +411,9 @@ def test_stats_count_the_attachments_stored(logger, rows):
         span.log(output=tracer.Attachment(os.urandom(1000), filename="c.bin"))
     rows()
 
-    counters = ask_stats(os.environ["TRACER_ENDPOINT"])["counters"]
+    stats = ask_stats(os.environ["TRACER_ENDPOINT"])
+    assert stats is not None
+    counters = stats["counters"]
 
     assert counters["attachments_stored"] >= 1
     assert counters["senders_attachments_spooled"] >= 1

@@ -146,7 +146,8 @@ def test_malformed_parent_slug_raises_value_error_saying_so(logger, rows, bad_sl
 
 def test_non_string_parent_slug_raises_type_error(logger, rows):
     with pytest.raises(TypeError) as raised:
-        tracer.start_span("orphan", parent=12345)
+        # deliberately wrong type: the test checks the error
+        tracer.start_span("orphan", parent=12345)  # type: ignore[arg-type]
     log_valid_span_after()
 
     assert "slug" in str(raised.value) and "int" in str(raised.value)
@@ -174,7 +175,8 @@ def test_non_string_exported_slug_in_update_span_raises_type_error(logger, rows)
     with tracer.start_span("target") as target:
         exported = target.export()
     with pytest.raises(TypeError) as raised:
-        tracer.update_span(12345, output="lost")
+        # deliberately wrong type: the test checks the error
+        tracer.update_span(12345, output="lost")  # type: ignore[arg-type]
     tracer.update_span(exported, output="updated")
 
     assert "slug" in str(raised.value) and "int" in str(raised.value)

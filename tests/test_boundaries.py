@@ -135,7 +135,8 @@ def test_every_span_from_every_process_lands_in_one_intact_tree(
         assert len(store.runs()) == runs_before
 
 
-def assert_tree(got: list[dict], root: tracer.Span, continued: bool = False) -> None:
+def assert_tree(got: list[dict], root: tracer.Span | tracer.NoopSpan,
+                continued: bool = False) -> None:
     expected = 1 + 2 * N + (1 if continued else 0)
     assert len(got) == expected, f"{len(got)} rows for {expected} spans"
     assert len({r["id"] for r in got}) == len(got), "duplicate row ids"

@@ -63,7 +63,7 @@ def test_an_experiment_name_is_generated_when_not_given(store_path, project):
 
 
 def test_spans_outside_any_span_go_to_the_current_experiment_before_the_logger(
-        logger, experiment, rows, store_path):
+        logger, experiment: tracer.Experiment, rows, store_path):
     @tracer.traced
     def traced_root():
         return 1
@@ -167,7 +167,8 @@ def test_a_none_score_clears_it_and_summarize_leaves_it_out(experiment, store_pa
 
 def test_init_with_a_bad_project_or_experiment_name_raises(store_path):
     with pytest.raises(TypeError, match="project must be a non-empty string"):
-        tracer.init(3, store=store_path, set_current=False)
+        # deliberately wrong type: the test checks the error
+        tracer.init(3, store=store_path, set_current=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="experiment 'a\\\\x1fb' contains"):
         tracer.init("project", "a\x1fb", store=store_path, set_current=False)
 

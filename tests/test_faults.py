@@ -29,6 +29,7 @@ def test_killing_the_aggregator_under_load_loses_nothing(tmp_path):
     proc = subprocess.Popen(python_command(programs.logs_under_load_for_3_seconds),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(), cwd=str(tmp_path))
+    assert proc.stdout is not None
     first_aggregator = int(proc.stdout.readline())
     time.sleep(1.0)  # a second into the child's 3 s of load: the kill lands mid-stream
     os.kill(first_aggregator, signal.SIGKILL)

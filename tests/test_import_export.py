@@ -36,9 +36,10 @@ def import_(store: str, *args: str, stdin: str | None = None) -> subprocess.Comp
                           capture_output=True, encoding="utf-8", timeout=60)
 
 
-def stored(store: str, **filters: str) -> list[dict]:
+def stored(store: str, project: str | None = None,
+           experiment: str | None = None) -> list[dict]:
     with Store(store) as reader:
-        return list(reader.rows(**filters))
+        return list(reader.rows(project=project, experiment=experiment))
 
 
 def log_timed_spans() -> None:

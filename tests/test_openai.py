@@ -492,7 +492,7 @@ def test_calls_from_a_thread_pool_nest_under_the_submitting_span(logger, rows, o
     client = sync_client(openai_server)
     questions = [f"question {i}" for i in range(4)]
 
-    def ask(question: str) -> str:
+    def ask(question: str) -> str | None:
         completion = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": question}])
         return completion.choices[0].message.content
@@ -758,9 +758,9 @@ def test_async_with_raw_response(logger, rows, openai_server):
                                                                          messages=MESSAGES)
             assert type(raw) is openai._legacy_response.LegacyAPIResponse
             assert raw.parse().choices[0].message.content == REPLY
-            raw = await client.chat.completions.with_raw_response.create(
+            streamed = await client.chat.completions.with_raw_response.create(
                 model=MODEL, messages=MESSAGES, stream=True)
-            return [chunk async for chunk in raw.parse()]
+            return [chunk async for chunk in streamed.parse()]
 
     asyncio.run(main())
     got = rows()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 from workers import payloads
 from workers.queue import Pending
@@ -58,9 +59,10 @@ def test_a_sink_failing_twice_then_recovering_loses_and_duplicates_nothing(tmp_p
 
 def test_writing_a_batch_twice_leaves_each_row_as_written_once(tmp_path):
     container = Container("L\x1fidempotent")
-    rows = [{"id": f"row-{i}", "span_id": f"row-{i}", "root_span_id": "row-0",
-             "output": {"value": i, "items": [i, i]}, "metrics": {"start": 1.0, "end": 2.0},
-             **container.columns} for i in range(5)]
+    rows: list[dict[str, Any]] = [
+        {"id": f"row-{i}", "span_id": f"row-{i}", "root_span_id": "row-0",
+         "output": {"value": i, "items": [i, i]}, "metrics": {"start": 1.0, "end": 2.0},
+         **container.columns} for i in range(5)]
     batch = [Pending((container.id, row["id"]), row, 100, 0, container) for row in rows]
     sink = SQLiteSink(str(tmp_path / "traces.db"))
 

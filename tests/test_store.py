@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 import tracer
 from tracer import wire
@@ -14,7 +15,7 @@ from workers.rows import Container, project_id
 from .conftest import SQLiteSink, Store
 
 
-def stored_data(store_path: str, row_id: str) -> tuple[str, object]:
+def stored_data(store_path: str, row_id: str) -> tuple[str, bytes | str]:
     conn = sqlite3.connect(store_path)
     try:
         return conn.execute("SELECT typeof(data), data FROM rows WHERE id = ?",
@@ -31,7 +32,9 @@ def test_rows_are_stored_as_msgpack(logger, store_path, rows):
     kind, data = stored_data(store_path, row["id"])
 
     assert kind == "blob"
-    assert unpack_stored(data)["output"] == {"answer": 42}
+    unpacked = unpack_stored(data)
+    assert isinstance(unpacked, dict)
+    assert unpacked["output"] == {"answer": 42}
 
 
 def test_a_row_stored_as_json_text_is_read_and_merged_into(logger, store_path, project, rows):
@@ -61,8 +64,8 @@ def test_one_batch_holding_a_row_twice_merges_both(tmp_path):
     """Imports and payload replays can hand the sink one row twice in a batch (rows go in many
     to a statement)."""
     container = Container(wire.logs_container("twice"))
-    parts = [{"id": "a", "output": 1, "metadata": {"x": 1}},
-             {"id": "a", "metadata": {"y": 2}}]
+    parts: list[dict[str, Any]] = [{"id": "a", "output": 1, "metadata": {"x": 1}},
+                                   {"id": "a", "metadata": {"y": 2}}]
     path = str(tmp_path / "traces.db")
     sink = SQLiteSink(path)
     sink.write([Pending((container.id, "a"), dict(part, **container.columns), 10, 0, container)
