@@ -251,15 +251,17 @@ class Service:
 
 
 class StandaloneAggregator(Service):
-    """``tracer aggregator --bind tcp://127.0.0.1:PORT --store STORE``, as a fleet runs it on a
-    host of its own; recorders reach it through ``endpoint``."""
+    """``tracer aggregator --bind tcp://127.0.0.1:PORT --store STORE [ARGS...]``, as a fleet runs
+    it on a host of its own, with ``env`` added to a clean environment; recorders reach it
+    through ``endpoint``."""
 
-    def __init__(self, store: str, log_path: str) -> None:
+    def __init__(self, store: str, log_path: str, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.store = store
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         super().__init__("the standalone aggregator",
-                         [*CLI, "aggregator", "--bind", self.endpoint, "--store", store],
-                         log_path, clean_env())
+                         [*CLI, "aggregator", "--bind", self.endpoint, "--store", store, *args],
+                         log_path, clean_env(**(env or {})))
 
 
 @pytest.fixture

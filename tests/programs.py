@@ -184,6 +184,15 @@ def logs_a_span_over_tcp() -> None:
     tracer.flush(timeout=30)
 
 
+def logs_spans_over_tcp(project: str, n: int) -> None:
+    """Log ``n`` spans (with input and metrics) to ``TRACER_ENDPOINT`` and flush."""
+    tracer.init_logger(project)
+    for i in range(n):
+        with tracer.start_span(f"real {i}") as span:
+            span.log(input={"i": i}, metrics={"tokens": i}, scores={"ok": 1})
+    tracer.flush(timeout=30)
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ class Settings:
     store: str | None = None
     endpoint: str | None = None
     app_url: str = DEFAULT_APP_URL
+    max_message_size: int = 1024 * 1024 * 1024
 
 
 def _raw(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
@@ -100,6 +101,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         store=env.get("TRACER_STORE") or None,
         endpoint=env.get("TRACER_ENDPOINT") or None,
         app_url=(env.get("TRACER_APP_URL") or DEFAULT_APP_URL).rstrip("/"),
+        max_message_size=_int(env, "MAX_MESSAGE_SIZE", Settings.max_message_size, 64 * 1024),
     )
 
 

@@ -25,6 +25,7 @@ and rows merged by the aggregator, never by the caller.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -178,29 +179,85 @@ def unpack_input(slot: Any) -> object:
     return bound
 
 
-def _ext(code: int, data: bytes) -> object:
-    if code == SNAPSHOT:  # a value packed when it was logged (tracer.serialize.snapshot)
-        return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_ext)
-    return msgpack.ExtType(code, data)
+# Snapshots inside snapshots: one level is all a recorder sends. Each level is a nested
+# msgpack.unpackb, which takes about 30 KB of C stack: a few hundred levels (a 1 KB message)
+# overflow it and kill the process, so the depth is bounded here, not by recursion limits.
+MAX_SNAPSHOT_DEPTH = 4
+
+
+def _snapshot_hooks(strict: bool) -> tuple[Callable[[int, bytes], object], ...]:
+    """The ext hooks of a record, one per snapshot depth: each unpacks a SNAPSHOT with the
+    next one; the last refuses (ValueError). Any other extension type is refused too if
+    ``strict`` (nothing of ours sends one; msgpack's own timestamps never reach a hook), else
+    left as it is, an ``ExtType``."""
+    hooks: list[Callable[[int, bytes], object]] = []
+
+    def at(depth: int) -> Callable[[int, bytes], object]:
+        def hook(code: int, data: bytes) -> object:
+            if code != SNAPSHOT:
+                if strict:
+                    raise ValueError(f"unknown msgpack extension type {code}")
+                return msgpack.ExtType(code, data)
+            if depth >= MAX_SNAPSHOT_DEPTH:
+                raise ValueError(f"snapshots nested more than {MAX_SNAPSHOT_DEPTH} deep")
+            return msgpack.unpackb(data, strict_map_key=False, use_list=False,
+                                   ext_hook=hooks[depth + 1])
+        return hook
+
+    hooks.extend(at(depth) for depth in range(MAX_SNAPSHOT_DEPTH + 1))
+    return tuple(hooks)
+
+
+_ext = _snapshot_hooks(strict=True)[0]  # records from the wire
+_stored_ext = _snapshot_hooks(strict=False)[0]  # rows as stores hold them
 
 
 def record_unpacker(source: object = None, max_buffer_size: int = 0) -> msgpack.Unpacker:
     """An unpacker of records as the recorder sends them (a DATA body, a spool file).
 
     Arrays come back as tuples: tuple dict keys, which msgpack packs as arrays, must stay
-    hashable. JSON and the merge treat tuples as lists.
+    hashable. JSON and the merge treat tuples as lists. Snapshots are unpacked in place, at
+    most ``MAX_SNAPSHOT_DEPTH`` inside one another; other extension types raise ValueError.
+    With ``max_buffer_size``, no string, array or map can claim more than that.
     """
     return msgpack.Unpacker(source, strict_map_key=False, use_list=False, ext_hook=_ext,
                             max_buffer_size=max_buffer_size)
 
 
+def unpack_record(data: bytes | memoryview) -> object:
+    """One record from exactly its bytes (see ``frame_records``), as ``record_unpacker`` would
+    give it; raises ValueError (or another msgpack error) if they are not one."""
+    return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_ext)
+
+
+def frame_records(body: bytes, start: int = 0) -> tuple[list[tuple[int, int]], int]:
+    """Where the records of ``body[start:]`` begin and end, found without decoding them, so
+    that one record that cannot be decoded (a string that is not UTF-8, an extension type we
+    refuse) costs no other. Returns the ``(start, end)`` offsets and the offset where framing
+    stopped: ``len(body)``, or the start of bytes that are not msgpack or are cut short."""
+    skipper = msgpack.Unpacker(max_buffer_size=max(len(body) - start, 1))
+    skipper.feed(memoryview(body)[start:])
+    frames = []
+    pos = 0
+    while pos < len(body) - start:
+        try:
+            skipper.skip()
+        except Exception:  # truncated, not msgpack, nested beyond msgpack's stack
+            break
+        end = skipper.tell()
+        frames.append((start + pos, start + end))
+        pos = end
+    return frames, start + pos
+
+
 def unpack_stored(data: bytes | str) -> object:
     """A row as a store holds it (the ``data`` column): msgpack, or JSON text in stores written
     before msgpack (both are read; only msgpack is written). Arrays come back as tuples, as from
-    ``record_unpacker``."""
+    ``record_unpacker``, snapshots unpacked; an extension value of another type comes back as
+    it is, an ``ExtType`` (stores written before records were checked may hold one)."""
     if isinstance(data, str):
         return json.loads(data)
-    return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_ext)
+    return msgpack.unpackb(data, strict_map_key=False, use_list=False, ext_hook=_stored_ext)
 
 
 def unpack_reply(msg: bytes) -> tuple[int, object, object, int]:
@@ -219,24 +276,36 @@ class VersionMismatch(ValueError):
     """A header of another wire version than ours."""
 
 
+# A header is a few dozen bytes (a sender's counters make it a few hundred): anything much
+# larger is not one, and is not decoded.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HOST_LEN = 255
+_PID_LIMIT = 1 << 31  # pids are positive C ints
+_U64 = 1 << 64  # gen and seq are unsigned 64-bit at most
+
+
 def unpack_header(frame: bytes) -> tuple[object, str, int, int, int, Any]:
     """Decode a message's header frame (``header``) into ``(kind, host, pid, gen, seq, arg)``.
 
-    Raises ValueError for anything that is not a header of this wire version: undecodable, of
-    the wrong shape, or with a malformed sender; VersionMismatch (a ValueError) for a header of
-    another version. ``kind`` and ``arg`` are returned as they came: their meaning is the
-    receiver's to check.
+    Raises ValueError for anything that is not a header of this wire version: too large,
+    undecodable, of the wrong shape, or with a malformed sender (a host name over 255
+    characters, a pid that is not a positive int, a gen or seq outside 0..2**64-1);
+    VersionMismatch (a ValueError) for a header of another version. ``kind`` and ``arg`` are
+    returned as they came: their meaning is the receiver's to check.
     """
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(frame)} bytes (at most {MAX_HEADER_BYTES})")
     try:
         header = msgpack.unpackb(frame)
     except Exception as exc:
-        raise ValueError(f"undecodable header: {exc}") from None
+        raise ValueError(f"undecodable header: {exc!r:.200}") from None
     if not isinstance(header, list) or len(header) != 7:
         raise ValueError("not a header: expected an array of 7")
     version, kind, host, pid, gen, seq, arg = header
     if version != VERSION:
-        raise VersionMismatch(f"wire version {version!r}, not {VERSION}")
-    if not (isinstance(host, str) and isinstance(pid, int) and isinstance(gen, int)
-            and isinstance(seq, int)):
+        raise VersionMismatch(f"wire version {version!r:.50}, not {VERSION}")
+    if not (type(host) is str and len(host) <= MAX_HOST_LEN and type(pid) is int
+            and 0 < pid < _PID_LIMIT and type(gen) is int and 0 <= gen < _U64
+            and type(seq) is int and 0 <= seq < _U64):
         raise ValueError("malformed sender or sequence number in header")
     return kind, host, pid, gen, seq, arg

@@ -4,10 +4,17 @@
 
 The receiving loop below is the only user of the ROUTER socket. It decodes each message (counting
 and skipping anything malformed: garbage never crashes it), follows each sender's sequence
-numbers (``senders``), turns records into partial rows (``rows``, ``media``), and puts them on the
-bounded queue (``queue``); while the queue is full it stops reading, so ZeroMQ's high-water marks
-fill and the senders block (the default policy). The uploader thread commits batches
-(``uploader``); the replies owed to senders go back from here (``acks``).
+numbers (``senders``), turns records into partial rows (``rows``, ``media``: each record checked,
+and one that cannot become a row rejected, counted against its sender and set aside, so it
+costs no other), and puts them on the bounded queue (``queue``); while the queue is full it
+stops reading, so ZeroMQ's high-water marks fill and the senders block (the default policy).
+The uploader thread commits batches (``uploader``); the replies owed to senders go back from
+here (``acks``).
+
+Whoever can reach the socket can send anything: messages are bounded in size before they are
+read, headers and records checked before they count, and complaints about malformed input
+logged at most once per ``COMPLAINT_INTERVAL`` per kind. ZeroMQ's socket monitor counts
+connections closed.
 
 Supervision (``supervision``): a sender on this host that dies leaves its still-running spans
 marked with an error; an aggregator started by ``init_logger`` exits once its owner and every
@@ -26,6 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import zmq
 
@@ -36,7 +44,7 @@ from . import media, payloads, stats
 from .acks import Acks, Marker
 from .attachments import AttachmentMover
 from .queue import RowQueue
-from .rows import Container, merge, now_iso, record_to_row
+from .rows import CHECK_DEPTH_FROM, BadRecord, Container, check_depth, merge, now_iso, record_to_row
 from .senders import Sender, Senders
 from .store import StoreWriter, open_store
 from .supervision import Supervisor
@@ -47,6 +55,13 @@ IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiti
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
 DROP_WARN_INTERVAL = 10.0  # seconds between warnings about dropped rows
 GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation (700)
+COMPLAINT_INTERVAL = 10.0  # seconds between log lines about malformed input of one kind
+MAX_CONTAINERS = 10_000  # container keys resolved and cached; the cache starts over past it
+# ZeroMQ's socket monitor events counted, by name.
+_MONITORED: dict[int, str] = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshakes_failed",
+                               zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshakes_failed",
+                               zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshakes_failed",
+                               zmq.EVENT_DISCONNECTED: "peer_disconnects"}
 
 
 class Aggregator:
@@ -70,6 +85,9 @@ class Aggregator:
         self.queue = RowQueue(bound, hold=self.settings.sync_flush)
         self.dropped = payloads.DroppedRows(self.settings.failed_payloads_dir, self.drop_reason,
                                             self.settings.batch_size, self.counters)
+        self.rejected = payloads.RejectedRecords(self.settings.failed_payloads_dir,
+                                                 self.counters)
+        self._complained: dict[str, tuple[float, int]] = {}  # kind -> (when, not logged since)
         self.stopping = False
         self.last_traffic = time.monotonic()
         self._drop_warned = -DROP_WARN_INTERVAL
@@ -97,6 +115,11 @@ class Aggregator:
         router.setsockopt(zmq.LINGER, 500)
         if self.queue.max_rows:  # what waits in ZeroMQ counts against the bound too
             router.setsockopt(zmq.RCVHWM, 4)
+        # A larger frame closes its connection before it is read: memory stays bounded.
+        router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size)
+        monitor = router.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED)
         router.bind(self.bind)
         if self.bind.startswith("ipc://"):  # recorders look here to see whether we live
             write_pid_file(self.bind[len("ipc://"):], os.getpid())
@@ -120,8 +143,10 @@ class Aggregator:
         reading = zmq.Poller()
         reading.register(router, zmq.POLLIN)
         reading.register(wake, zmq.POLLIN)
+        reading.register(monitor, zmq.POLLIN)
         blocked = zmq.Poller()  # while the queue is full: wait for commits only
         blocked.register(wake, zmq.POLLIN)
+        blocked.register(monitor, zmq.POLLIN)
         next_supervise = time.monotonic()
         while not self.stopping:
             poller = blocked if self._must_wait() else reading
@@ -131,14 +156,21 @@ class Aggregator:
             if wake in events:
                 while wake.poll(0):
                     wake.recv()
+            if monitor in events:
+                self._count_events(monitor)
             self.acks.send(router)
             if time.monotonic() >= next_supervise:
                 next_supervise = time.monotonic() + SUPERVISE_INTERVAL
-                self._supervise()
+                try:  # whatever goes wrong here, the loop must go on receiving
+                    self._supervise()
+                except Exception as exc:
+                    self.counters["supervision_errors"] += 1
+                    self._complain("supervision", f"supervision failed: {exc!r:.300}")
 
         # Shutdown: take in what is already queued on the socket, then drain and commit.
         self._receive(router, until_empty=True)
         self.dropped.save()
+        self.rejected.save()
         self.queue.close()
         uploader.thread.join(60)
         uploader.stopping.set()
@@ -150,6 +182,8 @@ class Aggregator:
         else:
             self._record_run(sink, ended=True)
             sink.close()
+        router.disable_monitor()
+        monitor.close(linger=0)
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
@@ -201,6 +235,32 @@ class Aggregator:
         """Stop serving (a signal handler)."""
         self.stopping = True
 
+    def _complain(self, kind: str, message: str) -> None:
+        """Log ``message`` unless a complaint of this ``kind`` was logged in the last
+        ``COMPLAINT_INTERVAL`` seconds: a flood of bad input must not become a flood of log
+        lines. The next line logged says how many were not."""
+        now = time.monotonic()
+        last, quiet = self._complained.get(kind, (-COMPLAINT_INTERVAL, 0))
+        if now - last < COMPLAINT_INTERVAL:
+            self._complained[kind] = (last, quiet + 1)
+            return
+        self._complained[kind] = (now, 0)
+        _log(message + (f" ({quiet} more like it not logged)" if quiet else ""))
+
+    def _count_events(self, monitor: zmq.Socket) -> None:
+        """Count what ZeroMQ's socket monitor saw: handshakes refused, connections closed (a
+        message over ``TRACER_MAX_MESSAGE_SIZE`` closes its connection before it is read)."""
+        while monitor.poll(0):
+            frames = monitor.recv_multipart()
+            event = int.from_bytes(frames[0][:2], "little")  # the event id, then a 32-bit value
+            name = _MONITORED.get(event)
+            if name is not None:
+                self.counters[name] += 1
+            if name == "handshakes_failed":
+                address = frames[1].decode("utf-8", "replace") if len(frames) > 1 else "?"
+                self._complain("handshake", f"refused a connection that failed the handshake "
+                                            f"on {address}")
+
     def _receive(self, router: zmq.Socket, until_empty: bool = False) -> None:
         for _ in range(MAX_BURST if not until_empty else 1 << 30):
             if self._must_wait() and not until_empty:
@@ -216,12 +276,15 @@ class Aggregator:
             try:
                 self._handle(router, parts[0], parts[1], parts[2])
             except Exception as exc:  # a bug or hostile input must not stop the aggregator
-                self.counters["bad_messages"] += 1
-                _log(f"ignored a message that could not be handled: {exc!r}")
+                self._bad_message(f"could not be handled: {exc!r:.300}")
 
     def _must_wait(self) -> bool:
         """The blocking policy's back-pressure: while the queue is full, stop reading."""
         return self.drop_reason is None and self.queue.full()
+
+    def _bad_message(self, why: str) -> None:
+        self.counters["bad_messages"] += 1
+        self._complain("message", f"ignored a malformed message: {why}")
 
     def _handle(self, router: zmq.Socket, identity: bytes, head: bytes, body: bytes) -> None:
         try:
@@ -229,14 +292,15 @@ class Aggregator:
         except wire.VersionMismatch:
             self.counters["bad_version"] += 1
             return
-        except ValueError:
-            self.counters["bad_messages"] += 1
+        except ValueError as exc:
+            self._bad_message(str(exc))
             return
-        if kind == wire.STATS:  # a question (tracer stats), not a sender of spans
-            router.send_multipart([identity, wire.reply(wire.STATS_REPLY, arg, self.stats())])
-            return
-        sender = self.senders.heard(host, pid, gen)
+        # Every check before the sender is looked up: a malformed message creates no sender.
         if kind == wire.DATA:
+            if seq < 1:
+                self._bad_message("a DATA message numbered 0")
+                return
+            sender = self.senders.heard(host, pid, gen)
             self.senders.numbered(sender, seq)
             if isinstance(arg, list) and len(arg) == 2:  # [records, what the sender counted]
                 self.senders.reported(sender, arg[1])
@@ -246,7 +310,13 @@ class Aggregator:
             # Tell the sender once this message is committed: until then it keeps a copy.
             self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq))
         elif kind == wire.SYNC:
-            token, level = arg[0], arg[1]  # [token, level, attachments published since?]
+            # [token, level, attachments published since?]
+            if not (isinstance(arg, list) and 2 <= len(arg) <= 3 and type(arg[0]) is int
+                    and type(arg[1]) is int and arg[1] in (wire.RECEIVED, wire.COMMITTED)):
+                self._bad_message("a SYNC whose argument is not [token, level]")
+                return
+            token, level = arg[0], arg[1]
+            sender = self.senders.heard(host, pid, gen)
             self.counters["syncs"] += 1
             if len(arg) > 2 and arg[2]:
                 self._attachments_new = True
@@ -260,12 +330,15 @@ class Aggregator:
                     self.acks.after_scan(identity, token, self._scan_due)
                 self._mark((wire.ACK, identity, token, sender.first_seq))
         elif kind == wire.BYE:
+            sender = self.senders.heard(host, pid, gen)
             sender.closed = True
             self.counters["senders_closed"] += 1
             self.senders.reported(sender, arg)
             self._abandon(sender, f"process {pid} exited before the span ended")
+        elif kind == wire.STATS:  # a question (tracer stats), not a sender of spans
+            router.send_multipart([identity, wire.reply(wire.STATS_REPLY, arg, self.stats())])
         else:
-            self.counters["bad_messages"] += 1
+            self._bad_message(f"unknown kind {kind!r:.20}")
 
     def _put(self, items: list, sender: Sender) -> None:
         """Queue a message's partial rows; under a drop policy, count and set aside those the
@@ -299,27 +372,72 @@ class Aggregator:
                 record = next(unpacker)
             except StopIteration:
                 if start < len(body):  # a body is always whole: leftover bytes are truncated
-                    self.counters["bad_records"] += 1
+                    received += 1
+                    self._reject(sender, "truncated", "the body ends inside a record",
+                                 body[start:])
                 break
             except Exception:
-                self.counters["bad_records"] += 1
-                break  # the rest of the body cannot be framed
+                # This record cannot be decoded (not UTF-8, an extension type refused, nested
+                # too deep...): find where each of the rest starts without decoding them, and
+                # decode them one by one, so that it costs no other.
+                received += self._apply_framed(body, start, sender, created, images, items)
+                break
             received += 1
             end = unpacker.tell()
             try:
                 items.append(apply(record, sender, end - start, created,
                                    images and media.hinted(body, start, end)))
-            except Exception:
-                self.counters["bad_records"] += 1
+            except BadRecord as exc:
+                self._reject(sender, exc.reason, str(exc), body[start:end])
+            except Exception as exc:  # anything else a record could do to us
+                self._reject(sender, "malformed", repr(exc), body[start:end])
             start = end
         sender.records += received
         self.counters["records"] += received
         self._put(items, sender)
 
-    def _apply(self, record: list, sender: Sender, size: int, created: str,
+    def _apply_framed(self, body: bytes, start: int, sender: Sender, created: str,
+                      images: bool, items: list) -> int:
+        """``_apply_records`` from ``start`` on, one record at a time; returns how many records
+        (or runs of bytes that are not one) were met."""
+        frames, stop = wire.frame_records(body, start)
+        view = memoryview(body)
+        for begin, end in frames:
+            try:
+                record = wire.unpack_record(view[begin:end])
+            except Exception as exc:
+                self._reject(sender, "undecodable", repr(exc), body[begin:end])
+                continue
+            try:
+                items.append(self._apply(record, sender, end - begin, created,
+                                         images and media.hinted(body, begin, end)))
+            except BadRecord as exc:
+                self._reject(sender, exc.reason, str(exc), body[begin:end])
+            except Exception as exc:
+                self._reject(sender, "malformed", repr(exc), body[begin:end])
+        if stop < len(body):  # not msgpack from here on: one run of bytes, rejected whole
+            self._reject(sender, "unframeable", "bytes that are not msgpack records",
+                         body[stop:])
+            return len(frames) + 1
+        return len(frames)
+
+    def _reject(self, sender: Sender, reason: str, why: str, data: bytes) -> None:
+        """A record that cannot become a row: counted (``bad_records``, by reason, and against
+        its sender) and set aside; it never joins a batch, so it costs no other record."""
+        self.counters["bad_records"] += 1
+        self.counters[f"bad_record_{reason}"] += 1
+        sender.rejected += 1
+        self.rejected.add(data)
+        self._complain("record", f"rejected a record from {sender.host}:{sender.pid} "
+                                 f"({reason}): {why:.300}")
+
+    def _apply(self, record: Any, sender: Sender, size: int, created: str,
                images: bool = False) -> tuple:
-        """One record as ``(key, partial row, size, container)`` for the queue."""
+        """One record as ``(key, partial row, size, container)`` for the queue; raises
+        BadRecord (or anything else) for one that cannot become a row."""
         container, row_id, partial = record_to_row(record, self._container)
+        if size >= CHECK_DEPTH_FROM:  # smaller records cannot nest too deep to be stored
+            check_depth(partial)
         large = self.inline_limit and size > self.inline_limit
         if images or large:
             adopt = self.mover.adopt if large else None
@@ -329,15 +447,18 @@ class Aggregator:
                 self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)
         if record[0] == wire.SPAN_END:
-            sender.open.pop(key, None)
+            if sender.open:
+                self.senders.ended(sender, key)
         elif record[0] == wire.SPAN_OPEN:  # closed with an error if its process dies first
-            sender.open[key] = (container, dict(partial))
+            self.senders.track_open(sender, key, container, dict(partial), size)
         partial["created"] = created
         return key, partial, size, container
 
     def _container(self, key: str) -> Container:
         container = self.containers.get(key)
         if container is None:
+            if len(self.containers) >= MAX_CONTAINERS:  # keys are anyone's to make up
+                self.containers.clear()
             container = self.containers[key] = Container(key)
         return container
 
@@ -350,6 +471,7 @@ class Aggregator:
 
     def _supervise(self) -> None:
         self.dropped.save()
+        self.rejected.save()
         for sender, reason in self.supervisor.dead_senders(self.senders):
             self._abandon(sender, reason)
         if self.supervisor.may_exit(self.senders, self.last_traffic):
@@ -357,13 +479,12 @@ class Aggregator:
 
     def _abandon(self, sender: Sender, reason: str) -> None:
         """Close the spans a sender left running, marked with an error."""
-        for key, (container, partial) in sender.open.items():
+        for key, container, partial in self.senders.take_open(sender):
             row = dict(partial)
             row["error"] = reason
             merge(row, {"metrics": {"end": sender.last_seen}})
             self.queue.put(key, row, 256, container)
             self.counters["spans_marked_unfinished"] += 1
-        sender.open.clear()
 
     # -- reporting -------------------------------------------------------------------------------
 

@@ -16,6 +16,10 @@ or a file whose rows were in the end also written, changes nothing.
 
 A recorder dropping records under a drop policy writes them as they were on the wire
 (``*.records.msgpack``: concatenated msgpack records); the replay decodes those too.
+
+Records the aggregator rejected (``rows.BadRecord``, undecodable) are kept as they came, up to
+``MAX_REJECTED_BYTES`` a run, in ``*-rejected.msgpack`` files: for a look, never replayed (they
+cannot become rows).
 """
 
 from __future__ import annotations
@@ -95,6 +99,45 @@ class DroppedRows:
     def _write(self, batch: list[tuple[Container, dict]]) -> None:
         if self.directory is not None and self.reason is not None:
             save(self.directory, batch, self.reason, self.counters)
+
+
+MAX_REJECTED_BYTES = 16 * 1024 * 1024  # kept per aggregator run; beyond, only counted
+
+
+class RejectedRecords:
+    """Records the aggregator rejected, kept as they came (see the module) when there is a
+    directory, up to ``max_bytes`` a run; beyond that counted (``rejected_not_kept``)."""
+
+    def __init__(self, directory: str | None, counters: Counter,
+                 max_bytes: int = MAX_REJECTED_BYTES) -> None:
+        self.directory = directory
+        self.counters = counters
+        self.room = max_bytes
+        self._records: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        """Keep one rejected record (its bytes as received), if there is room."""
+        if self.directory is None:
+            return
+        if len(data) > self.room:
+            self.counters["rejected_not_kept"] += 1
+            return
+        self.room -= len(data)
+        self._records.append(data)
+
+    def save(self) -> None:
+        """Write what is kept now into one file (at each supervision turn and at exit)."""
+        if not self._records or self.directory is None:
+            return
+        records, self._records = self._records, []
+        try:
+            config.write_payload_file(self.directory, "rejected", ".msgpack", b"".join(records))
+        except OSError as exc:
+            self.counters["payload_write_errors"] += 1
+            print(f"tracer-aggregator[{os.getpid()}]: could not write {len(records)} rejected "
+                  f"records to {self.directory}: {exc}", file=sys.stderr, flush=True)
+            return
+        self.counters["payload_records_rejected"] += len(records)
 
 
 def files(path: str) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from tracer import wire
+from tracer import event, wire
 from tracer.serialize import MAX_DEPTH, describe
 
 # project_id is derived from the project name, so every process and every aggregator agrees on
@@ -34,6 +34,8 @@ class Container:
 
     def __init__(self, key: str) -> None:
         parts = wire.split_container(key)
+        if not all(parts[1:]):
+            raise ValueError(f"container key {key!r:.100} has an empty part")
         self.key = key
         self.kind = parts[0]
         self.project_name = parts[1]
@@ -74,43 +76,99 @@ def span_identity(container: Container, trace: int, span: int, parents: Any, roo
     return row
 
 
+class BadRecord(ValueError):
+    """A record from the wire that cannot become a row: the aggregator rejects it (counted as
+    ``bad_record_<reason>`` and against its sender) before it joins a batch, where it would
+    make the store's write fail for every row of the batch."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_RECORD_LENGTHS = {wire.SPAN_END: len(wire.SPAN_END_FIELDS),
+                   wire.SPAN_LOG: len(wire.SPAN_LOG_FIELDS),
+                   wire.SPAN_OPEN: len(wire.SPAN_OPEN_FIELDS),
+                   wire.UPDATE: len(wire.UPDATE_FIELDS)}
+_SPAN_TYPES = frozenset(event.SPAN_TYPES)
+
+
 def record_to_row(record: Any, container_of: Callable[[str], Container]
                   ) -> tuple[Container, str, dict]:
     """The container, row id and partial row of one wire record (see ``tracer.wire``).
 
-    ``container_of`` resolves a container key (the aggregator caches them). Raises
-    ValueError (or a TypeError/IndexError on a malformed record) for anything else.
+    ``container_of`` resolves a container key (the aggregator caches them). The record is
+    checked as ``tracer.event`` checks what the API is given (the wire may carry anything):
+    ids 64-bit ints, the row id a string, names strings, times numbers, fields only the
+    logged ones with ``metrics`` a dict of numbers, ``scores`` numbers in [0, 1], ``tags``
+    strings, ``metadata`` string keys. Raises BadRecord (a ValueError) naming the reason.
     """
+    if type(record) is not tuple and type(record) is not list or not record:
+        raise BadRecord("shape", f"a record is a non-empty array, not {type(record).__name__}")
     kind = record[0]
+    length = _RECORD_LENGTHS.get(kind) if type(kind) is int else None
+    if length != len(record):
+        if length is None:
+            raise BadRecord("shape", f"unknown record kind {kind!r:.20}")
+        raise BadRecord("shape", f"a record of kind {kind} has {length} fields, not "
+                                 f"{len(record)}")
     if kind == wire.UPDATE:
         _, ckey, row_id, fields = record
-        container = container_of(ckey)
-        partial = dict(fields)
+        if type(row_id) is not str or not row_id:
+            raise BadRecord("row_id", "an update's row id must be a non-empty string")
+        container = _container(container_of, ckey)
+        partial = dict(_checked(fields, _UPDATE_FIELDS))
         partial["id"] = row_id
         partial.update(container.columns)
         return container, row_id, partial
-    if kind not in (wire.SPAN_END, wire.SPAN_OPEN, wire.SPAN_LOG):
-        raise ValueError(f"unknown record kind {kind!r}")
     _, ckey, trace, span, parents, root, row_id = record[:7]
-    container = container_of(ckey)
+    # A few type tests per record: this is the aggregator's hot path.
+    # ``>> 64`` is non-zero for a negative id or one over 64 bits.
+    if type(trace) is not int or type(span) is not int or type(root) is not int or (
+            (trace | span | root) >> 64):
+        raise BadRecord("ids", "trace, span and root ids must be 64-bit unsigned ints")
+    if parents is not None and not (type(parents) is int and not parents >> 64) and (
+            not isinstance(parents, (tuple, list))
+            or not all(type(p) is int and not p >> 64 for p in parents)):
+        raise BadRecord("ids", "parents must be None, a span id or a list of span ids")
+    if row_id is not None and (type(row_id) is not str or not row_id):
+        raise BadRecord("row_id", "a row id must be None or a non-empty string")
+    if type(ckey) is not str:
+        raise BadRecord("container", "a container key must be a string")
+    try:
+        container = container_of(ckey)  # _container, inlined
+    except ValueError as exc:
+        raise BadRecord("container", str(exc)) from None
     partial = span_identity(container, trace, span, parents, root, row_id)
     if kind == wire.SPAN_LOG:
-        merge(partial, record[7])
+        merge(partial, _checked(record[7], _SPAN_FIELDS))
         return container, partial["id"], partial
     name, span_type, start = record[7:10]
+    if name is not None and type(name) is not str:
+        raise BadRecord("attributes", "a span's name must be None or a string")
+    if span_type is not None and (type(span_type) is not str or span_type not in _SPAN_TYPES):
+        raise BadRecord("attributes", f"span type {span_type!r:.40} is not a span type")
     attributes = {"name": name}
     if span_type is not None:
         attributes["type"] = span_type
     partial["span_attributes"] = attributes
     if kind == wire.SPAN_END:
         end, fields, inp = record[10:13]
+        if type(start) not in _NUMBERS or type(end) not in _NUMBERS:
+            raise BadRecord("times", "a span's start and end must be numbers")
         partial["metrics"] = {"start": start, "end": end}
     else:  # still running: no end yet
         fields, inp = record[10:12]
+        if type(start) not in _NUMBERS:
+            raise BadRecord("times", "a span's start must be a number")
         partial["metrics"] = {"start": start}
     if inp is not None:
-        partial["input"] = wire.unpack_input(inp)
+        try:
+            partial["input"] = wire.unpack_input(inp)
+        except (TypeError, ValueError) as exc:
+            raise BadRecord("input", f"malformed input slot: {exc}") from None
     if fields:
+        _checked(fields, _SPAN_FIELDS)
         if partial.keys().isdisjoint(fields):  # the usual output/error/metadata: nothing to merge
             partial.update(fields)
         else:
@@ -118,14 +176,126 @@ def record_to_row(record: Any, container_of: Callable[[str], Container]
     return container, partial["id"], partial
 
 
+_NUMBERS = frozenset((int, float))  # not bool: True is no time or metric
+
+
+def _container(container_of: Callable[[str], Container], key: object) -> Container:
+    if type(key) is not str:
+        raise BadRecord("container", "a container key must be a string")
+    try:
+        return container_of(key)
+    except ValueError as exc:
+        raise BadRecord("container", str(exc)) from None
+
+
+def _checked(fields: object, allowed: dict[str, Callable[[Any], str | None] | None]) -> dict:
+    """``fields`` if it is a dict of fields the API could have logged (see ``record_to_row``);
+    raises BadRecord otherwise. ``allowed`` maps each field name to its check, if any."""
+    if type(fields) is not dict:
+        raise BadRecord("fields", f"fields must be a map, not {type(fields).__name__}")
+    for name, value in fields.items():
+        check = allowed.get(name, _unknown) if type(name) is str else _unknown
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise BadRecord("fields", f"{name!r:.40}: {problem}")
+    return fields
+
+
+def _unknown(_value: object) -> str:
+    return "not a field that can be logged"
+
+
+def _metrics_problem(value: object) -> str | None:
+    if type(value) is not dict:
+        return "must be a map"
+    for key, number in value.items():
+        if type(key) is not str:
+            return "keys must be strings"
+        if number is not None and type(number) not in _NUMBERS:
+            return f"{key!r:.40} must be a number"
+    return None
+
+
+def _scores_problem(value: object) -> str | None:
+    if type(value) is not dict:
+        return "must be a map"
+    for key, score in value.items():
+        if type(key) is not str:
+            return "keys must be strings"
+        if score is not None and not (type(score) in _NUMBERS and 0 <= score <= 1):
+            return f"{key!r:.40} must be a number in [0, 1]"  # NaN fails the comparison
+    return None
+
+
+def _metadata_problem(value: object) -> str | None:
+    if type(value) is not dict:
+        return "must be a map"
+    for key in value:
+        if type(key) is not str:
+            return "keys must be strings"
+    return None
+
+
+def _tags_problem(value: object) -> str | None:
+    if not isinstance(value, (tuple, list)):
+        return "must be a list"
+    for tag in value:
+        if type(tag) is not str:
+            return "must be strings"
+    return None
+
+
+def _attributes_problem(value: object) -> str | None:
+    if type(value) is not dict:
+        return "must be a map"
+    for key, attribute in value.items():
+        if key == "name":
+            if attribute is not None and type(attribute) is not str:
+                return "name must be a string"
+        elif key == "type":
+            if attribute is not None and attribute not in _SPAN_TYPES:
+                return f"{attribute!r:.40} is not a span type"
+        else:
+            return f"unknown attribute {key!r:.40}"
+    return None
+
+
+# What Span.log and friends accept (tracer.event), each with its check, if any.
+_SPAN_FIELDS: dict[str, Callable[[Any], str | None] | None] = dict.fromkeys(event.FIELDS)
+_SPAN_FIELDS.update(metrics=_metrics_problem, scores=_scores_problem,
+                    metadata=_metadata_problem, tags=_tags_problem)
+# RemoteSpan.set_attributes sends span attributes in an update.
+_UPDATE_FIELDS = {**_SPAN_FIELDS, "span_attributes": _attributes_problem}
+
+
+# msgpack packs (and unpacks) at most 1,024 levels of nesting: a row deeper than that fails the
+# store's write, and with it its whole batch. Each level takes at least a byte on the wire, and
+# a row nests no deeper than its record, so only records of this size or more need the check.
+CHECK_DEPTH_FROM = 1024
+
+
+def check_depth(partial: dict) -> None:
+    """Raise BadRecord if the store could not pack ``partial`` (nested too deep)."""
+    try:
+        pack_row(partial)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRecord("too_deep", f"the row cannot be stored: {exc}") from None
+
+
 def merge(into: dict, update: dict) -> dict:
     """Merge ``update`` into ``into`` in place: dicts recursively, other values replace."""
-    for key, value in update.items():
-        old = into.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            merge(old, value)
-        else:
-            into[key] = value
+    # A loop, not recursion: rows nest as deep as msgpack allows (1,024 levels), deeper than
+    # Python's recursion limit.
+    pending = [(into, update)]
+    while pending:
+        target, source = pending.pop()
+        for key, value in source.items():
+            old = target.get(key)
+            if isinstance(value, dict) and isinstance(old, dict):
+                pending.append((old, value))
+            else:
+                target[key] = value
     return into
 
 

@@ -58,6 +58,7 @@ def stats(run: Run, counters: Counter, queue: RowQueue, senders: list[Sender],
         "senders_with_gaps": {f"{s.host}:{s.pid}": s.gaps for s in senders if s.gaps},
         "queue_policy": queue_policy,
         "senders_dropped": {f"{s.host}:{s.pid}": s.dropped for s in senders if s.dropped},
+        "senders_rejected": {f"{s.host}:{s.pid}": s.rejected for s in senders if s.rejected},
         "rss_bytes": rss,
         "cpu_seconds": cpu,
     }

@@ -22,6 +22,10 @@ from .senders import Sender, Senders
 HOST = socket.gethostname()
 REMOTE_SILENCE = 30.0  # seconds after which a sender on another host counts as gone
 FORGET_AFTER = 60.0  # seconds after its last message that a sender gone is forgotten
+# Processes looked at (psutil) per supervision turn, at most: a table of thousands of senders,
+# real or made up by whoever can reach the socket, must not stall the receiving loop. The
+# rest wait for the next turns, in turn.
+MAX_CHECKS_PER_TURN = 200
 
 
 class Supervisor:
@@ -34,12 +38,17 @@ class Supervisor:
         self.idle_exit = idle_exit
         self.counters = counters
         self._owner_created = create_time(owner) if owner else None
+        self._checked: dict = {}  # sender key -> the turn it was last looked at
+        self._turn = 0
 
     def dead_senders(self, senders: Senders) -> list[tuple[Sender, str]]:
         """Mark the senders that are gone; returns those on this host that died, each with why
-        their running spans did not end. Senders gone a while are forgotten."""
+        their running spans did not end. Senders gone a while are forgotten. At most
+        ``MAX_CHECKS_PER_TURN`` processes are looked at, those looked at least recently first."""
         died = []
         now = time.time()
+        self._turn += 1
+        local = []
         for key, sender in senders.items():
             if sender.live and sender.host != HOST and not self.local_only:
                 # No way to watch a process on another host: silence stands for exit.
@@ -47,14 +56,24 @@ class Supervisor:
                     sender.dead = True
                     self.counters["remote_senders_silent"] += 1
                 continue
-            if sender.live and not alive(sender.pid, sender.first_seen):
+            if sender.live:
+                local.append((self._checked.get(key, 0), key, sender))
+            elif now - sender.last_seen > FORGET_AFTER:
+                senders.forget(key)
+        if len(local) > MAX_CHECKS_PER_TURN:
+            local.sort(key=lambda entry: entry[0])
+            del local[MAX_CHECKS_PER_TURN:]
+        for _turn, key, sender in local:
+            self._checked[key] = self._turn
+            if not alive(sender.pid, sender.first_seen):
                 sender.dead = True
                 self.counters["senders_died"] += 1
                 when = datetime.datetime.fromtimestamp(sender.last_seen, datetime.timezone.utc)
                 died.append((sender, f"process {sender.pid} exited before the span ended "
                                      f"(last heard from at {when.isoformat()})"))
-            if not sender.live and now - sender.last_seen > FORGET_AFTER:
-                senders.forget(key)
+        if len(self._checked) > 2 * len(senders):  # keys of senders forgotten since
+            self._checked = {key: turn for key, turn in self._checked.items()
+                             if senders.known(key)}
         return died
 
     def may_exit(self, senders: Senders, last_traffic: float) -> bool:

@@ -20,9 +20,9 @@ def span_id(span: int) -> str:
     return wire.format_id(TRACE, span)
 
 
-def span_end(span: int = ROOT, parents: object = None, row_id: str | None = None,
+def span_end(span: int = ROOT, parents: object = None, row_id: object = None,
              span_type: str | None = "task", fields: dict | None = None,
-             inp: object = None, container: str = LOGS) -> tuple:
+             inp: object = None, container: object = LOGS) -> tuple:
     return (wire.SPAN_END, container, TRACE, span, parents, ROOT, row_id, "name", span_type,
             1.0, 2.0, fields, inp)
 
@@ -57,6 +57,20 @@ def test_a_list_replaces_the_old_list_rather_than_extending_it():
 
 def test_a_dict_replaces_a_value_that_is_not_a_dict():
     assert rows.merge({"output": "text"}, {"output": {"k": 1}}) == {"output": {"k": 1}}
+
+
+def test_rows_nested_deeper_than_pythons_recursion_limit_merge():
+    def nested(depth: int, leaf: dict) -> dict:
+        value = leaf
+        for _ in range(depth):
+            value = {"d": value}
+        return value
+
+    merged = rows.merge(nested(1020, {"a": 1}), nested(1020, {"b": 2}))
+
+    for _ in range(1020):
+        merged = merged["d"]
+    assert merged == {"a": 1, "b": 2}
 
 
 def test_a_value_that_is_not_a_dict_replaces_a_dict():
@@ -227,6 +241,68 @@ def test_the_container_resolver_is_asked_for_the_records_key():
     rows.record_to_row(span_end(container=EXPERIMENT), resolve)
 
     assert asked == [EXPERIMENT]
+
+
+# -- records from the wire are checked as the API checks its arguments -----------------------
+
+
+def update(fields: object, row_id: object = "row-1") -> tuple:
+    return (wire.UPDATE, LOGS, row_id, fields)
+
+
+@pytest.mark.parametrize("record, reason", [
+    pytest.param(["not", "a", "record"], "shape", id="unknown-kind"),
+    pytest.param(span_end()[:-1], "shape", id="a-field-short"),
+    pytest.param(span_end(span=-1), "ids", id="negative-span-id"),
+    pytest.param(span_end(parents=1.5), "ids", id="parent-not-an-int"),
+    pytest.param(span_end(parents=[1, "2"]), "ids", id="a-parent-not-an-int"),
+    pytest.param(span_end(row_id=7), "row_id", id="row-id-not-a-string"),
+    pytest.param(span_end(container=7), "container", id="container-not-a-string"),
+    pytest.param(span_end(container="L\x1f"), "container", id="empty-project"),
+    pytest.param(span_end(span_type="spaceship"), "attributes", id="unknown-span-type"),
+    pytest.param(span_end(inp=("not", "an input")), "input", id="malformed-input"),
+    pytest.param(span_end(fields={"metrics": "boom"}), "fields", id="metrics-not-a-map"),
+    pytest.param(span_end(fields={"metrics": {"t": "1"}}), "fields", id="metric-not-a-number"),
+    pytest.param(span_end(fields={"metrics": {"t": True}}), "fields", id="metric-a-boolean"),
+    pytest.param(span_end(fields={"scores": {"s": 1.5}}), "fields", id="score-over-1"),
+    pytest.param(span_end(fields={"scores": {"s": float("nan")}}), "fields", id="score-nan"),
+    pytest.param(span_end(fields={"tags": ("a", 1)}), "fields", id="tag-not-a-string"),
+    pytest.param(span_end(fields={"metadata": {("k",): 1}}), "fields", id="metadata-key"),
+    pytest.param(span_end(fields={"created": "1970"}), "fields", id="a-field-never-logged"),
+    pytest.param(update({"span_attributes": {"name": 1}}), "fields", id="attribute-name"),
+    pytest.param(update({"output": 1}, row_id=None), "row_id", id="update-without-row-id"),
+    pytest.param(update(["output", 1]), "fields", id="update-fields-not-a-map"),
+])
+def test_a_record_the_api_could_not_have_sent_is_refused_naming_the_reason(record, reason):
+    with pytest.raises(rows.BadRecord) as refused:
+        rows.record_to_row(record, rows.Container)
+
+    assert refused.value.reason == reason
+
+
+def test_a_record_of_every_field_the_api_logs_is_accepted():
+    fields = {"input": 1, "output": [2], "expected": None, "error": "e", "tags": ("a", "b"),
+              "scores": {"s": 1, "t": 0.5, "u": None}, "metadata": {"k": {"deep": 1}},
+              "metrics": {"tokens": 3, "cost": 0.1, "none": None}}
+
+    assert partial_of(span_end(fields=fields))["metrics"]["tokens"] == 3
+
+
+def test_an_update_may_rename_a_span():
+    record = update({"span_attributes": {"name": "renamed", "type": "llm"}})
+
+    assert rows.record_to_row(record, rows.Container)[2]["span_attributes"]["type"] == "llm"
+
+
+def test_a_row_nested_deeper_than_the_store_can_pack_is_refused():
+    deep: object = "bottom"
+    for _ in range(1100):
+        deep = [deep]
+
+    with pytest.raises(rows.BadRecord) as refused:
+        rows.check_depth({"output": deep})
+
+    assert refused.value.reason == "too_deep"
 
 
 # -- truncate --------------------------------------------------------------------------------

@@ -22,6 +22,27 @@ def test_a_header_is_version_kind_sender_seq_and_arg_in_that_order():
                                        [99, wire.COMMITTED]]
 
 
+@pytest.mark.parametrize("fields", [
+    pytest.param({"pid": -1}, id="negative-pid"),
+    pytest.param({"pid": 2**31}, id="pid-over-a-c-int"),
+    pytest.param({"pid": True}, id="boolean-pid"),
+    pytest.param({"gen": -1}, id="negative-gen"),
+    pytest.param({"seq": -1}, id="negative-seq"),
+    pytest.param({"host": "h" * 256}, id="host-over-255"),
+])
+def test_unpack_header_rejects_a_sender_that_cannot_exist(fields):
+    header = dict(version=wire.VERSION, kind=wire.DATA, host="h", pid=1, gen=1, seq=1, arg=0)
+    header.update(fields)
+
+    with pytest.raises(ValueError, match="malformed sender"):
+        wire.unpack_header(msgpack.packb(list(header.values())))
+
+
+def test_unpack_header_rejects_a_frame_too_large_to_be_a_header_without_decoding_it():
+    with pytest.raises(ValueError, match="header of"):
+        wire.unpack_header(b"\x90" * (wire.MAX_HEADER_BYTES + 1))
+
+
 def test_a_header_without_arg_carries_none():
     assert msgpack.unpackb(wire.header(wire.BYE, SENDER, 3))[-1] is None
 
@@ -220,8 +241,56 @@ def test_a_snapshot_inside_a_snapshot_is_unpacked_too():
     assert unpacked(outer) == [("outer", "inner")]
 
 
-def test_an_unknown_extension_type_is_left_as_it_is():
-    assert unpacked(msgpack.ExtType(42, b"opaque")) == [msgpack.ExtType(42, b"opaque")]
+def test_an_unknown_extension_type_in_a_record_is_refused():
+    with pytest.raises(ValueError, match="unknown msgpack extension type 42"):
+        unpacked(msgpack.ExtType(42, b"opaque"))
+
+
+def nested_snapshots(depth: int) -> msgpack.ExtType:
+    value = msgpack.packb("deep")
+    for _ in range(depth - 1):
+        value = msgpack.packb(msgpack.ExtType(wire.SNAPSHOT, value))
+    return msgpack.ExtType(wire.SNAPSHOT, value)
+
+
+def test_snapshots_nested_as_deep_as_allowed_are_unpacked():
+    assert unpacked([nested_snapshots(wire.MAX_SNAPSHOT_DEPTH)]) == [("deep",)]
+
+
+def test_snapshots_nested_deeper_are_refused_before_the_c_stack_overflows():
+    with pytest.raises(ValueError, match="snapshots nested more than"):
+        unpacked([nested_snapshots(300)])
+
+
+def test_frame_records_finds_each_record_without_decoding_it():
+    good, bad = msgpack.packb([1, "ok"]), b"\x92\x01\xa2\xff\xfe"  # bad: not UTF-8
+    body = good + bad + good
+
+    frames, stop = wire.frame_records(body)
+
+    assert frames == [(0, len(good)), (len(good), len(good) + len(bad)),
+                      (len(good) + len(bad), len(body))]
+    assert stop == len(body)
+
+
+def test_frame_records_stops_where_the_bytes_are_not_msgpack():
+    good = msgpack.packb([1, "ok"])
+
+    frames, stop = wire.frame_records(good + b"\xc1\x00", 0)
+
+    assert (frames, stop) == ([(0, len(good))], len(good))
+
+
+def test_unpack_record_reads_one_framed_record_with_its_snapshots():
+    data = msgpack.packb([wire.SPAN_LOG, nested_snapshots(1)])
+
+    assert wire.unpack_record(memoryview(data)) == (wire.SPAN_LOG, "deep")
+
+
+def test_an_unknown_extension_type_in_a_stored_row_is_left_as_it_is():
+    data = msgpack.packb({"output": msgpack.ExtType(42, b"opaque")})
+
+    assert wire.unpack_stored(data) == {"output": msgpack.ExtType(42, b"opaque")}
 
 
 # -- stored rows -----------------------------------------------------------------------------
