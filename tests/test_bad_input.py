@@ -404,3 +404,23 @@ def test_a_store_whose_directory_cannot_be_created_raises_value_error_naming_it(
 
     with pytest.raises(ValueError, match=r"store=.*a-file.*cannot create its directory"):
         tracer.init_logger("nowhere", store=store)
+
+
+# -- the aggregator's public key ---------------------------------------------------------------
+
+
+def test_an_aggregator_key_that_is_not_a_curve_key_raises_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"init_logger: aggregator_key='not a key'.*40 char"):
+        tracer.init_logger("keyed", endpoint="tcp://127.0.0.1:1", aggregator_key="not a key")
+
+
+def test_an_aggregator_key_that_is_not_a_string_raises_type_error_naming_it():
+    with pytest.raises(TypeError, match="init: aggregator_key must be a string"):
+        tracer.init("keyed", aggregator_key=b"bytes")  # type: ignore[arg-type]
+
+
+def test_a_tracer_aggregator_key_that_is_not_a_curve_key_raises_value_error_naming_it():
+    from tracer import config
+
+    with pytest.raises(ValueError, match="TRACER_AGGREGATOR_KEY='x'"):
+        config.load({"TRACER_AGGREGATOR_KEY": "x"})

@@ -7,12 +7,16 @@ stranger"), and a real traced process whose spans must all be stored.
 - Every record is checked before it joins a batch: an invalid one is rejected, counted against
   its sender and set aside, never costing another row.
 - Senders cannot grow the sender table, the gap count or the log without bound.
+- With a secret key (CURVE), a peer without the public key cannot deliver a frame; a bind
+  beyond loopback needs a key.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
+import subprocess
 import zlib
 from collections.abc import Iterator
 
@@ -24,19 +28,34 @@ from tracer import wire
 from tracer.stats_client import ask_stats
 
 from . import programs
-from .conftest import StandaloneAggregator, Store, clean_env, run_function
+from .conftest import (
+    CLI,
+    Service,
+    StandaloneAggregator,
+    Store,
+    clean_env,
+    free_port,
+    run_cli,
+    run_function,
+)
 from .helpers import wait_until
 
 HOST = socket.gethostname()
 
 
 class Stranger:
-    """A raw DEALER connected to ``endpoint``: it sends whatever it is told."""
+    """A raw DEALER connected to ``endpoint`` (a CURVE client of ``server_key`` if given, with a
+    key pair of its own): it sends whatever it is told."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, server_key: bytes | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 5000)
+        if server_key is not None:
+            public, secret = zmq.curve_keypair()
+            self.sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self.events = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
 
@@ -83,17 +102,18 @@ def snapshot_nested(depth: int) -> msgpack.ExtType:
     return msgpack.ExtType(wire.SNAPSHOT, value)
 
 
-def counters(aggregator: StandaloneAggregator) -> dict:
-    stats = ask_stats(aggregator.endpoint, 5000)
+def counters(aggregator: StandaloneAggregator, key: str | None = None) -> dict:
+    stats = ask_stats(aggregator.endpoint, 5000, key)
     assert stats is not None, f"the aggregator does not answer:\n{aggregator.log()}"
     return stats
 
 
-def counted(aggregator: StandaloneAggregator, name: str, at_least: int = 1) -> int:
+def counted(aggregator: StandaloneAggregator, name: str, at_least: int = 1,
+            key: str | None = None) -> int:
     """Wait until the aggregator's counter ``name`` reaches ``at_least``; return it."""
-    return wait_until(lambda: (n := counters(aggregator)["counters"].get(name, 0))
+    return wait_until(lambda: (n := counters(aggregator, key)["counters"].get(name, 0))
                       >= at_least and n, 30,
-                      lambda: f"{name} never reached {at_least}: {counters(aggregator)}")
+                      lambda: f"{name} never reached {at_least}: {counters(aggregator, key)}")
 
 
 def names(store: str, project: str) -> set[str]:
@@ -104,10 +124,13 @@ def names(store: str, project: str) -> set[str]:
         return {row["span_attributes"]["name"] for row in reader.rows(project=project)}
 
 
-def log_spans(aggregator: StandaloneAggregator, project: str, n: int) -> None:
+def log_spans(aggregator: StandaloneAggregator, project: str, n: int,
+              key: str | None = None) -> None:
     """A real process logs ``n`` spans to the aggregator and flushes them."""
-    run_function(programs.logs_spans_over_tcp, project, n,
-                 env=clean_env(TRACER_ENDPOINT=aggregator.endpoint))
+    env = clean_env(TRACER_ENDPOINT=aggregator.endpoint)
+    if key is not None:
+        env["TRACER_AGGREGATOR_KEY"] = key
+    run_function(programs.logs_spans_over_tcp, project, n, env=env)
 
 
 # -- decoding is bounded ---------------------------------------------------------------------
@@ -270,3 +293,81 @@ def test_a_header_claiming_a_pid_that_cannot_exist_is_refused(standalone_aggrega
     assert counted(standalone_aggregator, "bad_messages") == 1
     log_spans(standalone_aggregator, "victim", 20)  # after supervision turns that saw it
     assert len(names(standalone_aggregator.store, "victim")) == 20
+
+
+# -- CURVE: only holders of the public key deliver a frame ------------------------------------
+
+
+@pytest.fixture
+def keys(tmp_path) -> tuple[str, str]:
+    """A key pair made by ``tracer keys``: (secret key file, public key)."""
+    made = run_cli("keys", str(tmp_path / "agg"))
+    assert made.returncode == 0, made.stderr
+    return str(tmp_path / "agg.key_secret"), made.stdout.split("TRACER_AGGREGATOR_KEY='")[1][:40]
+
+
+@pytest.fixture
+def curve_aggregator(tmp_path, keys) -> Iterator[StandaloneAggregator]:
+    with StandaloneAggregator(str(tmp_path / "curve.db"), str(tmp_path / "aggregator.log"),
+                              args=("--secret-key", keys[0])) as aggregator:
+        yield aggregator
+
+
+@pytest.mark.parametrize("stranger_key", [None, "another"], ids=["no-key", "another-key"])
+def test_a_peer_without_the_public_key_cannot_deliver_a_frame(curve_aggregator, keys,
+                                                              stranger_key):
+    key = zmq.curve_keypair()[0] if stranger_key else None
+    stranger = Stranger(curve_aggregator.endpoint, key)
+    stranger.send(header(wire.DATA), record("INJECTED", project="victim"))
+    try:
+        counted(curve_aggregator, "handshakes_failed", key=keys[1])
+    finally:
+        stranger.close()
+    log_spans(curve_aggregator, "victim", 20, key=keys[1])
+
+    assert "INJECTED" not in names(curve_aggregator.store, "victim")
+    # Each span of the real process is two records (its log and its end): nothing else came.
+    assert counters(curve_aggregator, keys[1])["counters"]["records"] == 20 * 2
+
+
+def test_tracer_stats_asks_an_aggregator_with_a_secret_key_given_its_public_key(
+        curve_aggregator, keys):
+    out = run_cli("stats", "--endpoint", curve_aggregator.endpoint, "--json",
+                  env=clean_env(TRACER_AGGREGATOR_KEY=keys[1]))
+
+    assert out.returncode == 0, out.stderr
+    assert f'"endpoint": "{curve_aggregator.endpoint}"' in out.stdout
+
+
+def test_tracer_keys_makes_a_secret_key_file_only_its_owner_can_read(tmp_path, keys):
+    assert stat.S_IMODE(os.stat(keys[0]).st_mode) == 0o600
+    assert keys[1] in (tmp_path / "agg.key").read_text()
+    assert "secret-key" not in (tmp_path / "agg.key").read_text()
+
+
+def test_an_aggregator_refuses_a_secret_key_file_others_can_read(tmp_path, keys):
+    os.chmod(keys[0], 0o644)
+    proc = subprocess.run([*CLI, "aggregator", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                           "--store", str(tmp_path / "s.db"), "--secret-key", keys[0]],
+                          env=clean_env(), capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 2
+    assert "readable by other users" in proc.stderr
+
+
+def test_an_aggregator_bound_beyond_loopback_refuses_to_start_without_a_secret_key(tmp_path):
+    proc = subprocess.run([*CLI, "aggregator", "--bind", f"tcp://*:{free_port()}", "--store",
+                           str(tmp_path / "s.db")], env=clean_env(), capture_output=True,
+                          text=True, timeout=60)
+
+    assert proc.returncode == 2
+    assert "--secret-key" in proc.stderr
+
+
+def test_an_aggregator_bound_beyond_loopback_with_insecure_warns(tmp_path):
+    with Service("the insecure aggregator",
+                 [*CLI, "aggregator", "--bind", f"tcp://*:{free_port()}", "--store",
+                  str(tmp_path / "s.db"), "--insecure"],
+                 str(tmp_path / "aggregator.log"), clean_env()) as aggregator:
+        wait_until(lambda: "listening on" in aggregator.log(), 30, aggregator.log)
+        assert "WARNING: listening on tcp://*" in aggregator.log()

@@ -58,18 +58,22 @@ if _inherited:
 
 def init_logger(project: str | None = None, *, api_key: str | None = None,
                 store: str | None = None, endpoint: str | None = None,
-                app_url: str | None = None, set_current: bool = True) -> Logger:
+                app_url: str | None = None, set_current: bool = True,
+                aggregator_key: str | None = None) -> Logger:
     """Start logging spans of ``project`` (default ``"default"``) and return its Logger.
 
     The first call in a process tree starts one aggregator process for ``store`` (default
     ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
-    ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``).
+    ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``);
+    ``aggregator_key`` (default ``TRACER_AGGREGATOR_KEY``) is the public key of a tcp://
+    aggregator started with ``--secret-key`` (``tracer keys`` makes the pair).
     ``api_key`` is accepted for compatibility with the reference SDK and not used.
     Nothing here blocks: the aggregator starts in the background.
     """
     del api_key  # self-hosted: no key; never stored or logged
     project = _check_name("project", "default" if project is None else project, "init_logger")
-    rec = launcher.recorder_for(config.load(), store, endpoint)
+    rec = launcher.recorder_for(config.load(), store, endpoint,
+                                _check_key(aggregator_key, "init_logger"))
     logger = Logger(project, wire.logs_container(project), rec)
     _make_current(logger, app_url, set_current)
     return logger
@@ -77,7 +81,8 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
 
 def init(project: str | None = None, experiment: str | None = None, *,
          api_key: str | None = None, store: str | None = None, endpoint: str | None = None,
-         app_url: str | None = None, set_current: bool = True) -> Experiment:
+         app_url: str | None = None, set_current: bool = True,
+         aggregator_key: str | None = None) -> Experiment:
     """Start a new experiment of ``project`` (default ``"default"``) and return it.
 
     ``experiment`` names it; without a name one is generated (``experiment-<UTC time>-<4 hex
@@ -85,7 +90,8 @@ def init(project: str | None = None, experiment: str | None = None, *,
     never mix, even under the same name. While it is the current experiment
     (``set_current=True``), spans started outside any span, in this process and in its child
     processes, go to it rather than to the current logger (the reference's precedence).
-    ``store``, ``endpoint``, ``app_url`` and ``api_key`` are as for ``init_logger``.
+    ``store``, ``endpoint``, ``aggregator_key``, ``app_url`` and ``api_key`` are as for
+    ``init_logger``.
     """
     del api_key
     project = _check_name("project", "default" if project is None else project, "init")
@@ -93,7 +99,8 @@ def init(project: str | None = None, experiment: str | None = None, *,
         experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
                       f"{secrets.token_hex(2)}")
     experiment = _check_name("experiment", experiment, "init")
-    rec = launcher.recorder_for(config.load(), store, endpoint)
+    rec = launcher.recorder_for(config.load(), store, endpoint,
+                                _check_key(aggregator_key, "init"))
     exp = Experiment(project, experiment, str(uuid.uuid4()), rec)
     _make_current(exp, app_url, set_current)
     return exp
@@ -105,6 +112,10 @@ def _check_name(what: str, name: object, where: str) -> str:
     if wire.SEP in name:  # it separates the parts of a container key
         raise ValueError(f"{where}: {what} {name!r} contains the control character \\x1f")
     return name
+
+
+def _check_key(key: object, where: str) -> str | None:
+    return None if key is None else config.check_aggregator_key(key, f"{where}: aggregator_key")
 
 
 def _make_current(target: SpanContainer, app_url: str | None, set_current: bool) -> None:

@@ -367,17 +367,17 @@ def _store_of(w: _State, rec: Any) -> str | None:
     known = w.stores.get(rec.endpoint)
     if known is not None and (known[0] is not None or time.monotonic() - known[1] < ASK_AGAIN):
         return known[0]
-    store = _ask_store(rec.endpoint)
+    store = _ask_store(rec.endpoint, getattr(rec, "server_key", None))
     w.stores[rec.endpoint] = (store, time.monotonic())
     return store
 
 
-def _ask_store(endpoint: str) -> str | None:
+def _ask_store(endpoint: str, server_key: str | None) -> str | None:
     """Ask a standalone aggregator (attached to by endpoint) where its store is; None unless
     it runs on this host with its store's directory here."""
     from .stats_client import ask_stats  # only a recorder attached by endpoint ever asks
 
-    stats = ask_stats(endpoint, ASK_TIMEOUT_MS)
+    stats = ask_stats(endpoint, ASK_TIMEOUT_MS, server_key)
     if stats is None:
         return None
     store, host = stats.get("store"), stats.get("host")

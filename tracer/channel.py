@@ -20,7 +20,7 @@ from collections import deque
 
 import zmq
 
-from . import wire
+from . import curve, wire
 
 SEND_TIMEOUT_MS = 500  # a blocked send returns this often, so the caller can look around
 LINGER_MS = 1000  # how long close() lets ZeroMQ deliver what is still queued
@@ -36,8 +36,10 @@ _inherited: list[tuple[zmq.Context | None, zmq.Socket]] = []
 class Channel:
     """The stream of messages from this process to the aggregator at ``endpoint``."""
 
-    def __init__(self, endpoint: str, send_hwm: int | None = None) -> None:
+    def __init__(self, endpoint: str, send_hwm: int | None = None,
+                 server_key: str | None = None) -> None:
         self.endpoint = endpoint
+        self.server_key = server_key  # the aggregator's CURVE public key (tcp:// only)
         # Messages ZeroMQ may queue before a send blocks: what sits there counts against the
         # recorder's bound (docs/architecture.md, "Bounds").
         self.send_hwm = send_hwm
@@ -76,6 +78,7 @@ class Channel:
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         if self.send_hwm:
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+        curve.secure(sock, self.endpoint, self.server_key)
         sock.connect(self.endpoint)
         self.sock = sock
         return sock

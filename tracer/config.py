@@ -16,6 +16,8 @@ import stat
 import tempfile
 from collections.abc import Mapping
 
+from zmq.utils import z85
+
 DEFAULT_APP_URL = "http://127.0.0.1:8585"
 DEFAULT_STORE = os.path.join(".tracer", "traces.db")
 
@@ -43,6 +45,7 @@ class Settings:
     store: str | None = None
     endpoint: str | None = None
     app_url: str = DEFAULT_APP_URL
+    aggregator_key: str | None = None  # the CURVE public key of a tcp:// aggregator
     max_message_size: int = 1024 * 1024 * 1024
 
 
@@ -85,6 +88,27 @@ def _str(env: Mapping[str, str], name: str) -> str | None:
     return None if found is None else found[1]
 
 
+def check_aggregator_key(key: object, what: str) -> str:
+    """``key`` if it is an aggregator's CURVE public key as ``tracer keys`` prints it (40 Z85
+    characters); TypeError or ValueError naming ``what`` otherwise."""
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be a string (the public key `tracer keys` printed), got "
+                        f"{type(key).__name__}")
+    try:
+        valid = len(key) == 40 and len(z85.decode(key)) == 32
+    except Exception:  # z85 raises KeyError, ValueError or struct.error for what is not Z85
+        valid = False
+    if not valid:
+        raise ValueError(f"{what}={key!r:.60}: not a CURVE public key (40 characters, as "
+                         "`tracer keys` prints it)")
+    return key
+
+
+def _key(env: Mapping[str, str], name: str) -> str | None:
+    found = _raw(env, name)
+    return None if found is None else check_aggregator_key(found[1], found[0])
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -101,6 +125,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         store=env.get("TRACER_STORE") or None,
         endpoint=env.get("TRACER_ENDPOINT") or None,
         app_url=(env.get("TRACER_APP_URL") or DEFAULT_APP_URL).rstrip("/"),
+        aggregator_key=_key(env, "AGGREGATOR_KEY"),
         max_message_size=_int(env, "MAX_MESSAGE_SIZE", Settings.max_message_size, 64 * 1024),
     )
 

@@ -30,16 +30,21 @@ _by_store: dict[str, Recorder] = {}
 
 
 def recorder_for(settings: config.Settings, store: str | None = None,
-                 endpoint: str | None = None) -> Recorder:
-    """The recorder for the given store/endpoint, starting an aggregator if needed."""
+                 endpoint: str | None = None, aggregator_key: str | None = None) -> Recorder:
+    """The recorder for the given store/endpoint, starting an aggregator if needed.
+
+    ``aggregator_key`` (else ``TRACER_AGGREGATOR_KEY``) is the CURVE public key of an aggregator
+    attached to by a tcp:// endpoint; one we start ourselves listens on ipc:// and needs none.
+    """
+    key = aggregator_key or settings.aggregator_key
     if endpoint:
-        return attach(endpoint, settings=settings)
+        return attach(endpoint, settings=settings, server_key=key)
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
-        return attach(env_endpoint, settings=settings, inherited=True)
+        return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
     path = config.store_path(store if store is not None else settings.store)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
-        return attach(env_endpoint, settings=settings, inherited=True)
+        return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
     rec = _by_store.get(path)
     if rec is None or rec.aggregator_dead():
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
@@ -54,11 +59,12 @@ def recorder_for(settings: config.Settings, store: str | None = None,
 
 
 def attach(endpoint: str, pid: int | None = None, settings: config.Settings | None = None,
-           inherited: bool = False) -> Recorder:
+           inherited: bool = False, server_key: str | None = None) -> Recorder:
     """The recorder sending to the aggregator at ``endpoint`` (created on first use).
 
     ``inherited``: the endpoint came from the environment, which also names the aggregator's
-    pid, store and owner, so this process can restart it if it dies.
+    pid, store and owner, so this process can restart it if it dies. ``server_key``: its CURVE
+    public key (used over tcp:// only).
     """
     rec = _by_endpoint.get(endpoint)
     if rec is None:
@@ -72,14 +78,17 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
         rec = Recorder(endpoint, pid, owner=False, max_buffer=bound, drop_reason=drop_reason,
                        store=store, aggregator_owner=owner,
                        restart=restart_aggregator if store else None,
-                       spool_dir=settings.failed_payloads_dir)
+                       spool_dir=settings.failed_payloads_dir, server_key=server_key)
         _by_endpoint[endpoint] = rec
     return rec
 
 
 def export_to_children(rec: Recorder) -> None:
-    """Leave this recorder's aggregator in the environment for child processes."""
+    """Leave this recorder's aggregator (and its CURVE key) in the environment for child
+    processes."""
     os.environ["TRACER_ENDPOINT"] = rec.endpoint
+    if rec.server_key:
+        os.environ["TRACER_AGGREGATOR_KEY"] = rec.server_key
     for name, value in ((config.ENV_AGGREGATOR_PID, rec.aggregator_pid),
                         (config.ENV_AGGREGATOR_STORE, rec.store),
                         (config.ENV_AGGREGATOR_OWNER, rec.aggregator_owner)):

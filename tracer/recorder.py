@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import zmq
 
-from . import attachment_writer, config, lifecycle, registry, threads, wire
+from . import attachment_writer, config, curve, lifecycle, registry, threads, wire
 from .channel import LINGER_MS, Channel
 from .serialize import pack_records
 from .supervisor import Supervisor
@@ -74,8 +74,9 @@ class Recorder:
                  max_buffer: int = 0, drop_reason: str | None = None, store: str | None = None,
                  aggregator_owner: int | None = None,
                  restart: Callable[[Recorder], int | None] | None = None,
-                 spool_dir: str | None = None):
+                 spool_dir: str | None = None, server_key: str | None = None):
         self.endpoint = endpoint
+        self.server_key = server_key  # the aggregator's CURVE public key (tcp:// only)
         self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
         self._block_at = max_buffer or sys.maxsize
         # The queue policy: None blocks the caller while the buffer is full; otherwise the
@@ -89,7 +90,7 @@ class Recorder:
         self._frame_records = min(FRAME_MAX_RECORDS, max(1, max_buffer // 4)) if max_buffer \
             else FRAME_MAX_RECORDS
         hwm = max(2, max_buffer // (4 * self._frame_records)) if max_buffer else None
-        self._channel = Channel(endpoint, hwm)
+        self._channel = Channel(endpoint, hwm, server_key)
         self._supervisor = Supervisor(endpoint, aggregator_pid, restart, self._warn)
         self.store = store  # the aggregator's store, when known: needed to restart it
         # The process whose exit (with every sender gone) ends the aggregator: us, if we
@@ -246,7 +247,8 @@ class Recorder:
             else:
                 waiter.done.wait(0.05)
             if deadline is not None and time.monotonic() > deadline:
-                raise FlushError(f"flush timed out after {timeout}s ({self.endpoint})")
+                raise FlushError(f"flush timed out after {timeout}s ({self.endpoint}"
+                                 f"{self._key_hint()})")
         if waiter.error:
             raise FlushError(waiter.error)
 
@@ -498,7 +500,8 @@ class Recorder:
             if pid is None:
                 self._lose(channel.unacked_records(), "aggregator_died")
                 channel.unacked.clear()
-                self._fail_waiting(f"the aggregator at {self.endpoint} is gone")
+                self._fail_waiting(f"the aggregator at {self.endpoint} is gone"
+                                   f"{self._key_hint()}")
                 channel.last_reply = time.monotonic()
                 return False
         self._recovering = True
@@ -519,6 +522,13 @@ class Recorder:
             self._recovering = False
             channel.last_reply = time.monotonic()
         return True
+
+    def _key_hint(self) -> str:
+        # A CURVE handshake that fails (a key the aggregator does not have) shows only as
+        # silence: say what to check.
+        if curve.applies(self.endpoint, self.server_key):
+            return "; or it refuses our CURVE key: check TRACER_AGGREGATOR_KEY"
+        return ""
 
     def _lose(self, records: int, reason: str) -> None:
         if not records:

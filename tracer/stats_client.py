@@ -9,16 +9,19 @@ import socket
 
 import zmq
 
-from . import wire
+from . import curve, wire
 
 
-def ask_stats(endpoint: str, timeout_ms: int = 2000) -> dict | None:
+def ask_stats(endpoint: str, timeout_ms: int = 2000, server_key: str | None = None
+              ) -> dict | None:
     """The counters of the aggregator at ``endpoint`` (what ``tracer stats --json`` prints);
-    None if it does not answer within ``timeout_ms`` or answers something else."""
+    None if it does not answer within ``timeout_ms`` or answers something else. ``server_key``:
+    its CURVE public key, for a tcp:// aggregator that has one."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        curve.secure(sock, endpoint, server_key)
         sock.connect(endpoint)
         sock.send_multipart([wire.header(wire.STATS, (socket.gethostname(), os.getpid(), 0), 0,
                                          1), b""])

@@ -11,9 +11,10 @@ stops reading, so ZeroMQ's high-water marks fill and the senders block (the defa
 The uploader thread commits batches (``uploader``); the replies owed to senders go back from
 here (``acks``).
 
-Whoever can reach the socket can send anything: messages are bounded in size before they are
-read, headers and records checked before they count, and complaints about malformed input
-logged at most once per ``COMPLAINT_INTERVAL`` per kind. ZeroMQ's socket monitor counts
+Whoever can reach the socket can send anything (``curve``: over tcp:// a secret key admits only
+those who know its public key): messages are bounded in size before they are read, headers and
+records checked before they count, and complaints about malformed input logged at most once per
+``COMPLAINT_INTERVAL`` per kind. ZeroMQ's socket monitor counts handshakes refused and
 connections closed.
 
 Supervision (``supervision``): a sender on this host that dies leaves its still-running spans
@@ -40,7 +41,7 @@ import zmq
 from tracer import config, wire
 from tracer.processes import read_pid_file, write_pid_file
 
-from . import media, payloads, stats
+from . import curve, media, payloads, stats
 from .acks import Acks, Marker
 from .attachments import AttachmentMover
 from .queue import RowQueue
@@ -68,8 +69,10 @@ class Aggregator:
     """Receives from recorders on ``bind`` and commits to the store at ``store`` (``run``)."""
 
     def __init__(self, bind: str, store: str, owner: int | None = None,
-                 settings: config.Settings | None = None, idle_exit: float = IDLE_EXIT) -> None:
+                 settings: config.Settings | None = None, idle_exit: float = IDLE_EXIT,
+                 secret_key: bytes | None = None) -> None:
         self.bind = bind
+        self.secret_key = secret_key  # CURVE (``curve``): only key holders get a frame in
         self.store = store
         self.owner = owner
         self.settings = settings or config.load()
@@ -117,6 +120,9 @@ class Aggregator:
             router.setsockopt(zmq.RCVHWM, 4)
         # A larger frame closes its connection before it is read: memory stays bounded.
         router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size)
+        if self.secret_key is not None:
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
         monitor = router.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED)
@@ -248,8 +254,9 @@ class Aggregator:
         _log(message + (f" ({quiet} more like it not logged)" if quiet else ""))
 
     def _count_events(self, monitor: zmq.Socket) -> None:
-        """Count what ZeroMQ's socket monitor saw: handshakes refused, connections closed (a
-        message over ``TRACER_MAX_MESSAGE_SIZE`` closes its connection before it is read)."""
+        """Count what ZeroMQ's socket monitor saw: handshakes refused (a peer without our CURVE
+        public key, or one speaking plain to a CURVE socket), connections closed (a message over
+        ``TRACER_MAX_MESSAGE_SIZE`` closes its connection before it is read)."""
         while monitor.poll(0):
             frames = monitor.recv_multipart()
             event = int.from_bytes(frames[0][:2], "little")  # the event id, then a 32-bit value
@@ -259,7 +266,7 @@ class Aggregator:
             if name == "handshakes_failed":
                 address = frames[1].decode("utf-8", "replace") if len(frames) > 1 else "?"
                 self._complain("handshake", f"refused a connection that failed the handshake "
-                                            f"on {address}")
+                                            f"(no or the wrong CURVE key) on {address}")
 
     def _receive(self, router: zmq.Socket, until_empty: bool = False) -> None:
         for _ in range(MAX_BURST if not until_empty else 1 << 30):
@@ -505,10 +512,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bind", default="tcp://127.0.0.1:5557",
                    help="ZeroMQ endpoint to listen on (default: %(default)s). Point recorders "
-                        "at it with TRACER_ENDPOINT or init_logger(endpoint=...).")
+                        "at it with TRACER_ENDPOINT or init_logger(endpoint=...). Anything but "
+                        "loopback needs --secret-key (or --insecure).")
     p.add_argument("--store", default=None,
                    help="SQLite path or sqlite:///path (default: TRACER_STORE or "
                         ".tracer/traces.db)")
+    p.add_argument("--secret-key", metavar="FILE",
+                   help="the aggregator's secret key file (mode 0600, from `tracer keys`): only "
+                        "senders given its public key (TRACER_AGGREGATOR_KEY) can connect, and "
+                        "the traffic is encrypted (ZeroMQ CURVE). tcp:// only")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a bind beyond loopback without --secret-key: anyone who can "
+                        "reach the port can write rows into any project")
     p.add_argument("--owner", type=int, default=None,
                    help="pid whose exit (with all senders gone) ends the aggregator; "
                         "set by init_logger, omit for a standalone aggregator")
@@ -516,11 +531,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_bind(bind: str, secret_key_file: str | None, insecure: bool) -> bytes | None:
+    """The CURVE secret key to serve ``bind`` with (None: plain). Raises ValueError for a bind
+    beyond loopback without a key (unless ``insecure``), or a key on anything but tcp://; warns
+    on stderr about a bind beyond loopback that is insecure."""
+    if secret_key_file is not None:
+        if not bind.startswith("tcp://"):
+            raise ValueError(f"--secret-key applies to tcp:// endpoints, not {bind}: an ipc:// "
+                             "socket is protected by its directory's permissions")
+        return curve.read_secret(secret_key_file)[1]
+    if not curve.loopback(bind):
+        if not insecure:
+            raise ValueError(f"--bind {bind} is reachable from other hosts: anyone who can "
+                             "connect could write rows into any project. Give --secret-key "
+                             "FILE (make one with `tracer keys`), or --insecure to accept that")
+        _log(f"WARNING: listening on {bind} without a secret key (--insecure): anyone who can "
+             "reach it can send spans into any project, and traffic is not encrypted")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run an aggregator (``tracer aggregator ARGV...``); returns the exit status: 0, or 2 for
+    a refused configuration (said on stderr)."""
     args = parser().parse_args(argv)
-    settings = config.load()
-    store = config.store_path(args.store if args.store is not None else settings.store)
-    aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit)
+    try:
+        settings = config.load()
+        store = config.store_path(args.store if args.store is not None else settings.store)
+        secret_key = check_bind(args.bind, args.secret_key, args.insecure)
+    except ValueError as exc:
+        _log(f"not starting: {exc}")
+        return 2
+    aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit, secret_key)
     # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
     # default thresholds the collector scanned them every few hundred allocations (12% of the
     # receiving thread's samples under load). Refcounting frees them; collect rarely.

@@ -1,11 +1,11 @@
 """The ``tracer`` command line: demo, export, import, show, stats, import-payloads, attachment,
-aggregator.
+keys, aggregator.
 
 This module is the wiring: every command's arguments (``parser``) and ``main``, which resolves
 ``--store`` and runs the command. Each group of commands runs in a module of its own: ``read``
 (export, show), ``write`` (import, import-payloads, demo), ``stats``, ``attachments`` (attachment
-get, and the attachment parts of export and show); ``tree`` and ``csv_writer`` are their output.
-``tracer aggregator`` is ``workers.aggregator.main``, with arguments of its own.
+get, and the attachment parts of export and show), ``keys``; ``tree`` and ``csv_writer`` are
+their output. ``tracer aggregator`` is ``workers.aggregator.main``, with arguments of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tracer import config
 from tracer.event import SPAN_TYPES
 
 from ..store import STORE_ERRORS
-from . import attachments, read, stats, write
+from . import attachments, keys, read, stats, write
 
 # A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
 _FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
@@ -32,6 +32,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": stats.cmd_stats,
     "import-payloads": write.cmd_import_payloads,
     "attachment": attachments.cmd_attachment,
+    "keys": keys.cmd_keys,
 }
 
 
@@ -165,6 +166,17 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("key", metavar="KEY", help="the attachment's key (32 hex digits)")
     get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _store_arg(get)
+
+    make_keys = commands.add_parser(
+        "keys", help="make a key pair for a tcp:// aggregator (ZeroMQ CURVE)",
+        description="Write a new CURVE key pair: NAME.key_secret (mode 0600) for `tracer "
+                    "aggregator --secret-key`, and NAME.key, whose public key senders are given "
+                    "(TRACER_AGGREGATOR_KEY or init_logger(aggregator_key=...)). Only senders "
+                    "that know it can connect; the traffic is encrypted.")
+    make_keys.add_argument("name", nargs="?", default="aggregator", metavar="NAME",
+                           help="path and name of the files, without suffix (default: "
+                                "%(default)s)")
+    make_keys.add_argument("--force", action="store_true", help="replace existing files")
 
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from tracer import config
 from tracer.stats_client import ask_stats
 
 from ..store import open_store
@@ -23,7 +24,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             runs = store.runs()
     if endpoints[0] is None:
         endpoints = [run["endpoint"] for run in runs if run["ended"] is None]
-    live = [stats for stats in (ask_stats(e) for e in endpoints if e) if stats is not None]
+    key = config.load().aggregator_key  # a tcp:// aggregator with a secret key wants it
+    live = [stats for stats in (ask_stats(e, server_key=key) for e in endpoints if e)
+            if stats is not None]
     if live:
         _print_stats(live, args.json, "live aggregator")
         return 0
