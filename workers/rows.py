@@ -206,35 +206,25 @@ def _unknown(_value: object) -> str:
     return "not a field that can be logged"
 
 
-def _metrics_problem(value: object) -> str | None:
-    if type(value) is not dict:
-        return "must be a map"
-    for key, number in value.items():
-        if type(key) is not str:
-            return "keys must be strings"
-        if number is not None and type(number) not in _NUMBERS:
-            return f"{key!r:.40} must be a number"
-    return None
+def _map_of(valid: Callable[[Any], bool] | None, what: str) -> Callable[[Any], str | None]:
+    """The check of a field that is a map of string keys to values ``valid`` accepts (None
+    always accepted): what is wrong with a value, or None."""
+    def problem(value: object) -> str | None:
+        if type(value) is not dict:
+            return "must be a map"
+        for key, item in value.items():
+            if type(key) is not str:
+                return "keys must be strings"
+            if valid is not None and item is not None and not valid(item):
+                return f"{key!r:.40} must be {what}"
+        return None
+    return problem
 
 
-def _scores_problem(value: object) -> str | None:
-    if type(value) is not dict:
-        return "must be a map"
-    for key, score in value.items():
-        if type(key) is not str:
-            return "keys must be strings"
-        if score is not None and not (type(score) in _NUMBERS and 0 <= score <= 1):
-            return f"{key!r:.40} must be a number in [0, 1]"  # NaN fails the comparison
-    return None
-
-
-def _metadata_problem(value: object) -> str | None:
-    if type(value) is not dict:
-        return "must be a map"
-    for key in value:
-        if type(key) is not str:
-            return "keys must be strings"
-    return None
+_metrics_problem = _map_of(lambda v: type(v) in _NUMBERS, "a number")
+# NaN fails the comparison.
+_scores_problem = _map_of(lambda v: type(v) in _NUMBERS and 0 <= v <= 1, "a number in [0, 1]")
+_metadata_problem = _map_of(None, "anything")
 
 
 def _tags_problem(value: object) -> str | None:
@@ -254,7 +244,8 @@ def _attributes_problem(value: object) -> str | None:
             if attribute is not None and type(attribute) is not str:
                 return "name must be a string"
         elif key == "type":
-            if attribute is not None and attribute not in _SPAN_TYPES:
+            if attribute is not None and (type(attribute) is not str
+                                          or attribute not in _SPAN_TYPES):
                 return f"{attribute!r:.40} is not a span type"
         else:
             return f"unknown attribute {key!r:.40}"

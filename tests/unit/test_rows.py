@@ -270,6 +270,8 @@ def update(fields: object, row_id: object = "row-1") -> tuple:
     pytest.param(span_end(fields={"metadata": {("k",): 1}}), "fields", id="metadata-key"),
     pytest.param(span_end(fields={"created": "1970"}), "fields", id="a-field-never-logged"),
     pytest.param(update({"span_attributes": {"name": 1}}), "fields", id="attribute-name"),
+    pytest.param(update({"span_attributes": {"type": {"a": 1}}}), "fields",
+                 id="attribute-type-unhashable"),
     pytest.param(update({"output": 1}, row_id=None), "row_id", id="update-without-row-id"),
     pytest.param(update(["output", 1]), "fields", id="update-fields-not-a-map"),
 ])
