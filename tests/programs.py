@@ -318,9 +318,13 @@ def produces_n_spans_while_the_store_is_locked(n: int) -> None:
     lock.execute("ROLLBACK")
     lock.close()
     producer.join(120)
-    tracer.flush(timeout=120)
+    try:
+        tracer.flush(timeout=120)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:  # records were dropped: the flush says how many, and why
+        losses = exc.losses
     print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
-                      "finished": done.is_set()}))
+                      "finished": done.is_set(), "flush_reported_losses": losses}))
 
 
 def stored_rows_count() -> int:
@@ -432,3 +436,55 @@ def logs_an_attachment_over_tcp() -> None:
         span.log(output=attachment)
     tracer.flush(timeout=30)
     print(attachment.key)
+
+
+def logs_while_the_aggregator_is_frozen(n: int, pid_file: str) -> None:
+    """Freeze this process's aggregator (SIGSTOP), start ``n`` spans, flush, then exit: none of
+    it may hang. Leaves the aggregator's pid in ``pid_file`` for the test to clean up."""
+    logger = tracer.init_logger("frozen")
+    logger.flush()  # the aggregator is up
+    pid = logger.recorder.aggregator_pid
+    assert pid is not None
+    with open(pid_file, "w") as f:
+        f.write(str(pid))
+    os.kill(pid, signal.SIGSTOP)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            span.log(output="x" * 1000)  # more than the kernel's socket buffers hold
+    try:
+        tracer.flush(timeout=2)
+        error, losses = None, {}
+    except tracer.FlushError as exc:
+        error, losses = str(exc), exc.losses
+    print(json.dumps({"created": n, "flush_error": error, "losses": losses}), flush=True)
+
+
+def logs_large_spans_while_the_store_is_locked(n: int, size: int) -> None:
+    """Log ``n`` spans of ``size`` bytes each while the store is locked; report how much this
+    process's and its aggregator's resident memory grew, and what the flush after the lock
+    said."""
+    import psutil
+
+    logger = tracer.init_logger("large")
+    logger.flush()
+    assert logger.recorder.aggregator_pid is not None
+    processes = {"producer": psutil.Process(), "aggregator":
+                 psutil.Process(logger.recorder.aggregator_pid)}
+    lock = lock_the_store(timeout=30)
+    blob = os.urandom(size)  # one object: only what tracing holds of it can grow
+    before = {name: p.memory_info().rss for name, p in processes.items()}
+    peak = dict(before)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            span.log(output=blob)
+        for name, p in processes.items():
+            peak[name] = max(peak[name], p.memory_info().rss)
+    lock.execute("ROLLBACK")
+    lock.close()
+    try:
+        tracer.flush(timeout=120)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:
+        losses = exc.losses
+    print(json.dumps({"growth": {name: peak[name] - before[name] for name in processes},
+                      "losses": losses}))

@@ -204,7 +204,7 @@ def update_span(exported: str, **fields: Any) -> None:
     """Merge ``fields`` into the row of an exported span, from any process."""
     ref = slug.decode(exported)
     event.check(fields, "update_span")
-    _recorder_for_slugs().add(pack(wire.update(ref.container, ref.id, fields)))
+    _recorder_for_slugs().add_packed(pack(wire.update(ref.container, ref.id, fields)))
 
 
 def permalink(slug_: str) -> str:

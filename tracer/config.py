@@ -38,6 +38,12 @@ class Settings:
     queue_size: int = 15000
     queue_drop_when_full: bool = False
     queue_drop_exceeding_maxsize: int = 0
+    # Seconds a caller may wait for room under the blocking policy before its records are
+    # dropped, counted and set aside (TRACER_QUEUE_BLOCK_TIMEOUT).
+    queue_block_timeout: float = 60.0
+    # Bytes a recorder holds (packed, not yet committed) and an aggregator's queue holds before
+    # the queue policy applies, as for QUEUE_SIZE rows (TRACER_QUEUE_MAX_BYTES).
+    queue_max_bytes: int = 128 * 1024 * 1024
     failed_payloads_dir: str | None = None
     all_payloads_dir: str | None = None
     store: str | None = None
@@ -79,6 +85,20 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return number
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    found = _raw(env, name)
+    if found is None:
+        return default
+    var, value = found
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{var}={value!r}: expected a number of seconds") from None
+    if not 0 <= seconds <= 86400:
+        raise ValueError(f"{var}={value!r}: must be between 0 and 86400 seconds")
+    return seconds
+
+
 def _str(env: Mapping[str, str], name: str) -> str | None:
     found = _raw(env, name)
     return None if found is None else found[1]
@@ -95,6 +115,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         queue_size=_int(env, "QUEUE_SIZE", Settings.queue_size, 0),
         queue_drop_when_full=_bool(env, "QUEUE_DROP_WHEN_FULL", False),
         queue_drop_exceeding_maxsize=_int(env, "QUEUE_DROP_EXCEEDING_MAXSIZE", 0, 0),
+        queue_block_timeout=_seconds(env, "QUEUE_BLOCK_TIMEOUT", Settings.queue_block_timeout),
+        queue_max_bytes=_int(env, "QUEUE_MAX_BYTES", Settings.queue_max_bytes, 1024 * 1024),
         failed_payloads_dir=_str(env, "FAILED_PUBLISH_PAYLOADS_DIR"),
         all_payloads_dir=_str(env, "ALL_PUBLISH_PAYLOADS_DIR"),
         store=env.get("TRACER_STORE") or None,

@@ -46,6 +46,8 @@ def recorder_for(settings: config.Settings, store: str | None = None,
         pid = start_aggregator(endpoint, path, os.getpid())
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=True, max_buffer=bound, drop_reason=drop_reason,
+                       max_bytes=settings.queue_max_bytes,
+                       block_timeout=settings.queue_block_timeout,
                        store=path, restart=restart_aggregator,
                        spool_dir=settings.failed_payloads_dir)
         _by_store[path] = rec
@@ -70,6 +72,8 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
             owner = _env_int(config.ENV_AGGREGATOR_OWNER)
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=False, max_buffer=bound, drop_reason=drop_reason,
+                       max_bytes=settings.queue_max_bytes,
+                       block_timeout=settings.queue_block_timeout,
                        store=store, aggregator_owner=owner,
                        restart=restart_aggregator if store else None,
                        spool_dir=settings.failed_payloads_dir)

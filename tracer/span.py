@@ -105,7 +105,7 @@ class Span:
 
     def _record_log(self, fields: dict) -> None:
         if fields:
-            self._rec.add(pack(wire.span_log(self.container, self.trace_int, self.span_int,
+            self._rec.add_packed(pack(wire.span_log(self.container, self.trace_int, self.span_int,
                                              self.parents, self.root_int, self.row_id, fields)))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
@@ -117,7 +117,7 @@ class Span:
         if type is not None:
             self.type = type
         if self.end_time is not None:  # already sent: send the change as a merge
-            self._rec.add(pack(wire.span_end(self.container, self.trace_int, self.span_int,
+            self._rec.add_packed(pack(wire.span_end(self.container, self.trace_int, self.span_int,
                                              self.parents, self.root_int, self.row_id, self.name,
                                              self.type, self.start, self.end_time, None, None)))
 
@@ -237,14 +237,14 @@ class RemoteSpan(Span):
 
     def _record_log(self, fields: dict) -> None:
         if fields:
-            self._rec.add(pack(wire.update(self.container, self.id, fields)))
+            self._rec.add_packed(pack(wire.update(self.container, self.id, fields)))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
         event.check_name(name, "Span.set_attributes")
         event.check_type(type, "Span.set_attributes")
         attributes = {k: v for k, v in (("name", name), ("type", type)) if v is not None}
         if attributes:
-            self._rec.add(pack(wire.update(self.container, self.id,
+            self._rec.add_packed(pack(wire.update(self.container, self.id,
                                            {"span_attributes": attributes})))
 
     def end(self, end_time: float | None = None) -> float:

@@ -67,7 +67,8 @@ class Aggregator:
         # The queue policy: block (drop_reason None: stop reading while full, so senders
         # block), or drop new rows beyond the bound and count them under drop_reason.
         bound, self.drop_reason = config.queue_policy(self.settings)
-        self.queue = RowQueue(bound, hold=self.settings.sync_flush)
+        self.queue = RowQueue(bound, hold=self.settings.sync_flush,
+                              max_bytes=self.settings.queue_max_bytes)
         self.dropped = payloads.DroppedRows(self.settings.failed_payloads_dir, self.drop_reason,
                                             self.settings.batch_size, self.counters)
         self.stopping = False
@@ -244,21 +245,23 @@ class Aggregator:
             self.counters["bytes"] += len(body)
             self._apply_records(body, sender)
             # Tell the sender once this message is committed: until then it keeps a copy.
-            self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq))
+            self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq, None))
         elif kind == wire.SYNC:
             token, level = arg[0], arg[1]  # [token, level, attachments published since?]
             self.counters["syncs"] += 1
             if len(arg) > 2 and arg[2]:
                 self._attachments_new = True
+            marker = (wire.ACK, identity, token, sender.first_seq,
+                      self._dropped_since_flush(sender))
             if level == wire.RECEIVED:
-                self.acks.owe(wire.ACK, identity, token, sender.first_seq)
+                self.acks.owe(marker)
             else:
                 if self._attachments_new:
                     self._attachments_new = False
                     self._scan_due = self.mover.request()
                 if self.mover.completed < self._scan_due:
                     self.acks.after_scan(identity, token, self._scan_due)
-                self._mark((wire.ACK, identity, token, sender.first_seq))
+                self._mark(marker)
         elif kind == wire.BYE:
             sender.closed = True
             self.counters["senders_closed"] += 1
@@ -274,10 +277,20 @@ class Aggregator:
         if refused:
             self.counters[f"dropped_{self.drop_reason}"] += len(refused)
             sender.dropped += len(refused)
+            sender.dropped_here += len(refused)
             self._warn_drops()
             # set aside for tracer import-payloads
             self.dropped.extend((container, partial)
                                 for _key, partial, _size, container in refused)
+
+    def _dropped_since_flush(self, sender: Sender) -> dict[str, int] | None:
+        """The sender's rows this aggregator dropped since its previous flush, told with the
+        flush's acknowledgement (its rows are refused in order, before the flush is read)."""
+        news = sender.dropped_here - sender.dropped_told
+        if not news:
+            return None
+        sender.dropped_told = sender.dropped_here
+        return {str(self.drop_reason): news}
 
     def _warn_drops(self) -> None:
         now = time.monotonic()

@@ -23,7 +23,7 @@ class Sender:
     """What the aggregator knows of one sending process (host, pid, generation)."""
 
     __slots__ = ("host", "pid", "gen", "seq", "first_seq", "first_seen", "last_seen", "records",
-                 "gaps", "dropped", "closed", "dead", "open")
+                 "gaps", "dropped", "dropped_here", "dropped_told", "closed", "dead", "open")
 
     def __init__(self, host: str, pid: int, gen: int) -> None:
         self.host, self.pid, self.gen = host, pid, gen
@@ -33,6 +33,8 @@ class Sender:
         self.records = 0
         self.gaps = 0
         self.dropped = 0  # rows of this sender dropped, here or (as it reported) by itself
+        self.dropped_here = 0  # ... by this aggregator's queue policy
+        self.dropped_told = 0  # ... of which its flushes were told
         self.closed = self.dead = False
         # row key -> (container, partial row) of spans still running: closed with an error if
         # the process dies first

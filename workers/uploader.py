@@ -24,7 +24,7 @@ from tracer.config import Settings
 
 from . import payloads
 from .queue import Pending, RowQueue
-from .rows import to_json, truncate
+from .rows import row_size, truncate
 from .store import StoreWriter
 
 MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
@@ -96,9 +96,10 @@ class Uploader:
         """Truncate the rows too large for one upload, setting their full copy aside."""
         limit = self.settings.max_request_size
         for p in batch:
-            # A wire byte becomes at most 6 JSON bytes (a control character's \u escape): only
-            # rows that could be over the limit are measured.
-            if p.size * 6 <= limit or len(to_json(p.row)) <= limit:
+            # A wire byte becomes at most 6 JSON bytes (a control character's \u escape) and
+            # about one stored byte: only rows that could be over the limit are measured, as
+            # read (JSON) and as stored (msgpack, where bytes values keep their size).
+            if p.size * 6 <= limit or row_size(p.row) <= limit:
                 continue
             saved = None
             if self.settings.failed_payloads_dir:
