@@ -488,3 +488,29 @@ def logs_large_spans_while_the_store_is_locked(n: int, size: int) -> None:
         losses = exc.losses
     print(json.dumps({"growth": {name: peak[name] - before[name] for name in processes},
                       "losses": losses}))
+
+
+def drops_records_then_loses_its_aggregator(n: int) -> None:
+    """Drop records (a small buffer, a drop policy) while the store is locked, so that every
+    message carrying the count sits uncommitted; kill the aggregator, let its replacement take
+    the resent messages, then flush. Prints the losses the flush reported."""
+    logger = tracer.init_logger("survive")
+    logger.flush()
+    lock = lock_the_store(timeout=30)
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    time.sleep(0.5)  # the flusher sends what it holds, with the drop counts, within 0.1 s
+    first = logger.recorder.aggregator_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: logger.recorder.aggregator_pid not in (None, first), 30,
+               "no replacement aggregator")
+    lock.execute("ROLLBACK")
+    lock.close()
+    try:
+        tracer.flush(timeout=60)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:
+        losses = exc.losses
+    print(json.dumps({"losses": losses}))

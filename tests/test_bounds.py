@@ -14,7 +14,7 @@ import signal
 from workers import payloads
 
 from . import programs
-from .conftest import Store, clean_env, run_function
+from .conftest import Store, clean_env, run_function, wait_for_runs_to_end
 
 MiB = 1 << 20
 
@@ -56,3 +56,18 @@ def test_the_bytes_a_process_and_its_aggregator_hold_are_bounded(tmp_path):
     # span: its log and its end).
     dropped = report["losses"].get("dropped_queue_block_timeout", 0)
     assert dropped > 0 and stored < 150
+
+
+def test_the_loss_counts_a_process_sent_survive_the_death_of_its_aggregator(tmp_path):
+    env = clean_env(TRACER_QUEUE_SIZE="20", TRACER_QUEUE_DROP_WHEN_FULL="1")
+    proc = run_function(programs.drops_records_then_loses_its_aggregator, 20000, env=env,
+                        cwd=str(tmp_path), timeout=120)
+    dropped_here = json.loads(proc.stdout.strip().splitlines()[-1])["losses"].get(
+        "dropped_queue_full", 0)
+    assert dropped_here > 0
+    runs = wait_for_runs_to_end(str(tmp_path / ".tracer" / "traces.db"))
+    # The killed aggregator recorded nothing (its store was locked); the counts it had been
+    # sent reach its replacement with the messages resent to it.
+    reported = sum(json.loads(run["counters"])["counters"].get("senders_dropped_queue_full", 0)
+                   for run in runs)
+    assert reported == dropped_here
