@@ -216,7 +216,9 @@ def permalink(slug_: str) -> str:
 def flush(timeout: float | None = 30.0) -> None:
     """Wait until every span this process ended before the call is committed to the store.
 
-    Raises ``tracer.FlushError`` if the aggregator is gone, failed, or ``timeout`` passed.
+    Raises ``tracer.FlushError`` if the aggregator is gone, failed, or ``timeout`` passed, and
+    if records of this process were dropped or lost since the previous flush (its ``losses``
+    count them by reason; each loss is reported once).
     """
     sync_all(wire.COMMITTED, timeout)
 
