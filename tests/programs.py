@@ -432,3 +432,28 @@ def logs_an_attachment_over_tcp() -> None:
         span.log(output=attachment)
     tracer.flush(timeout=30)
     print(attachment.key)
+
+
+# -- files we create -------------------------------------------------------------------------
+
+
+def creates_its_files_under_umask(umask: int) -> None:
+    """Under ``umask``: log a span with an attachment (run with TRACER_ALL_PUBLISH_PAYLOADS_DIR
+    set, so batches are written as payload files too) and flush; kill the aggregator so that a
+    replacement is started under the lock file; log and flush again. Print the mode of every
+    file under the working directory and of the aggregator's pid and lock files."""
+    import stat
+
+    os.umask(umask)
+    tracer.init_logger("private")
+    with tracer.start_span("with a file") as span:
+        span.log(input=tracer.Attachment(b"secret bytes", filename="secret.bin"))
+    tracer.flush()
+    os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
+    with tracer.start_span("after the restart"):
+        pass
+    tracer.flush(timeout=30)
+    socket = os.environ["TRACER_ENDPOINT"][len("ipc://"):]
+    files = [os.path.join(top, name) for top, _dirs, names in os.walk(".") for name in names]
+    files += [socket + ".pid", socket + ".lock"]
+    print(json.dumps({path: stat.S_IMODE(os.stat(path).st_mode) for path in files}))

@@ -136,7 +136,8 @@ def restart_aggregator(rec: Recorder) -> int | None:
     if rec.store is None or not rec.endpoint.startswith("ipc://"):
         return None
     path = rec.endpoint[len("ipc://") :]
-    with open(path + ".lock", "a") as lock:
+    with os.fdopen(config.open_private(path + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                   "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pid = read_pid_file(path)
         if pid is not None and pid != rec.aggregator_pid and process_alive(pid):

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tracer import attachments
+from tracer import attachments, config
 from tracer.config import Settings
 
 from .store import STORE_ERRORS, StoreWriter, open_store
@@ -254,7 +254,8 @@ class AttachmentMover:
             return sha
         attachments.make_private(os.path.dirname(blob))
         tmp = f"{blob}.{os.getpid()}.tmp"
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        with os.fdopen(config.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                       "wb") as f:
             f.write(content)
         os.replace(tmp, blob)
         self.counters["attachments_stored"] += 1

@@ -1,4 +1,6 @@
-"""The SQLite store: one file in WAL mode (the schema: ``workers.store.schema``).
+"""The SQLite store: one file in WAL mode (the schema: ``workers.store.schema``), created
+private to the user (0600, whatever the umask; SQLite gives its -wal and -shm files the
+database's mode).
 
 A write merges each incoming partial row into the stored one inside one ``BEGIN IMMEDIATE``
 transaction, so two aggregators writing the same file (two process trees sharing a store)
@@ -16,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tracer import wire
+from tracer import config, wire
 
 from ..rows import Key, load_row, merge, pack_row
 from . import schema
@@ -97,6 +99,8 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     directory = os.path.dirname(path)
     if directory:  # traces hold prompts and user data: a directory we create is private
         os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):  # so is a file: SQLite would make it 0644 (less the umask)
+        os.close(config.open_private(path, os.O_RDWR | os.O_CREAT))
     # A short busy timeout: a locked store fails fast into the uploader's retries and backoff,
     # which count and report what they could not write.
     conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
