@@ -457,3 +457,19 @@ def creates_its_files_under_umask(umask: int) -> None:
     files = [os.path.join(top, name) for top, _dirs, names in os.walk(".") for name in names]
     files += [socket + ".pid", socket + ".lock"]
     print(json.dumps({path: stat.S_IMODE(os.stat(path).st_mode) for path in files}))
+
+
+# -- a full disk, a log that cannot be written, a store removed ------------------------------
+
+
+def logs_spans_and_prints_the_counters(n: int, size: int = 0, store: str | None = None) -> None:
+    """Log ``n`` spans ("span <i>", an input of ``size`` bytes) into the project "faults",
+    flush (printing a FlushError), and print the aggregator's counters, asked over the socket."""
+    tracer.init_logger("faults", store=store)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            if size:
+                span.log(input="x" * size)
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))

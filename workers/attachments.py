@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +36,7 @@ from typing import Any
 from tracer import attachments, config
 from tracer.config import Settings
 
+from . import log
 from .store import STORE_ERRORS, StoreWriter, open_store
 
 SCAN_INTERVAL = 0.25  # seconds between looks at the spool when nobody asks
@@ -69,9 +69,17 @@ class AttachmentMover:
         self._retry: dict[str, tuple[int, float]] = {}  # key -> (failures, next attempt)
         self._given_up: set[str] = set()
         self.stopping = threading.Event()  # cuts backoff short at shutdown
-        self.thread = threading.Thread(target=self._run, name="tracer-attachments", daemon=True)
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="tracer-attachments", daemon=True)
 
     def start(self) -> None:
+        self.thread.start()
+
+    def restart(self) -> None:
+        """Start a new thread in place of one that died (the aggregator's watchdog)."""
+        self.thread = self._new_thread()
         self.thread.start()
 
     # -- other threads ---------------------------------------------------------------------
@@ -111,20 +119,25 @@ class AttachmentMover:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not (self._stopping or self._adopted or self._requested > self._completed):
-                    self._cond.wait(SCAN_INTERVAL)
-                covered = self._requested
-                stopping = self._stopping
-            try:
-                self._store_adopted()
-                self._scan()
-            except Exception as exc:  # never let the thread die: the next turn tries again
+            stopping = False
+            try:  # never let the thread die: the next turn tries again
+                with self._cond:
+                    if not (self._stopping or self._adopted
+                            or self._requested > self._completed):
+                        self._cond.wait(SCAN_INTERVAL)
+                    covered = self._requested
+                    stopping = self._stopping
+                try:
+                    self._store_adopted()
+                    self._scan()
+                finally:  # a failed scan still answers the flushes waiting: they are not held
+                    if covered > self._completed:
+                        self._completed = covered
+                        self.on_progress()
+            except Exception as exc:
                 self.counters["attachment_mover_errors"] += 1
-                _log(f"attachment mover: {exc!r}")
-            if covered > self._completed:
-                self._completed = covered
-                self.on_progress()
+                log.log(f"attachment mover: {exc!r}", key="mover", every=10.0)
+                self.stopping.wait(0.1)  # a fault that repeats must not spin the CPU
             if stopping:
                 return
 
@@ -204,7 +217,7 @@ class AttachmentMover:
             self._record(key, meta or {}, error, "logged")
             os.unlink(meta_path)
         except _FAILURES as exc:
-            _log(f"could not record attachment {key} as failed: {exc!r}")
+            log.log(f"could not record attachment {key} as failed: {exc!r}")
             self._given_up.add(key)
         self.counters["attachments_failed"] += 1
 
@@ -214,7 +227,7 @@ class AttachmentMover:
             self._retry.pop(key, None)
             self._given_up.add(key)  # left in the spool: the next aggregator tries again
             self.counters["attachments_failed"] += 1
-            _log(f"gave up storing attachment {key} after {failures} attempts: {exc!r}")
+            log.log(f"gave up storing attachment {key} after {failures} attempts: {exc!r}")
             return
         self.counters["attachment_retries"] += 1
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
@@ -241,7 +254,7 @@ class AttachmentMover:
                 except _FAILURES as exc:
                     if attempt == self.settings.num_retries or self.stopping.is_set():
                         self.counters["attachments_failed"] += 1
-                        _log(f"gave up storing extracted attachment {key}: {exc!r}")
+                        log.log(f"gave up storing extracted attachment {key}: {exc!r}")
                         break
                     self.counters["attachment_retries"] += 1
                     self.stopping.wait(min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
@@ -292,10 +305,6 @@ def _int(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _log(message: str) -> None:
-    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 # -- reading: the command line ----------------------------------------------------------------

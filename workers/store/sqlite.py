@@ -11,6 +11,7 @@ in SQL by ``tracer_merge``, a function of ours that SQLite calls only for those.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import sqlite3
@@ -56,6 +57,9 @@ ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
     error=excluded.error, source=excluded.source, logged=excluded.logged, stored=excluded.stored
 WHERE attachments.status != 'done'
 """
+
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
 
 _ATTACHMENT_FIELDS = ("key", "sha256", "size", "filename", "content_type", "status", "error")
 
@@ -131,7 +135,12 @@ class SQLiteWriter(StoreWriter):
         return self._conn
 
     def write(self, batch: Sequence[RowUpdate]) -> None:
-        conn = self.conn
+        try:
+            self._write(self.conn, batch)
+        except sqlite3.Error as exc:
+            raise self._out_of_space(exc) or exc from None
+
+    def _write(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate]) -> None:
         now = time.time()
         created = _iso(now)
         conn.execute("BEGIN IMMEDIATE")
@@ -144,8 +153,20 @@ class SQLiteWriter(StoreWriter):
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the first error says more than this one
+                    pass
             raise
+
+    def _out_of_space(self, exc: sqlite3.Error) -> OSError | None:
+        """SQLite's "database or disk is full" (or an I/O error on a file system with no space
+        left) as the OSError it is, so that the cause reads "No space left on device"."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        full = code == SQLITE_FULL or "disk is full" in str(exc)
+        if not full and not (code == SQLITE_IOERR and _no_space_left(self.path)):
+            return None
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (SQLite: {exc})", self.path)
 
     def _add_containers(self, batch: Sequence[RowUpdate]) -> None:
         for p in batch:
@@ -190,6 +211,13 @@ class SQLiteWriter(StoreWriter):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _no_space_left(path: str) -> bool:
+    try:
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
+    except OSError:
+        return False
 
 
 def _columns(key: Key, row: dict, now: float, created: str) -> tuple:
