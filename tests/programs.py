@@ -473,3 +473,27 @@ def logs_spans_and_prints_the_counters(n: int, size: int = 0, store: str | None 
     if flush_printing_the_error(timeout=60):
         print("flushed")
     print(json.dumps(aggregator_counters()))
+
+
+def updates_a_row_whose_stored_copy_is_corrupt(n: int) -> None:
+    """Log a span ("victim") and flush; spoil its stored row (its data no longer a map, so no
+    update merges into it); then log ``n`` spans and an update of the victim, all written in one
+    batch (run with TRACER_SYNC_FLUSH=1); flush (printing a FlushError). Print the victim's id,
+    then the aggregator's counters."""
+    import msgpack
+
+    tracer.init_logger("faults")
+    with tracer.start_span("victim") as victim:
+        pass
+    tracer.flush()
+    store = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30)
+    with store:
+        store.execute("UPDATE rows SET data = ? WHERE id = ?", (msgpack.packb([1, 2]), victim.id))
+    store.close()
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    tracer.update_span(victim.export(), output="cannot be merged")
+    flush_printing_the_error(timeout=60)
+    print(victim.id)
+    print(json.dumps(aggregator_counters()))

@@ -1,6 +1,6 @@
-"""Faults under the aggregator: a log that cannot be written, a full disk, a thread that dies.
-The aggregator goes on, every row is committed or counted and set aside, and a flush tells the
-cause.
+"""Faults under the aggregator: a log that cannot be written, a full disk, a row the store
+cannot take, a thread that dies. The aggregator goes on, every row is committed or
+counted and set aside, and a flush tells the cause.
 
 The store is a real SQLite file (on a real 2 MB tmpfs for the full disk); the aggregator is the
 real one an application starts, but for the thread that dies: an uploader of this process, with
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 from collections import Counter
@@ -125,6 +126,29 @@ def test_a_full_disk_under_the_store_sets_the_rest_aside_and_the_flush_names_it(
         == len(set_aside)
     assert stored | set(set_aside) == spans(3000)  # each committed or set aside
     assert len(stored) + len(set_aside) == 3000  # and never both
+
+
+# -- a row the store cannot take ----------------------------------------------------------------
+
+
+def test_a_row_whose_merge_fails_costs_only_itself_not_the_rest_of_its_batch(tmp_path):
+    failed = tmp_path / "failed"
+
+    proc = run_function(programs.updates_a_row_whose_stored_copy_is_corrupt, 999,
+                        env=clean_env(TRACER_SYNC_FLUSH="1",
+                                      TRACER_FAILED_PUBLISH_PAYLOADS_DIR=str(failed)),
+                        cwd=str(tmp_path), timeout=120)
+
+    victim, counters = proc.stdout.strip().splitlines()[-2], printed_counters(proc.stdout)
+    assert "FlushError: 1 of 1000 rows could not be written" in proc.stdout, proc.stdout
+    store = sqlite3.connect(str(tmp_path / ".tracer" / "traces.db"))
+    stored = {name for (name,) in store.execute("SELECT name FROM rows WHERE name != 'victim'")}
+    store.close()
+    assert stored == spans(999)
+    assert counters["dropped_row_failed"] == counters["payload_rows_row_failed"] == 1
+    assert "dropped_sink_failed" not in counters
+    (set_aside,) = [p.row for name in payloads.files(str(failed)) for p in payloads.read(name)]
+    assert set_aside["id"] == victim and set_aside["output"] == "cannot be merged"
 
 
 # -- a thread that dies --------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """The uploader: one thread that takes batches from the queue and writes them to the store.
 
 Batches are bounded by ``DEFAULT_BATCH_SIZE`` rows, ``MAX_REQUEST_SIZE`` bytes and ``MAX_DELAY``
-seconds. A failed write is retried ``NUM_RETRIES`` times with exponential backoff and jitter
-(interrupted at shutdown); writes merge by row key, so a retried batch never duplicates rows.
-A batch given up is counted under ``dropped_sink_failed``.
+seconds. A write that fails because the store failed (locked, full, unreachable: the store
+says which, ``StoreWriter.store_failed``) is retried ``NUM_RETRIES`` times per batch with
+exponential backoff and jitter (interrupted at shutdown); writes merge by row key, so a retried
+batch never duplicates rows. What is still not written then is counted under
+``dropped_sink_failed``. A write that fails because of what is in it (a row whose merge fails)
+is split in halves, and the halves written on their own, down to single rows, so that only the
+rows that cannot be written are lost: counted under ``dropped_row_failed``.
 
 Payload files (``workers.payloads``): every batch goes to ``ALL_PUBLISH_PAYLOADS_DIR`` before it
 is written, and what is given up to ``FAILED_PUBLISH_PAYLOADS_DIR``, for ``tracer
@@ -112,31 +116,60 @@ class Uploader:
         self.on_done(self.queue.done(error))
 
     def _write(self, batch: list[Pending]) -> str | None:
-        """Write ``batch``, retried; returns why it could not be written (None: it was)."""
+        """Write ``batch``; returns why rows of it could not be written (None: all were).
+
+        Pieces are written oldest first. A store failure is retried (``NUM_RETRIES`` for the
+        whole batch) and then ends the batch; a failure of a piece's content splits the piece.
+        """
         retries = self.settings.num_retries
-        for attempt in range(retries + 1):
+        attempts = 0
+        pieces = [batch]  # a stack: the next piece to write is last
+        failed: list[tuple[int, str]] = []  # (rows, error) of the rows that could not be written
+        while pieces:
+            piece = pieces.pop()
+            attempts += 1
             try:
-                self.sink.write(batch)
-                self.counters["rows_committed"] += len(batch)
-                self.counters["batches_committed"] += 1
-                return None
+                self.sink.write(piece)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                if attempt == retries or self.stopping.is_set():
+                if self.sink.store_failed(exc):
+                    if retries > 0 and not self.stopping.is_set():
+                        retries -= 1
+                        self.counters["write_retries"] += 1
+                        pieces.append(piece)
+                        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self.settings.num_retries
+                                                                      - retries - 1))
+                        self.stopping.wait(delay * random.uniform(0.5, 1.5))
+                        continue
+                    rest = [p for left in reversed(pieces) for p in left]
+                    self._lost(piece + rest, "sink_failed", error, attempts)
+                    failed.append((len(piece) + len(rest), error))
                     break
-                self.counters["write_retries"] += 1
-                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
-                self.stopping.wait(delay * random.uniform(0.5, 1.5))
-        self._lost(batch, "sink_failed", error, attempt + 1)
-        return error
+                if len(piece) > 1:  # the cause is in the rows: write each half on its own
+                    self.counters["batch_splits"] += 1
+                    middle = len(piece) // 2
+                    pieces += [piece[middle:], piece[:middle]]
+                    continue
+                self._lost(piece, "row_failed", error, attempts)
+                failed.append((1, error))
+                continue
+            self.counters["rows_committed"] += len(piece)
+            self.counters["batches_committed"] += 1
+        if not failed:
+            return None
+        lost = sum(rows for rows, _ in failed)
+        if lost == len(batch):
+            return failed[-1][1]
+        return f"{lost} of {len(batch)} rows could not be written: {failed[0][1]}"
 
     def _lost(self, rows: list[Pending], reason: str, error: str, attempts: int) -> None:
         """Count rows given up, set them aside in the failed payload dir, and say so."""
         self.counters[f"dropped_{reason}"] += len(rows)
         if self.settings.failed_payloads_dir:
             self._save(self.settings.failed_payloads_dir, rows, reason, error)
-        log.log(f"gave up writing {len(rows)} rows after {attempts} attempts: {error}",
-                key=f"lost-{reason}", every=LOG_EVERY)
+        what = "a row that cannot be written" if reason == "row_failed" else \
+            f"gave up writing {len(rows)} rows after {attempts} attempts"
+        log.log(f"{what}: {error}", key=f"lost-{reason}", every=LOG_EVERY)
 
     def _fit(self, batch: list[Pending]) -> None:
         """Truncate the rows too large for one upload, setting their full copy aside."""

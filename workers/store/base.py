@@ -77,6 +77,12 @@ class StoreHandle(abc.ABC):
 class StoreWriter(StoreHandle):
     """Writes to a store: partial rows merged in, containers, runs and attachment records."""
 
+    def store_failed(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a call of this writer, is a failure of the store as a whole
+        (locked, full, unreachable, corrupt: the same call may succeed later) rather than of
+        what was written (a row the store cannot take: writing it again fails again)."""
+        return isinstance(exc, OSError)
+
     @abc.abstractmethod
     def write(self, batch: Sequence[RowUpdate]) -> None:
         """Merge a batch of partial rows into the store, atomically: all or nothing.

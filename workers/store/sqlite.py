@@ -23,7 +23,7 @@ from tracer import config, wire
 
 from ..rows import Key, load_row, merge, pack_row
 from . import schema
-from .base import RowUpdate, StoreReader, StoreWriter
+from .base import RowUpdate, SchemaVersionError, StoreReader, StoreWriter
 
 _COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
            "updated, data"
@@ -58,6 +58,13 @@ ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
 WHERE attachments.status != 'done'
 """
 
+# SQLite's primary result codes for a store that failed as a whole (busy, locked, out of memory,
+# read-only, interrupted, I/O error, corrupt, full, cannot open, locking protocol, no large file
+# support, authorization, not a database): another try later may succeed. Anything else (an
+# error in a row: a merge that raises, a value SQLite cannot hold) is in what was written.
+_STORE_CODES = frozenset((3, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 22, 23, 26))
+_STORE_MESSAGES = ("locked", "busy", "disk", "full", "unable to open", "readonly",
+                   "not a database", "malformed", "out of memory", "interrupted")
 SQLITE_FULL = 13
 SQLITE_IOERR = 10
 
@@ -145,7 +152,7 @@ class SQLiteWriter(StoreWriter):
         created = _iso(now)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._add_containers(batch)
+            added = self._add_containers(conn, batch)
             rows = [_columns(p.key, p.row, now, created) for p in batch]
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[i:i + ROWS_PER_STATEMENT]
@@ -158,6 +165,7 @@ class SQLiteWriter(StoreWriter):
                 except sqlite3.Error:  # the first error says more than this one
                     pass
             raise
+        self._known_containers.update(added)  # only once they are committed
 
     def _out_of_space(self, exc: sqlite3.Error) -> OSError | None:
         """SQLite's "database or disk is full" (or an I/O error on a file system with no space
@@ -168,18 +176,31 @@ class SQLiteWriter(StoreWriter):
             return None
         return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (SQLite: {exc})", self.path)
 
-    def _add_containers(self, batch: Sequence[RowUpdate]) -> None:
+    def _add_containers(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate]) -> set[str]:
+        added: set[str] = set()
         for p in batch:
             c = p.container
-            if c.id in self._known_containers:
+            if c.id in self._known_containers or c.id in added:
                 continue
-            self.conn.execute(
+            conn.execute(
                 "INSERT OR IGNORE INTO containers VALUES (?,?,?,?,?,?,?)",
                 (c.id, "project_logs" if c.experiment_id is None else "experiment",
                  c.project_id, c.project_name, c.experiment_id, c.experiment_name,
                  _iso(time.time())),
             )
-            self._known_containers.add(c.id)
+            added.add(c.id)
+        return added
+
+    def store_failed(self, exc: BaseException) -> bool:
+        if isinstance(exc, (OSError, SchemaVersionError)):
+            return True
+        if not isinstance(exc, sqlite3.Error):
+            return False
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _STORE_CODES
+        message = str(exc).lower()  # Python 3.10: no error code
+        return any(text in message for text in _STORE_MESSAGES)
 
     def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False) -> None:
         now = _iso(time.time())
