@@ -1,5 +1,5 @@
-"""Faults under the aggregator: a log that cannot be written, a full disk, a row the store
-cannot take, a thread that dies. The aggregator goes on, every row is committed or
+"""Faults under the aggregator: a log that cannot be written, a full disk, a store removed or
+replaced while in use, a thread that dies. The aggregator goes on, every row is committed or
 counted and set aside, and a flush tells the cause.
 
 The store is a real SQLite file (on a real 2 MB tmpfs for the full disk); the aggregator is the
@@ -126,6 +126,34 @@ def test_a_full_disk_under_the_store_sets_the_rest_aside_and_the_flush_names_it(
         == len(set_aside)
     assert stored | set(set_aside) == spans(3000)  # each committed or set aside
     assert len(stored) + len(set_aside) == 3000  # and never both
+
+
+# -- a store removed while in use ---------------------------------------------------------------
+
+
+def test_a_store_removed_between_flushes_is_started_again_with_everything_after(tmp_path):
+    proc = run_function(programs.logs_before_and_after_its_store_is_removed, 500,
+                        env=clean_env(), cwd=str(tmp_path))
+
+    assert "flushed" in proc.stdout, proc.stdout + proc.stderr
+    assert stored_names(str(tmp_path / ".tracer" / "traces.db")) == spans(500, "after")
+    counters = printed_counters(proc.stdout)
+    assert counters["store_replaced"] == 1
+    assert counters["rows_in_replaced_store"] == 500  # the "before" rows, gone with the file
+    log = (tmp_path / ".tracer" / "aggregator.log").read_text()
+    assert "was removed while in use: 500 rows committed to the old file" in log
+
+
+def test_a_store_removed_mid_stream_leaves_every_span_stored_anew_or_counted_as_gone(tmp_path):
+    proc = run_function(programs.logs_while_its_store_is_removed, 20_000, env=clean_env(),
+                        cwd=str(tmp_path), timeout=120)
+
+    assert "flushed" in proc.stdout, proc.stdout + proc.stderr
+    stored = stored_names(str(tmp_path / ".tracer" / "traces.db"))
+    counters = printed_counters(proc.stdout)
+    assert counters["store_replaced"] == 1
+    assert stored <= spans(20_000)
+    assert len(stored) + counters["rows_in_replaced_store"] == 20_000
 
 
 # -- a row the store cannot take ----------------------------------------------------------------

@@ -99,6 +99,7 @@ class Aggregator:
         """Receive and commit until stopped (a signal, or the owner and senders gone); then
         commit what is left and exit. Returns the exit status."""
         sink = open_store(self.store)
+        sink.on_replaced = self._store_replaced
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -179,6 +180,15 @@ class Aggregator:
         except Exception as exc:
             self.counters["shutdown_errors"] += 1
             log.log(f"{what}: {exc!r}")
+
+    def _store_replaced(self, why: str, committed: int) -> None:
+        """The uploader's writer found the store removed or replaced (its thread, or the
+        mover's); what it had committed there went with the old file."""
+        self.counters["store_replaced"] += 1
+        self.counters["rows_in_replaced_store"] += committed
+        log.log(f"the store {self.store} was {why} while in use: {committed} rows committed "
+                "to the old file by this aggregator went with it; a new store is started at "
+                "the same path for everything not yet committed")
 
     def _wake(self) -> None:
         """Wake the receiving loop: the uploader and attachment mover threads call this once

@@ -61,6 +61,7 @@ class AttachmentMover:
         self.on_progress = on_progress
         self.spool = attachments.spool_dir(store)
         self._store: StoreWriter = open_store(store)  # opened on first use, by this thread
+        self._store.on_replaced = self._store_replaced
         self._cond = threading.Condition()
         self._requested = 0  # scans asked for (a flush waiting)
         self._completed = 0  # the last request a finished scan covered
@@ -140,6 +141,11 @@ class AttachmentMover:
                 self.stopping.wait(0.1)  # a fault that repeats must not spin the CPU
             if stopping:
                 return
+
+    def _store_replaced(self, why: str, committed: int) -> None:
+        """The store was removed or replaced under the mover's writer: the attachment records
+        it had committed there went with the old file (the blobs stay)."""
+        self.counters["attachment_records_in_replaced_store"] += committed
 
     def _scan(self) -> None:
         try:
