@@ -54,7 +54,7 @@ def save(directory: str, rows: list[tuple[Container, dict]], reason: str, counte
     (``payload_write_errors``, reported on stderr); never raises. Returns the path, if written."""
     try:
         path = write(directory, rows, reason, error)
-    except OSError as exc:
+    except Exception as exc:  # a full disk, or rows that cannot be written out: counted
         counters["payload_write_errors"] += 1
         log.log(f"could not write {len(rows)} rows ({reason}) to {directory}: {exc}",
                 key="payload-write", every=10.0)

@@ -111,9 +111,11 @@ class Uploader:
         and its flushes told, so that nothing waits for it."""
         self._batch = None
         self.counters["dropped_uploader_error"] += len(batch)
-        if self.settings.failed_payloads_dir:
-            self._save(self.settings.failed_payloads_dir, batch, "uploader_error", error)
-        self.on_done(self.queue.done(error))
+        try:  # what failed the turn may fail this too: the flushes are told all the same
+            if self.settings.failed_payloads_dir:
+                self._save(self.settings.failed_payloads_dir, batch, "uploader_error", error)
+        finally:
+            self.on_done(self.queue.done(error))
 
     def _write(self, batch: list[Pending]) -> str | None:
         """Write ``batch``; returns why rows of it could not be written (None: all were).
