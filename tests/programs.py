@@ -514,3 +514,115 @@ def drops_records_then_loses_its_aggregator(n: int) -> None:
     except tracer.FlushError as exc:
         losses = exc.losses
     print(json.dumps({"losses": losses}))
+
+
+# -- a full disk, a log that cannot be written, a store removed ------------------------------
+
+
+def logs_spans_and_prints_the_counters(n: int, size: int = 0, store: str | None = None) -> None:
+    """Log ``n`` spans ("span <i>", an input of ``size`` bytes) into the project "faults",
+    flush (printing a FlushError), and print the aggregator's counters, asked over the socket."""
+    tracer.init_logger("faults", store=store)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            if size:
+                span.log(input="x" * size)
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+def updates_a_row_whose_stored_copy_is_corrupt(n: int) -> None:
+    """Log a span ("victim") and flush; spoil its stored row (its data no longer a map, so no
+    update merges into it); then log ``n`` spans and an update of the victim, all written in one
+    batch (run with TRACER_SYNC_FLUSH=1); flush (printing a FlushError). Print the victim's id,
+    then the aggregator's counters."""
+    import msgpack
+
+    tracer.init_logger("faults")
+    with tracer.start_span("victim") as victim:
+        pass
+    tracer.flush()
+    store = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30)
+    with store:
+        store.execute("UPDATE rows SET data = ? WHERE id = ?", (msgpack.packb([1, 2]), victim.id))
+    store.close()
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    tracer.update_span(victim.export(), output="cannot be merged")
+    flush_printing_the_error(timeout=60)
+    print(victim.id)
+    print(json.dumps(aggregator_counters()))
+
+
+def remove_the_store() -> None:
+    """Remove ``.tracer/traces.db`` and its -wal and -shm files, as ``rm`` would."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(os.path.join(".tracer", "traces.db") + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def logs_before_and_after_its_store_is_removed(n: int) -> None:
+    """Log ``n`` spans ("before <i>") and flush; remove the store; log ``n`` more ("after
+    <i>") and flush (printing a FlushError). Print the aggregator's counters."""
+    tracer.init_logger("faults")
+    for i in range(n):
+        with tracer.start_span(f"before {i}"):
+            pass
+    tracer.flush()
+    remove_the_store()
+    for i in range(n):
+        with tracer.start_span(f"after {i}"):
+            pass
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+def logs_while_its_store_is_removed(n: int) -> None:
+    """Log ``n`` spans ("span <i>") while a thread removes the store once the aggregator has
+    committed some; flush (printing a FlushError). Print the aggregator's counters."""
+    tracer.init_logger("faults")
+
+    def remove_once_committed() -> None:
+        wait_until(lambda: aggregator_counters().get("rows_committed"), 60,
+                   "the aggregator never committed a row", interval=0.01)
+        remove_the_store()
+
+    remover = threading.Thread(target=remove_once_committed)
+    remover.start()
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    remover.join(60)
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+# -- files we create -------------------------------------------------------------------------
+
+
+def creates_its_files_under_umask(umask: int) -> None:
+    """Under ``umask``: log a span with an attachment (run with TRACER_ALL_PUBLISH_PAYLOADS_DIR
+    set, so batches are written as payload files too) and flush; kill the aggregator so that a
+    replacement is started under the lock file; log and flush again. Print the mode of every
+    file under the working directory and of the aggregator's pid and lock files."""
+    import stat
+
+    os.umask(umask)
+    tracer.init_logger("private")
+    with tracer.start_span("with a file") as span:
+        span.log(input=tracer.Attachment(b"secret bytes", filename="secret.bin"))
+    tracer.flush()
+    os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
+    with tracer.start_span("after the restart"):
+        pass
+    tracer.flush(timeout=30)
+    socket = os.environ["TRACER_ENDPOINT"][len("ipc://"):]
+    files = [os.path.join(top, name) for top, _dirs, names in os.walk(".") for name in names]
+    files += [socket + ".pid", socket + ".lock"]
+    print(json.dumps({path: stat.S_IMODE(os.stat(path).st_mode) for path in files}))

@@ -193,7 +193,27 @@ def write_payload_file(directory: str, reason: str, suffix: str, data: bytes) ->
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{next(_payload_files):06d}-{reason}"
     path = os.path.join(directory, name + suffix)
-    with open(path + ".tmp", "wb") as f:
+    with os.fdopen(open_private(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
     return path
+
+
+PRIVATE_FILE = 0o600
+
+
+def open_private(path: str, flags: int) -> int:
+    """``os.open(path, flags)`` for a file of ours: one we create is the user's alone (0600),
+    whatever the umask (which could leave it open to others, or keep even us from opening it
+    again). A file of ours that already exists is made 0600 too. Returns the descriptor (not
+    inherited by child processes)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != PRIVATE_FILE \
+                and info.st_uid == os.geteuid():
+            os.fchmod(fd, PRIVATE_FILE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

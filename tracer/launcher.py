@@ -123,12 +123,25 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
     except OSError as exc:
         raise ValueError(f"store={store_path!r}: cannot create its directory "
                          f"({exc.strerror}: {exc.filename})") from None
-    actions = [
+    actions: list[tuple] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
     ]
-    return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+    try:
+        log_fd: int | None = config.open_private(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        # A log that cannot be opened (a directory in its place, no permission, a read-only
+        # file system) must not keep the aggregator from starting: it writes to our stderr.
+        log_fd = None
+        print(f"tracer: cannot open {log} ({exc.strerror}): the aggregator writes its "
+              "messages to this process's stderr", file=sys.stderr)
+    else:
+        actions.append((os.POSIX_SPAWN_DUP2, log_fd, 2))
+    try:
+        return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
 
 
 def restart_aggregator(rec: Recorder) -> int | None:
@@ -140,7 +153,8 @@ def restart_aggregator(rec: Recorder) -> int | None:
     if rec.store is None or not rec.endpoint.startswith("ipc://"):
         return None
     path = rec.endpoint[len("ipc://") :]
-    with open(path + ".lock", "a") as lock:
+    with os.fdopen(config.open_private(path + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                   "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pid = read_pid_file(path)
         if pid is not None and pid != rec.aggregator_pid and process_alive(pid):

@@ -11,7 +11,10 @@ fill and the senders block (the default policy). The uploader thread commits bat
 
 Supervision (``supervision``): a sender on this host that dies leaves its still-running spans
 marked with an error; an aggregator started by ``init_logger`` exits once its owner and every
-sender are gone and everything is committed. Its counters: ``stats``.
+sender are gone and everything is committed; the uploader or attachment mover thread, should
+one die, is started again. Its counters: ``stats``. Every thread logs through ``log``, which
+never raises: no turn of the receiving loop, the uploader or the mover ends a thread with an
+exception, it is counted and the loop goes on.
 
 Run ``python -m workers.aggregator --help`` (or ``tracer aggregator --help``).
 """
@@ -26,20 +29,21 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import zmq
 
 from tracer import config, wire
 from tracer.processes import read_pid_file, write_pid_file
 
-from . import media, payloads, stats
+from . import log, media, payloads, stats
 from .acks import Acks, Marker
 from .attachments import AttachmentMover
 from .queue import RowQueue
 from .rows import Container, merge, now_iso, record_to_row
 from .senders import Sender, Senders
 from .store import StoreWriter, open_store
-from .supervision import Supervisor
+from .supervision import Supervisor, revive
 from .uploader import Uploader
 
 SUPERVISE_INTERVAL = 0.25
@@ -47,6 +51,8 @@ IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiti
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
 DROP_WARN_INTERVAL = 10.0  # seconds between warnings about dropped rows
 GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation (700)
+LOG_EVERY = 10.0  # seconds between log lines about the same kind of failure
+ERROR_PAUSE = 0.05  # seconds after a failed turn of the receiving loop
 
 
 class Aggregator:
@@ -60,6 +66,7 @@ class Aggregator:
         self.settings = settings or config.load()
         self.this_run = stats.Run(bind, store, owner)
         self.counters: Counter = Counter()
+        log.attach(self.counters)
         self.senders = Senders(self.counters)
         # Over ipc every peer is on this host, whatever host its header claims.
         self.supervisor = Supervisor(owner, bind.startswith("ipc://"), idle_exit, self.counters)
@@ -86,6 +93,7 @@ class Aggregator:
         # it waits for every row queued before it, whoever sent them.
         self._attachments_new = False
         self._scan_due = 0  # the mover's scan the next commit flushes wait for
+        self.uploader: Uploader | None = None  # set by run()
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -93,6 +101,7 @@ class Aggregator:
         """Receive and commit until stopped (a signal, or the owner and senders gone); then
         commit what is left and exit. Returns the exit status."""
         sink = open_store(self.store)
+        sink.on_replaced = self._store_replaced
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -111,8 +120,8 @@ class Aggregator:
             if finished:
                 self._wake()
 
-        uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
-                            lambda: self._record_run(sink))
+        uploader = self.uploader = Uploader(self.queue, sink, self.settings, self.counters,
+                                            on_done, lambda: self._record_run(sink))
         self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
         uploader.start()
         self.mover.start()
@@ -125,39 +134,64 @@ class Aggregator:
         blocked.register(wake, zmq.POLLIN)
         next_supervise = time.monotonic()
         while not self.stopping:
-            poller = blocked if self._must_wait() else reading
-            events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
-            if router in events:
-                self._receive(router)
-            if wake in events:
-                while wake.poll(0):
-                    wake.recv()
-            self.acks.send(router)
-            if time.monotonic() >= next_supervise:
-                next_supervise = time.monotonic() + SUPERVISE_INTERVAL
-                self._supervise()
+            try:  # a turn that fails is counted; the loop, and every sender, goes on
+                poller = blocked if self._must_wait() else reading
+                events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
+                if router in events:
+                    self._receive(router)
+                if wake in events:
+                    while wake.poll(0):
+                        wake.recv()
+                self.acks.send(router)
+                if time.monotonic() >= next_supervise:
+                    next_supervise = time.monotonic() + SUPERVISE_INTERVAL
+                    self._supervise()
+            except Exception as exc:
+                self.counters["receive_loop_errors"] += 1
+                log.log(f"receiving loop: {exc!r}", key="receive-loop", every=LOG_EVERY)
+                time.sleep(ERROR_PAUSE)  # a fault that repeats must not spin the CPU
 
-        # Shutdown: take in what is already queued on the socket, then drain and commit.
-        self._receive(router, until_empty=True)
-        self.dropped.save()
+        # Shutdown: take in what is already queued on the socket, then drain and commit. Each
+        # step is guarded: one that fails must not keep the others from saving what they can.
+        self._step("receiving the last messages", lambda: self._receive(router, until_empty=True))
+        self._step("saving dropped rows", self.dropped.save)
         self.queue.close()
         uploader.thread.join(60)
         uploader.stopping.set()
         uploader.thread.join(5)
-        self.mover.stop()
-        self.acks.send(router)
+        self._step("stopping the attachment mover", self.mover.stop)
+        self._step("sending replies", lambda: self.acks.send(router))
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
-            _log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not answer")
+            log.log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not "
+                    "answer")
         else:
             self._record_run(sink, ended=True)
-            sink.close()
+            self._step("closing the store", sink.close)
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
         ctx.term()
-        self._remove_files()
+        self._step("removing the socket's files", self._remove_files)
         self._info(f"exiting: {stats.summary(self.counters)}")
+        log.drain()
         return 0
+
+    def _step(self, what: str, step: Callable[[], object]) -> None:
+        """One step of the shutdown; a failure is counted and logged, and the next step runs."""
+        try:
+            step()
+        except Exception as exc:
+            self.counters["shutdown_errors"] += 1
+            log.log(f"{what}: {exc!r}")
+
+    def _store_replaced(self, why: str, committed: int) -> None:
+        """The uploader's writer found the store removed or replaced (its thread, or the
+        mover's); what it had committed there went with the old file."""
+        self.counters["store_replaced"] += 1
+        self.counters["rows_in_replaced_store"] += committed
+        log.log(f"the store {self.store} was {why} while in use: {committed} rows committed "
+                "to the old file by this aggregator went with it; a new store is started at "
+                "the same path for everything not yet committed")
 
     def _wake(self) -> None:
         """Wake the receiving loop: the uploader and attachment mover threads call this once
@@ -176,8 +210,8 @@ class Aggregator:
             sink.record_run(self.this_run.run_id, self.this_run.info(), self.stats(), ended)
         except Exception as exc:  # the store is unusable: rows still go to retries and payloads
             self.counters["run_record_errors"] += 1
-            if self.counters["run_record_errors"] == 1:
-                _log(f"could not record this run in {self.store}: {exc!r}")
+            log.log(f"could not record this run in {self.store}: {exc!r}", key="run-record",
+                    every=60.0)
 
     def _remove_files(self) -> None:
         """Remove our ipc socket and its pid and lock files, unless a successor owns them."""
@@ -196,7 +230,7 @@ class Aggregator:
         # An aggregator started by init_logger (its stderr is aggregator.log beside the store)
         # notes its start and exit only when asked; problems are always written.
         if self.owner is None or os.environ.get("TRACER_DEBUG") == "1":
-            _log(message)
+            log.log(message)
 
     def stop(self, *_: object) -> None:
         """Stop serving (a signal handler)."""
@@ -218,7 +252,8 @@ class Aggregator:
                 self._handle(router, parts[0], parts[1], parts[2])
             except Exception as exc:  # a bug or hostile input must not stop the aggregator
                 self.counters["bad_messages"] += 1
-                _log(f"ignored a message that could not be handled: {exc!r}")
+                log.log(f"ignored a message that could not be handled: {exc!r}",
+                        key="bad-message", every=LOG_EVERY)
 
     def _must_wait(self) -> bool:
         """The blocking policy's back-pressure: while the queue is full, stop reading."""
@@ -296,7 +331,7 @@ class Aggregator:
         now = time.monotonic()
         if now - self._drop_warned >= DROP_WARN_INTERVAL:
             self._drop_warned = now
-            _log(f"queue full ({self.queue.max_rows} rows): "
+            log.log(f"queue full ({self.queue.max_rows} rows): "
                  f"{self.counters[f'dropped_{self.drop_reason}']} rows dropped so far")
 
     def _apply_records(self, body: bytes, sender: Sender) -> None:
@@ -363,6 +398,8 @@ class Aggregator:
 
     def _supervise(self) -> None:
         self.dropped.save()
+        if self.uploader is not None:  # a thread of ours that died anyway is started again
+            revive({"uploader": self.uploader, "attachments": self.mover}, self.counters)
         for sender, reason in self.supervisor.dead_senders(self.senders):
             self._abandon(sender, reason)
         if self.supervisor.may_exit(self.senders, self.last_traffic):
@@ -384,10 +421,6 @@ class Aggregator:
         """The counters, as ``tracer stats`` shows them (any thread)."""
         return stats.stats(self.this_run, self.counters, self.queue, self.senders.snapshot(),
                            self.drop_reason or "block")
-
-
-def _log(message: str) -> None:
-    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -420,7 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(GC_THRESHOLD, 50, 50)
     signal.signal(signal.SIGTERM, aggregator.stop)
     signal.signal(signal.SIGINT, aggregator.stop)
+    # A thread that dies anyway is said so through the one log that cannot fail (the default
+    # hook prints to stderr, which may be a full disk); the watchdog starts it again.
+    threading.excepthook = _thread_died
     return aggregator.run()
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "a thread"
+    log.log(f"{name} died: {args.exc_type.__name__}: {args.exc_value!r}")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ class RowQueue:
             while self._markers and (oldest is None or self._markers[0][0] < oldest):
                 _seq, failures_before, marker, urgent = self._markers.popleft()
                 self._urgent -= urgent
-                failed = self._failures[failures_before:]
+                failed = list(dict.fromkeys(self._failures[failures_before:]))  # each once
                 finished.append((marker, "; ".join(failed[-3:]) if failed else None))
             if not self._markers:
                 self._failures.clear()
