@@ -37,11 +37,15 @@ def recorder_for(settings: config.Settings, store: str | None = None,
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
         return attach(env_endpoint, settings=settings, inherited=True)
-    path = config.store_path(store if store is not None else settings.store)
+    # Errors name where the store came from: the argument, else the variable.
+    label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
+                    else ("store", store))
+    path = config.store_path(given, label)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
         return attach(env_endpoint, settings=settings, inherited=True)
     rec = _by_store.get(path)
     if rec is None or rec.aggregator_dead():
+        _check_store_directory(path, label, given)
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
         pid = start_aggregator(endpoint, path, os.getpid())
         bound, drop_reason = config.queue_policy(settings)
@@ -62,7 +66,7 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
     """
     rec = _by_endpoint.get(endpoint)
     if rec is None:
-        settings = settings or config.load()
+        settings = settings or config.load(lenient=True)  # in a pool task: never raise
         store = owner = None
         if inherited or endpoint == os.environ.get("TRACER_ENDPOINT"):
             pid = pid or _env_int(config.ENV_AGGREGATOR_PID)
@@ -112,19 +116,17 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
     # open (a pipe reader, `cmd | tee` or subprocess.run(capture_output=True), would wait for
     # it), so it logs to a file beside the store. posix_spawn rather than subprocess: no Popen
     # object to warn about the child outliving it; Python's own descriptors are non-inheritable.
-    log = aggregator_log(store_path)
-    # Traces hold prompts and user data: a directory we create is the user's alone.
+    # The log is opened here, not by posix_spawn, whose failure would name the interpreter.
+    log = _open_log(store_path)
     try:
-        os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"store={store_path!r}: cannot create its directory "
-                         f"({exc.strerror}: {exc.filename})") from None
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
-    ]
-    return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log, 2),
+        ]
+        return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+    finally:
+        os.close(log)
 
 
 def restart_aggregator(rec: Recorder) -> int | None:
@@ -147,5 +149,31 @@ def restart_aggregator(rec: Recorder) -> int | None:
 
 
 def aggregator_log(store_path: str) -> str:
-    """Where an aggregator started by init_logger writes its messages."""
+    """Where an aggregator started by init_logger writes its messages: beside the store (a file,
+    never a directory: ``config.store_path`` refuses those)."""
     return os.path.join(os.path.dirname(store_path), "aggregator.log")
+
+
+def _open_log(store_path: str) -> int:
+    """The aggregator's log beside ``store_path``, opened for appending (OSError if impossible).
+    Traces hold prompts and user data: a directory we create is the user's alone."""
+    log = aggregator_log(store_path)
+    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _check_store_directory(store_path: str, label: str, given: object) -> None:
+    """Make sure an aggregator can be started for ``store_path``: its directory exists or is
+    created, and the aggregator's log can be written there; else ValueError naming ``label``
+    (the variable or argument the store came from) and its value."""
+    directory = os.path.dirname(store_path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise config.refused(label, given, f"cannot create its directory ({exc.strerror}: "
+                                           f"{exc.filename})") from None
+    try:
+        os.close(_open_log(store_path))
+    except OSError as exc:
+        raise config.refused(label, given, f"cannot write the aggregator's log beside it, in "
+                                           f"{directory} ({exc.strerror})") from None
