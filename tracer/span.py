@@ -359,6 +359,9 @@ def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
         span._take_times(fields["metrics"])
     if "input" in fields:  # also kept for the announcement of a long-running span
         span._input = (None, snapshot(fields["input"]))
+        # The log record carries that snapshot too: the input is packed (and any object in it
+        # described) once. ``fields`` is check_start's own dict.
+        fields["input"] = span._input[1]
     span._rec.open_spans.add(span)
     span._record_log(fields)
     return span
