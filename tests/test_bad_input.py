@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 import tracer
-from tests.conftest import by_name
+from tests.conftest import CountsItsRepr, by_name
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -318,15 +318,6 @@ def test_a_mock_is_stored_as_its_repr(logger, rows, channel, make):
     for found in stored_values(channel, stored[channel]):
         assert found == repr(value)
     assert_valid_span_after_stored(stored)
-
-
-class CountsItsRepr:
-    def __init__(self) -> None:
-        self.reprs = 0
-
-    def __repr__(self) -> str:
-        self.reprs += 1
-        return "<CountsItsRepr>"
 
 
 def log_in_three_fields(obj: object) -> None:

@@ -84,7 +84,21 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclasses.dataclass(frozen=True)
-class Integer(Kind):
+class _Bounded(Kind):
+    """A number in [minimum, maximum]."""
+
+    minimum: float
+    maximum: float
+
+    def within(self, label: str, text: str, number: float) -> None:
+        if number < self.minimum:
+            raise refused(label, text, f"must be at least {self.minimum}")
+        if number > self.maximum:
+            raise refused(label, text, f"must be at most {self.maximum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer(_Bounded):
     """A whole number in [minimum, maximum]."""
 
     minimum: int
@@ -97,32 +111,24 @@ class Integer(Kind):
             number = int(text)
         except ValueError:  # more digits than Python converts: far beyond any bound anyway
             number = self.maximum + 1 if text[0] != "-" else self.minimum - 1
-        if number < self.minimum:
-            raise refused(label, text, f"must be at least {self.minimum}")
-        if number > self.maximum:
-            raise refused(label, text, f"must be at most {self.maximum}")
+        self.within(label, text, number)
         return number
 
     def describe(self) -> str:
         return f"integer, {self.minimum:,} to {self.maximum:,}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Seconds(Kind):
+class Seconds(_Bounded):
     """A duration in seconds (a decimal number) in [minimum, maximum]."""
-
-    minimum: float
-    maximum: float
 
     def parse(self, label: str, text: str) -> float:
         try:
             number = float(text)
         except ValueError:
-            raise refused(label, text, "expected a number of seconds") from None
-        if not math.isfinite(number) or number < self.minimum:  # NaN fails both bounds
-            raise refused(label, text, f"must be at least {self.minimum:g}")
-        if number > self.maximum:
-            raise refused(label, text, f"must be at most {self.maximum:g}")
+            number = math.nan
+        if math.isnan(number):
+            raise refused(label, text, "expected a number of seconds")
+        self.within(label, text, number)
         return number
 
     def describe(self) -> str:

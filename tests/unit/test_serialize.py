@@ -19,6 +19,7 @@ from unittest import mock
 import msgpack
 import pytest
 
+from tests.conftest import CountsItsRepr
 from tracer import serialize, wire
 
 
@@ -117,15 +118,6 @@ class MakesUpAttributes:
 
     def __repr__(self) -> str:
         return "<MakesUpAttributes>"
-
-
-class CountsItsRepr:
-    def __init__(self) -> None:
-        self.reprs = 0
-
-    def __repr__(self) -> str:
-        self.reprs += 1
-        return "<CountsItsRepr>"
 
 
 # -- values msgpack carries as they are ------------------------------------------------------
