@@ -112,13 +112,14 @@ def describe(obj: object) -> str:
 _IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes))
 
 
-def snapshot(value: object) -> object:
+def snapshot(value: object, stand_ins: StandIns | None = None) -> object:
     """``value`` as it is now, for a record packed later on the flusher's thread: an immutable
     value as it is, anything else packed now (an ``ExtType(SNAPSHOT, bytes)`` the aggregator
-    unpacks in place), so that later mutation never changes what was recorded."""
+    unpacks in place), so that later mutation never changes what was recorded. ``stand_ins``:
+    see ``pack``."""
     if type(value) in _IMMUTABLE:
         return value
-    return msgpack.ExtType(SNAPSHOT, pack(value))
+    return msgpack.ExtType(SNAPSHOT, pack(value, stand_ins))
 
 
 def immutable(values: tuple) -> bool:
@@ -169,7 +170,7 @@ class _NotPlain(Exception):
 
 
 # Stand-ins cheap and safe enough for the per-thread packer: exact types of the standard library,
-# whose conversion runs no user code. Anything else goes to ``_StandIns``.
+# whose conversion runs no user code. Anything else goes to ``StandIns``.
 _PLAIN: dict[type, Callable[[Any], object]] = {
     set: list, frozenset: list,
     datetime.datetime: datetime.datetime.isoformat, datetime.date: datetime.date.isoformat,
@@ -195,25 +196,25 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
-def pack(obj: object) -> bytes:
+def pack(obj: object, stand_ins: StandIns | None = None) -> bytes:
     """Snapshot ``obj`` as msgpack bytes, with stand-ins and repairs where needed; never raises.
 
     Plain values (and the standard library's simple types) are one C call on the per-thread
     packer. At the first value that needs more (user objects: their repr, ``model_dump``...) or
     a repair (cycles, over-deep nesting, lone surrogates), the value is packed again by a
-    ``_StandIns`` of its own, so that each object in it is described once.
+    ``StandIns``, so that each object in it is described once: ``stand_ins`` when several
+    values logged by one call are packed apart, else one of its own.
     """
     try:
         return _packer().pack(obj)
     except Exception:
-        return _StandIns().pack(obj)
+        return (stand_ins or StandIns()).pack(obj)
 
 
-class _StandIns:
-    """The stand-ins of one logged value: each object's is made once, its repr taken at most
-    once, however often the object appears in the value and whether or not the value then needs
-    repairing (``sanitize``). Objects are held until the value is packed, so their ids stay
-    theirs."""
+class StandIns:
+    """The stand-ins of what one call logs: each object's is made once, its repr taken at most
+    once, however often the object appears and whether or not the value then needs repairing
+    (``sanitize``). Objects are held as long as this is, so their ids stay theirs."""
 
     __slots__ = ("_made", "_described")
 
