@@ -379,7 +379,9 @@ def _read_or_default(variable: Variable, env: Mapping[str, str]) -> Any:
     except ValueError as exc:
         if variable.name not in _warned:
             _warned.add(variable.name)
-            print(f"tracer: {exc}; using the default, {variable.default!r}", file=sys.stderr)
+            default = (variable.shown_default if variable.shown_default is not None
+                       else repr(variable.default))
+            print(f"tracer: {exc}; using the default ({default})", file=sys.stderr)
         return variable.default
 
 
