@@ -37,9 +37,9 @@ def recorder_for(settings: config.Settings, store: str | None = None,
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
         return attach(env_endpoint, settings=settings, inherited=True)
-    # Errors name where the store came from: the argument, else the variable.
+    # Errors name where the store came from: the argument, else the variable (or the default).
     label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
-                    else ("store", store))
+                    else ("store", config.DEFAULT_STORE if store is None else store))
     path = config.store_path(given, label)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
         return attach(env_endpoint, settings=settings, inherited=True)
