@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.join(ROOT, "scripts", "bench"))
 from common import rss  # noqa: E402
 
 from tracer import config  # noqa: E402
-from tracer.config import Settings  # noqa: E402
 from tracer.stats_client import ask_stats  # noqa: E402
 
 POLICIES = {
@@ -185,8 +184,8 @@ def bytes_case(args: argparse.Namespace) -> int:
           f"output, blocking policy, sink down for the first {args.outage:g} s", flush=True)
     ok = True
     for max_bytes in (args.max_bytes, 2**40):
-        result = run("block", Settings.queue_size, args, LARGE_PRODUCER, args.large_bytes,
-                     max_bytes)
+        result = run("block", config.BY_NAME["QUEUE_SIZE"].default, args, LARGE_PRODUCER,
+                     args.large_bytes, max_bytes)
         ok = ok and result["ok"]
         if args.json:
             print(json.dumps(result), flush=True)

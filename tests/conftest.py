@@ -112,6 +112,17 @@ def by_name(rows: list[dict]) -> dict[str, dict]:
     return named
 
 
+class CountsItsRepr:
+    """A logged object that counts how often it is described (``repr``)."""
+
+    def __init__(self) -> None:
+        self.reprs = 0
+
+    def __repr__(self) -> str:
+        self.reprs += 1
+        return "<CountsItsRepr>"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without anything that would attach a child to our aggregator."""
     env = {k: v for k, v in os.environ.items()

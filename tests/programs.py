@@ -112,6 +112,28 @@ def is_killed_in_a_running_span(slug: str) -> None:
     running.end()  # never reached: the span is held, running, until the kill
 
 
+# -- a process whose configuration is refused -----------------------------------------------
+
+
+def starts_refused(container: str, kwargs: dict) -> None:
+    """Call ``init_logger`` (``container="logger"``) or ``init`` with ``kwargs`` in this
+    environment, expecting a refusal; print the error it raised (null if none), the threads
+    running and how many child processes were started."""
+    import psutil
+
+    start = tracer.init_logger if container == "logger" else tracer.init
+    try:
+        start("refused", **kwargs)
+        error = None
+    except (ValueError, TypeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({
+        "error": error,
+        "threads": [t.name for t in threading.enumerate()],
+        "children": len(psutil.Process().children(recursive=True)),
+    }))
+
+
 # -- a process that owns its aggregator ------------------------------------------------------
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from unittest import mock
 
 import msgpack
 import pytest
 
 import tracer
-from tests.conftest import by_name
+from tests.conftest import CountsItsRepr, by_name
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -301,6 +302,63 @@ def test_unserialisable_value_is_stored_as_readable_stand_in(logger, rows, chann
     for value in stored_values(channel, stored[channel]):
         check(value)
     assert_valid_span_after_stored(stored)
+
+
+MOCKS = {"Mock": mock.Mock, "MagicMock": mock.MagicMock}
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+@pytest.mark.parametrize("make", MOCKS.values(), ids=MOCKS.keys())
+def test_a_mock_is_stored_as_its_repr(logger, rows, channel, make):
+    value = make()
+    log_through(channel, value)
+    log_valid_span_after()
+
+    stored = by_name(rows())
+    for found in stored_values(channel, stored[channel]):
+        assert found == repr(value)
+    assert_valid_span_after_stored(stored)
+
+
+def log_in_three_fields(obj: object) -> None:
+    with tracer.start_span("described") as span:
+        span.log(input=obj, output=[obj, obj], metadata={"value": obj})
+
+
+def start_with_input(obj: object) -> None:
+    with tracer.start_span("described", input=obj):
+        pass
+
+
+def start_with_input_and_output(obj: object) -> None:
+    with tracer.start_span("described", input=[obj], output=obj):
+        pass
+
+
+def log_a_row_in_one_call(obj: object) -> None:
+    logger = tracer.current_logger()
+    assert logger is not None
+    logger.log(input={"value": obj}, output=obj)
+
+
+def log_inside_a_cycle(obj: object) -> None:
+    cyclic: list = [obj]
+    cyclic.append(cyclic)
+    with tracer.start_span("described") as span:
+        span.log(input=cyclic)
+
+
+LOGGING_CALLS = [log_in_three_fields, start_with_input, start_with_input_and_output,
+                 log_a_row_in_one_call, log_inside_a_cycle]
+
+
+@pytest.mark.parametrize("log", LOGGING_CALLS, ids=[f.__name__ for f in LOGGING_CALLS])
+def test_an_object_is_described_once_per_logging_call(logger, rows, log):
+    obj = CountsItsRepr()
+    log(obj)
+
+    assert obj.reprs == 1
+    assert "<CountsItsRepr>" in json.dumps(rows())
 
 
 @dataclasses.dataclass

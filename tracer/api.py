@@ -65,11 +65,14 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
     ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
     ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``).
     ``api_key`` is accepted for compatibility with the reference SDK and not used.
-    Nothing here blocks: the aggregator starts in the background.
+    Nothing here blocks: the aggregator starts in the background. Every ``TRACER_*`` variable
+    and the arguments are checked first: a bad one raises ValueError (TypeError for a wrong
+    type) naming it and its value, before anything starts.
     """
     del api_key  # self-hosted: no key; never stored or logged
     project = _check_name("project", "default" if project is None else project, "init_logger")
-    rec = launcher.recorder_for(config.load(), store, endpoint)
+    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    rec = launcher.recorder_for(settings, store, endpoint)
     logger = Logger(project, wire.logs_container(project), rec)
     _make_current(logger, app_url, set_current)
     return logger
@@ -93,10 +96,19 @@ def init(project: str | None = None, experiment: str | None = None, *,
         experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
                       f"{secrets.token_hex(2)}")
     experiment = _check_name("experiment", experiment, "init")
-    rec = launcher.recorder_for(config.load(), store, endpoint)
+    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    rec = launcher.recorder_for(settings, store, endpoint)
     exp = Experiment(project, experiment, str(uuid.uuid4()), rec)
     _make_current(exp, app_url, set_current)
     return exp
+
+
+def _checked_settings(store: object, endpoint: object, app_url: object
+                      ) -> tuple[config.Settings, str | None, str | None, str | None]:
+    """The settings of every variable and the ``store``, ``endpoint`` and ``app_url`` arguments,
+    all checked in the calling process before anything starts."""
+    return (config.load(), config.keyword("store", store), config.keyword("endpoint", endpoint),
+            config.keyword("app_url", app_url))
 
 
 def _check_name(what: str, name: object, where: str) -> str:
@@ -150,7 +162,7 @@ def _adopt_inherited() -> None:
     container, _inherited = _inherited, None
     if container is None or state.parent_object is not None:  # none, or chosen here already
         return
-    rec = launcher.recorder_for(config.load())
+    rec = launcher.recorder_for(config.load(lenient=True))  # in a traced call: never raise
     parts = wire.split_container(container)
     if parts[0] == wire.EXPERIMENT:
         state.experiment = Experiment(parts[1], parts[3], parts[2], rec)

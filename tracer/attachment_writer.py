@@ -246,7 +246,7 @@ def _process(w: _State, item: _Item) -> None:
                             "content_type": att.content_type, "logged": item.logged,
                             "pid": os.getpid()}
     problem = item.problem
-    retries = config.load().num_retries
+    retries = config.value_or_default("NUM_RETRIES")  # on our thread: never raises
     for attempt in range(retries + 1):
         try:
             if problem is None:

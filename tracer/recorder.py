@@ -106,7 +106,7 @@ class Recorder:
                  aggregator_owner: int | None = None,
                  restart: Callable[[Recorder], int | None] | None = None,
                  spool_dir: str | None = None, max_bytes: int = 0,
-                 block_timeout: float = config.Settings.queue_block_timeout):
+                 block_timeout: float = config.BY_NAME["QUEUE_BLOCK_TIMEOUT"].default):
         self.endpoint = endpoint
         self.max_buffer = max_buffer  # records; 0 = unbounded
         # Bytes of packed records held until the aggregator has committed them (0: unbounded).

@@ -87,7 +87,7 @@ class Aggregator:
         # Attachments have their own thread, store writer and retries: they never hold rows back.
         self.mover = AttachmentMover(store, self.settings, self.counters, self._wake)
         self.acks = Acks(lambda: self.mover.completed)
-        self.inline_limit = media.inline_limit()  # base64 longer than this: an attachment
+        self.inline_limit = self.settings.max_inline_base64  # longer base64: an attachment
         # Attachments were published to the spool (a sender said so) or pulled out of rows since
         # the mover was last asked for a scan; a commit flush then waits for the mover too, as
         # it waits for every row queued before it, whoever sent them.
@@ -229,7 +229,7 @@ class Aggregator:
     def _info(self, message: str) -> None:
         # An aggregator started by init_logger (its stderr is aggregator.log beside the store)
         # notes its start and exit only when asked; problems are always written.
-        if self.owner is None or os.environ.get("TRACER_DEBUG") == "1":
+        if self.owner is None or self.settings.debug:
             log.log(message)
 
     def stop(self, *_: object) -> None:
@@ -443,8 +443,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = config.load()
-    store = config.store_path(args.store if args.store is not None else settings.store)
+    try:  # a malformed variable or --store: a message and status 2, not a traceback
+        settings = config.load()
+        store = (config.store_path(args.store, "--store") if args.store is not None
+                 else config.store_path(settings.store, "TRACER_STORE"))
+    except ValueError as exc:
+        print(f"tracer aggregator: {exc}", file=sys.stderr)
+        return 2
     aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit)
     # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
     # default thresholds the collector scanned them every few hundred allocations (12% of the
