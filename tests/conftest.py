@@ -74,11 +74,20 @@ def forget_current_experiment() -> None:
         os.environ[ENV_CONTAINER] = state.logger.container
 
 
+def stored_rows(store_path: str, **filters: str) -> list[dict]:
+    """The rows of the store that ``filters`` select; none while nothing was ever committed
+    (the aggregator makes its store on first write: a test that logs nothing, run first in its
+    xdist worker, finds no file)."""
+    if not os.path.exists(store_path):
+        return []
+    with Store(store_path) as store:
+        return list(store.rows(**filters))  # type: ignore[arg-type]
+
+
 def experiment_rows(store_path: str, experiment: tracer.Experiment) -> list[dict]:
     """The stored rows of ``experiment``, after flushing this process."""
     tracer.flush(timeout=30)
-    with Store(store_path) as store:
-        return list(store.rows(experiment=experiment.id))
+    return stored_rows(store_path, experiment=experiment.id)
 
 
 @pytest.fixture
@@ -88,8 +97,7 @@ def rows(store_path, project):
     def read(flush: bool = True, project_name: str = project) -> list[dict]:
         if flush:
             tracer.flush(timeout=30)
-        with Store(store_path) as store:
-            return list(store.rows(project=project_name))
+        return stored_rows(store_path, project=project_name)
 
     return read
 
@@ -102,6 +110,17 @@ def by_name(rows: list[dict]) -> dict[str, dict]:
         assert name not in named, f"two rows named {name!r}"
         named[name] = row
     return named
+
+
+class CountsItsRepr:
+    """A logged object that counts how often it is described (``repr``)."""
+
+    def __init__(self) -> None:
+        self.reprs = 0
+
+    def __repr__(self) -> str:
+        self.reprs += 1
+        return "<CountsItsRepr>"
 
 
 def clean_env(**extra: str) -> dict[str, str]:

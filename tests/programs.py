@@ -112,6 +112,28 @@ def is_killed_in_a_running_span(slug: str) -> None:
     running.end()  # never reached: the span is held, running, until the kill
 
 
+# -- a process whose configuration is refused -----------------------------------------------
+
+
+def starts_refused(container: str, kwargs: dict) -> None:
+    """Call ``init_logger`` (``container="logger"``) or ``init`` with ``kwargs`` in this
+    environment, expecting a refusal; print the error it raised (null if none), the threads
+    running and how many child processes were started."""
+    import psutil
+
+    start = tracer.init_logger if container == "logger" else tracer.init
+    try:
+        start("refused", **kwargs)
+        error = None
+    except (ValueError, TypeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({
+        "error": error,
+        "threads": [t.name for t in threading.enumerate()],
+        "children": len(psutil.Process().children(recursive=True)),
+    }))
+
+
 # -- a process that owns its aggregator ------------------------------------------------------
 
 
@@ -327,9 +349,13 @@ def produces_n_spans_while_the_store_is_locked(n: int) -> None:
     lock.execute("ROLLBACK")
     lock.close()
     producer.join(120)
-    tracer.flush(timeout=120)
+    try:
+        tracer.flush(timeout=120)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:  # records were dropped: the flush says how many, and why
+        losses = exc.losses
     print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
-                      "finished": done.is_set()}))
+                      "finished": done.is_set(), "flush_reported_losses": losses}))
 
 
 def stored_rows_count() -> int:
@@ -441,3 +467,193 @@ def logs_an_attachment_over_tcp() -> None:
         span.log(output=attachment)
     tracer.flush(timeout=30)
     print(attachment.key)
+
+
+def logs_while_the_aggregator_is_frozen(n: int, pid_file: str) -> None:
+    """Freeze this process's aggregator (SIGSTOP), start ``n`` spans, flush, then exit: none of
+    it may hang. Leaves the aggregator's pid in ``pid_file`` for the test to clean up."""
+    logger = tracer.init_logger("frozen")
+    logger.flush()  # the aggregator is up
+    pid = logger.recorder.aggregator_pid
+    assert pid is not None
+    with open(pid_file, "w") as f:
+        f.write(str(pid))
+    os.kill(pid, signal.SIGSTOP)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            span.log(output="x" * 1000)  # more than the kernel's socket buffers hold
+    try:
+        tracer.flush(timeout=2)
+        error, losses = None, {}
+    except tracer.FlushError as exc:
+        error, losses = str(exc), exc.losses
+    print(json.dumps({"created": n, "flush_error": error, "losses": losses}), flush=True)
+
+
+def logs_large_spans_while_the_store_is_locked(n: int, size: int) -> None:
+    """Log ``n`` spans of ``size`` bytes each while the store is locked; report how much this
+    process's and its aggregator's resident memory grew, and what the flush after the lock
+    said."""
+    import psutil
+
+    logger = tracer.init_logger("large")
+    logger.flush()
+    assert logger.recorder.aggregator_pid is not None
+    processes = {"producer": psutil.Process(), "aggregator":
+                 psutil.Process(logger.recorder.aggregator_pid)}
+    lock = lock_the_store(timeout=30)
+    blob = os.urandom(size)  # one object: only what tracing holds of it can grow
+    before = {name: p.memory_info().rss for name, p in processes.items()}
+    peak = dict(before)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            span.log(output=blob)
+        for name, p in processes.items():
+            peak[name] = max(peak[name], p.memory_info().rss)
+    lock.execute("ROLLBACK")
+    lock.close()
+    try:
+        tracer.flush(timeout=120)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:
+        losses = exc.losses
+    print(json.dumps({"growth": {name: peak[name] - before[name] for name in processes},
+                      "losses": losses}))
+
+
+def drops_records_then_loses_its_aggregator(n: int) -> None:
+    """Drop records (a small buffer, a drop policy) while the store is locked, so that every
+    message carrying the count sits uncommitted; kill the aggregator, let its replacement take
+    the resent messages, then flush. Prints the losses the flush reported."""
+    logger = tracer.init_logger("survive")
+    logger.flush()
+    lock = lock_the_store(timeout=30)
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    time.sleep(0.5)  # the flusher sends what it holds, with the drop counts, within 0.1 s
+    first = logger.recorder.aggregator_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: logger.recorder.aggregator_pid not in (None, first), 30,
+               "no replacement aggregator")
+    lock.execute("ROLLBACK")
+    lock.close()
+    try:
+        tracer.flush(timeout=60)
+        losses: dict[str, int] = {}
+    except tracer.FlushError as exc:
+        losses = exc.losses
+    print(json.dumps({"losses": losses}))
+
+
+# -- a full disk, a log that cannot be written, a store removed ------------------------------
+
+
+def logs_spans_and_prints_the_counters(n: int, size: int = 0, store: str | None = None) -> None:
+    """Log ``n`` spans ("span <i>", an input of ``size`` bytes) into the project "faults",
+    flush (printing a FlushError), and print the aggregator's counters, asked over the socket."""
+    tracer.init_logger("faults", store=store)
+    for i in range(n):
+        with tracer.start_span(f"span {i}") as span:
+            if size:
+                span.log(input="x" * size)
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+def updates_a_row_whose_stored_copy_is_corrupt(n: int) -> None:
+    """Log a span ("victim") and flush; spoil its stored row (its data no longer a map, so no
+    update merges into it); then log ``n`` spans and an update of the victim, all written in one
+    batch (run with TRACER_SYNC_FLUSH=1); flush (printing a FlushError). Print the victim's id,
+    then the aggregator's counters."""
+    import msgpack
+
+    tracer.init_logger("faults")
+    with tracer.start_span("victim") as victim:
+        pass
+    tracer.flush()
+    store = sqlite3.connect(os.path.join(".tracer", "traces.db"), timeout=30)
+    with store:
+        store.execute("UPDATE rows SET data = ? WHERE id = ?", (msgpack.packb([1, 2]), victim.id))
+    store.close()
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    tracer.update_span(victim.export(), output="cannot be merged")
+    flush_printing_the_error(timeout=60)
+    print(victim.id)
+    print(json.dumps(aggregator_counters()))
+
+
+def remove_the_store() -> None:
+    """Remove ``.tracer/traces.db`` and its -wal and -shm files, as ``rm`` would."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(os.path.join(".tracer", "traces.db") + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def logs_before_and_after_its_store_is_removed(n: int) -> None:
+    """Log ``n`` spans ("before <i>") and flush; remove the store; log ``n`` more ("after
+    <i>") and flush (printing a FlushError). Print the aggregator's counters."""
+    tracer.init_logger("faults")
+    for i in range(n):
+        with tracer.start_span(f"before {i}"):
+            pass
+    tracer.flush()
+    remove_the_store()
+    for i in range(n):
+        with tracer.start_span(f"after {i}"):
+            pass
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+def logs_while_its_store_is_removed(n: int) -> None:
+    """Log ``n`` spans ("span <i>") while a thread removes the store once the aggregator has
+    committed some; flush (printing a FlushError). Print the aggregator's counters."""
+    tracer.init_logger("faults")
+
+    def remove_once_committed() -> None:
+        wait_until(lambda: aggregator_counters().get("rows_committed"), 60,
+                   "the aggregator never committed a row", interval=0.01)
+        remove_the_store()
+
+    remover = threading.Thread(target=remove_once_committed)
+    remover.start()
+    for i in range(n):
+        with tracer.start_span(f"span {i}"):
+            pass
+    remover.join(60)
+    if flush_printing_the_error(timeout=60):
+        print("flushed")
+    print(json.dumps(aggregator_counters()))
+
+
+# -- files we create -------------------------------------------------------------------------
+
+
+def creates_its_files_under_umask(umask: int) -> None:
+    """Under ``umask``: log a span with an attachment (run with TRACER_ALL_PUBLISH_PAYLOADS_DIR
+    set, so batches are written as payload files too) and flush; kill the aggregator so that a
+    replacement is started under the lock file; log and flush again. Print the mode of every
+    file under the working directory and of the aggregator's pid and lock files."""
+    import stat
+
+    os.umask(umask)
+    tracer.init_logger("private")
+    with tracer.start_span("with a file") as span:
+        span.log(input=tracer.Attachment(b"secret bytes", filename="secret.bin"))
+    tracer.flush()
+    os.kill(int(os.environ["_TRACER_AGGREGATOR_PID"]), signal.SIGKILL)
+    with tracer.start_span("after the restart"):
+        pass
+    tracer.flush(timeout=30)
+    socket = os.environ["TRACER_ENDPOINT"][len("ipc://"):]
+    files = [os.path.join(top, name) for top, _dirs, names in os.walk(".") for name in names]
+    files += [socket + ".pid", socket + ".lock"]
+    print(json.dumps({path: stat.S_IMODE(os.stat(path).st_mode) for path in files}))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from unittest import mock
 
 import msgpack
 import pytest
 
 import tracer
-from tests.conftest import by_name
+from tests.conftest import CountsItsRepr, by_name
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -303,6 +304,63 @@ def test_unserialisable_value_is_stored_as_readable_stand_in(logger, rows, chann
     assert_valid_span_after_stored(stored)
 
 
+MOCKS = {"Mock": mock.Mock, "MagicMock": mock.MagicMock}
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+@pytest.mark.parametrize("make", MOCKS.values(), ids=MOCKS.keys())
+def test_a_mock_is_stored_as_its_repr(logger, rows, channel, make):
+    value = make()
+    log_through(channel, value)
+    log_valid_span_after()
+
+    stored = by_name(rows())
+    for found in stored_values(channel, stored[channel]):
+        assert found == repr(value)
+    assert_valid_span_after_stored(stored)
+
+
+def log_in_three_fields(obj: object) -> None:
+    with tracer.start_span("described") as span:
+        span.log(input=obj, output=[obj, obj], metadata={"value": obj})
+
+
+def start_with_input(obj: object) -> None:
+    with tracer.start_span("described", input=obj):
+        pass
+
+
+def start_with_input_and_output(obj: object) -> None:
+    with tracer.start_span("described", input=[obj], output=obj):
+        pass
+
+
+def log_a_row_in_one_call(obj: object) -> None:
+    logger = tracer.current_logger()
+    assert logger is not None
+    logger.log(input={"value": obj}, output=obj)
+
+
+def log_inside_a_cycle(obj: object) -> None:
+    cyclic: list = [obj]
+    cyclic.append(cyclic)
+    with tracer.start_span("described") as span:
+        span.log(input=cyclic)
+
+
+LOGGING_CALLS = [log_in_three_fields, start_with_input, start_with_input_and_output,
+                 log_a_row_in_one_call, log_inside_a_cycle]
+
+
+@pytest.mark.parametrize("log", LOGGING_CALLS, ids=[f.__name__ for f in LOGGING_CALLS])
+def test_an_object_is_described_once_per_logging_call(logger, rows, log):
+    obj = CountsItsRepr()
+    log(obj)
+
+    assert obj.reprs == 1
+    assert "<CountsItsRepr>" in json.dumps(rows())
+
+
 @dataclasses.dataclass
 class Point:
     x: int
@@ -404,23 +462,3 @@ def test_a_store_whose_directory_cannot_be_created_raises_value_error_naming_it(
 
     with pytest.raises(ValueError, match=r"store=.*a-file.*cannot create its directory"):
         tracer.init_logger("nowhere", store=store)
-
-
-# -- the aggregator's public key ---------------------------------------------------------------
-
-
-def test_an_aggregator_key_that_is_not_a_curve_key_raises_value_error_naming_it():
-    with pytest.raises(ValueError, match=r"init_logger: aggregator_key='not a key'.*40 char"):
-        tracer.init_logger("keyed", endpoint="tcp://127.0.0.1:1", aggregator_key="not a key")
-
-
-def test_an_aggregator_key_that_is_not_a_string_raises_type_error_naming_it():
-    with pytest.raises(TypeError, match="init: aggregator_key must be a string"):
-        tracer.init("keyed", aggregator_key=b"bytes")  # type: ignore[arg-type]
-
-
-def test_a_tracer_aggregator_key_that_is_not_a_curve_key_raises_value_error_naming_it():
-    from tracer import config
-
-    with pytest.raises(ValueError, match="TRACER_AGGREGATOR_KEY='x'"):
-        config.load({"TRACER_AGGREGATOR_KEY": "x"})

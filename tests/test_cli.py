@@ -184,6 +184,26 @@ def test_show_last_prints_the_most_recently_written_trace(logger, store_path):
     assert "inner" in proc.stdout
 
 
+def test_show_draws_a_trace_1200_levels_deep_with_the_deep_levels_numbered(logger, store_path):
+    spans = [tracer.start_span("level 0")]
+    for level in range(1, 1200):  # a chain: each span the only child of the one before
+        spans.append(spans[-1].start_span(f"level {level}"))
+    for span in reversed(spans):
+        span.end()
+    tracer.flush(timeout=30)
+
+    proc = run_cli("show", spans[0].root_span_id, "--store", store_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "1200 spans" in proc.stdout.splitlines()[0]
+    for level in (0, 1, 64, 65, 1199):
+        assert f"level {level} " in proc.stdout
+    assert "[level 1199] level 1199 " in proc.stdout
+    assert "deeper than 64 levels" in proc.stdout
+    deepest = [line for line in proc.stdout.splitlines() if "level 1199 " in line]
+    assert len(deepest) == 1 and len(deepest[0]) < 400  # indentation stops growing
+
+
 def test_show_unknown_root_exits_1_with_message_on_stderr(logger, store_path):
     log_nested_trace_with_caught_error()  # the store exists and has traces
 

@@ -12,6 +12,7 @@ import threading
 import time
 
 import msgpack
+import pytest
 import zmq
 
 import tracer
@@ -201,6 +202,21 @@ def test_a_span_logged_after_the_flusher_went_idle_is_delivered_at_exit(tmp_path
 def test_the_store_directory_created_for_traces_is_private(tmp_path):
     run_function(programs.logs_one_span, "private", "x", env=clean_env(), cwd=str(tmp_path))
     assert (tmp_path / ".tracer").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_every_file_created_for_traces_is_private_whatever_the_umask(tmp_path, umask):
+    out = run_function(programs.creates_its_files_under_umask, umask, cwd=str(tmp_path),
+                       env=clean_env(TRACER_ALL_PUBLISH_PAYLOADS_DIR="every")).stdout
+    modes = json.loads(out.strip().splitlines()[-1])
+
+    names = {os.path.basename(path) for path in modes}
+    assert {"traces.db", "traces.db-wal", "traces.db-shm", "aggregator.log"} <= names
+    assert any(path.startswith("./every/") for path in modes)  # payload files
+    assert any("/blobs/" in path for path in modes)  # the attachment
+    assert any(path.endswith(".pid") for path in modes)
+    assert any(path.endswith(".lock") for path in modes)
+    assert {path: oct(mode) for path, mode in modes.items() if mode != 0o600} == {}
 
 
 def test_a_span_ended_while_the_flusher_is_being_started_neither_deadlocks_nor_is_lost(

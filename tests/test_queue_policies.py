@@ -39,6 +39,7 @@ def test_the_default_policy_blocks_the_producer_and_loses_nothing(tmp_path):
     assert report["finished"]
     assert stored == report["created"] == 5000
     assert drops == {}
+    assert report["flush_reported_losses"] == {}
 
 
 def test_drop_when_full_drops_exactly_what_exceeds_the_queue(tmp_path):
@@ -48,6 +49,14 @@ def test_drop_when_full_drops_exactly_what_exceeds_the_queue(tmp_path):
     assert stored == 50
     assert set(drops) <= {"dropped_queue_full", "senders_dropped_queue_full"}
     assert sum(drops.values()) == 300 - 50
+
+
+def test_a_flush_after_drops_raises_saying_how_many_records_were_dropped_and_why(tmp_path):
+    report, stored, _drops = run_policy(tmp_path, 300, TRACER_QUEUE_SIZE="50",
+                                        TRACER_QUEUE_DROP_WHEN_FULL="1")
+    losses = report["flush_reported_losses"]
+    assert sum(losses.values()) == 300 - stored == 250
+    assert set(losses) <= {"dropped_queue_full", "aggregator_dropped_queue_full"}
 
 
 def test_drop_exceeding_maxsize_caps_the_queue_at_that_size(tmp_path):

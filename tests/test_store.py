@@ -6,6 +6,8 @@ import json
 import sqlite3
 from typing import Any
 
+import msgpack
+
 import tracer
 from tracer import wire
 from tracer.wire import unpack_stored
@@ -77,3 +79,28 @@ def test_one_batch_holding_a_row_twice_merges_both(tmp_path):
 
     assert row["output"] == 1
     assert row["metadata"] == {"x": 1, "y": 2}
+
+
+def test_a_batch_rolled_back_leaves_its_new_container_to_be_recorded_by_the_next_write(tmp_path):
+    store_path = str(tmp_path / "traces.db")
+    old, new = Container("L\x1fold"), Container("L\x1fnew")
+
+    def pending(container: Container, row_id: str) -> Pending:
+        row = {"id": row_id, "span_id": row_id, "root_span_id": row_id, "output": row_id,
+               **container.columns}
+        return Pending((container.id, row_id), row, 100, 0, container)
+
+    sink = SQLiteSink(store_path)
+    sink.write([pending(old, "spoiled")])
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.execute("UPDATE rows SET data = ? WHERE id = 'spoiled'", (msgpack.packb([1]),))
+    conn.close()
+    try:  # rolled back: the stored copy of "spoiled" takes no merge
+        sink.write([pending(new, "first"), pending(old, "spoiled")])
+    except sqlite3.Error:
+        pass
+    sink.write([pending(new, "second")])
+    sink.close()
+
+    with Store(store_path) as store:
+        assert [row["id"] for row in store.rows(project="new")] == ["second"]

@@ -68,12 +68,15 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
     ``aggregator_key`` (default ``TRACER_AGGREGATOR_KEY``) is the public key of a tcp://
     aggregator started with ``--secret-key`` (``tracer keys`` makes the pair).
     ``api_key`` is accepted for compatibility with the reference SDK and not used.
-    Nothing here blocks: the aggregator starts in the background.
+    Nothing here blocks: the aggregator starts in the background. Every ``TRACER_*`` variable
+    and the arguments are checked first: a bad one raises ValueError (TypeError for a wrong
+    type) naming it and its value, before anything starts.
     """
     del api_key  # self-hosted: no key; never stored or logged
     project = _check_name("project", "default" if project is None else project, "init_logger")
-    rec = launcher.recorder_for(config.load(), store, endpoint,
-                                _check_key(aggregator_key, "init_logger"))
+    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    rec = launcher.recorder_for(settings, store, endpoint,
+                                config.keyword("aggregator_key", aggregator_key))
     logger = Logger(project, wire.logs_container(project), rec)
     _make_current(logger, app_url, set_current)
     return logger
@@ -99,11 +102,20 @@ def init(project: str | None = None, experiment: str | None = None, *,
         experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
                       f"{secrets.token_hex(2)}")
     experiment = _check_name("experiment", experiment, "init")
-    rec = launcher.recorder_for(config.load(), store, endpoint,
-                                _check_key(aggregator_key, "init"))
+    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    rec = launcher.recorder_for(settings, store, endpoint,
+                                config.keyword("aggregator_key", aggregator_key))
     exp = Experiment(project, experiment, str(uuid.uuid4()), rec)
     _make_current(exp, app_url, set_current)
     return exp
+
+
+def _checked_settings(store: object, endpoint: object, app_url: object
+                      ) -> tuple[config.Settings, str | None, str | None, str | None]:
+    """The settings of every variable and the ``store``, ``endpoint`` and ``app_url`` arguments,
+    all checked in the calling process before anything starts."""
+    return (config.load(), config.keyword("store", store), config.keyword("endpoint", endpoint),
+            config.keyword("app_url", app_url))
 
 
 def _check_name(what: str, name: object, where: str) -> str:
@@ -112,10 +124,6 @@ def _check_name(what: str, name: object, where: str) -> str:
     if wire.SEP in name:  # it separates the parts of a container key
         raise ValueError(f"{where}: {what} {name!r} contains the control character \\x1f")
     return name
-
-
-def _check_key(key: object, where: str) -> str | None:
-    return None if key is None else config.check_aggregator_key(key, f"{where}: aggregator_key")
 
 
 def _make_current(target: SpanContainer, app_url: str | None, set_current: bool) -> None:
@@ -161,7 +169,7 @@ def _adopt_inherited() -> None:
     container, _inherited = _inherited, None
     if container is None or state.parent_object is not None:  # none, or chosen here already
         return
-    rec = launcher.recorder_for(config.load())
+    rec = launcher.recorder_for(config.load(lenient=True))  # in a traced call: never raise
     parts = wire.split_container(container)
     if parts[0] == wire.EXPERIMENT:
         state.experiment = Experiment(parts[1], parts[3], parts[2], rec)
@@ -215,7 +223,7 @@ def update_span(exported: str, **fields: Any) -> None:
     """Merge ``fields`` into the row of an exported span, from any process."""
     ref = slug.decode(exported)
     event.check(fields, "update_span")
-    _recorder_for_slugs().add(pack(wire.update(ref.container, ref.id, fields)))
+    _recorder_for_slugs().add_packed(pack(wire.update(ref.container, ref.id, fields)))
 
 
 def permalink(slug_: str) -> str:
@@ -227,7 +235,9 @@ def permalink(slug_: str) -> str:
 def flush(timeout: float | None = 30.0) -> None:
     """Wait until every span this process ended before the call is committed to the store.
 
-    Raises ``tracer.FlushError`` if the aggregator is gone, failed, or ``timeout`` passed.
+    Raises ``tracer.FlushError`` if the aggregator is gone, failed, or ``timeout`` passed, and
+    if records of this process were dropped or lost since the previous flush (its ``losses``
+    count them by reason; each loss is reported once).
     """
     sync_all(wire.COMMITTED, timeout)
 

@@ -246,7 +246,7 @@ def _process(w: _State, item: _Item) -> None:
                             "content_type": att.content_type, "logged": item.logged,
                             "pid": os.getpid()}
     problem = item.problem
-    retries = config.load().num_retries
+    retries = config.value_or_default("NUM_RETRIES")  # on our thread: never raises
     for attempt in range(retries + 1):
         try:
             if problem is None:
@@ -345,7 +345,7 @@ def _copy_file(path: str, tmp: str, limit: int) -> tuple[str, int]:
 
 
 def _create(path: str):
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    return os.fdopen(config.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
 
 
 def _publish(spool: str, key: str, meta: dict) -> None:

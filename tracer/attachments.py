@@ -33,7 +33,6 @@ BRAINTRUST_ATTACHMENT = "braintrust_attachment"
 EXTERNAL_ATTACHMENT = "external_attachment"
 REFERENCE_TYPES = (BRAINTRUST_ATTACHMENT, EXTERNAL_ATTACHMENT)
 
-DEFAULT_MAX_SIZE = 512 * 2**20  # TRACER_MAX_ATTACHMENT_SIZE: bytes per attachment
 OCTET_STREAM = "application/octet-stream"
 
 # Common types without mimetypes' first-call cost (it reads the system's tables, ~ms).
@@ -52,7 +51,7 @@ def max_size() -> int:
     """The largest attachment stored, in bytes (``TRACER_MAX_ATTACHMENT_SIZE``, read once)."""
     global _max_size
     if _max_size is None:
-        _max_size = config._int(os.environ, "MAX_ATTACHMENT_SIZE", DEFAULT_MAX_SIZE, 0)
+        _max_size = config.value_or_default("MAX_ATTACHMENT_SIZE")
     return _max_size
 
 

@@ -51,8 +51,10 @@ class Channel:
         self.gen = int.from_bytes(os.urandom(4), "big")
         self.seq = 0  # the last DATA message sent
         self.acked_seq = 0  # the aggregator has received every DATA message up to this one
-        self.unacked: deque[tuple[int, bytes, int]] = deque()  # (seq, body, records) sent and
-        # not known committed
+        # DATA messages sent and not known committed: (seq, body, records, the sender's counts it
+        # carried), kept to be resent, counts included, to a replacement aggregator.
+        self.unacked: deque[tuple[int, bytes, int, dict]] = deque()
+        self.unacked_bytes = 0  # the bodies' bytes: what the recorder's byte bound counts
         self.last_reply = time.monotonic()
         self._ctx: zmq.Context | None = None
         self.sock: zmq.Socket | None = None
@@ -112,24 +114,31 @@ class Channel:
                 pass
         self.close()
 
-    def keep(self, seq: int, body: bytes, records: int) -> None:
+    def keep(self, seq: int, body: bytes, records: int, counts: dict) -> None:
         """Keep a sent DATA message until the aggregator says it is committed."""
-        self.unacked.append((seq, body, records))
+        self.unacked.append((seq, body, records, counts))
+        self.unacked_bytes += len(body)
 
     def unacked_records(self) -> int:
-        return sum(n for _, _, n in self.unacked)
+        return sum(entry[2] for entry in self.unacked)
+
+    def forget_unacked(self) -> None:
+        """Give up the messages not known committed (counted as lost by the caller)."""
+        self.unacked.clear()
+        self.unacked_bytes = 0
 
     def acked(self, seq: int) -> None:
         """The aggregator has received every DATA message up to ``seq``."""
         self.acked_seq = max(self.acked_seq, seq)
 
-    def restart_stream(self) -> list[tuple[int, bytes, int]]:
+    def restart_stream(self) -> list[tuple[int, bytes, int, dict]]:
         """Start afresh as a new sender on a new socket (a replacement aggregator); returns the
         messages not known committed, which the caller resends."""
         self.close(linger=0)
         self.gen = int.from_bytes(os.urandom(4), "big")
         self.seq = self.acked_seq = 0
-        resend, self.unacked = list(self.unacked), deque()
+        resend = list(self.unacked)
+        self.forget_unacked()
         return resend
 
     def read_replies(self) -> tuple[list[tuple[object, object]], bool]:
@@ -156,7 +165,7 @@ class Channel:
             if kind == wire.COMMITTED_UPTO and isinstance(token, int):
                 unacked = self.unacked
                 while unacked and unacked[0][0] <= token:
-                    unacked.popleft()
+                    self.unacked_bytes -= len(unacked.popleft()[1])
                 self.acked(token)
             elif kind == wire.ACK:
                 acks.append((token, payload))

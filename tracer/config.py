@@ -1,8 +1,15 @@
-"""Settings from the environment.
+"""Settings from the environment: ``VARIABLES``, one table of every variable we read.
 
-Each setting is read as ``TRACER_<NAME>`` and, for users migrating from the reference SDK, as
-``BRAINTRUST_<NAME>``; the TRACER_ name wins. Keyword arguments to ``init_logger``/``init`` win
-over both. A malformed value raises ValueError naming the variable.
+Each row names a variable (read as ``TRACER_<NAME>``; the reference's tuning variables also as
+``BRAINTRUST_<NAME>``, the TRACER_ one winning), how its text is read and bounded, its default and
+its meaning. Everything follows the table: ``load()`` reads and checks every row (``init_logger``
+and ``init`` call it in the calling process before anything starts, so a bad value is a
+ValueError naming the variable and the value, never a failure later in a thread or another
+process), the keyword arguments of ``init_logger``/``init`` go through the same checks
+(``keyword``), and the README's Configuration table is ``markdown_table()`` (a test compares
+them). A new variable is one row, read with ``value_or_default(NAME)`` where raising is not
+allowed (our threads, process hooks), or as a field of ``Settings`` (the row's ``field``, which
+``Settings`` then declares with its type; a test checks the two agree).
 """
 
 from __future__ import annotations
@@ -10,11 +17,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import math
 import os
+import re
 import socket
 import stat
+import sys
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
+from typing import Any
 
 from zmq.utils import z85
 
@@ -28,106 +40,424 @@ ENV_AGGREGATOR_STORE = "_TRACER_AGGREGATOR_STORE"
 ENV_AGGREGATOR_OWNER = "_TRACER_AGGREGATOR_OWNER"
 ENV_CONTAINER = "_TRACER_CONTAINER"
 
+# Counts of rows a process or an aggregator holds: beyond this a queue is a misconfiguration
+# (at ~3 KB per held row, 10 million rows is 30 GB), not a wish.
+MAX_ROWS = 10_000_000
+MAX_ROW_BYTES = 1_000_000_000  # SQLite's largest string or blob: a bigger row cannot be stored
+MAX_FILE_BYTES = 2**40  # attachments are files: 1 TiB
+# A Unix socket path holds at most this many bytes (sun_path, less its terminating NUL).
+MAX_IPC_PATH = 107 if sys.platform.startswith("linux") else 103
+
+
+def _shown(text: object) -> str:
+    """``text`` as an error message quotes it: its repr, cut short if long."""
+    if isinstance(text, str) and len(text) > 200:
+        text = text[:200] + "..."
+    return repr(text)
+
+
+def refused(label: str, value: object, problem: str) -> ValueError:
+    """The error for a bad ``label=value`` (a variable or a keyword argument)."""
+    return ValueError(f"{label}={_shown(value)}: {problem}")
+
+
+# -- kinds of value: how a variable's text is read and checked ---------------------------------
+
+
+class Kind:
+    """How a variable's text is read and checked: ``parse`` returns the value or raises
+    ValueError naming ``label`` (the variable, or the keyword argument) and the text."""
+
+    def parse(self, label: str, text: str) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the README's "values" column says."""
+        raise NotImplementedError
+
+    def keyword(self, label: str, value: object) -> Any:
+        """Check a keyword argument that stands for the variable."""
+        if not isinstance(value, str):
+            raise TypeError(f"{label} must be a string, got {type(value).__name__} {value!r}")
+        return self.parse(label, value)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bounded(Kind):
+    """A number in [minimum, maximum]."""
+
+    minimum: float
+    maximum: float
+
+    def within(self, label: str, text: str, number: float) -> None:
+        if number < self.minimum:
+            raise refused(label, text, f"must be at least {self.minimum}")
+        if number > self.maximum:
+            raise refused(label, text, f"must be at most {self.maximum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer(_Bounded):
+    """A whole number in [minimum, maximum]."""
+
+    minimum: int
+    maximum: int
+
+    def parse(self, label: str, text: str) -> int:
+        if not _INTEGER.fullmatch(text):
+            raise refused(label, text, "expected an integer")
+        try:
+            number = int(text)
+        except ValueError:  # more digits than Python converts: far beyond any bound anyway
+            number = self.maximum + 1 if text[0] != "-" else self.minimum - 1
+        self.within(label, text, number)
+        return number
+
+    def describe(self) -> str:
+        return f"integer, {self.minimum:,} to {self.maximum:,}"
+
+
+class Seconds(_Bounded):
+    """A duration in seconds (a decimal number) in [minimum, maximum]."""
+
+    def parse(self, label: str, text: str) -> float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if math.isnan(number):
+            raise refused(label, text, "expected a number of seconds")
+        self.within(label, text, number)
+        return number
+
+    def describe(self) -> str:
+        return f"seconds, {self.minimum:g} to {self.maximum:g}"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class Boolean(Kind):
+    """One of 1/0, true/false, yes/no, on/off, in any case; nothing else."""
+
+    def parse(self, label: str, text: str) -> bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise refused(label, text, "expected 1/0, true/false, yes/no or on/off")
+
+    def describe(self) -> str:
+        return "boolean"
+
+
+class StorePath(Kind):
+    """Where rows go: a SQLite file (see ``store_path``); kept as given, checked now."""
+
+    def parse(self, label: str, text: str) -> str:
+        store_path(text, label)
+        return text
+
+    def keyword(self, label: str, value: object) -> Any:
+        return super().keyword(label, os.fspath(value) if isinstance(value, os.PathLike)
+                               else value)
+
+    def describe(self) -> str:
+        return "a file path, or `sqlite:///path`"
+
+
+class Directory(Kind):
+    """A directory, created (mode 0700) when first needed; anything else in its place is
+    refused."""
+
+    def parse(self, label: str, text: str) -> str:
+        if os.path.exists(text) and not os.path.isdir(text):
+            raise refused(label, text, "exists and is not a directory")
+        return text
+
+    def describe(self) -> str:
+        return "a directory path"
+
+
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4 or [IPv6]
+
+
+class Endpoint(Kind):
+    """A ZeroMQ address an aggregator listens on: ``ipc://PATH`` or ``tcp://HOST:PORT``."""
+
+    def parse(self, label: str, text: str) -> str:
+        if text.startswith("ipc://"):
+            path = text[len("ipc://"):]
+            if not path:
+                raise refused(label, text, "ipc:// needs a socket path")
+            if len(os.fsencode(path)) > MAX_IPC_PATH:
+                raise refused(label, text, f"the socket path is longer than {MAX_IPC_PATH} "
+                                           "bytes, the most a Unix socket takes")
+            return text
+        if text.startswith("tcp://"):
+            host, colon, port = text[len("tcp://"):].rpartition(":")
+            if (colon and _HOST.fullmatch(host) and port.isascii() and port.isdigit()
+                    and len(port) <= 5 and 0 < int(port) < 65536):
+                return text
+            raise refused(label, text, "expected tcp://HOST:PORT, a port from 1 to 65535")
+        raise refused(label, text, "expected ipc://PATH or tcp://HOST:PORT")
+
+    def describe(self) -> str:
+        return "`ipc://PATH` or `tcp://HOST:PORT`"
+
+
+class Url(Kind):
+    """An http:// or https:// URL, kept without its trailing slashes."""
+
+    def parse(self, label: str, text: str) -> str:
+        try:
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:  # a malformed [IPv6] host
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+                or any(c.isspace() for c in text)):
+            raise refused(label, text, "expected an http:// or https:// URL")
+        return text.rstrip("/")
+
+    def describe(self) -> str:
+        return "an `http://` or `https://` URL"
+
+
+class CurveKey(Kind):
+    """An aggregator's CURVE public key as ``tracer keys`` prints it: 40 Z85 characters."""
+
+    def parse(self, label: str, text: str) -> str:
+        try:
+            valid = len(text) == 40 and len(z85.decode(text)) == 32
+        except Exception:  # z85 raises KeyError, ValueError or struct.error for what is not Z85
+            valid = False
+        if not valid:
+            raise refused(label, text, "not a CURVE public key (40 characters, as `tracer keys` "
+                                       "prints it)")
+        return text
+
+    def describe(self) -> str:
+        return "a CURVE public key (40 characters)"
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One variable: ``TRACER_<name>`` (also ``BRAINTRUST_<name>`` where ``reference``)."""
+
+    name: str
+    kind: Kind
+    default: Any  # when unset or empty
+    meaning: str  # the README's "meaning" column (Markdown, one line)
+    field: str | None = None  # the Settings attribute it fills; None: value_or_default(NAME)
+    reference: bool = False  # a variable of the reference SDK: also read as BRAINTRUST_<NAME>
+    keyword: str | None = None  # the keyword argument of init_logger/init that wins over it
+    shown_default: str | None = None  # the README's "default" cell, when not `default`
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The variables read, the first set one winning."""
+        if self.reference:
+            return "TRACER_" + self.name, "BRAINTRUST_" + self.name
+        return ("TRACER_" + self.name,)
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The value ``env`` gives (the default when unset or empty); ValueError if malformed."""
+        for name in self.names:
+            text = env.get(name)
+            if text:
+                return self.kind.parse(name, text)
+        return self.default
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("STORE", StorePath(), None, "where rows go: a SQLite file (not a directory nor a "
+             "special file; URLs of other databases are refused), relative to the working "
+             "directory of the process that starts the aggregator, whose `aggregator.log` sits "
+             "beside it. Created 0600 (its directory 0700); removed or replaced while in use, it "
+             'is started again at the same path ("How it works")',
+             field="store", keyword="store", shown_default=DEFAULT_STORE),
+    Variable("ENDPOINT", Endpoint(), None, "the aggregator's ZeroMQ address; set it to attach to "
+             "a standalone `tracer aggregator`", field="endpoint", keyword="endpoint",
+             shown_default="set by `init_logger`"),
+    Variable("APP_URL", Url(), DEFAULT_APP_URL, "base of permalinks", field="app_url",
+             keyword="app_url"),
+    Variable("QUEUE_SIZE", Integer(0, MAX_ROWS), 15000, "rows the aggregator holds uncommitted "
+             "(`0`: unbounded); it also bounds each process's send buffer and what waits in "
+             "ZeroMQ's queues. When full, the calling thread blocks until there is room (never "
+             "for a dead aggregator), at most `TRACER_QUEUE_BLOCK_TIMEOUT`", field="queue_size",
+             reference=True),
+    Variable("QUEUE_BLOCK_TIMEOUT", Seconds(0, 86400), 60.0, "seconds a calling thread may "
+             "block for room under the blocking policy. Past it (an aggregator frozen or far "
+             "behind), its records are dropped and counted (`dropped_queue_block_timeout`), set "
+             "aside in `FAILED_PUBLISH_PAYLOADS_DIR` when set, and warned about; later records "
+             "are dropped at once until the aggregator takes records again",
+             field="queue_block_timeout", shown_default="60"),
+    Variable("QUEUE_MAX_BYTES", Integer(1 << 20, 1 << 40), 128 * 2**20, "bytes a process holds "
+             "for the aggregator (large packed records in its buffer, and messages sent but not "
+             "yet committed) and the aggregator's queue holds (rows' wire sizes). Over it, the "
+             "queue policy applies as for a full `QUEUE_SIZE`: block (bounded as above) or drop, "
+             "counted", field="queue_max_bytes"),
+    Variable("DEFAULT_BATCH_SIZE", Integer(1, 100_000), 1000, "rows per write to the store (the "
+             "reference's default is 100; a local SQLite sink prefers larger batches)",
+             field="batch_size", reference=True),
+    Variable("MAX_REQUEST_SIZE", Integer(1024, MAX_ROW_BYTES), 6 * 1024 * 1024, "bytes per "
+             "write to the store. A single row larger than this is stored with its largest "
+             'fields replaced by a marker, `{"_truncated": true, "original_bytes": N, "preview": '
+             '"...", "saved_to": "<file>"}`, and counted (`rows_truncated`); its full copy goes '
+             "to `FAILED_PUBLISH_PAYLOADS_DIR` when set", field="max_request_size",
+             reference=True),
+    Variable("NUM_RETRIES", Integer(0, 100), 5, "retries of a batch whose write failed because "
+             "the store did (locked, full, unreachable), with exponential backoff (0.05 s "
+             "doubling, at most 5 s) and jitter, cut short at shutdown. Writes merge by row id, "
+             "so a retried batch never duplicates a row. A batch still failing is counted "
+             "(`dropped_sink_failed`) and set aside in `FAILED_PUBLISH_PAYLOADS_DIR` when set. A "
+             "write that fails because of a row in it is not retried but split down to the rows "
+             "that cannot be written, which alone are counted (`dropped_row_failed`) and set "
+             "aside", field="num_retries", reference=True),
+    Variable("SYNC_FLUSH", Boolean(), False, "on: rows are held in the aggregator until a "
+             "`flush()` (or exit); a flush that cannot commit raises `tracer.FlushError` with "
+             "the cause. If the queue fills meanwhile, it is written anyway rather than leave "
+             "producers blocked", field="sync_flush", reference=True),
+    Variable("QUEUE_DROP_WHEN_FULL", Boolean(), False, "on: never block; rows beyond "
+             "`QUEUE_SIZE` are dropped, each counted (`dropped_queue_full` in `tracer stats`, "
+             "per sender too) with a warning at most every 10 s", field="queue_drop_when_full",
+             reference=True),
+    Variable("QUEUE_DROP_EXCEEDING_MAXSIZE", Integer(0, MAX_ROWS), 0, "`N`: cap the queue at N "
+             "rows and drop beyond it, counted as `dropped_queue_exceeding_maxsize`",
+             field="queue_drop_exceeding_maxsize", reference=True),
+    Variable("FAILED_PUBLISH_PAYLOADS_DIR", Directory(), None, "a directory (created mode 0700, "
+             "its files 0600) for everything that did not reach the store: batches given up "
+             "after all retries (`sink_failed`), rows the store could not take (`row_failed`), a "
+             "batch an uploader failure left unwritten (`uploader_error`), rows and records a "
+             "drop policy or the block timeout dropped (by the aggregator, and by each process's "
+             "recorder), full copies of truncated rows. Put it on another disk than the store: a "
+             "full disk under the store then loses nothing. Replay with `tracer import-payloads "
+             "DIR`", field="failed_payloads_dir", reference=True, shown_default="unset"),
+    Variable("ALL_PUBLISH_PAYLOADS_DIR", Directory(), None, "a directory that receives every "
+             "batch before it is written, in the same format", field="all_payloads_dir",
+             reference=True, shown_default="unset"),
+    Variable("DELIVER_ON_TERMINATE", Boolean(), True, "off: a multiprocessing child killed by "
+             "`terminate()` (SIGTERM) dies at once, losing the spans still in its buffer. On, it "
+             "delivers them first (at most 2 s); a child busy in a long C call when SIGTERM "
+             "arrives then dies when the call returns", field="deliver_on_terminate"),
+    Variable("MAX_ATTACHMENT_SIZE", Integer(0, MAX_FILE_BYTES), 512 * 2**20, "bytes: a larger "
+             "attachment is not stored, and its reference says so", field="max_attachment_size",
+             reference=True),
+    Variable("MAX_INLINE_BASE64", Integer(0, MAX_ROW_BYTES), 65536, "characters: a longer "
+             "base64 data URL (or bare base64 of a known binary format) in a logged value is "
+             "stored as an attachment; `0`: never", field="max_inline_base64", reference=True),
+    Variable("DEBUG", Boolean(), False, "on: an aggregator started by `init_logger` also logs "
+             "its start and exit", field="debug"),
+    Variable("AGGREGATOR_KEY", CurveKey(), None, "the public key of a `tcp://` aggregator "
+             "started with `--secret-key` (`tracer keys` prints it); passed on to child "
+             "processes. Used for `tcp://` endpoints only", field="aggregator_key",
+             keyword="aggregator_key", shown_default="unset"),
+    Variable("MAX_MESSAGE_SIZE", Integer(64 * 1024, 1 << 40), 1 << 30, "bytes: an aggregator "
+             "closes the connection of a peer sending a larger message before reading it (the "
+             "sender's next message shows the gap, `seq_gap_messages`)",
+             field="max_message_size"),
+)
+BY_NAME = {v.name: v for v in VARIABLES}
+BY_KEYWORD = {v.keyword: v for v in VARIABLES if v.keyword}
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The tuning knobs of the reference's "Tuning parameters", plus our own."""
+    """Every variable of ``VARIABLES`` that has a field, as ``load()`` read it: the tuning knobs
+    of the reference's "Tuning parameters", plus our own."""
 
-    sync_flush: bool = False
-    max_request_size: int = 6 * 1024 * 1024
-    batch_size: int = 1000
-    num_retries: int = 5
-    queue_size: int = 15000
-    queue_drop_when_full: bool = False
-    queue_drop_exceeding_maxsize: int = 0
-    failed_payloads_dir: str | None = None
-    all_payloads_dir: str | None = None
-    store: str | None = None
-    endpoint: str | None = None
-    app_url: str = DEFAULT_APP_URL
-    aggregator_key: str | None = None  # the CURVE public key of a tcp:// aggregator
-    max_message_size: int = 1024 * 1024 * 1024
-
-
-def _raw(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    for prefix in ("TRACER_", "BRAINTRUST_"):
-        value = env.get(prefix + name)
-        if value is not None and value != "":
-            return prefix + name, value
-    return None
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    found = _raw(env, name)
-    if found is None:
-        return default
-    var, value = found
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{var}={value!r}: expected 1/0, true/false, yes/no or on/off")
+    store: str | None
+    endpoint: str | None
+    app_url: str
+    queue_size: int
+    batch_size: int
+    max_request_size: int
+    num_retries: int
+    sync_flush: bool
+    queue_drop_when_full: bool
+    queue_drop_exceeding_maxsize: int
+    failed_payloads_dir: str | None
+    all_payloads_dir: str | None
+    deliver_on_terminate: bool
+    max_attachment_size: int
+    max_inline_base64: int
+    debug: bool
+    queue_block_timeout: float
+    queue_max_bytes: int
+    aggregator_key: str | None  # the CURVE public key of a tcp:// aggregator
+    max_message_size: int
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    found = _raw(env, name)
-    if found is None:
-        return default
-    var, value = found
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{var}={value!r}: expected an integer") from None
-    if number < minimum:
-        raise ValueError(f"{var}={value!r}: must be >= {minimum}")
-    return number
+def load(env: Mapping[str, str] | None = None, lenient: bool = False) -> Settings:
+    """Read and check every variable in ``env`` (default: ``os.environ``); ValueError naming the
+    first malformed one and its value.
 
-
-def _str(env: Mapping[str, str], name: str) -> str | None:
-    found = _raw(env, name)
-    return None if found is None else found[1]
-
-
-def check_aggregator_key(key: object, what: str) -> str:
-    """``key`` if it is an aggregator's CURVE public key as ``tracer keys`` prints it (40 Z85
-    characters); TypeError or ValueError naming ``what`` otherwise."""
-    if not isinstance(key, str):
-        raise TypeError(f"{what} must be a string (the public key `tracer keys` printed), got "
-                        f"{type(key).__name__}")
-    try:
-        valid = len(key) == 40 and len(z85.decode(key)) == 32
-    except Exception:  # z85 raises KeyError, ValueError or struct.error for what is not Z85
-        valid = False
-    if not valid:
-        raise ValueError(f"{what}={key!r:.60}: not a CURVE public key (40 characters, as "
-                         "`tracer keys` prints it)")
-    return key
-
-
-def _key(env: Mapping[str, str], name: str) -> str | None:
-    found = _raw(env, name)
-    return None if found is None else check_aggregator_key(found[1], found[0])
-
-
-def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from ``env`` (default: ``os.environ``)."""
+    ``lenient``: for code that must not raise (a child process adopting its parent's aggregator
+    in the middle of a traced call): a malformed value, which ``init_logger`` would have refused
+    (the environment changed since, or it was never called), is warned about once on stderr and
+    its default used.
+    """
     env = os.environ if env is None else env
-    return Settings(
-        sync_flush=_bool(env, "SYNC_FLUSH", False),
-        max_request_size=_int(env, "MAX_REQUEST_SIZE", Settings.max_request_size, 1024),
-        batch_size=_int(env, "DEFAULT_BATCH_SIZE", Settings.batch_size, 1),
-        num_retries=_int(env, "NUM_RETRIES", Settings.num_retries, 0),
-        queue_size=_int(env, "QUEUE_SIZE", Settings.queue_size, 0),
-        queue_drop_when_full=_bool(env, "QUEUE_DROP_WHEN_FULL", False),
-        queue_drop_exceeding_maxsize=_int(env, "QUEUE_DROP_EXCEEDING_MAXSIZE", 0, 0),
-        failed_payloads_dir=_str(env, "FAILED_PUBLISH_PAYLOADS_DIR"),
-        all_payloads_dir=_str(env, "ALL_PUBLISH_PAYLOADS_DIR"),
-        store=env.get("TRACER_STORE") or None,
-        endpoint=env.get("TRACER_ENDPOINT") or None,
-        app_url=(env.get("TRACER_APP_URL") or DEFAULT_APP_URL).rstrip("/"),
-        aggregator_key=_key(env, "AGGREGATOR_KEY"),
-        max_message_size=_int(env, "MAX_MESSAGE_SIZE", Settings.max_message_size, 64 * 1024),
-    )
+    read = _read_or_default if lenient else Variable.read
+    fields = {}
+    for variable in VARIABLES:
+        found = read(variable, env)
+        if variable.field is not None:
+            fields[variable.field] = found
+    return Settings(**fields)
+
+
+def value_or_default(name: str) -> Any:
+    """The value of the variable ``name``, for code that must not raise (hooks, our threads):
+    as ``load(lenient=True)``, a malformed value is warned about once and the default used."""
+    return _read_or_default(BY_NAME[name], os.environ)
+
+
+_warned: set[str] = set()
+
+
+def _read_or_default(variable: Variable, env: Mapping[str, str]) -> Any:
+    try:
+        return variable.read(env)
+    except ValueError as exc:
+        if variable.name not in _warned:
+            _warned.add(variable.name)
+            default = (variable.shown_default if variable.shown_default is not None
+                       else repr(variable.default))
+            print(f"tracer: {exc}; using the default ({default})", file=sys.stderr)
+        return variable.default
+
+
+def keyword(name: str, given: object) -> Any:
+    """A keyword argument of ``init_logger``/``init`` (``store``, ``endpoint``, ``app_url``,
+    ``aggregator_key``), checked as the variable it stands for; None stays None."""
+    if given is None:
+        return None
+    return BY_KEYWORD[name].kind.keyword(name, given)
+
+
+def markdown_table() -> str:
+    """The README's Configuration table: every variable, its values, default and meaning."""
+    lines = ["| variable | values | default | meaning |", "|---|---|---|---|"]
+    for v in VARIABLES:
+        names = " or ".join(f"`{n}`" for n in v.names)
+        if v.shown_default is not None:
+            default = v.shown_default if v.shown_default.startswith(("set ", "unset")) \
+                else f"`{v.shown_default}`"
+        elif isinstance(v.default, bool):
+            default = "on" if v.default else "off"
+        else:
+            default = f"`{v.default}`"
+        meaning = v.meaning + (f"; `init_logger({v.keyword}=...)` wins" if v.keyword else "")
+        lines.append(f"| {names} | {v.kind.describe()} | {default} | {meaning} |")
+    return "\n".join(lines)
 
 
 def queue_policy(settings: Settings) -> tuple[int, str | None]:
@@ -144,21 +474,48 @@ def queue_policy(settings: Settings) -> tuple[int, str | None]:
     return settings.queue_size, None
 
 
-def store_path(store: str | None) -> str:
-    """The absolute SQLite path for a ``store`` setting.
+def store_path(store: str | None, label: str = "store") -> str:
+    """The absolute SQLite path for a ``store`` setting (``label`` names it in errors: the
+    variable or the keyword argument it came from).
 
     Accepts a plain path or a URL in SQLAlchemy's spelling: ``sqlite:///relative.db``,
-    ``sqlite:////absolute/path.db``.
+    ``sqlite:////absolute/path.db``. Refuses other URL schemes (only SQLite stores exist), and
+    a path that names a directory or something other than a regular file: the store is one
+    file, with the aggregator's log beside it.
     """
-    if store is None:
-        store = DEFAULT_STORE
-    if store.startswith("sqlite:///"):
-        store = store[len("sqlite:///") :]
-    elif "://" in store:
-        raise ValueError(f"store={store!r}: only SQLite stores (a path or sqlite:///path) exist")
-    if not store:
-        raise ValueError("store: empty path")
-    return os.path.abspath(os.path.expanduser(store))
+    given = DEFAULT_STORE if store is None else store
+    if not isinstance(given, str):
+        raise TypeError(f"{label} must be a string (a path or sqlite:///path), got "
+                        f"{type(given).__name__} {given!r}")
+    path = given
+    if path.startswith("sqlite:///"):
+        path = path[len("sqlite:///"):]
+    elif "://" in path:
+        scheme = path.split("://", 1)[0]
+        if scheme.lower().startswith("sqlite"):
+            raise refused(label, given, "expected sqlite:///relative.db or "
+                                        "sqlite:////absolute.db")
+        raise refused(label, given, f"{scheme}:// stores are not supported; only SQLite ones "
+                                    "(a path or sqlite:///path)")
+    if not path:
+        raise refused(label, given, "empty path")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise refused(label, given, "names a directory; name the database file, such as "
+                                    f"{os.path.join(path, 'traces.db')}")
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return path  # the aggregator creates it (and its directory: a failure is named then)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise refused(label, given, f"cannot be looked at ({reason})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise refused(label, given, "is a directory; name the database file in it, such as "
+                                    f"{os.path.join(path, 'traces.db')}")
+    if not stat.S_ISREG(info.st_mode):
+        raise refused(label, given, "is not a regular file")
+    return path
 
 
 def runtime_dir() -> str:
@@ -198,7 +555,27 @@ def write_payload_file(directory: str, reason: str, suffix: str, data: bytes) ->
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{next(_payload_files):06d}-{reason}"
     path = os.path.join(directory, name + suffix)
-    with open(path + ".tmp", "wb") as f:
+    with os.fdopen(open_private(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
     return path
+
+
+PRIVATE_FILE = 0o600
+
+
+def open_private(path: str, flags: int) -> int:
+    """``os.open(path, flags)`` for a file of ours: one we create is the user's alone (0600),
+    whatever the umask (which could leave it open to others, or keep even us from opening it
+    again). A file of ours that already exists is made 0600 too. Returns the descriptor (not
+    inherited by child processes)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != PRIVATE_FILE \
+                and info.st_uid == os.geteuid():
+            os.fchmod(fd, PRIVATE_FILE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

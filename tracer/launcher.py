@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 import sys
+import tempfile
 
 from . import config
 from .processes import process_alive, read_pid_file, write_pid_file
@@ -42,15 +43,21 @@ def recorder_for(settings: config.Settings, store: str | None = None,
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
     if store is None and env_endpoint:
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
-    path = config.store_path(store if store is not None else settings.store)
+    # Errors name where the store came from: the argument, else the variable (or the default).
+    label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
+                    else ("store", config.DEFAULT_STORE if store is None else store))
+    path = config.store_path(given, label)
     if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
     rec = _by_store.get(path)
     if rec is None or rec.aggregator_dead():
+        _check_store_directory(path, label, given)
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
         pid = start_aggregator(endpoint, path, os.getpid())
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=True, max_buffer=bound, drop_reason=drop_reason,
+                       max_bytes=settings.queue_max_bytes,
+                       block_timeout=settings.queue_block_timeout,
                        store=path, restart=restart_aggregator,
                        spool_dir=settings.failed_payloads_dir)
         _by_store[path] = rec
@@ -68,7 +75,7 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
     """
     rec = _by_endpoint.get(endpoint)
     if rec is None:
-        settings = settings or config.load()
+        settings = settings or config.load(lenient=True)  # in a pool task: never raise
         store = owner = None
         if inherited or endpoint == os.environ.get("TRACER_ENDPOINT"):
             pid = pid or _env_int(config.ENV_AGGREGATOR_PID)
@@ -76,6 +83,8 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
             owner = _env_int(config.ENV_AGGREGATOR_OWNER)
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=False, max_buffer=bound, drop_reason=drop_reason,
+                       max_bytes=settings.queue_max_bytes,
+                       block_timeout=settings.queue_block_timeout,
                        store=store, aggregator_owner=owner,
                        restart=restart_aggregator if store else None,
                        spool_dir=settings.failed_payloads_dir, server_key=server_key)
@@ -121,19 +130,26 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
     # open (a pipe reader, `cmd | tee` or subprocess.run(capture_output=True), would wait for
     # it), so it logs to a file beside the store. posix_spawn rather than subprocess: no Popen
     # object to warn about the child outliving it; Python's own descriptors are non-inheritable.
-    log = aggregator_log(store_path)
-    # Traces hold prompts and user data: a directory we create is the user's alone.
-    try:
-        os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"store={store_path!r}: cannot create its directory "
-                         f"({exc.strerror}: {exc.filename})") from None
-    actions = [
+    # The log is opened here, not by posix_spawn, whose failure would name the interpreter. A
+    # log that cannot be opened (a directory in its place, no permission, a read-only file
+    # system) must not keep the aggregator from starting: it writes to our stderr instead.
+    actions: list[tuple] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
     ]
-    return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+    log_fd: int | None = None
+    try:
+        log_fd = _open_log(store_path)
+    except OSError as exc:
+        print(f"tracer: cannot open {aggregator_log(store_path)} ({exc.strerror}): the "
+              "aggregator writes its messages to this process's stderr", file=sys.stderr)
+    else:
+        actions.append((os.POSIX_SPAWN_DUP2, log_fd, 2))
+    try:
+        return os.posix_spawn(sys.executable, cmd, env, setsid=True, file_actions=actions)
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
 
 
 def restart_aggregator(rec: Recorder) -> int | None:
@@ -145,7 +161,8 @@ def restart_aggregator(rec: Recorder) -> int | None:
     if rec.store is None or not rec.endpoint.startswith("ipc://"):
         return None
     path = rec.endpoint[len("ipc://") :]
-    with open(path + ".lock", "a") as lock:
+    with os.fdopen(config.open_private(path + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                   "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pid = read_pid_file(path)
         if pid is not None and pid != rec.aggregator_pid and process_alive(pid):
@@ -156,5 +173,34 @@ def restart_aggregator(rec: Recorder) -> int | None:
 
 
 def aggregator_log(store_path: str) -> str:
-    """Where an aggregator started by init_logger writes its messages."""
+    """Where an aggregator started by init_logger writes its messages: beside the store (a file,
+    never a directory: ``config.store_path`` refuses those)."""
     return os.path.join(os.path.dirname(store_path), "aggregator.log")
+
+
+def _open_log(store_path: str) -> int:
+    """The aggregator's log beside ``store_path``, opened for appending (OSError if impossible).
+    Traces hold prompts and user data: a directory we create is the user's alone, a file 0600."""
+    log = aggregator_log(store_path)
+    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    return config.open_private(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
+def _check_store_directory(store_path: str, label: str, given: object) -> None:
+    """Make sure an aggregator can be started for ``store_path``: its directory exists or is
+    created, and can be written (the store, its journal and the aggregator's log go there);
+    else ValueError naming ``label`` (the variable or argument the store came from) and its
+    value. A log that cannot be opened in a writable directory is no reason to refuse: the
+    aggregator then writes to this process's stderr (``start_aggregator``)."""
+    directory = os.path.dirname(store_path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise config.refused(label, given, f"cannot create its directory ({exc.strerror}: "
+                                           f"{exc.filename})") from None
+    try:  # a real write: permission bits say nothing for root, nor of read-only mounts
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise config.refused(label, given, f"cannot write in its directory {directory} "
+                                           f"({exc.strerror})") from None

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import registry, threads
+from . import config, registry, threads
 
 TERMINATE_TIMEOUT = 2.0  # how long a terminated multiprocessing child delivers before dying
 MISSED_SIGNAL_GRACE = 0.5  # seconds a SIGTERM handler has to start before it is re-sent
@@ -93,7 +93,7 @@ def _deliver_on_terminate() -> None:
     """
     import multiprocessing
 
-    if (os.environ.get("TRACER_DELIVER_ON_TERMINATE", "1").lower() in ("0", "false", "no", "off")
+    if (not config.value_or_default("DELIVER_ON_TERMINATE")
             or multiprocessing.parent_process() is None
             or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):

@@ -57,7 +57,7 @@ class SpanContainer:
         if not isinstance(id, str) or not id:
             raise TypeError(f"{where}: id must be a non-empty string (a span's .id)")
         event.check(fields, where)
-        self.recorder.add(pack(wire.update(self.container, id, fields)))
+        self.recorder.add_packed(pack(wire.update(self.container, id, fields)))
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Wait until everything this process logged so far is committed to the store."""

@@ -1,6 +1,6 @@
 """Process helpers shared by the recorders and the aggregator: liveness and pid files.
 
-A leaf module: it imports nothing of ours, so both sides (``tracer`` and ``workers``) can use it.
+A leaf module: it imports only ``config``, so both sides (``tracer`` and ``workers``) can use it.
 An aggregator started for an ipc endpoint leaves its pid in ``<socket path>.pid``, which is how a
 recorder that finds it replaced (or a process that must replace it) learns the new pid.
 """
@@ -8,6 +8,8 @@ recorder that finds it replaced (or a process that must replace it) learns the n
 from __future__ import annotations
 
 import os
+
+from . import config
 
 
 def process_alive(pid: int) -> bool:
@@ -43,7 +45,7 @@ def read_pid_file(socket_path: str) -> int | None:
 def write_pid_file(socket_path: str, pid: int) -> None:
     """Record ``pid`` as the aggregator listening at ``socket_path`` (written aside, renamed)."""
     tmp = f"{socket_path}.pid.{os.getpid()}"
-    with open(tmp, "w") as f:
+    with os.fdopen(config.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(str(pid))
     os.replace(tmp, socket_path + ".pid")
 

@@ -44,6 +44,8 @@ from .supervisor import Supervisor
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer
 KICK_RECORDS = 64  # records that wake the flusher early
 FRAME_MAX_RECORDS = 1024
+FRAME_MAX_BYTES = 1 << 20  # a frame of more than one record is split above this size
+LARGE_RECORD = 4096  # packed records from this size count against max_bytes while buffered
 SPOOL_RECORDS = 1024  # dropped records kept before they must be written to the spool dir
 IDLE_EXIT = 2.0  # seconds of nothing to do before the flusher thread exits
 EXIT_TIMEOUT = 5.0  # how long process exit waits for the aggregator's acknowledgement
@@ -63,8 +65,37 @@ class _FlushMarker:
         self.seq = 0  # the last DATA message this handshake covers
 
 
+# How FlushError names each kind of loss (the counter names' prefixes).
+_LOSS_WORDS = (("aggregator_dropped_", "dropped by the aggregator"),
+               ("dropped_", "dropped by this process"), ("lost_", "lost"))
+
+
+def _describe_loss(reason: str, records: int) -> str:
+    for prefix, words in _LOSS_WORDS:
+        if reason.startswith(prefix):
+            return f"{records} {words} ({reason[len(prefix):]})"
+    return f"{records} {reason}"
+
+
 class FlushError(RuntimeError):
-    """A flush did not complete: the aggregator is gone, failed to commit, or timed out."""
+    """A flush did not complete (the aggregator is gone, failed to commit, or timed out), or
+    records of this process were dropped or lost since the previous flush.
+
+    ``losses`` counts those records by reason (``dropped_<policy>`` here, ``lost_<why>`` on
+    the way, ``aggregator_dropped_<policy>`` by the aggregator); each loss is reported by one
+    flush only.
+    """
+
+    def __init__(self, error: str | None, losses: dict[str, int] | None = None) -> None:
+        self.error = error
+        self.losses = dict(losses or {})
+        parts = [error] if error else []
+        if self.losses:
+            what = ", ".join(_describe_loss(reason, n)
+                             for reason, n in sorted(self.losses.items()))
+            parts.append(f"{sum(self.losses.values())} records of this process were dropped or "
+                         f"lost since the previous flush ({what})")
+        super().__init__("; ".join(parts))
 
 
 class Recorder:
@@ -74,11 +105,17 @@ class Recorder:
                  max_buffer: int = 0, drop_reason: str | None = None, store: str | None = None,
                  aggregator_owner: int | None = None,
                  restart: Callable[[Recorder], int | None] | None = None,
-                 spool_dir: str | None = None, server_key: str | None = None):
+                 spool_dir: str | None = None, max_bytes: int = 0,
+                 block_timeout: float = config.BY_NAME["QUEUE_BLOCK_TIMEOUT"].default,
+                 server_key: str | None = None):
         self.endpoint = endpoint
         self.server_key = server_key  # the aggregator's CURVE public key (tcp:// only)
-        self.max_buffer = max_buffer  # records; 0 = unbounded (never block the caller)
-        self._block_at = max_buffer or sys.maxsize
+        self.max_buffer = max_buffer  # records; 0 = unbounded
+        # Bytes of packed records held until the aggregator has committed them (0: unbounded).
+        # Over it, the queue policy applies to new records as for a full buffer.
+        self.max_bytes = max_bytes
+        # The blocking policy waits at most this long for room; then records are dropped.
+        self.block_timeout = block_timeout
         # The queue policy: None blocks the caller while the buffer is full; otherwise the
         # newest record is dropped and counted under this reason.
         self.drop_reason = drop_reason
@@ -108,6 +145,14 @@ class Recorder:
         """Fresh per-process state; runs at construction and in a fork child."""
         self._pid = os.getpid()
         self._buffer: deque = deque()
+        # add() wakes the flusher from _kick_at buffered records and applies the queue policy
+        # from _block_at: KICK_RECORDS and max_buffer, or 1 and 1 while the bytes held are over
+        # max_bytes (set by the flusher, see _update_bounds).
+        self._kick_at = KICK_RECORDS
+        self._block_at = self.max_buffer or sys.maxsize
+        self._shedding = False  # a wait for room timed out: drop at once until there is room
+        # Bytes of the large packed records in the buffer (under _count_lock).
+        self._buffered_bytes = 0
         self.open_spans: set = set()  # spans started and not yet ended, see _announce
         self._announced: set = set()
         self._recovering = False
@@ -133,9 +178,13 @@ class Recorder:
         self._warned: dict[str, float] = {}
         self.counters: Counter = Counter()  # written by the flusher only
         self._reported: Counter = Counter()  # counters already sent to the aggregator
-        self._dropped = 0  # records dropped by the queue policy (callers' threads)
+        # Records dropped by the queue policy, by reason (callers' threads, under _count_lock).
+        self._dropped: Counter = Counter()
         self._spool: list[bytes] = []  # dropped records not yet written to spool_dir
-        self._dropped_reported = 0
+        self._dropped_reported: Counter = Counter()
+        # This sender's rows the aggregator dropped, as its flush acknowledgements said.
+        self._dropped_remotely: Counter = Counter()
+        self._losses_reported: Counter = Counter()  # losses a flush already raised about
         # Re-entrant: the SIGTERM handler of a terminated child may interrupt a drop.
         self._count_lock = threading.RLock()
         self._attachments_synced = 0  # attachment files published before our last SYNC
@@ -149,13 +198,29 @@ class Recorder:
         buffer = self._buffer
         buffer.append(record)
         queued = len(buffer)
-        if queued >= KICK_RECORDS:
+        if queued >= self._kick_at:
             # Kick once per flusher wake-up (it can take a GIL switch interval to come), and
             # again only when the buffer is full.
             if not self._kicked or queued >= self._block_at:
                 self._kick(queued)
         elif self._thread is None:
             self._start_thread()
+
+    def add_packed(self, record: bytes) -> None:
+        """``add`` for a record the caller packed (``span.log``, updates): a large one counts
+        against ``max_bytes`` from now on, and may make the queue policy apply to it."""
+        size = len(record)
+        if size >= LARGE_RECORD:
+            with self._count_lock:
+                self._buffered_bytes += size
+            if self.max_bytes and self._held_bytes() >= self.max_bytes:
+                self._kick_at = self._block_at = 1
+        self.add(record)
+
+    def _held_bytes(self) -> int:
+        """Bytes this recorder holds for the aggregator: large records buffered, messages sent
+        and not committed (the byte bound)."""
+        return self._buffered_bytes + self._channel.unacked_bytes
 
     def _kick(self, queued: int) -> None:
         if not self._kicked:  # once per flusher wake-up, not per record
@@ -166,13 +231,24 @@ class Recorder:
             self._wake()
         if self._thread is None:
             self._start_thread()
-        if self.max_buffer and queued >= self.max_buffer:
-            if self.drop_reason is None:
-                self._wait_for_room()
-            else:
-                self._drop_newest()
+        if queued >= self._block_at:
+            if self.drop_reason is not None:
+                self._drop_newest(self.drop_reason)
+            elif self._shedding or not self._wait_for_room():
+                self._shed()
 
-    def _drop_newest(self) -> None:
+    def _shed(self) -> None:
+        """The blocking policy's bound: a caller waited ``block_timeout`` seconds and the
+        aggregator took nothing. Until it takes records again, new records are dropped at once
+        (counted, set aside) rather than each waiting that long again."""
+        if not self._shedding:
+            self._shedding = True
+            self._warn("blocked", f"tracer: the aggregator at {self.endpoint} took no records "
+                                  f"for {self.block_timeout:g} s (TRACER_QUEUE_BLOCK_TIMEOUT): "
+                                  "new records are dropped until it does")
+        self._drop_newest("queue_block_timeout")
+
+    def _drop_newest(self, reason: str) -> None:
         # A drop policy never blocks the caller: the newest record goes, and is counted.
         try:
             item = self._buffer.pop()
@@ -182,7 +258,9 @@ class Recorder:
             self._buffer.append(item)
             return
         with self._count_lock:
-            self._dropped += 1
+            if type(item) is bytes and len(item) >= LARGE_RECORD:
+                self._buffered_bytes -= len(item)
+            self._dropped[reason] += 1
             if self.spool_dir is not None:
                 self._spool.append(item)
                 # Written by the flusher each turn; if it is stuck sending, by the caller once
@@ -192,8 +270,13 @@ class Recorder:
         if self.spool_dir is not None:
             self._write_spool()
             return
-        self._warn("dropped", f"tracer: the send buffer is full ({self.max_buffer} records): "
-                              f"{self._dropped} records dropped so far ({self.drop_reason})")
+        self._warn("dropped", f"tracer: {self._full_what()}: {self._dropped.total()} records "
+                              f"dropped so far ({reason})")
+
+    def _full_what(self) -> str:
+        if self._block_at < (self.max_buffer or sys.maxsize):
+            return f"{self.max_bytes} bytes are held for the aggregator (TRACER_QUEUE_MAX_BYTES)"
+        return f"the send buffer is full ({self.max_buffer} records)"
 
     def _write_spool(self) -> None:
         """Write the dropped records kept so far as one payload file (any thread)."""
@@ -202,25 +285,31 @@ class Recorder:
         if not records or self.spool_dir is None:
             return
         try:
-            config.write_payload_file(self.spool_dir, self.drop_reason or "dropped",
+            config.write_payload_file(self.spool_dir, self.drop_reason or "queue_block_timeout",
                                       ".records.msgpack", pack_records(records))
         except OSError as exc:
             self._warn("spool", f"tracer: could not write {len(records)} dropped records to "
                                 f"{self.spool_dir}: {exc}; they are lost")
             return
-        self._warn("dropped", f"tracer: the send buffer is full ({self.max_buffer} records): "
-                              f"{self._dropped} records dropped so far ({self.drop_reason}), "
-                              f"written to {self.spool_dir} for tracer import-payloads")
+        self._warn("dropped", f"tracer: {self._full_what()}: {self._dropped.total()} records "
+                              f"dropped so far, written to {self.spool_dir} for tracer "
+                              "import-payloads")
 
-    def _wait_for_room(self) -> None:
-        # Blocking policy: the caller waits while the aggregator is alive and busy; a dead
-        # aggregator never blocks it (the flusher drops and counts instead).
+    def _wait_for_room(self) -> bool:
+        """Blocking policy: wait while the aggregator is alive and busy, at most
+        ``block_timeout`` seconds; False if there is still no room then. A dead aggregator
+        never blocks the caller (the flusher drops and counts instead)."""
         if threading.current_thread() is self._thread:
-            return
-        while len(self._buffer) >= self.max_buffer and not self._closed:
+            return True
+        deadline = time.monotonic() + self.block_timeout
+        while len(self._buffer) >= self._block_at and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             self._wake()
             with self._room:
-                self._room.wait(0.05)
+                self._room.wait(min(0.05, remaining))
+        return True
 
     def sync(self, level: int = wire.COMMITTED, timeout: float | None = 30.0) -> None:
         """Wait until the aggregator has received (or committed) everything added so far.
@@ -248,9 +337,23 @@ class Recorder:
                 waiter.done.wait(0.05)
             if deadline is not None and time.monotonic() > deadline:
                 raise FlushError(f"flush timed out after {timeout}s ({self.endpoint}"
-                                 f"{self._key_hint()})")
-        if waiter.error:
-            raise FlushError(waiter.error)
+                                 f"{self._key_hint()})", self._new_losses())
+        losses = self._new_losses()
+        if waiter.error or losses:
+            raise FlushError(waiter.error, losses)
+
+    def _new_losses(self) -> dict[str, int]:
+        """This process's records dropped or lost since the last flush that said so, by reason;
+        a flush raises about them once."""
+        with self._count_lock:
+            losses = Counter({f"dropped_{reason}": n for reason, n in self._dropped.items()})
+            losses.update({name: n for name, n in list(self.counters.items())
+                           if name.startswith("lost_")})
+            losses.update({f"aggregator_dropped_{reason}": n
+                           for reason, n in self._dropped_remotely.items()})
+            news = losses - self._losses_reported
+            self._losses_reported = losses
+        return dict(news)
 
     def deliver(self, timeout: float) -> None:
         """Make sure the aggregator has received everything added so far (not yet committed).
@@ -373,6 +476,7 @@ class Recorder:
             busy = self._announce() or busy
             self._read_replies()
             self._check_aggregator()
+            self._update_bounds()
         except Exception as exc:  # never let the flusher die silently
             self._warn("flusher", f"tracer: flusher error: {exc!r}")
             busy = True
@@ -385,39 +489,96 @@ class Recorder:
         if not buffer:
             return False
         take = buffer.popleft
+        channel = self._channel
         while buffer:
-            items = [take() for _ in range(min(len(buffer), self._frame_records))]
+            if self.max_bytes and channel.unacked_bytes >= self.max_bytes:
+                break  # over the byte bound: wait for commits (the queue policy holds callers)
+            if self._closing and time.monotonic() > self._close_deadline:
+                self._give_up_buffer()  # exiting, and the aggregator takes nothing: never hang
+                break
+            if self._buffered_bytes:  # large records among them: a frame's worth of bytes
+                items = self._take_frame()
+            else:
+                items = [take() for _ in range(min(len(buffer), self._frame_records))]
+                if self._buffered_bytes:  # a large record came in as they were taken
+                    self._uncount(items)
             for item in items:
                 if type(item) is _FlushMarker:  # flush markers among them: keep the order
                     self._send_in_order(items)
                     break
             else:
-                self._send_data(pack_records(items), len(items))
+                self._send_records(items)
         return True
+
+    def _take_frame(self) -> list:
+        """Records for one frame, at most FRAME_MAX_BYTES of large ones (or one): what the
+        flusher holds between the buffer and the channel stays within a frame."""
+        buffer, large = self._buffer, 0
+        items: list = []
+        while buffer and len(items) < self._frame_records and large < FRAME_MAX_BYTES:
+            item = buffer.popleft()
+            items.append(item)
+            if type(item) is bytes and len(item) >= LARGE_RECORD:
+                large += len(item)
+        with self._count_lock:
+            self._buffered_bytes -= large
+        return items
+
+    def _uncount(self, items: list) -> None:
+        """Large records taken from the buffer no longer count as buffered."""
+        large = sum(len(i) for i in items if type(i) is bytes and len(i) >= LARGE_RECORD)
+        with self._count_lock:
+            self._buffered_bytes -= large
+
+    def _give_up_buffer(self) -> None:
+        records = 0
+        while self._buffer:
+            item = self._buffer.popleft()
+            if type(item) is not _FlushMarker:
+                records += 1
+        with self._count_lock:
+            self._buffered_bytes = 0
+        self._lose(records, "aggregator_unreachable")
+
+    def _send_records(self, records: list) -> None:
+        """Pack and send records as DATA, in frames of at most FRAME_MAX_BYTES (or one record):
+        what a frame holds counts against the byte bound until it is committed."""
+        body = pack_records(records)
+        if len(body) > FRAME_MAX_BYTES and len(records) > 1:
+            half = len(records) // 2
+            self._send_records(records[:half])
+            self._send_records(records[half:])
+            return
+        self._send_data(body, len(records))
 
     def _send_in_order(self, items: list) -> None:
         records: list[bytes] = []
         for item in items:
             if isinstance(item, _FlushMarker):
                 if records:
-                    self._send_data(pack_records(records), len(records))
+                    self._send_records(records)
                     records = []
                 self._waiting[item.token] = item
                 self._send_sync(item)
             else:
                 records.append(item)
         if records:
-            self._send_data(pack_records(records), len(records))
+            self._send_records(records)
 
-    def _send_data(self, body: bytes, records: int) -> None:
-        """Send a DATA message and keep it until the aggregator says it is committed."""
+    def _send_data(self, body: bytes, records: int, carried: dict | None = None) -> None:
+        """Send a DATA message and keep it, with the counts it carries, until the aggregator
+        says it is committed. ``carried``: counts of an earlier message resent now."""
         counts = self._unreported()
+        if carried:
+            counts = dict(Counter(counts) + Counter(carried))
         seq = self._send(wire.DATA, [records, counts] if counts else records, body)
         if seq is None:
             self._lose(records, "aggregator_unreachable")
             return
-        self._channel.keep(seq, body, records)
+        self._channel.keep(seq, body, records, counts)
         self.counters["sent"] += records
+        if self.max_bytes and self._channel.unacked_bytes >= self.max_bytes:
+            self._update_bounds()  # callers feel the byte bound now, not after this turn
 
     def _send_sync(self, sync: _FlushMarker) -> None:
         sync.seq = self._channel.seq
@@ -465,6 +626,13 @@ class Recorder:
     def _read_replies(self) -> None:
         acks, replaced = self._channel.read_replies()
         for token, payload in acks:
+            if isinstance(payload, dict):  # what the aggregator dropped of ours, and any error
+                dropped = payload.get("dropped")
+                if isinstance(dropped, dict):
+                    with self._count_lock:
+                        self._dropped_remotely.update(
+                            {str(k): v for k, v in dropped.items() if isinstance(v, int)})
+                payload = payload.get("error")
             sync = self._waiting.pop(token, None) if isinstance(token, int) else None
             if sync is None:
                 continue
@@ -477,6 +645,15 @@ class Recorder:
             # A replacement aggregator, reached through a silent reconnect, that never saw the
             # start of our stream: what went to its predecessor may be lost. Resend.
             self._recover(replaced=True)
+
+    def _update_bounds(self) -> None:
+        """Over the byte bound, the queue policy applies to every new record, as for a full
+        buffer; a caller's timed-out wait ends once there is room."""
+        over = self.max_bytes and self._held_bytes() >= self.max_bytes
+        self._kick_at = 1 if over else KICK_RECORDS
+        self._block_at = 1 if over else (self.max_buffer or sys.maxsize)
+        if self._shedding and not over and len(self._buffer) < self._block_at:
+            self._shedding = False
 
     def _check_aggregator(self) -> None:
         """While waiting on the aggregator, look now and then whether it is still there."""
@@ -499,7 +676,7 @@ class Recorder:
             pid = supervisor.start_replacement(self)
             if pid is None:
                 self._lose(channel.unacked_records(), "aggregator_died")
-                channel.unacked.clear()
+                channel.forget_unacked()
                 self._fail_waiting(f"the aggregator at {self.endpoint} is gone"
                                    f"{self._key_hint()}")
                 channel.last_reply = time.monotonic()
@@ -508,12 +685,12 @@ class Recorder:
         try:
             supervisor.aggregator_pid = pid
             resend = channel.restart_stream()
-            for _, body, records in resend:
-                self._send_data(body, records)
+            for _, body, records, counts in resend:
+                self._send_data(body, records, counts)
             for sync in list(self._waiting.values()):
                 self._send_sync(sync)
             self._announced.clear()
-            resent = sum(n for _, _, n in resend)
+            resent = sum(entry[2] for entry in resend)
             self.counters["aggregator_restarts"] += 1
             self.counters["resent_after_restart"] += resent
             self._warn("restart", f"tracer: the aggregator at {self.endpoint} (pid {dead}) "
@@ -587,10 +764,10 @@ class Recorder:
         self._reported.update(news)
         counts = {name: n for name, n in news.items() if name != "sent"}
         counts.update(attachment_writer.take_counts(self))
-        dropped = self._dropped - self._dropped_reported
-        if dropped:
-            self._dropped_reported += dropped
-            counts[f"dropped_{self.drop_reason}"] = dropped
+        with self._count_lock:
+            dropped = self._dropped - self._dropped_reported
+            self._dropped_reported.update(dropped)
+        counts.update({f"dropped_{reason}": n for reason, n in dropped.items()})
         return counts
 
     def _warn(self, reason: str, message: str) -> None:

@@ -2,10 +2,14 @@
 
 Values are packed when they are logged, on the caller's thread, so that later mutation of a logged
 list or dict (a chat history that keeps growing, say) never changes what was recorded. The fast path
-is one C call on a per-thread ``msgpack.Packer``; the stand-in hook runs only for types msgpack
-does not know. Only when packing fails outright (a cycle, an int over 64 bits inside a container
-msgpack cannot convert, a lone surrogate) is the value walked in Python and repaired. Nothing here
-raises into user code.
+is one C call on a per-thread ``msgpack.Packer``, whose hook converts the standard library's simple
+types msgpack does not know (sets, datetimes, UUIDs...). A value holding anything else (a user
+object: its repr, ``model_dump``...) or that msgpack refuses (a cycle, an int over 64 bits inside a
+container, a lone surrogate) is packed again with stand-ins made for that one value: each object in
+it is described once, however often it appears, and the value is walked in Python and repaired
+only if it still cannot be packed. Hooks (``model_dump``, ``tolist``) are looked up on the type, so
+an object that makes up attributes (a ``Mock``) is described by its repr. Nothing here raises into
+user code.
 
 Stand-ins (see README, "What gets stored"):
     set/frozenset -> list; datetime/date/time -> ISO string; UUID, Decimal, Path, Enum -> str;
@@ -54,35 +58,43 @@ def register_substitute(cls: type, substitute: Callable[[Any], object]) -> None:
     _substitutes = (*_substitutes, (cls, substitute))
 
 
-def stand_in(obj: object) -> object:
-    """msgpack ``default`` hook: a value msgpack can carry, describing ``obj``."""
-    for cls, substitute in _substitutes:
-        if isinstance(obj, cls):
-            return substitute(obj)
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
-    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
-        return obj.isoformat()
-    if isinstance(obj, enum.Enum):
-        return obj.value if isinstance(obj.value, (str, int, float)) else str(obj)
-    if isinstance(obj, (uuid.UUID, decimal.Decimal, pathlib.PurePath)):
-        return str(obj)
-    if isinstance(obj, int):  # only reached for ints msgpack cannot hold
-        return str(obj)
-    if isinstance(obj, (bytearray, memoryview)):
-        return bytes(obj)
+def stand_in(obj: object, describe_as: Callable[[object], str] | None = None) -> object:
+    """A value msgpack can carry, describing ``obj`` (``describe_as``, default ``describe``,
+    for anything without a better stand-in); never raises.
+
+    The hooks of pydantic (``model_dump``) and numpy (``dtype`` and ``tolist``) are looked up on
+    the type, not the object: an object that makes up attributes as they are asked for (a
+    ``unittest.mock.Mock``, a proxy) would otherwise answer every hook with another such object,
+    and the stand-in of that with yet another.
+    """
     try:
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        dump = getattr(obj, "model_dump", None)
-        if callable(dump):
-            return dump()
-        tolist = getattr(obj, "tolist", None)
-        if hasattr(obj, "dtype") and callable(tolist):
-            return tolist()
+        for cls, substitute in _substitutes:
+            if isinstance(obj, cls):
+                return substitute(obj)
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+            return obj.isoformat()
+        if isinstance(obj, enum.Enum):
+            return obj.value if isinstance(obj.value, (str, int, float)) else str(obj)
+        if isinstance(obj, (uuid.UUID, decimal.Decimal, pathlib.PurePath)):
+            return str(obj)
+        if isinstance(obj, int):  # only reached for ints msgpack cannot hold
+            return str(obj)
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        cls = type(obj)
+        if dataclasses.is_dataclass(cls):
+            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+        if callable(getattr(cls, "model_dump", None)):
+            dumped = obj.model_dump()  # type: ignore[attr-defined]
+            if isinstance(dumped, dict):
+                return dumped
+        elif hasattr(cls, "dtype") and callable(getattr(cls, "tolist", None)):
+            return obj.tolist()  # type: ignore[attr-defined]
     except Exception:
         pass
-    return describe(obj)
+    return (describe_as or describe)(obj)
 
 
 def describe(obj: object) -> str:
@@ -100,13 +112,14 @@ def describe(obj: object) -> str:
 _IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes))
 
 
-def snapshot(value: object) -> object:
+def snapshot(value: object, stand_ins: StandIns | None = None) -> object:
     """``value`` as it is now, for a record packed later on the flusher's thread: an immutable
     value as it is, anything else packed now (an ``ExtType(SNAPSHOT, bytes)`` the aggregator
-    unpacks in place), so that later mutation never changes what was recorded."""
+    unpacks in place), so that later mutation never changes what was recorded. ``stand_ins``:
+    see ``pack``."""
     if type(value) in _IMMUTABLE:
         return value
-    return msgpack.ExtType(SNAPSHOT, pack(value))
+    return msgpack.ExtType(SNAPSHOT, pack(value, stand_ins))
 
 
 def immutable(values: tuple) -> bool:
@@ -152,54 +165,119 @@ def _pack_run(run: list) -> bytes:
     return packed[1 if n <= 15 else 3 if n <= 0xFFFF else 5:]  # the array header
 
 
+class _NotPlain(Exception):
+    """Raised by the per-thread packer at a value that needs a stand-in (see ``pack``)."""
+
+
+# Stand-ins cheap and safe enough for the per-thread packer: exact types of the standard library,
+# whose conversion runs no user code. Anything else goes to ``StandIns``.
+_PLAIN: dict[type, Callable[[Any], object]] = {
+    set: list, frozenset: list,
+    datetime.datetime: datetime.datetime.isoformat, datetime.date: datetime.date.isoformat,
+    datetime.time: datetime.time.isoformat,
+    uuid.UUID: str, decimal.Decimal: str, pathlib.PurePosixPath: str, pathlib.PosixPath: str,
+    pathlib.PureWindowsPath: str, pathlib.WindowsPath: str,
+    int: str,  # only reached for ints msgpack cannot hold
+    bytearray: bytes, memoryview: bytes,
+}
+
+
+def _plain_stand_in(obj: object) -> object:
+    convert = _PLAIN.get(type(obj))
+    if convert is None:
+        raise _NotPlain
+    return convert(obj)
+
+
 def _packer() -> msgpack.Packer:
     packer = _local.__dict__.get("packer")
     if packer is None:
-        packer = _local.packer = msgpack.Packer(default=stand_in)
+        packer = _local.packer = msgpack.Packer(default=_plain_stand_in)
     return packer
 
 
-def pack(obj: object) -> bytes:
-    """Snapshot ``obj`` as msgpack bytes, repairing it if it cannot be packed as it is."""
-    packer = _packer()
+def pack(obj: object, stand_ins: StandIns | None = None) -> bytes:
+    """Snapshot ``obj`` as msgpack bytes, with stand-ins and repairs where needed; never raises.
+
+    Plain values (and the standard library's simple types) are one C call on the per-thread
+    packer. At the first value that needs more (user objects: their repr, ``model_dump``...) or
+    a repair (cycles, over-deep nesting, lone surrogates), the value is packed again by a
+    ``StandIns``, so that each object in it is described once: ``stand_ins`` when several
+    values logged by one call are packed apart, else one of its own.
+    """
     try:
-        return packer.pack(obj)
+        return _packer().pack(obj)
     except Exception:
-        # Cycles, over-deep nesting, lone surrogates: repair a copy and try once more.
-        return packer.pack(sanitize(obj))
+        return (stand_ins or StandIns()).pack(obj)
 
 
-def sanitize(obj: object, depth: int = 0, path: frozenset[int] = frozenset()) -> object:
-    """A copy of ``obj`` that msgpack can pack: cycles and deep nesting replaced by markers."""
-    if obj is None or isinstance(obj, (bool, float)):
-        return obj
-    if isinstance(obj, int):
-        return obj if -(2**63) <= obj < 2**64 else str(obj)
-    if isinstance(obj, str):
-        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(obj, bytes):
-        return obj
-    if depth >= MAX_DEPTH:
-        return f"<max depth {MAX_DEPTH} reached>"
-    if isinstance(obj, (dict, list, tuple, set, frozenset)):
-        if id(obj) in path:
-            return f"<cycle: {type(obj).__name__}>"
-        inner = path | {id(obj)}
-        if isinstance(obj, dict):
-            return {
-                _key(k): sanitize(v, depth + 1, inner) for k, v in list(obj.items())
-            }
-        return [sanitize(v, depth + 1, inner) for v in list(obj)]
-    replaced = stand_in(obj)
-    if isinstance(replaced, str):
-        return sanitize(replaced)
-    return sanitize(replaced, depth + 1, path | {id(obj)})
+class StandIns:
+    """The stand-ins of what one call logs: each object's is made once, its repr taken at most
+    once, however often the object appears and whether or not the value then needs repairing
+    (``sanitize``). Objects are held as long as this is, so their ids stay theirs."""
 
+    __slots__ = ("_made", "_described")
 
-def _key(key: object) -> object:
-    if isinstance(key, (str, int, float, bool)) or key is None:
-        return sanitize(key)
-    return describe(key)
+    def __init__(self) -> None:
+        self._made: dict[int, tuple[object, object]] = {}
+        self._described: dict[int, tuple[object, str]] = {}
+
+    def pack(self, obj: object) -> bytes:
+        packer = msgpack.Packer(default=self.stand_in)
+        try:
+            return packer.pack(obj)
+        except Exception:
+            pass
+        try:
+            # Cycles, over-deep nesting, lone surrogates: repair a copy and try once more.
+            return packer.pack(self.sanitize(obj))
+        except Exception:  # a container whose own methods fail: describe it whole
+            return packer.pack(self.sanitize(self.describe(obj)))
+
+    def stand_in(self, obj: object) -> object:
+        """msgpack ``default`` hook: ``stand_in(obj)``, made once per object."""
+        made = self._made.get(id(obj))
+        if made is None:
+            made = self._made[id(obj)] = (obj, stand_in(obj, self.describe))
+        return made[1]
+
+    def describe(self, obj: object) -> str:
+        """``describe(obj)``, taken once per object."""
+        described = self._described.get(id(obj))
+        if described is None:
+            described = self._described[id(obj)] = (obj, describe(obj))
+        return described[1]
+
+    def sanitize(self, obj: object, depth: int = 0, path: frozenset[int] = frozenset()) -> object:
+        """A copy of ``obj`` that msgpack can pack: cycles and deep nesting replaced by
+        markers."""
+        if obj is None or isinstance(obj, (bool, float)):
+            return obj
+        if isinstance(obj, int):
+            return obj if -(2**63) <= obj < 2**64 else str(obj)
+        if isinstance(obj, str):
+            return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+        if isinstance(obj, bytes):
+            return obj
+        if depth >= MAX_DEPTH:
+            return f"<max depth {MAX_DEPTH} reached>"
+        if isinstance(obj, (dict, list, tuple, set, frozenset)):
+            if id(obj) in path:
+                return f"<cycle: {type(obj).__name__}>"
+            inner = path | {id(obj)}
+            if isinstance(obj, dict):
+                return {self._key(k): self.sanitize(v, depth + 1, inner)
+                        for k, v in list(obj.items())}
+            return [self.sanitize(v, depth + 1, inner) for v in list(obj)]
+        replaced = self.stand_in(obj)
+        if isinstance(replaced, str):
+            return self.sanitize(replaced)
+        return self.sanitize(replaced, depth + 1, path | {id(obj)})
+
+    def _key(self, key: object) -> object:
+        if isinstance(key, (str, int, float, bool)) or key is None:
+            return self.sanitize(key)
+        return self.describe(key)
 
 
 def snapshot_to_json(snapshot: bytes, pretty: bool = False) -> bytes:

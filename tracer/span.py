@@ -10,7 +10,7 @@ from . import event, slug, wire
 from .context import current, state
 from .ids import new_id, new_trace_id
 from .recorder import Recorder
-from .serialize import pack, snapshot
+from .serialize import StandIns, immutable, pack, snapshot
 
 
 class Span:
@@ -103,10 +103,11 @@ class Span:
         if end is not None and self.end_time is None:
             self._logged_end = end
 
-    def _record_log(self, fields: dict) -> None:
+    def _record_log(self, fields: dict, stand_ins: StandIns | None = None) -> None:
         if fields:
-            self._rec.add(pack(wire.span_log(self.container, self.trace_int, self.span_int,
-                                             self.parents, self.root_int, self.row_id, fields)))
+            self._rec.add_packed(pack(wire.span_log(self.container, self.trace_int,
+                                                    self.span_int, self.parents, self.root_int,
+                                                    self.row_id, fields), stand_ins))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
         """Change the span's name or type."""
@@ -117,7 +118,7 @@ class Span:
         if type is not None:
             self.type = type
         if self.end_time is not None:  # already sent: send the change as a merge
-            self._rec.add(pack(wire.span_end(self.container, self.trace_int, self.span_int,
+            self._rec.add_packed(pack(wire.span_end(self.container, self.trace_int, self.span_int,
                                              self.parents, self.root_int, self.row_id, self.name,
                                              self.type, self.start, self.end_time, None, None)))
 
@@ -235,16 +236,16 @@ class RemoteSpan(Span):
                          0.0)
         self.row_id = ref.row_id
 
-    def _record_log(self, fields: dict) -> None:
+    def _record_log(self, fields: dict, stand_ins: StandIns | None = None) -> None:
         if fields:
-            self._rec.add(pack(wire.update(self.container, self.id, fields)))
+            self._rec.add_packed(pack(wire.update(self.container, self.id, fields), stand_ins))
 
     def set_attributes(self, name: str | None = None, type: str | None = None) -> None:
         event.check_name(name, "Span.set_attributes")
         event.check_type(type, "Span.set_attributes")
         attributes = {k: v for k, v in (("name", name), ("type", type)) if v is not None}
         if attributes:
-            self._rec.add(pack(wire.update(self.container, self.id,
+            self._rec.add_packed(pack(wire.update(self.container, self.id,
                                            {"span_attributes": attributes})))
 
     def end(self, end_time: float | None = None) -> float:
@@ -357,10 +358,16 @@ def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
     span.row_id = row_id
     if fields.get("metrics"):
         span._take_times(fields["metrics"])
+    stand_ins = None
     if "input" in fields:  # also kept for the announcement of a long-running span
-        span._input = (None, snapshot(fields["input"]))
+        value = fields["input"]
+        # The log record carries that snapshot too, so the input is packed once, and both share
+        # their stand-ins: an object in the input and another field is described once.
+        stand_ins = None if immutable((value,)) else StandIns()
+        span._input = (None, snapshot(value, stand_ins))
+        fields["input"] = span._input[1]  # ``fields`` is check_start's own dict
     span._rec.open_spans.add(span)
-    span._record_log(fields)
+    span._record_log(fields, stand_ins)
     return span
 
 

@@ -22,7 +22,8 @@ import zmq
 
 from tracer import wire
 
-Marker = tuple[int, bytes, object, int]  # (reply kind, identity, token, first_seq)
+# (reply kind, identity, token, first_seq, the sender's rows dropped here since its last flush)
+Marker = tuple[int, bytes, object, int, dict[str, int] | None]
 
 
 class Acks:
@@ -30,20 +31,20 @@ class Acks:
 
     def __init__(self, scans_completed: Callable[[], int]) -> None:
         self._scans_completed = scans_completed  # the attachment mover's completed scans
-        # (kind, identity, token, first_seq, error) due, in order
-        self._due: deque[tuple[int, bytes, object, int, str | None]] = deque()
+        # (kind, identity, token, first_seq, dropped, error) due, in order
+        self._due: deque[tuple[int, bytes, object, int, dict[str, int] | None, str | None]] = \
+            deque()
         self._scans: dict[tuple[bytes, object], int] = {}  # (identity, token) -> scan awaited
 
-    def owe(self, kind: int, identity: bytes, token: object, first_seq: int,
-            error: str | None = None) -> None:
+    def owe(self, marker: Marker, error: str | None = None) -> None:
         """A reply due now."""
-        self._due.append((kind, identity, token, first_seq, error))
+        self._due.append((*marker, error))
 
     def completed(self, finished: Iterable[tuple[Marker, str | None]]) -> None:
         """Markers the queue completed (``RowQueue.mark`` or ``done``), with the error of any
         batch given up since each was placed; any thread."""
-        for (kind, identity, token, first_seq), error in finished:
-            self._due.append((kind, identity, token, first_seq, error))
+        for marker, error in finished:
+            self._due.append((*marker, error))
 
     def after_scan(self, identity: bytes, token: object, scan: int) -> None:
         """Hold the ACK of this flush until the attachment mover has completed ``scan``. Called
@@ -57,7 +58,7 @@ class Acks:
         later = []  # flushes still waiting for the attachment mover
         while self._due:
             entry = self._due.popleft()
-            kind, identity, token, first_seq, error = entry
+            kind, identity, token, first_seq, dropped, error = entry
             if kind == wire.COMMITTED_UPTO:
                 seq = token if isinstance(token, int) else 0
                 if seq > committed.get(identity, (0, 0))[0]:
@@ -68,7 +69,10 @@ class Acks:
                         later.append(entry)
                         continue
                     del self._scans[(identity, token)]
-                replies.append((identity, wire.reply(kind, token, error, first_seq)))
+                # A flush learns what the aggregator dropped of its sender's rows, so that it
+                # can raise about it (tracer.FlushError).
+                payload = {"error": error, "dropped": dropped} if dropped else error
+                replies.append((identity, wire.reply(kind, token, payload, first_seq)))
         self._due.extend(later)
         replies += [(identity, wire.reply(wire.COMMITTED_UPTO, seq, None, first_seq))
                     for identity, (seq, first_seq) in committed.items()]

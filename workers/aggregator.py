@@ -13,13 +13,15 @@ here (``acks``).
 
 Whoever can reach the socket can send anything (``curve``: over tcp:// a secret key admits only
 those who know its public key): messages are bounded in size before they are read, headers and
-records checked before they count, and complaints about malformed input logged at most once per
-``COMPLAINT_INTERVAL`` per kind. ZeroMQ's socket monitor counts handshakes refused and
-connections closed.
+records checked before they count, and malformed input logged at most once per ``LOG_EVERY``
+per kind. ZeroMQ's socket monitor counts handshakes refused and connections closed.
 
 Supervision (``supervision``): a sender on this host that dies leaves its still-running spans
 marked with an error; an aggregator started by ``init_logger`` exits once its owner and every
-sender are gone and everything is committed. Its counters: ``stats``.
+sender are gone and everything is committed; the uploader or attachment mover thread, should
+one die, is started again. Its counters: ``stats``. Every thread logs through ``log``, which
+never raises: no turn of the receiving loop, the uploader or the mover ends a thread with an
+exception, it is counted and the loop goes on.
 
 Run ``python -m workers.aggregator --help`` (or ``tracer aggregator --help``).
 """
@@ -34,6 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -41,14 +44,14 @@ import zmq
 from tracer import config, wire
 from tracer.processes import read_pid_file, write_pid_file
 
-from . import curve, media, payloads, stats
+from . import curve, log, media, payloads, stats
 from .acks import Acks, Marker
 from .attachments import AttachmentMover
 from .queue import RowQueue
 from .rows import CHECK_DEPTH_FROM, BadRecord, Container, check_depth, merge, now_iso, record_to_row
 from .senders import Sender, Senders
 from .store import StoreWriter, open_store
-from .supervision import Supervisor
+from .supervision import Supervisor, revive
 from .uploader import Uploader
 
 SUPERVISE_INTERVAL = 0.25
@@ -56,7 +59,8 @@ IDLE_EXIT = 1.0  # seconds without traffic, owner and senders gone, before exiti
 MAX_BURST = 512  # messages read per loop turn before acks and supervision get a turn
 DROP_WARN_INTERVAL = 10.0  # seconds between warnings about dropped rows
 GC_THRESHOLD = 100_000  # allocations between collections of the youngest generation (700)
-COMPLAINT_INTERVAL = 10.0  # seconds between log lines about malformed input of one kind
+LOG_EVERY = 10.0  # seconds between log lines about the same kind of failure
+ERROR_PAUSE = 0.05  # seconds after a failed turn of the receiving loop
 MAX_CONTAINERS = 10_000  # container keys resolved and cached; the cache starts over past it
 # ZeroMQ's socket monitor events counted, by name.
 _MONITORED: dict[int, str] = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshakes_failed",
@@ -78,6 +82,7 @@ class Aggregator:
         self.settings = settings or config.load()
         self.this_run = stats.Run(bind, store, owner)
         self.counters: Counter = Counter()
+        log.attach(self.counters)
         self.senders = Senders(self.counters)
         # Over ipc every peer is on this host, whatever host its header claims.
         self.supervisor = Supervisor(owner, bind.startswith("ipc://"), idle_exit, self.counters)
@@ -85,12 +90,12 @@ class Aggregator:
         # The queue policy: block (drop_reason None: stop reading while full, so senders
         # block), or drop new rows beyond the bound and count them under drop_reason.
         bound, self.drop_reason = config.queue_policy(self.settings)
-        self.queue = RowQueue(bound, hold=self.settings.sync_flush)
+        self.queue = RowQueue(bound, hold=self.settings.sync_flush,
+                              max_bytes=self.settings.queue_max_bytes)
         self.dropped = payloads.DroppedRows(self.settings.failed_payloads_dir, self.drop_reason,
                                             self.settings.batch_size, self.counters)
         self.rejected = payloads.RejectedRecords(self.settings.failed_payloads_dir,
                                                  self.counters)
-        self._complained: dict[str, tuple[float, int]] = {}  # kind -> (when, not logged since)
         self.stopping = False
         self.last_traffic = time.monotonic()
         self._drop_warned = -DROP_WARN_INTERVAL
@@ -100,12 +105,13 @@ class Aggregator:
         # Attachments have their own thread, store writer and retries: they never hold rows back.
         self.mover = AttachmentMover(store, self.settings, self.counters, self._wake)
         self.acks = Acks(lambda: self.mover.completed)
-        self.inline_limit = media.inline_limit()  # base64 longer than this: an attachment
+        self.inline_limit = self.settings.max_inline_base64  # longer base64: an attachment
         # Attachments were published to the spool (a sender said so) or pulled out of rows since
         # the mover was last asked for a scan; a commit flush then waits for the mover too, as
         # it waits for every row queued before it, whoever sent them.
         self._attachments_new = False
         self._scan_due = 0  # the mover's scan the next commit flushes wait for
+        self.uploader: Uploader | None = None  # set by run()
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -113,6 +119,7 @@ class Aggregator:
         """Receive and commit until stopped (a signal, or the owner and senders gone); then
         commit what is left and exit. Returns the exit status."""
         sink = open_store(self.store)
+        sink.on_replaced = self._store_replaced
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -139,8 +146,8 @@ class Aggregator:
             if finished:
                 self._wake()
 
-        uploader = Uploader(self.queue, sink, self.settings, self.counters, on_done,
-                            lambda: self._record_run(sink))
+        uploader = self.uploader = Uploader(self.queue, sink, self.settings, self.counters,
+                                            on_done, lambda: self._record_run(sink))
         self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
         uploader.start()
         self.mover.start()
@@ -155,48 +162,69 @@ class Aggregator:
         blocked.register(monitor, zmq.POLLIN)
         next_supervise = time.monotonic()
         while not self.stopping:
-            poller = blocked if self._must_wait() else reading
-            events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
-            if router in events:
-                self._receive(router)
-            if wake in events:
-                while wake.poll(0):
-                    wake.recv()
-            if monitor in events:
-                self._count_events(monitor)
-            self.acks.send(router)
-            if time.monotonic() >= next_supervise:
-                next_supervise = time.monotonic() + SUPERVISE_INTERVAL
-                try:  # whatever goes wrong here, the loop must go on receiving
+            try:  # a turn that fails is counted; the loop, and every sender, goes on
+                poller = blocked if self._must_wait() else reading
+                events = dict(poller.poll(int(SUPERVISE_INTERVAL * 1000)))
+                if router in events:
+                    self._receive(router)
+                if wake in events:
+                    while wake.poll(0):
+                        wake.recv()
+                if monitor in events:
+                    self._count_events(monitor)
+                self.acks.send(router)
+                if time.monotonic() >= next_supervise:
+                    next_supervise = time.monotonic() + SUPERVISE_INTERVAL
                     self._supervise()
-                except Exception as exc:
-                    self.counters["supervision_errors"] += 1
-                    self._complain("supervision", f"supervision failed: {exc!r:.300}")
+            except Exception as exc:
+                self.counters["receive_loop_errors"] += 1
+                log.log(f"receiving loop: {exc!r}", key="receive-loop", every=LOG_EVERY)
+                time.sleep(ERROR_PAUSE)  # a fault that repeats must not spin the CPU
 
-        # Shutdown: take in what is already queued on the socket, then drain and commit.
-        self._receive(router, until_empty=True)
-        self.dropped.save()
-        self.rejected.save()
+        # Shutdown: take in what is already queued on the socket, then drain and commit. Each
+        # step is guarded: one that fails must not keep the others from saving what they can.
+        self._step("receiving the last messages", lambda: self._receive(router, until_empty=True))
+        self._step("saving dropped rows", self.dropped.save)
+        self._step("saving rejected records", self.rejected.save)
         self.queue.close()
         uploader.thread.join(60)
         uploader.stopping.set()
         uploader.thread.join(5)
-        self.mover.stop()
-        self.acks.send(router)
+        self._step("stopping the attachment mover", self.mover.stop)
+        self._step("sending replies", lambda: self.acks.send(router))
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
-            _log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not answer")
+            log.log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not "
+                    "answer")
         else:
             self._record_run(sink, ended=True)
-            sink.close()
+            self._step("closing the store", sink.close)
         router.disable_monitor()
         monitor.close(linger=0)
         router.close(linger=500)
         wake.close(linger=0)
         waker.close(linger=0)
         ctx.term()
-        self._remove_files()
+        self._step("removing the socket's files", self._remove_files)
         self._info(f"exiting: {stats.summary(self.counters)}")
+        log.drain()
         return 0
+
+    def _step(self, what: str, step: Callable[[], object]) -> None:
+        """One step of the shutdown; a failure is counted and logged, and the next step runs."""
+        try:
+            step()
+        except Exception as exc:
+            self.counters["shutdown_errors"] += 1
+            log.log(f"{what}: {exc!r}")
+
+    def _store_replaced(self, why: str, committed: int) -> None:
+        """The uploader's writer found the store removed or replaced (its thread, or the
+        mover's); what it had committed there went with the old file."""
+        self.counters["store_replaced"] += 1
+        self.counters["rows_in_replaced_store"] += committed
+        log.log(f"the store {self.store} was {why} while in use: {committed} rows committed "
+                "to the old file by this aggregator went with it; a new store is started at "
+                "the same path for everything not yet committed")
 
     def _wake(self) -> None:
         """Wake the receiving loop: the uploader and attachment mover threads call this once
@@ -215,8 +243,8 @@ class Aggregator:
             sink.record_run(self.this_run.run_id, self.this_run.info(), self.stats(), ended)
         except Exception as exc:  # the store is unusable: rows still go to retries and payloads
             self.counters["run_record_errors"] += 1
-            if self.counters["run_record_errors"] == 1:
-                _log(f"could not record this run in {self.store}: {exc!r}")
+            log.log(f"could not record this run in {self.store}: {exc!r}", key="run-record",
+                    every=60.0)
 
     def _remove_files(self) -> None:
         """Remove our ipc socket and its pid and lock files, unless a successor owns them."""
@@ -234,24 +262,12 @@ class Aggregator:
     def _info(self, message: str) -> None:
         # An aggregator started by init_logger (its stderr is aggregator.log beside the store)
         # notes its start and exit only when asked; problems are always written.
-        if self.owner is None or os.environ.get("TRACER_DEBUG") == "1":
-            _log(message)
+        if self.owner is None or self.settings.debug:
+            log.log(message)
 
     def stop(self, *_: object) -> None:
         """Stop serving (a signal handler)."""
         self.stopping = True
-
-    def _complain(self, kind: str, message: str) -> None:
-        """Log ``message`` unless a complaint of this ``kind`` was logged in the last
-        ``COMPLAINT_INTERVAL`` seconds: a flood of bad input must not become a flood of log
-        lines. The next line logged says how many were not."""
-        now = time.monotonic()
-        last, quiet = self._complained.get(kind, (-COMPLAINT_INTERVAL, 0))
-        if now - last < COMPLAINT_INTERVAL:
-            self._complained[kind] = (last, quiet + 1)
-            return
-        self._complained[kind] = (now, 0)
-        _log(message + (f" ({quiet} more like it not logged)" if quiet else ""))
 
     def _count_events(self, monitor: zmq.Socket) -> None:
         """Count what ZeroMQ's socket monitor saw: handshakes refused (a peer without our CURVE
@@ -265,8 +281,8 @@ class Aggregator:
                 self.counters[name] += 1
             if name == "handshakes_failed":
                 address = frames[1].decode("utf-8", "replace") if len(frames) > 1 else "?"
-                self._complain("handshake", f"refused a connection that failed the handshake "
-                                            f"(no or the wrong CURVE key) on {address}")
+                log.log(f"refused a connection that failed the handshake (no or the wrong "
+                        f"CURVE key) on {address}", key="handshake", every=LOG_EVERY)
 
     def _receive(self, router: zmq.Socket, until_empty: bool = False) -> None:
         for _ in range(MAX_BURST if not until_empty else 1 << 30):
@@ -291,7 +307,7 @@ class Aggregator:
 
     def _bad_message(self, why: str) -> None:
         self.counters["bad_messages"] += 1
-        self._complain("message", f"ignored a malformed message: {why}")
+        log.log(f"ignored a malformed message: {why}", key="bad-message", every=LOG_EVERY)
 
     def _handle(self, router: zmq.Socket, identity: bytes, head: bytes, body: bytes) -> None:
         try:
@@ -315,7 +331,7 @@ class Aggregator:
             self.counters["bytes"] += len(body)
             self._apply_records(body, sender)
             # Tell the sender once this message is committed: until then it keeps a copy.
-            self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq))
+            self._mark((wire.COMMITTED_UPTO, identity, seq, sender.first_seq, None))
         elif kind == wire.SYNC:
             # [token, level, attachments published since?]
             if not (isinstance(arg, list) and 2 <= len(arg) <= 3 and type(arg[0]) is int
@@ -327,15 +343,17 @@ class Aggregator:
             self.counters["syncs"] += 1
             if len(arg) > 2 and arg[2]:
                 self._attachments_new = True
+            marker = (wire.ACK, identity, token, sender.first_seq,
+                      self._dropped_since_flush(sender))
             if level == wire.RECEIVED:
-                self.acks.owe(wire.ACK, identity, token, sender.first_seq)
+                self.acks.owe(marker)
             else:
                 if self._attachments_new:
                     self._attachments_new = False
                     self._scan_due = self.mover.request()
                 if self.mover.completed < self._scan_due:
                     self.acks.after_scan(identity, token, self._scan_due)
-                self._mark((wire.ACK, identity, token, sender.first_seq))
+                self._mark(marker)
         elif kind == wire.BYE:
             sender = self.senders.heard(host, pid, gen)
             sender.closed = True
@@ -354,17 +372,27 @@ class Aggregator:
         if refused:
             self.counters[f"dropped_{self.drop_reason}"] += len(refused)
             sender.dropped += len(refused)
+            sender.dropped_here += len(refused)
             self._warn_drops()
             # set aside for tracer import-payloads
             self.dropped.extend((container, partial)
                                 for _key, partial, _size, container in refused)
 
+    def _dropped_since_flush(self, sender: Sender) -> dict[str, int] | None:
+        """The sender's rows this aggregator dropped since its previous flush, told with the
+        flush's acknowledgement (its rows are refused in order, before the flush is read)."""
+        news = sender.dropped_here - sender.dropped_told
+        if not news:
+            return None
+        sender.dropped_told = sender.dropped_here
+        return {str(self.drop_reason): news}
+
     def _warn_drops(self) -> None:
         now = time.monotonic()
         if now - self._drop_warned >= DROP_WARN_INTERVAL:
             self._drop_warned = now
-            _log(f"queue full ({self.queue.max_rows} rows): "
-                 f"{self.counters[f'dropped_{self.drop_reason}']} rows dropped so far")
+            log.log(f"queue full ({self.queue.max_rows} rows): "
+                    f"{self.counters[f'dropped_{self.drop_reason}']} rows dropped so far")
 
     def _apply_records(self, body: bytes, sender: Sender) -> None:
         unpacker = wire.record_unpacker(max_buffer_size=max(len(body), 1))
@@ -435,8 +463,8 @@ class Aggregator:
         self.counters[f"bad_record_{reason}"] += 1
         sender.rejected += 1
         self.rejected.add(data)
-        self._complain("record", f"rejected a record from {sender.host}:{sender.pid} "
-                                 f"({reason}): {why:.300}")
+        log.log(f"rejected a record from {sender.host}:{sender.pid} ({reason}): {why:.300}",
+                key="bad-record", every=LOG_EVERY)
 
     def _apply(self, record: Any, sender: Sender, size: int, created: str,
                images: bool = False) -> tuple:
@@ -479,6 +507,8 @@ class Aggregator:
     def _supervise(self) -> None:
         self.dropped.save()
         self.rejected.save()
+        if self.uploader is not None:  # a thread of ours that died anyway is started again
+            revive({"uploader": self.uploader, "attachments": self.mover}, self.counters)
         for sender, reason in self.supervisor.dead_senders(self.senders):
             self._abandon(sender, reason)
         if self.supervisor.may_exit(self.senders, self.last_traffic):
@@ -499,10 +529,6 @@ class Aggregator:
         """The counters, as ``tracer stats`` shows them (any thread)."""
         return stats.stats(self.this_run, self.counters, self.queue, self.senders.snapshot(),
                            self.drop_reason or "block")
-
-
-def _log(message: str) -> None:
-    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -545,8 +571,8 @@ def check_bind(bind: str, secret_key_file: str | None, insecure: bool) -> bytes 
             raise ValueError(f"--bind {bind} is reachable from other hosts: anyone who can "
                              "connect could write rows into any project. Give --secret-key "
                              "FILE (make one with `tracer keys`), or --insecure to accept that")
-        _log(f"WARNING: listening on {bind} without a secret key (--insecure): anyone who can "
-             "reach it can send spans into any project, and traffic is not encrypted")
+        log.log(f"WARNING: listening on {bind} without a secret key (--insecure): anyone who "
+                "can reach it can send spans into any project, and traffic is not encrypted")
     return None
 
 
@@ -554,12 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run an aggregator (``tracer aggregator ARGV...``); returns the exit status: 0, or 2 for
     a refused configuration (said on stderr)."""
     args = parser().parse_args(argv)
-    try:
+    try:  # a malformed variable, --store or key, a bind that needs a key: status 2, said why
         settings = config.load()
-        store = config.store_path(args.store if args.store is not None else settings.store)
+        store = (config.store_path(args.store, "--store") if args.store is not None
+                 else config.store_path(settings.store, "TRACER_STORE"))
         secret_key = check_bind(args.bind, args.secret_key, args.insecure)
     except ValueError as exc:
-        _log(f"not starting: {exc}")
+        print(f"tracer aggregator: {exc}", file=sys.stderr)
         return 2
     aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit, secret_key)
     # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
@@ -569,7 +596,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(GC_THRESHOLD, 50, 50)
     signal.signal(signal.SIGTERM, aggregator.stop)
     signal.signal(signal.SIGINT, aggregator.stop)
+    # A thread that dies anyway is said so through the one log that cannot fail (the default
+    # hook prints to stderr, which may be a full disk); the watchdog starts it again.
+    threading.excepthook = _thread_died
     return aggregator.run()
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "a thread"
+    log.log(f"{name} died: {args.exc_type.__name__}: {args.exc_value!r}")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ import hashlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tracer import attachments
+from tracer import attachments, config
 from tracer.config import Settings
 
+from . import log
 from .store import STORE_ERRORS, StoreWriter, open_store
 
 SCAN_INTERVAL = 0.25  # seconds between looks at the spool when nobody asks
@@ -61,6 +61,7 @@ class AttachmentMover:
         self.on_progress = on_progress
         self.spool = attachments.spool_dir(store)
         self._store: StoreWriter = open_store(store)  # opened on first use, by this thread
+        self._store.on_replaced = self._store_replaced
         self._cond = threading.Condition()
         self._requested = 0  # scans asked for (a flush waiting)
         self._completed = 0  # the last request a finished scan covered
@@ -69,9 +70,17 @@ class AttachmentMover:
         self._retry: dict[str, tuple[int, float]] = {}  # key -> (failures, next attempt)
         self._given_up: set[str] = set()
         self.stopping = threading.Event()  # cuts backoff short at shutdown
-        self.thread = threading.Thread(target=self._run, name="tracer-attachments", daemon=True)
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="tracer-attachments", daemon=True)
 
     def start(self) -> None:
+        self.thread.start()
+
+    def restart(self) -> None:
+        """Start a new thread in place of one that died (the aggregator's watchdog)."""
+        self.thread = self._new_thread()
         self.thread.start()
 
     # -- other threads ---------------------------------------------------------------------
@@ -111,22 +120,32 @@ class AttachmentMover:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not (self._stopping or self._adopted or self._requested > self._completed):
-                    self._cond.wait(SCAN_INTERVAL)
-                covered = self._requested
-                stopping = self._stopping
-            try:
-                self._store_adopted()
-                self._scan()
-            except Exception as exc:  # never let the thread die: the next turn tries again
+            stopping = False
+            try:  # never let the thread die: the next turn tries again
+                with self._cond:
+                    if not (self._stopping or self._adopted
+                            or self._requested > self._completed):
+                        self._cond.wait(SCAN_INTERVAL)
+                    covered = self._requested
+                    stopping = self._stopping
+                try:
+                    self._store_adopted()
+                    self._scan()
+                finally:  # a failed scan still answers the flushes waiting: they are not held
+                    if covered > self._completed:
+                        self._completed = covered
+                        self.on_progress()
+            except Exception as exc:
                 self.counters["attachment_mover_errors"] += 1
-                _log(f"attachment mover: {exc!r}")
-            if covered > self._completed:
-                self._completed = covered
-                self.on_progress()
+                log.log(f"attachment mover: {exc!r}", key="mover", every=10.0)
+                self.stopping.wait(0.1)  # a fault that repeats must not spin the CPU
             if stopping:
                 return
+
+    def _store_replaced(self, why: str, committed: int) -> None:
+        """The store was removed or replaced under the mover's writer: the attachment records
+        it had committed there went with the old file (the blobs stay)."""
+        self.counters["attachment_records_in_replaced_store"] += committed
 
     def _scan(self) -> None:
         try:
@@ -204,7 +223,7 @@ class AttachmentMover:
             self._record(key, meta or {}, error, "logged")
             os.unlink(meta_path)
         except _FAILURES as exc:
-            _log(f"could not record attachment {key} as failed: {exc!r}")
+            log.log(f"could not record attachment {key} as failed: {exc!r}")
             self._given_up.add(key)
         self.counters["attachments_failed"] += 1
 
@@ -214,7 +233,7 @@ class AttachmentMover:
             self._retry.pop(key, None)
             self._given_up.add(key)  # left in the spool: the next aggregator tries again
             self.counters["attachments_failed"] += 1
-            _log(f"gave up storing attachment {key} after {failures} attempts: {exc!r}")
+            log.log(f"gave up storing attachment {key} after {failures} attempts: {exc!r}")
             return
         self.counters["attachment_retries"] += 1
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
@@ -241,7 +260,7 @@ class AttachmentMover:
                 except _FAILURES as exc:
                     if attempt == self.settings.num_retries or self.stopping.is_set():
                         self.counters["attachments_failed"] += 1
-                        _log(f"gave up storing extracted attachment {key}: {exc!r}")
+                        log.log(f"gave up storing extracted attachment {key}: {exc!r}")
                         break
                     self.counters["attachment_retries"] += 1
                     self.stopping.wait(min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
@@ -254,7 +273,8 @@ class AttachmentMover:
             return sha
         attachments.make_private(os.path.dirname(blob))
         tmp = f"{blob}.{os.getpid()}.tmp"
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        with os.fdopen(config.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                       "wb") as f:
             f.write(content)
         os.replace(tmp, blob)
         self.counters["attachments_stored"] += 1
@@ -291,10 +311,6 @@ def _int(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _log(message: str) -> None:
-    print(f"tracer-aggregator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 # -- reading: the command line ----------------------------------------------------------------

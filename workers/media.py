@@ -10,11 +10,11 @@ image that was extracted, below). Being a dict, it merges across ``log()`` calls
 field; it is a hint, so a viewer should check the value is still there.
 
 Very large base64 strings become attachments: a string longer than ``TRACER_MAX_INLINE_BASE64``
-characters (default 65,536; 0 turns this off) that is a base64 data URL, or bare base64 whose
-decoded content starts like a known binary format (PNG, JPEG, GIF, WebP, PDF, WAV, MP3, Ogg,
-FLAC, MP4), is decoded here, handed to the attachment mover (content addressed, like any
-attachment) and replaced in the row by its reference. Bare base64 of unknown content stays as it
-is: a long run of letters and digits is not necessarily base64.
+characters (the aggregator's settings; default 65,536, 0 turns this off) that is a base64 data
+URL, or bare base64 whose decoded content starts like a known binary format (PNG, JPEG, GIF,
+WebP, PDF, WAV, MP3, Ogg, FLAC, MP4), is decoded here, handed to the attachment mover (content
+addressed, like any attachment) and replaced in the row by its reference. Bare base64 of
+unknown content stays as it is: a long run of letters and digits is not necessarily base64.
 
 Cost: the aggregator is the pipeline's bottleneck, so rows are only walked when they may hold
 something. A DATA body is searched once for ``image`` and ``://`` (two C searches, about 0.3 us
@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from collections.abc import Callable
 from typing import Any
 
-from tracer import attachments, config
+from tracer import attachments
 
-DEFAULT_INLINE_LIMIT = 65536
 FIELDS = ("input", "output", "expected", "metadata")
 HINTS = (b"image", b"://")  # in every data:image/ URL, image_url key and http(s) URL
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".svg", ".avif", ".heic")
@@ -55,11 +53,6 @@ MAGIC = (
 _EXTENSIONS = {mime: ext for ext, mime in reversed(attachments._TYPES.items())}
 
 Adopt = Callable[[bytes, str, str], str]  # (content, filename, content_type) -> key
-
-
-def inline_limit() -> int:
-    """``TRACER_MAX_INLINE_BASE64``: base64 strings longer than this become attachments."""
-    return config._int(os.environ, "MAX_INLINE_BASE64", DEFAULT_INLINE_LIMIT, 0)
 
 
 def may_hold_images(body: bytes) -> bool:

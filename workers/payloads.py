@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from tracer import config, wire
 
+from . import log
 from .queue import Pending
 from .rows import Container, record_to_row, to_json
 from .store import StoreWriter
@@ -58,10 +58,10 @@ def save(directory: str, rows: list[tuple[Container, dict]], reason: str, counte
     (``payload_write_errors``, reported on stderr); never raises. Returns the path, if written."""
     try:
         path = write(directory, rows, reason, error)
-    except OSError as exc:
+    except Exception as exc:  # a full disk, or rows that cannot be written out: counted
         counters["payload_write_errors"] += 1
-        print(f"tracer-aggregator[{os.getpid()}]: could not write {len(rows)} rows "
-              f"({reason}) to {directory}: {exc}", file=sys.stderr, flush=True)
+        log.log(f"could not write {len(rows)} rows ({reason}) to {directory}: {exc}",
+                key="payload-write", every=10.0)
         return None
     counters[f"payload_rows_{reason}"] += len(rows)
     return path
@@ -132,10 +132,10 @@ class RejectedRecords:
         records, self._records = self._records, []
         try:
             config.write_payload_file(self.directory, "rejected", ".msgpack", b"".join(records))
-        except OSError as exc:
+        except Exception as exc:  # a full disk: counted, and the receiving loop goes on
             self.counters["payload_write_errors"] += 1
-            print(f"tracer-aggregator[{os.getpid()}]: could not write {len(records)} rejected "
-                  f"records to {self.directory}: {exc}", file=sys.stderr, flush=True)
+            log.log(f"could not write {len(records)} rejected records to {self.directory}: "
+                    f"{exc}", key="payload-write", every=10.0)
             return
         self.counters["payload_records_rejected"] += len(records)
 

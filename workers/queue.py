@@ -36,10 +36,13 @@ class Pending:
 
 
 class RowQueue:
-    """Bounded to ``max_rows`` rows pending plus in flight (0 = unbounded)."""
+    """Bounded to ``max_rows`` rows and ``max_bytes`` bytes (their wire sizes) pending plus in
+    flight (0 = unbounded)."""
 
-    def __init__(self, max_rows: int = 0, hold: bool = False) -> None:
+    def __init__(self, max_rows: int = 0, hold: bool = False, max_bytes: int = 0) -> None:
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._bytes = 0  # wire bytes of the rows pending and in flight
         # SYNC_FLUSH: rows wait for a flush (or the queue filling up, or closing) before they
         # are taken, rather than for a batch size or a delay.
         self.hold = hold
@@ -81,6 +84,7 @@ class RowQueue:
                 else:
                     merge(pending.row, item[1])
                     pending.size += item[2]
+                self._bytes += item[2]
             if was_empty and pending_rows:
                 self._cond.notify()
         return refused
@@ -102,10 +106,15 @@ class RowQueue:
             return []
 
     def full(self) -> bool:
-        return bool(self.max_rows) and len(self._pending) + len(self._inflight) >= self.max_rows
+        return (bool(self.max_rows) and len(self._pending) + len(self._inflight) >= self.max_rows
+                or bool(self.max_bytes) and self._bytes >= self.max_bytes)
 
     def depth(self) -> int:
         return len(self._pending) + len(self._inflight)
+
+    def held_bytes(self) -> int:
+        """Wire bytes of the rows pending and in flight."""
+        return self._bytes
 
     def close(self) -> None:
         """No more puts: the uploader drains what is left, then ``take`` returns None."""
@@ -155,6 +164,7 @@ class RowQueue:
         this completes as ``(marker, error)``, where error tells of any batch given up since
         the marker was placed."""
         with self._cond:
+            self._bytes -= sum(p.size for p in self._inflight)
             self._inflight = []
             if error is not None:
                 self._failures.append(error)
@@ -163,7 +173,7 @@ class RowQueue:
             while self._markers and (oldest is None or self._markers[0][0] < oldest):
                 _seq, failures_before, marker, urgent = self._markers.popleft()
                 self._urgent -= urgent
-                failed = self._failures[failures_before:]
+                failed = list(dict.fromkeys(self._failures[failures_before:]))  # each once
                 finished.append((marker, "; ".join(failed[-3:]) if failed else None))
             if not self._markers:
                 self._failures.clear()

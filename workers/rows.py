@@ -295,15 +295,21 @@ IDENTITY_FIELDS = frozenset(("id", "span_id", "root_span_id", "span_parents", "c
                              "project_id", "log_id", "experiment_id"))
 
 
+def row_size(row: Any) -> int:
+    """How large a row (or a value of one) is: the larger of its JSON (as read) and its msgpack
+    (as stored) forms. They differ most for bytes, which JSON shows as a short stand-in."""
+    return max(len(to_json(row)), len(pack_row(row)))
+
+
 def truncate(row: dict, limit: int, saved_to: str | None = None) -> dict:
-    """A copy of ``row`` whose JSON fits in about ``limit`` bytes.
+    """A copy of ``row`` that fits in about ``limit`` bytes (``row_size``).
 
     Its largest fields, biggest first, are replaced by a marker: ``{"_truncated": true,
     "original_bytes": N, "preview": "<start of the JSON>", "saved_to": "<payload file>"}``.
     """
-    sizes = {k: len(to_json({k: v})) for k, v in row.items() if k not in IDENTITY_FIELDS}
+    sizes = {k: row_size({k: v}) for k, v in row.items() if k not in IDENTITY_FIELDS}
     out = dict(row)
-    total = len(to_json(row))
+    total = row_size(row)
     for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
         if total <= limit:
             break

@@ -46,7 +46,8 @@ class Sender:
     """What the aggregator knows of one sending process (host, pid, generation)."""
 
     __slots__ = ("host", "pid", "gen", "seq", "first_seq", "first_seen", "last_seen", "records",
-                 "gaps", "dropped", "rejected", "closed", "dead", "open", "open_bytes")
+                 "gaps", "dropped", "dropped_here", "dropped_told", "rejected", "closed", "dead",
+                 "open", "open_bytes")
 
     def __init__(self, host: str, pid: int, gen: int) -> None:
         self.host, self.pid, self.gen = host, pid, gen
@@ -56,6 +57,8 @@ class Sender:
         self.records = 0
         self.gaps = 0
         self.dropped = 0  # rows of this sender dropped, here or (as it reported) by itself
+        self.dropped_here = 0  # ... by this aggregator's queue policy
+        self.dropped_told = 0  # ... of which its flushes were told
         self.rejected = 0  # records of this sender that could not become rows
         self.closed = self.dead = False
         # row key -> (container, partial row, size) of spans still running: closed with an

@@ -5,18 +5,22 @@ reused by a newer process does not pass for the old one) is marked dead, so that
 closes the spans it left running. A sender on another host cannot be watched: silence for
 ``REMOTE_SILENCE`` seconds stands for exit. An aggregator started by ``init_logger`` has an
 owner (the process that started it) and exits once the owner and every sender are gone and it
-has had no traffic for its idle delay.
+has had no traffic for its idle delay. The aggregator's own threads are watched too: one that
+died (an exception no guard of its loop caught) is started again, counted (``revive``).
 """
 
 from __future__ import annotations
 
 import datetime
 import socket
+import threading
 import time
 from collections import Counter
+from typing import Protocol
 
 import psutil
 
+from . import log
 from .senders import Sender, Senders
 
 HOST = socket.gethostname()
@@ -104,3 +108,28 @@ def alive(pid: int, not_after: float | None) -> bool:
         return not_after is None or proc.create_time() <= not_after + 1.0
     except psutil.Error:
         return False
+
+
+class Restartable(Protocol):
+    """A part of the aggregator that runs on a thread of its own (the uploader, the attachment
+    mover) and can start a new one in place of one that died."""
+
+    thread: threading.Thread
+
+    def restart(self) -> None: ...
+
+
+def revive(parts: dict[str, Restartable], counters: Counter) -> None:
+    """Start again the thread of each part whose thread died, counting ``thread_restarts_<name>``.
+    Only while the aggregator serves: its threads end on purpose only at shutdown."""
+    for name, part in parts.items():
+        if part.thread.ident is None or part.thread.is_alive():
+            continue  # not started yet, or alive
+        counters[f"thread_restarts_{name}"] += 1
+        log.log(f"the {name} thread had died: started again")
+        try:
+            part.restart()
+        except Exception as exc:  # no thread to be had now: the next turn tries again
+            counters["thread_restart_errors"] += 1
+            log.log(f"could not start the {name} thread again: {exc!r}", key="restart-" + name,
+                    every=10.0)

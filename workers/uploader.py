@@ -1,20 +1,28 @@
 """The uploader: one thread that takes batches from the queue and writes them to the store.
 
 Batches are bounded by ``DEFAULT_BATCH_SIZE`` rows, ``MAX_REQUEST_SIZE`` bytes and ``MAX_DELAY``
-seconds. A failed write is retried ``NUM_RETRIES`` times with exponential backoff and jitter
-(interrupted at shutdown); writes merge by row key, so a retried batch never duplicates rows.
-A batch given up is counted under ``dropped_sink_failed``.
+seconds. A write that fails because the store failed (locked, full, unreachable: the store
+says which, ``StoreWriter.store_failed``) is retried ``NUM_RETRIES`` times per batch with
+exponential backoff and jitter (interrupted at shutdown); writes merge by row key, so a retried
+batch never duplicates rows. What is still not written then is counted under
+``dropped_sink_failed``. A write that fails because of what is in it (a row whose merge fails)
+is split in halves, and the halves written on their own, down to single rows, so that only the
+rows that cannot be written are lost: counted under ``dropped_row_failed``.
 
 Payload files (``workers.payloads``): every batch goes to ``ALL_PUBLISH_PAYLOADS_DIR`` before it
-is written, and a batch given up to ``FAILED_PUBLISH_PAYLOADS_DIR``, for ``tracer
+is written, and what is given up to ``FAILED_PUBLISH_PAYLOADS_DIR``, for ``tracer
 import-payloads``. A single row larger than ``MAX_REQUEST_SIZE`` is stored with its largest fields
 replaced by a marker (``rows.truncate``); its full copy goes to the failed payload dir when set.
+
+The thread never dies of an exception: each turn is guarded, and a batch caught in a turn that
+failed is given up, counted (``dropped_uploader_error``) and set aside, so that no flush waits
+for it forever. A thread that dies anyway (an exception no guard catches) is replaced by the
+aggregator's watchdog (``restart``).
 """
 
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,15 +30,17 @@ from collections.abc import Callable
 
 from tracer.config import Settings
 
-from . import payloads
+from . import log, payloads
 from .queue import Pending, RowQueue
-from .rows import to_json, truncate
+from .rows import row_size, truncate
 from .store import StoreWriter
 
 MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
 BACKOFF_BASE = 0.05
 BACKOFF_MAX = 5.0
 RUN_RECORD_INTERVAL = 1.0
+ERROR_PAUSE = 0.1  # seconds after a failed turn: a fault that repeats must not spin the CPU
+LOG_EVERY = 10.0  # seconds between log lines about the same kind of failure
 
 
 class Uploader:
@@ -45,60 +55,132 @@ class Uploader:
         self.on_done = on_done
         self.on_idle = on_idle
         self.stopping = threading.Event()  # set to cut retries short at shutdown
-        self.thread = threading.Thread(target=self._run, name="tracer-uploader", daemon=True)
+        self.thread = self._new_thread()
         self._last_record = 0.0
+        self._batch: list[Pending] | None = None  # taken from the queue, not yet reported done
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="tracer-uploader", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
+    def restart(self) -> None:
+        """Start a new thread in place of one that died (the aggregator's watchdog)."""
+        self.thread = self._new_thread()
+        self.thread.start()
+
     def _run(self) -> None:
         while True:
-            batch = self.queue.take(self.settings.batch_size, self.settings.max_request_size,
-                                    MAX_DELAY)
-            if batch is None:
-                return
-            self._fit(batch)
-            if self.settings.all_payloads_dir:
-                self._save(self.settings.all_payloads_dir, batch, "batch")
-            error = self._write(batch)
-            if error is not None and self.settings.failed_payloads_dir:
-                self._save(self.settings.failed_payloads_dir, batch, "sink_failed", error)
-            try:  # whatever goes wrong here, this thread must go on committing
-                self.on_done(self.queue.done(error))
-                if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
-                    self._last_record = time.monotonic()
-                    self.on_idle()
-            except Exception as exc:
-                self.counters["uploader_errors"] += 1
-                print(f"tracer-aggregator: uploader: {exc!r}", file=sys.stderr)
-
-    def _write(self, batch: list) -> str | None:
-        retries = self.settings.num_retries
-        for attempt in range(retries + 1):
             try:
-                self.sink.write(batch)
-                self.counters["rows_committed"] += len(batch)
-                self.counters["batches_committed"] += 1
-                return None
+                if self._batch is not None:  # a thread before this one died holding it
+                    self._give_up(self._batch, "the uploader thread died writing this batch")
+                if not self._turn():
+                    return
+            except Exception as exc:  # whatever goes wrong, this thread must go on committing
+                self.counters["uploader_errors"] += 1
+                log.log(f"uploader: {exc!r}", key="uploader", every=LOG_EVERY)
+                try:
+                    if self._batch is not None:
+                        self._give_up(self._batch, f"{type(exc).__name__}: {exc}")
+                except Exception as again:
+                    log.log(f"uploader: giving up a batch: {again!r}", key="uploader-give-up",
+                            every=LOG_EVERY)
+                self.stopping.wait(ERROR_PAUSE)
+
+    def _turn(self) -> bool:
+        """Take one batch, write it and report it; False once the queue is closed and empty."""
+        batch = self.queue.take(self.settings.batch_size, self.settings.max_request_size,
+                                MAX_DELAY)
+        if batch is None:
+            return False
+        self._batch = batch
+        self._fit(batch)
+        if self.settings.all_payloads_dir:
+            self._save(self.settings.all_payloads_dir, batch, "batch")
+        error = self._write(batch)
+        self._batch = None
+        self.on_done(self.queue.done(error))
+        if time.monotonic() - self._last_record >= RUN_RECORD_INTERVAL:
+            self._last_record = time.monotonic()
+            self.on_idle()
+        return True
+
+    def _give_up(self, batch: list[Pending], error: str) -> None:
+        """Report a batch whose fate a failed turn left unknown as given up: counted, set aside
+        and its flushes told, so that nothing waits for it."""
+        self._batch = None
+        self.counters["dropped_uploader_error"] += len(batch)
+        try:  # what failed the turn may fail this too: the flushes are told all the same
+            if self.settings.failed_payloads_dir:
+                self._save(self.settings.failed_payloads_dir, batch, "uploader_error", error)
+        finally:
+            self.on_done(self.queue.done(error))
+
+    def _write(self, batch: list[Pending]) -> str | None:
+        """Write ``batch``; returns why rows of it could not be written (None: all were).
+
+        Pieces are written oldest first. A store failure is retried (``NUM_RETRIES`` for the
+        whole batch) and then ends the batch; a failure of a piece's content splits the piece.
+        """
+        retries = self.settings.num_retries
+        attempts = 0
+        pieces = [batch]  # a stack: the next piece to write is last
+        failed: list[tuple[int, str]] = []  # (rows, error) of the rows that could not be written
+        while pieces:
+            piece = pieces.pop()
+            attempts += 1
+            try:
+                self.sink.write(piece)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                if attempt == retries or self.stopping.is_set():
+                if self.sink.store_failed(exc):
+                    if retries > 0 and not self.stopping.is_set():
+                        retries -= 1
+                        self.counters["write_retries"] += 1
+                        pieces.append(piece)
+                        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self.settings.num_retries
+                                                                      - retries - 1))
+                        self.stopping.wait(delay * random.uniform(0.5, 1.5))
+                        continue
+                    rest = [p for left in reversed(pieces) for p in left]
+                    self._lost(piece + rest, "sink_failed", error, attempts)
+                    failed.append((len(piece) + len(rest), error))
                     break
-                self.counters["write_retries"] += 1
-                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
-                self.stopping.wait(delay * random.uniform(0.5, 1.5))
-        self.counters["dropped_sink_failed"] += len(batch)
-        print(f"tracer-aggregator: gave up writing {len(batch)} rows after {attempt + 1} "
-              f"attempts: {error}", file=sys.stderr)
-        return error
+                if len(piece) > 1:  # the cause is in the rows: write each half on its own
+                    self.counters["batch_splits"] += 1
+                    middle = len(piece) // 2
+                    pieces += [piece[middle:], piece[:middle]]
+                    continue
+                self._lost(piece, "row_failed", error, attempts)
+                failed.append((1, error))
+                continue
+            self.counters["rows_committed"] += len(piece)
+            self.counters["batches_committed"] += 1
+        if not failed:
+            return None
+        lost = sum(rows for rows, _ in failed)
+        if lost == len(batch):
+            return failed[-1][1]
+        return f"{lost} of {len(batch)} rows could not be written: {failed[0][1]}"
+
+    def _lost(self, rows: list[Pending], reason: str, error: str, attempts: int) -> None:
+        """Count rows given up, set them aside in the failed payload dir, and say so."""
+        self.counters[f"dropped_{reason}"] += len(rows)
+        if self.settings.failed_payloads_dir:
+            self._save(self.settings.failed_payloads_dir, rows, reason, error)
+        what = "a row that cannot be written" if reason == "row_failed" else \
+            f"gave up writing {len(rows)} rows after {attempts} attempts"
+        log.log(f"{what}: {error}", key=f"lost-{reason}", every=LOG_EVERY)
 
     def _fit(self, batch: list[Pending]) -> None:
         """Truncate the rows too large for one upload, setting their full copy aside."""
         limit = self.settings.max_request_size
         for p in batch:
-            # A wire byte becomes at most 6 JSON bytes (a control character's \u escape): only
-            # rows that could be over the limit are measured.
-            if p.size * 6 <= limit or len(to_json(p.row)) <= limit:
+            # A wire byte becomes at most 6 JSON bytes (a control character's \u escape) and
+            # about one stored byte: only rows that could be over the limit are measured, as
+            # read (JSON) and as stored (msgpack, where bytes values keep their size).
+            if p.size * 6 <= limit or row_size(p.row) <= limit:
                 continue
             saved = None
             if self.settings.failed_payloads_dir:

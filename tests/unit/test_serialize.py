@@ -12,11 +12,14 @@ import decimal
 import enum
 import pathlib
 import uuid
+from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import msgpack
 import pytest
 
+from tests.conftest import CountsItsRepr
 from tracer import serialize, wire
 
 
@@ -104,6 +107,17 @@ class ArrayLike:
 
     def tolist(self) -> list:
         return [1, 2, 3]
+
+
+class MakesUpAttributes:
+    """Answers any attribute with a method returning another such object, as a proxy or a
+    ``unittest.mock.Mock`` does."""
+
+    def __getattr__(self, name: str) -> Callable[..., MakesUpAttributes]:
+        return lambda *args, **kwargs: MakesUpAttributes()
+
+    def __repr__(self) -> str:
+        return "<MakesUpAttributes>"
 
 
 # -- values msgpack carries as they are ------------------------------------------------------
@@ -214,6 +228,36 @@ def test_an_object_whose_model_dump_raises_packs_as_its_repr():
 
 def test_an_array_like_value_packs_as_its_tolist():
     assert packed(ArrayLike()) == (1, 2, 3)
+
+
+def test_an_object_that_makes_up_attributes_packs_as_its_repr():
+    assert packed(MakesUpAttributes()) == "<MakesUpAttributes>"
+
+
+@pytest.mark.parametrize("make", [mock.Mock, mock.MagicMock, lambda: mock.Mock(spec=set)],
+                         ids=["Mock", "MagicMock", "Mock-spec-set"])
+def test_a_mock_packs_as_its_repr(make):
+    value = make()
+
+    assert packed(value) == repr(value)
+
+
+def test_an_object_found_several_times_in_a_value_is_described_once():
+    obj = CountsItsRepr()
+
+    assert packed({"a": obj, "b": [obj, (obj,)]}) == {"a": "<CountsItsRepr>",
+                                                       "b": ("<CountsItsRepr>",
+                                                             ("<CountsItsRepr>",))}
+    assert obj.reprs == 1
+
+
+def test_an_object_in_a_value_that_needs_repair_is_described_once():
+    obj = CountsItsRepr()
+    cyclic: list = [obj]
+    cyclic.append(cyclic)
+
+    assert packed(cyclic) == ("<CountsItsRepr>", "<cycle: list>")
+    assert obj.reprs == 1
 
 
 def test_any_other_object_packs_as_its_repr():

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         name += f" {args.action}"
     try:
         if hasattr(args, "store"):  # every command here has --store; a path or sqlite:///path
-            args.store = config.store_path(args.store or config.load().store)
+            args.store = (config.store_path(args.store, "--store") if args.store
+                          else config.store_path(config.load().store, "TRACER_STORE"))
         return COMMANDS[args.command](args)
     except _FAILURES as exc:
         print(f"{name}: {exc}", file=sys.stderr)

@@ -8,9 +8,15 @@ from collections import defaultdict
 from ..store import StoreReader
 from .attachments import span_lines
 
+# Levels drawn indented. A span deeper than this is drawn at this indentation, its level
+# written before it, so that a chain thousands of levels deep stays readable (and its lines do
+# not grow with the depth).
+MAX_INDENT = 64
+
 
 def print_tree(store: StoreReader, root_span_id: str) -> bool:
-    """Print one trace as an indented tree; False if it has no rows."""
+    """Print one trace as an indented tree; False if it has no rows. Any depth is drawn (the
+    tree is walked with a stack of its own, not by recursion)."""
     rows = list(store.rows(root_span_id=root_span_id))
     if not rows:
         return False
@@ -26,9 +32,18 @@ def print_tree(store: StoreReader, root_span_id: str) -> bool:
     errors = sum(1 for row in rows if row.get("error"))
     print(f"trace {root_span_id}: {len(rows)} spans, {errors} with errors")
 
-    def walk(row: dict, prefix: str, last: bool, top: bool) -> None:
+    # (row, prefix, last child of its parent, top of the tree, level), the next to draw last
+    stack = [(top, "", True, True, 0) for top in reversed(sorted(tops, key=_start))]
+    drawn: set[str] = set()  # a span is drawn once, even where parents make a cycle
+    while stack:
+        row, prefix, last, top, level = stack.pop()
+        if row["span_id"] in drawn:
+            continue
+        drawn.add(row["span_id"])
         branch = "" if top else ("└─ " if last else "├─ ")
         text = describe_span(row)
+        if level > MAX_INDENT:
+            text = f"[level {level}] {text}"
         # A span with several parents is drawn under the first; the others are named.
         others = [by_span[p] for p in (row.get("span_parents") or [])[1:] if p in by_span]
         if others:
@@ -39,11 +54,12 @@ def print_tree(store: StoreReader, root_span_id: str) -> bool:
         extension = "" if top else ("   " if last else "│  ")
         for line in span_lines(store, row):
             print(prefix + extension + ("│  " if kids else "   ") + line)
-        for i, kid in enumerate(kids):
-            walk(kid, prefix + extension, i == len(kids) - 1, False)
-
-    for top in sorted(tops, key=_start):
-        walk(top, "", True, True)
+        if kids and level == MAX_INDENT:
+            print(prefix + f"┆  deeper than {MAX_INDENT} levels: drawn at this "
+                  "indentation, each with its level")
+        inner = prefix + extension if level < MAX_INDENT else prefix
+        stack += [(kid, inner, i == len(kids) - 1, False, level + 1)
+                  for i, kid in reversed(list(enumerate(kids)))]
     return True
 
 

@@ -24,7 +24,7 @@ backend is ``workers.store.sqlite``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ..rows import Container, Key
@@ -76,6 +76,18 @@ class StoreHandle(abc.ABC):
 
 class StoreWriter(StoreHandle):
     """Writes to a store: partial rows merged in, containers, runs and attachment records."""
+
+    #: Called (any thread) when the writer found that the store it had open was removed or
+    #: replaced (``why``: "removed" or "replaced") and let go of it, with how many rows and
+    #: records it had committed there: they went with the old store. The writer's next call
+    #: opens a new store in its place.
+    on_replaced: Callable[[str, int], None] | None = None
+
+    def store_failed(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a call of this writer, is a failure of the store as a whole
+        (locked, full, unreachable, corrupt: the same call may succeed later) rather than of
+        what was written (a row the store cannot take: writing it again fails again)."""
+        return isinstance(exc, OSError)
 
     @abc.abstractmethod
     def write(self, batch: Sequence[RowUpdate]) -> None:
