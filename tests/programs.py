@@ -215,6 +215,20 @@ def logs_spans_over_tcp(project: str, n: int) -> None:
     tracer.flush(timeout=30)
 
 
+def maps_over_a_spawned_pool_with_the_key_as_an_argument(endpoint: str, key: str) -> None:
+    """``init_logger(endpoint=..., aggregator_key=...)`` (the key in no variable), then a
+    TracedPool of spawned workers maps ``boundary_tasks.work`` under a span; flush."""
+    import multiprocessing
+
+    from . import boundary_tasks
+
+    tracer.init_logger("spawned", endpoint=endpoint, aggregator_key=key)
+    with tracer.start_span("pool parent"), \
+            tracer.TracedPool(2, context=multiprocessing.get_context("spawn")) as pool:
+        pool.map(boundary_tasks.work, range(4))
+    tracer.flush(timeout=30)
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 

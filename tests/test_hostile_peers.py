@@ -330,6 +330,17 @@ def test_a_peer_without_the_public_key_cannot_deliver_a_frame(curve_aggregator, 
     assert counters(curve_aggregator, keys[1])["counters"]["records"] == 20 * 2
 
 
+def test_spawned_pool_workers_reach_an_aggregator_with_a_secret_key_given_as_an_argument(
+        curve_aggregator, keys):
+    run_function(programs.maps_over_a_spawned_pool_with_the_key_as_an_argument,
+                 curve_aggregator.endpoint, keys[1], env=clean_env())
+
+    # The parent span, and 4 tasks of two spans each, from the workers.
+    assert len(names(curve_aggregator.store, "spawned")) == 1 + 2
+    with Store(curve_aggregator.store) as reader:
+        assert len(list(reader.rows(project="spawned"))) == 1 + 4 * 2
+
+
 def test_tracer_stats_asks_an_aggregator_with_a_secret_key_given_its_public_key(
         curve_aggregator, keys):
     out = run_cli("stats", "--endpoint", curve_aggregator.endpoint, "--json",

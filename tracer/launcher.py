@@ -71,11 +71,13 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
 
     ``inherited``: the endpoint came from the environment, which also names the aggregator's
     pid, store and owner, so this process can restart it if it dies. ``server_key``: its CURVE
-    public key (used over tcp:// only).
+    public key (used over tcp:// only; default ``TRACER_AGGREGATOR_KEY``).
     """
     rec = _by_endpoint.get(endpoint)
     if rec is None:
         settings = settings or config.load(lenient=True)  # in a pool task: never raise
+        # A pool task in a spawned worker finds the key where export_to_children left it.
+        server_key = server_key or settings.aggregator_key
         store = owner = None
         if inherited or endpoint == os.environ.get("TRACER_ENDPOINT"):
             pid = pid or _env_int(config.ENV_AGGREGATOR_PID)
