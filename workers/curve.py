@@ -7,7 +7,8 @@ to anything but loopback refuses to start without a key unless told ``--insecure
 side is ``tracer.curve``.
 
 The files are ZeroMQ's certificate format (``zmq.auth.load_certificate`` reads them, as does
-czmq's ``zcert``): ``NAME.key_secret`` (mode 0600: both keys) and ``NAME.key`` (the public key).
+czmq's ``zcert``): ``NAME.key_secret`` (both keys) and ``NAME.key`` (the public key), both mode
+0600 like every file of ours: whoever holds even the public key can send.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import stat
 
 import zmq
 import zmq.auth
+
+from tracer import config
 
 SECRET_SUFFIX = ".key_secret"
 PUBLIC_SUFFIX = ".key"
@@ -34,7 +37,7 @@ curve
 
 
 def make_pair(name: str, force: bool = False) -> tuple[str, str, str]:
-    """Write a new key pair as ``NAME.key_secret`` (mode 0600) and ``NAME.key``; returns the two
+    """Write a new key pair as ``NAME.key_secret`` and ``NAME.key`` (mode 0600); returns the two
     paths and the public key. Refuses (FileExistsError) to replace existing files unless
     ``force``."""
     public, secret = (k.decode("ascii") for k in zmq.curve_keypair())
@@ -42,18 +45,16 @@ def make_pair(name: str, force: bool = False) -> tuple[str, str, str]:
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _write(secret_path, _CERTIFICATE.format(
         when=when, what="**Secret**", note="the aggregator's: give it to no one (mode 0600)",
-        public=public) + f'    secret-key = "{secret}"\n', 0o600, force)
+        public=public) + f'    secret-key = "{secret}"\n', force)
     _write(public_path, _CERTIFICATE.format(
         when=when, what="Public", note="senders set TRACER_AGGREGATOR_KEY to the public-key",
-        public=public), 0o644, force)
+        public=public), force)
     return secret_path, public_path, public
 
 
-def _write(path: str, text: str, mode: int, force: bool) -> None:
+def _write(path: str, text: str, force: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, mode)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        os.fchmod(fd, mode)  # a file that existed (force) keeps no looser mode
+    with os.fdopen(config.open_private(path, flags), "w", encoding="ascii") as f:
         f.write(text)
 
 

@@ -35,6 +35,7 @@ def test_a_key_pair_reads_back_as_the_same_keys(tmp_path):
     assert read_public.decode() == public
     assert zmq.curve_public(secret) == read_public
     assert stat.S_IMODE(os.stat(secret_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(public_path).st_mode) == 0o600
     with open(public_path) as f:
         assert public in f.read()
 

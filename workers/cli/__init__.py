@@ -170,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
 
     make_keys = commands.add_parser(
         "keys", help="make a key pair for a tcp:// aggregator (ZeroMQ CURVE)",
-        description="Write a new CURVE key pair: NAME.key_secret (mode 0600) for `tracer "
+        description="Write a new CURVE key pair (files mode 0600): NAME.key_secret for `tracer "
                     "aggregator --secret-key`, and NAME.key, whose public key senders are given "
                     "(TRACER_AGGREGATOR_KEY or init_logger(aggregator_key=...)). Only senders "
                     "that know it can connect; the traffic is encrypted.")

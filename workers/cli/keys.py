@@ -15,7 +15,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         raise ValueError(f"{exc.filename} exists; give another NAME or --force to replace "
                          "it") from None
     print(f"secret key: {secret_path} (mode 0600: for the aggregator only)")
-    print(f"public key: {public_path}")
+    print(f"public key: {public_path} (mode 0600 too: whoever holds it can send)")
     print()
     print(f"  tracer aggregator --bind tcp://ADDRESS:5557 --secret-key {secret_path}")
     print(f"  TRACER_AGGREGATOR_KEY='{public}'   # for every sender")
