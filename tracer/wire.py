@@ -185,31 +185,39 @@ def unpack_input(slot: Any) -> object:
 MAX_SNAPSHOT_DEPTH = 4
 
 
-def _snapshot_hooks(strict: bool) -> tuple[Callable[[int, bytes], object], ...]:
-    """The ext hooks of a record, one per snapshot depth: each unpacks a SNAPSHOT with the
-    next one; the last refuses (ValueError). Any other extension type is refused too if
-    ``strict`` (nothing of ours sends one; msgpack's own timestamps never reach a hook), else
-    left as it is, an ``ExtType``."""
-    hooks: list[Callable[[int, bytes], object]] = []
+def _snapshot_hook(strict: bool) -> Callable[[int, bytes], object]:
+    """The ext hook of a record: a SNAPSHOT is unpacked in place, with a hook one level deeper,
+    down to ``MAX_SNAPSHOT_DEPTH`` levels, where it is refused (ValueError). Any other extension
+    type is refused too if ``strict`` (nothing of ours sends one; msgpack's own timestamps never
+    reach a hook), else left as it is, an ``ExtType``."""
 
-    def at(depth: int) -> Callable[[int, bytes], object]:
+    def other(code: int, data: bytes) -> object:
+        if strict:
+            raise ValueError(f"unknown msgpack extension type {code}")
+        return msgpack.ExtType(code, data)
+
+    def deepest(code: int, data: bytes) -> object:
+        if code == SNAPSHOT:
+            raise ValueError(f"snapshots nested more than {MAX_SNAPSHOT_DEPTH} deep")
+        return other(code, data)
+
+    def above(inner: Callable[[int, bytes], object]) -> Callable[[int, bytes], object]:
         def hook(code: int, data: bytes) -> object:
-            if code != SNAPSHOT:
-                if strict:
-                    raise ValueError(f"unknown msgpack extension type {code}")
-                return msgpack.ExtType(code, data)
-            if depth >= MAX_SNAPSHOT_DEPTH:
-                raise ValueError(f"snapshots nested more than {MAX_SNAPSHOT_DEPTH} deep")
-            return msgpack.unpackb(data, strict_map_key=False, use_list=False,
-                                   ext_hook=hooks[depth + 1])
+            if code == SNAPSHOT:
+                return msgpack.unpackb(data, strict_map_key=False, use_list=False,
+                                       ext_hook=inner)
+            return other(code, data)
         return hook
 
-    hooks.extend(at(depth) for depth in range(MAX_SNAPSHOT_DEPTH + 1))
-    return tuple(hooks)
+    # Built from the deepest level up: each hook holds the next, so no depth is counted.
+    hook: Callable[[int, bytes], object] = deepest
+    for _ in range(MAX_SNAPSHOT_DEPTH):
+        hook = above(hook)
+    return hook
 
 
-_ext = _snapshot_hooks(strict=True)[0]  # records from the wire
-_stored_ext = _snapshot_hooks(strict=False)[0]  # rows as stores hold them
+_ext = _snapshot_hook(strict=True)  # records from the wire
+_stored_ext = _snapshot_hook(strict=False)  # rows as stores hold them
 
 
 def record_unpacker(source: object = None, max_buffer_size: int = 0) -> msgpack.Unpacker:
