@@ -243,6 +243,16 @@ def flush_printing_the_error(timeout: float) -> bool:
     return True
 
 
+def flush_reporting_losses(timeout: float) -> tuple[str | None, dict[str, int]]:
+    """``tracer.flush``, returning the FlushError's message and the losses it counted (records
+    dropped or lost since the previous flush, by reason) rather than raising it."""
+    try:
+        tracer.flush(timeout=timeout)
+    except tracer.FlushError as exc:
+        return str(exc), exc.losses
+    return None, {}
+
+
 def logs_under_load_for_3_seconds() -> None:
     """Print the aggregator pid, log spans from a pool and this process for 3 s, flush; print
     how many spans were created and how long the flush took."""
@@ -363,11 +373,7 @@ def produces_n_spans_while_the_store_is_locked(n: int) -> None:
     lock.execute("ROLLBACK")
     lock.close()
     producer.join(120)
-    try:
-        tracer.flush(timeout=120)
-        losses: dict[str, int] = {}
-    except tracer.FlushError as exc:  # records were dropped: the flush says how many, and why
-        losses = exc.losses
+    _error, losses = flush_reporting_losses(120)
     print(json.dumps({"created": created, "blocked_while_locked": blocked_while_locked,
                       "finished": done.is_set(), "flush_reported_losses": losses}))
 
@@ -496,11 +502,7 @@ def logs_while_the_aggregator_is_frozen(n: int, pid_file: str) -> None:
     for i in range(n):
         with tracer.start_span(f"span {i}") as span:
             span.log(output="x" * 1000)  # more than the kernel's socket buffers hold
-    try:
-        tracer.flush(timeout=2)
-        error, losses = None, {}
-    except tracer.FlushError as exc:
-        error, losses = str(exc), exc.losses
+    error, losses = flush_reporting_losses(2)
     print(json.dumps({"created": n, "flush_error": error, "losses": losses}), flush=True)
 
 
@@ -526,11 +528,7 @@ def logs_large_spans_while_the_store_is_locked(n: int, size: int) -> None:
             peak[name] = max(peak[name], p.memory_info().rss)
     lock.execute("ROLLBACK")
     lock.close()
-    try:
-        tracer.flush(timeout=120)
-        losses: dict[str, int] = {}
-    except tracer.FlushError as exc:
-        losses = exc.losses
+    _error, losses = flush_reporting_losses(120)
     print(json.dumps({"growth": {name: peak[name] - before[name] for name in processes},
                       "losses": losses}))
 
@@ -553,11 +551,7 @@ def drops_records_then_loses_its_aggregator(n: int) -> None:
                "no replacement aggregator")
     lock.execute("ROLLBACK")
     lock.close()
-    try:
-        tracer.flush(timeout=60)
-        losses: dict[str, int] = {}
-    except tracer.FlushError as exc:
-        losses = exc.losses
+    _error, losses = flush_reporting_losses(60)
     print(json.dumps({"losses": losses}))
 
 
