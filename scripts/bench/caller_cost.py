@@ -275,9 +275,9 @@ def child_braintrust(args: argparse.Namespace) -> None:
     memory = bt._MemoryBackgroundLogger()
     bt._state._override_bg_logger.logger = memory
     in_memory = LazyValue(lambda: memory, use_mutex=False)
-    # A private slot typed for the HTTP logger: the memory logger stands in for it, as in
+    # A private slot meant for the HTTP logger: the memory logger stands in for it, as in
     # braintrust's own tests.
-    bt._state._global_bg_logger = in_memory  # type: ignore[assignment]
+    bt._state._global_bg_logger = in_memory
     metadata = bt.OrgProjectMetadata(
         org_id="bench-org", project=bt.ObjectMetadata(id=PROJECT, name=PROJECT, full_info={}))
     logger = braintrust.init_logger(project=PROJECT)
