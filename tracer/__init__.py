@@ -13,6 +13,7 @@ from .api import (
     flush,
     init,
     init_logger,
+    parent_context,
     permalink,
     start_span,
     traced,
@@ -25,9 +26,10 @@ from .integrations import wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
-from .span import NoopSpan, Span
+from .span import NOOP_SPAN, NoopSpan, Span
 
 __all__ = [
+    "NOOP_SPAN",
     "SPAN_TYPES",
     "Attachment",
     "Experiment",
@@ -49,6 +51,7 @@ __all__ = [
     "flush",
     "init",
     "init_logger",
+    "parent_context",
     "permalink",
     "start_span",
     "traced",

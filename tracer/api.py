@@ -14,16 +14,18 @@ the process's ``Recorder``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from . import config, event, launcher, slug, wire
+from . import config, event, launcher, wire
+from . import slug as _slug
 from .context import current, state
 from .experiment import Experiment
 from .ids import new_id, new_trace_id
@@ -33,10 +35,12 @@ from .serialize import immutable, pack, snapshot
 from .span import (
     NOOP_SPAN,
     NoopSpan,
+    RemoteSpan,
     Span,
     check_start,
     error_of,
     make_permalink,
+    noop_permalink,
     parent_ref,
     resolve_parents,
     start_child,
@@ -56,11 +60,19 @@ if _inherited:
     state.active = True
 
 
-def init_logger(project: str | None = None, *, api_key: str | None = None,
-                store: str | None = None, endpoint: str | None = None,
-                app_url: str | None = None, set_current: bool = True,
-                aggregator_key: str | None = None) -> Logger:
+def init_logger(project: str | None = None, project_id: str | None = None, *,
+                api_key: str | None = None, store: str | None = None,
+                endpoint: str | None = None, app_url: str | None = None,
+                set_current: bool = True, aggregator_key: str | None = None,
+                org_name: str | None = None, async_flush: bool = True,
+                force_login: bool = False) -> Logger:
     """Start logging spans of ``project`` (default ``"default"``) and return its Logger.
+
+    ``project_id`` names the project when ``project`` is not given: a self-hosted store has no
+    server-assigned ids, so a project is known by its name. ``org_name``, ``async_flush`` and
+    ``force_login`` are accepted for the reference's signature and change nothing (there is
+    no organisation or login; records are always sent by a background thread, and
+    ``flush()`` waits for them).
 
     The first call in a process tree starts one aggregator process for ``store`` (default
     ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
@@ -72,8 +84,9 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
     and the arguments are checked first: a bad one raises ValueError (TypeError for a wrong
     type) naming it and its value, before anything starts.
     """
-    del api_key  # self-hosted: no key; never stored or logged
-    project = _check_name("project", "default" if project is None else project, "init_logger")
+    del api_key, org_name, async_flush, force_login  # self-hosted: see the docstring
+    project = _check_name("project", _project_name(project, project_id, "default"),
+                          "init_logger")
     settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
     rec = launcher.recorder_for(settings, store, endpoint,
                                 config.keyword("aggregator_key", aggregator_key))
@@ -85,29 +98,64 @@ def init_logger(project: str | None = None, *, api_key: str | None = None,
 def init(project: str | None = None, experiment: str | None = None, *,
          api_key: str | None = None, store: str | None = None, endpoint: str | None = None,
          app_url: str | None = None, set_current: bool = True,
-         aggregator_key: str | None = None) -> Experiment:
-    """Start a new experiment of ``project`` (default ``"default"``) and return it.
+         aggregator_key: str | None = None, project_id: str | None = None,
+         update: bool | None = None, open: bool = False, tags: list[str] | None = None,
+         metadata: dict | None = None, description: str | None = None,
+         org_name: str | None = None) -> Experiment:
+    """Start a new experiment of ``project`` and return it.
 
-    ``experiment`` names it; without a name one is generated (``experiment-<UTC time>-<4 hex
-    digits>``). Every call starts a new experiment with its own id, so rows of two experiments
-    never mix, even under the same name. While it is the current experiment
+    ``project`` or ``project_id`` (which names the project when ``project`` is not given: a
+    self-hosted store has no server-assigned ids) is required, as in the reference: ValueError
+    without either. ``experiment`` names it; without a name one is generated
+    (``experiment-<UTC time>-<4 hex digits>``). Every call starts a new experiment with its own
+    id, so rows of two experiments never mix, even under the same name; with ``update=True``
+    the id is derived from the project and experiment names, so every ``update=True`` call
+    with the same names continues one experiment (from any process). ``open=True`` (reading an
+    experiment back) raises ValueError: read rows with ``tracer export`` instead. ``tags``,
+    ``metadata`` and ``description`` are checked and kept on the Experiment object
+    (``experiment.tags`` ...); ``org_name`` is accepted and ignored (no organisations).
+    While it is the current experiment
     (``set_current=True``), spans started outside any span, in this process and in its child
     processes, go to it rather than to the current logger (the reference's precedence).
     ``store``, ``endpoint``, ``aggregator_key``, ``app_url`` and ``api_key`` are as for
     ``init_logger``.
     """
-    del api_key
-    project = _check_name("project", "default" if project is None else project, "init")
+    del api_key, org_name
+    if project is None and project_id is None:
+        raise ValueError("Must specify at least one of project or project_id")
+    if open:
+        raise ValueError("init: open=True (reading an experiment back) is not supported; "
+                         "read its rows with `tracer export --experiment NAME`")
+    project = _check_name("project", _project_name(project, project_id, None), "init")
     if experiment is None:
+        if update:
+            raise ValueError("init: update=True needs the experiment's name")
         experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
                       f"{secrets.token_hex(2)}")
     experiment = _check_name("experiment", experiment, "init")
+    if tags is not None:
+        tags = event.check({"tags": tags}, "init")["tags"]
+    if metadata is not None:
+        event.check({"metadata": metadata}, "init")
+    if description is not None and not isinstance(description, str):
+        raise TypeError(f"init: description must be a string, got {type(description).__name__}")
     settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
     rec = launcher.recorder_for(settings, store, endpoint,
                                 config.keyword("aggregator_key", aggregator_key))
-    exp = Experiment(project, experiment, str(uuid.uuid4()), rec)
+    experiment_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, f"tracer:{project}{wire.SEP}{experiment}"))
+                     if update else str(uuid.uuid4()))
+    exp = Experiment(project, experiment, experiment_id, rec)
+    exp.tags, exp.metadata, exp.description = tags, metadata, description
     _make_current(exp, app_url, set_current)
     return exp
+
+
+def _project_name(project: str | None, project_id: str | None, default: str | None) -> object:
+    """The project's name: ``project``, else ``project_id`` (a self-hosted store knows projects
+    by name), else ``default``."""
+    if project is not None:
+        return project
+    return project_id if project_id is not None else default
 
 
 def _checked_settings(store: object, endpoint: object, app_url: object
@@ -131,12 +179,11 @@ def _make_current(target: SpanContainer, app_url: str | None, set_current: bool)
         state.app_url = app_url.rstrip("/")
     if set_current:
         if isinstance(target, Experiment):
-            state.experiment = target
+            state.make_current(None, target)
         else:
-            state.logger = target
-        state.parent_object = state.experiment or state.logger
+            state.make_current(target, None)
         launcher.export_to_children(target.recorder)
-        os.environ[config.ENV_CONTAINER] = state.parent_object.container
+        os.environ[config.ENV_CONTAINER] = state.current_container().container
     state.active = True
 
 
@@ -144,14 +191,14 @@ def current_logger() -> Logger | None:
     """The logger set by the last ``init_logger(set_current=True)``, or None."""
     if _inherited:
         _adopt_inherited()
-    return state.logger
+    return state.current_logger()
 
 
 def current_experiment() -> Experiment | None:
     """The experiment set by the last ``init(set_current=True)``, or None."""
     if _inherited:
         _adopt_inherited()
-    return state.experiment
+    return state.current_experiment()
 
 
 def _parent_object() -> SpanContainer | None:
@@ -159,7 +206,7 @@ def _parent_object() -> SpanContainer | None:
     logger, else None (nothing is traced)."""
     if _inherited:
         _adopt_inherited()
-    return state.parent_object
+    return state.current_container()
 
 
 def _adopt_inherited() -> None:
@@ -167,15 +214,14 @@ def _adopt_inherited() -> None:
     not at import: the recorder would start a thread)."""
     global _inherited
     container, _inherited = _inherited, None
-    if container is None or state.parent_object is not None:  # none, or chosen here already
+    if container is None or state.current_container() is not None:  # none, or chosen here
         return
     rec = launcher.recorder_for(config.load(lenient=True))  # in a traced call: never raise
     parts = wire.split_container(container)
     if parts[0] == wire.EXPERIMENT:
-        state.experiment = Experiment(parts[1], parts[3], parts[2], rec)
+        state.make_current(None, Experiment(parts[1], parts[3], parts[2], rec))
     else:
-        state.logger = Logger(parts[1], container, rec)
-    state.parent_object = state.experiment or state.logger
+        state.make_current(Logger(parts[1], container, rec), None)
 
 
 def current_span() -> Span | NoopSpan:
@@ -186,7 +232,7 @@ def current_span() -> Span | NoopSpan:
 
 def start_span(name: str | None = None, type: str | None = None, parent: str | None = None,
                event: dict | None = None, parents: list | None = None,
-               **event_fields: Any) -> Span | NoopSpan:
+               set_current: bool | None = None, **event_fields: Any) -> Span | NoopSpan:
     """Start a span: a child of ``parent`` (a slug from ``Span.export()``, from any process),
     else of the current span, else a root in the current experiment or logger; a no-op span if
     nothing is being traced. Use it as a context manager, or end it with ``span.end()``.
@@ -194,8 +240,18 @@ def start_span(name: str | None = None, type: str | None = None, parent: str | N
     ``parents=[span_or_slug, ...]`` makes the span a child of several spans (a trace is a DAG):
     they must all be spans of one trace, else ValueError; the span joins that trace, under the
     first parent's root. ``event`` and keyword arguments are logged at start (``input=...``,
-    ``metadata=...``).
+    ``metadata=...``). ``set_current=False``: the span never becomes the current span, not even
+    inside its ``with`` block.
+
+    Unnamed, a root span is named ``"root"`` and a child ``"<function>:<file>:<line>"`` of the
+    caller; an untyped root span is a ``"task"`` in a logger, an ``"eval"`` in an experiment.
     """
+    span = _start_span(name, type, parent, event, parents, event_fields)
+    return span.never_current() if set_current is False and isinstance(span, Span) else span
+
+
+def _start_span(name: str | None, type: str | None, parent: str | None, event: dict | None,
+                parents: list | None, event_fields: dict) -> Span | NoopSpan:
     fields, row_id = check_start(name, type, event, event_fields, "start_span")
     if parents is not None:
         if parent is not None:
@@ -221,15 +277,39 @@ def start_span(name: str | None = None, type: str | None = None, parent: str | N
 
 def update_span(exported: str, **fields: Any) -> None:
     """Merge ``fields`` into the row of an exported span, from any process."""
-    ref = slug.decode(exported)
+    ref = _slug.decode(exported)
     event.check(fields, "update_span")
     _recorder_for_slugs().add_packed(pack(wire.update(ref.container, ref.id, fields)))
 
 
-def permalink(slug_: str) -> str:
-    """The link ``Span.permalink()`` gives, built from an exported slug."""
-    ref = slug.decode(slug_)
-    return make_permalink(ref.container, ref.trace, ref.span, ref.root)
+def permalink(slug: str, org_name: str | None = None, app_url: str | None = None) -> str:
+    """The link ``Span.permalink()`` gives, built from an exported slug (base URL: ``app_url``,
+    default ``TRACER_APP_URL``). The slug of a no-op span (``""``) links to
+    ``<app url>/noop-span``, as in the reference. ``org_name`` is accepted for the reference's
+    signature: a self-hosted viewer has no organisations."""
+    del org_name
+    if slug == "":
+        return noop_permalink(app_url)
+    ref = _slug.decode(slug)
+    return make_permalink(ref.container, ref.trace, ref.span, ref.root, app_url)
+
+
+@contextlib.contextmanager
+def parent_context(parent: str | None) -> Iterator[None]:
+    """Inside the block, spans started outside any span of this thread or task are children
+    of ``parent`` (a slug from ``Span.export()``, from any process); spans started inside a
+    span still nest under it. ``None`` or ``""`` changes nothing."""
+    ref = parent_ref(parent)
+    if ref is None:
+        yield
+        return
+    # The exported span stands in as the current span, as in a worker process: whatever
+    # nests under the current span nests under it, at no cost to @traced.
+    token = current.set(RemoteSpan(_recorder_for_slugs(), ref))
+    try:
+        yield
+    finally:
+        current.reset(token)
 
 
 def flush(timeout: float | None = 30.0) -> None:
@@ -251,23 +331,29 @@ def _recorder_for_slugs():
 # -- @traced ---------------------------------------------------------------------------------
 
 
-def traced(fn: F | None = None, *, name: str | None = None, type: str | None = None,
+def traced(fn: F | str | None = None, *, name: str | None = None, type: str | None = None,
            notrace_io: bool = False) -> Any:
-    """Trace every call of a function: ``@traced`` or ``@traced(name=..., type=...)``.
+    """Trace every call of a function: ``@traced``, ``@traced("name")`` or
+    ``@traced(name=..., type=...)``.
 
     Works on functions, ``async def`` functions, generators and async generators. The span is
-    named after the function; its input is the bound arguments (``self``/``cls`` left out), its
-    output the return value (for generators, the yielded items). An exception is logged in
-    ``error`` (type, message, traceback) and re-raised. ``notrace_io=True`` records neither.
-    With no logger anywhere this costs one attribute check per call.
+    named after the function and typed ``"function"`` unless given; its input is the bound
+    arguments (``self``/``cls`` left out), its output the return value (for generators, the
+    yielded items). An exception is logged in ``error`` (as the reference writes it:
+    ``"ValueError: boom\n\nTraceback ..."``) and re-raised. ``notrace_io=True`` records
+    neither. With no logger anywhere this costs one attribute check per call.
     """
+    if isinstance(fn, str):  # @traced("name", ...): the reference takes the name first
+        if name is not None:
+            raise TypeError("traced: the name is given twice (positionally and as name=)")
+        fn, name = None, fn
     if fn is None:
         return lambda f: traced(f, name=name, type=type, notrace_io=notrace_io)
     if not callable(fn):
         raise TypeError(f"traced: expected a function, got {fn.__class__.__name__}")
     event.check_name(name, "traced")
     event.check_type(type, "traced")
-    tracer = _Traced(fn, name or str(getattr(fn, "__name__", "function")), type,
+    tracer = _Traced(fn, name or str(getattr(fn, "__name__", "function")), type or "function",
                      None if notrace_io else _InputCapture(fn))
     if inspect.isasyncgenfunction(fn):
         wrapper = tracer.async_gen_wrapper()

@@ -131,7 +131,7 @@ def handle(att: BaseAttachment) -> dict:
 
 def _destination() -> Any:
     """The recorder whose store receives attachments logged now."""
-    logger = state.logger
+    logger = state.current_logger()
     if logger is not None:
         return logger.recorder
     return registry.latest()

@@ -99,6 +99,10 @@ class Experiment(SpanContainer):
                          recorder)
         self.name = name
         self.id = experiment_id
+        # What ``init`` was given for the reference's sake (see ``tracer.init``).
+        self.tags: list[str] | None = None
+        self.metadata: dict | None = None
+        self.description: str | None = None
 
     def summarize(self, summarize_scores: bool = True,
                   timeout: float | None = 30.0) -> ExperimentSummary:

@@ -22,11 +22,13 @@ class SpanContainer:
 
     def start_span(self, name: str | None = None, type: str | None = None,
                    parent: str | None = None, event: dict | None = None,
-                   parents: list | None = None, **event_fields: Any) -> Span:
+                   parents: list | None = None, set_current: bool | None = None,
+                   **event_fields: Any) -> Span:
         """Start a root span here (or, with ``parent=``, a child of an exported span; with
         ``parents=[...]``, a child of several spans of one trace: see ``tracer.start_span``).
 
-        Use it as a context manager, or call ``span.end()`` yourself.
+        Use it as a context manager, or call ``span.end()`` yourself. ``set_current=False``:
+        the span never becomes the current span.
         """
         where = f"{type_name(self)}.start_span"
         fields, row_id = check_start(name, type, event, event_fields, where)
@@ -34,10 +36,12 @@ class SpanContainer:
             if parent is not None:
                 raise TypeError(f"{where}: give parent= or parents=, not both")
             resolved = resolve_parents(parents, where)
-            return start_under(resolved, resolved.recorder or self.recorder, name, type, fields,
+            span = start_under(resolved, resolved.recorder or self.recorder, name, type, fields,
                                row_id)
-        return start_root(self.recorder, self.container, name, type, fields, row_id,
-                          parent_ref(parent))
+        else:
+            span = start_root(self.recorder, self.container, name, type, fields, row_id,
+                              parent_ref(parent))
+        return span.never_current() if set_current is False else span
 
     def log(self, **fields: Any) -> str:
         """Log a one-span trace in one call (``input=``, ``output=``, ``expected=``,

@@ -37,8 +37,8 @@ class _Carried:
         if span is not None:
             self.parent = span.export()
             rec = span._rec
-        elif state.parent_object is not None:
-            rec = state.parent_object.recorder
+        elif state.current_container() is not None:
+            rec = state.current_container().recorder
         else:
             return  # nothing is being traced: run fn as it is
         self.endpoint = rec.endpoint

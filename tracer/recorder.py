@@ -325,6 +325,7 @@ class Recorder:
         # so that the aggregator can wait for them too.
         if attachment_writer.pending() and not attachment_writer.drain(timeout):
             raise FlushError(f"flush timed out after {timeout}s writing attachments")
+        self._announce_running()
         waiter = _FlushMarker(next(self._tokens), level)
         self._buffer.append(waiter)
         inline = self._thread is None and not self._start_thread()
@@ -341,6 +342,16 @@ class Recorder:
         losses = self._new_losses()
         if waiter.error or losses:
             raise FlushError(waiter.error, losses)
+
+    def _announce_running(self) -> None:
+        """Before a flush: announce every span still running that was not announced yet, so
+        that after the flush its row is there with what it logged (the reference writes as it
+        goes), not only once it has run for a while (``_announce``)."""
+        fresh = [s for s in list(self.open_spans) if s not in self._announced]
+        if fresh:
+            self._announced.update(fresh)
+            for span in fresh:
+                self.add_packed(span.open_record())
 
     def _new_losses(self) -> dict[str, int]:
         """This process's records dropped or lost since the last flush that said so, by reason;

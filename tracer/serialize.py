@@ -15,11 +15,12 @@ Stand-ins (see README, "What gets stored"):
     set/frozenset -> list; datetime/date/time -> ISO string; UUID, Decimal, Path, Enum -> str;
     dataclass -> dict of its fields; objects with ``model_dump`` (pydantic) -> that dict;
     numpy values -> ``tolist()``; bytearray/memoryview -> bytes; ints beyond 64 bits -> str;
-    cycles -> "<cycle: TYPE>"; nesting too deep to serialise (about 1,000 levels: msgpack's or
-    JSON's limit, whichever comes first) -> cut at MAX_DEPTH levels, "<max depth N reached>";
-    attachments (``tracer.attachments``) -> their reference dict, the content handed to the
-    attachment writer; anything else -> its repr, truncated. Bytes, NaN and infinities travel
-    as they are and are given JSON stand-ins by the aggregator.
+    cycles -> "<circular reference>"; nesting too deep to serialise (about 1,000 levels:
+    msgpack's or JSON's limit, whichever comes first) -> cut at MAX_DEPTH levels,
+    "<max depth N reached>"; attachments (``tracer.attachments``) -> their reference dict, the
+    content handed to the attachment writer; anything else -> its repr, truncated
+    ("<non-serializable: TYPE>" if the repr raises). Bytes, NaN and infinities travel as they
+    are and are given JSON stand-ins by the aggregator.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def describe(obj: object) -> str:
     try:
         text = repr(obj)
     except Exception:
-        return f"<unrepresentable {type(obj).__qualname__}>"
+        return f"<non-serializable: {type(obj).__qualname__}>"
     if len(text) > MAX_REPR:
         text = text[:MAX_REPR] + f"... ({len(text)} chars)"
     return text
@@ -263,7 +264,7 @@ class StandIns:
             return f"<max depth {MAX_DEPTH} reached>"
         if isinstance(obj, (dict, list, tuple, set, frozenset)):
             if id(obj) in path:
-                return f"<cycle: {type(obj).__name__}>"
+                return "<circular reference>"
             inner = path | {id(obj)}
             if isinstance(obj, dict):
                 return {self._key(k): self.sanitize(v, depth + 1, inner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
 from typing import Any, NamedTuple
@@ -74,9 +76,17 @@ class Span:
         return slug.encode(self.container, self.trace_int, self.span_int, self.root_int,
                            self.row_id)
 
-    def permalink(self) -> str:
-        """A link to this span in the trace viewer (base URL: ``TRACER_APP_URL``)."""
-        return make_permalink(self.container, self.trace_int, self.span_int, self.root_int)
+    def permalink(self, org_name: str | None = None, app_url: str | None = None) -> str:
+        """A link to this span in the trace viewer (base URL: ``app_url``, default
+        ``TRACER_APP_URL``). ``org_name`` is accepted for the reference's signature: a
+        self-hosted viewer has no organisations."""
+        del org_name
+        return make_permalink(self.container, self.trace_int, self.span_int, self.root_int,
+                              app_url)
+
+    def link(self) -> str:
+        """The same as ``permalink()`` (the reference's name for it)."""
+        return self.permalink()
 
     # -- recording --------------------------------------------------------------------------
 
@@ -123,11 +133,45 @@ class Span:
                                              self.type, self.start, self.end_time, None, None)))
 
     def start_span(self, name: str | None = None, type: str | None = None,
+                   parent: str | None = None, set_current: bool | None = None,
                    **event_fields: Any) -> Span:
-        """Start a child of this span (see ``tracer.start_span``)."""
+        """Start a child of this span, or of the span exported as ``parent`` (a slug from
+        ``Span.export()``) if given; see ``tracer.start_span``."""
         fields, row_id = check_start(name, type, event_fields.pop("event", None), event_fields,
                                      "Span.start_span")
-        return start_child(self, name, type, fields, row_id)
+        ref = parent_ref(parent)
+        if ref is not None:
+            span = start_root(self._rec, ref.container, name, type, fields, row_id, ref)
+        else:
+            span = start_child(self, name, type, fields, row_id)
+        return span.never_current() if set_current is False else span
+
+    # -- being the current span ---------------------------------------------------------------
+
+    def set_current(self) -> None:
+        """Make this span the current one (``current_span()``, the parent of spans started
+        without one) in this thread or task, until ``unset_current()`` or the end of a ``with``
+        block on it. Does nothing for a span started with ``set_current=False``."""
+        if self._token is _NEVER_CURRENT or current.get() is self:
+            return
+        self._token = current.set(self)
+
+    def unset_current(self) -> None:
+        """Undo ``set_current()``: the span current before it is current again."""
+        token, self._token = self._token, None
+        if token is None or token is _NEVER_CURRENT:
+            self._token = token
+            return
+        try:
+            current.reset(token)
+        except ValueError:  # set in another context than this one: nothing to restore here
+            if current.get() is self:
+                current.set(None)
+
+    def never_current(self) -> Span:
+        """Mark this span as one that never becomes current (``set_current=False``)."""
+        self._token = _NEVER_CURRENT
+        return self
 
     def end(self, end_time: float | None = None) -> float:
         """End the span (idempotent); returns the end time in epoch seconds."""
@@ -159,18 +203,14 @@ class Span:
     # -- context manager: current span inside the block, error logged, ended at exit -------
 
     def __enter__(self) -> Span:
-        self._token = current.set(self)
+        if self._token is not _NEVER_CURRENT:
+            self._token = current.set(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is not None:
             self._record_log({"error": error_of(exc)})
-        if self._token is not None:
-            try:
-                current.reset(self._token)
-            except ValueError:  # exited in another context than entered: nothing to restore
-                pass
-            self._token = None
+        self.unset_current()
         self.end()
 
     def __repr__(self) -> str:
@@ -180,9 +220,9 @@ class Span:
 class NoopSpan:
     """The span you get when nothing is being traced: every method does nothing."""
 
-    id = span_id = root_span_id = ""
+    id = span_id = root_span_id = name = ""
     span_parents: list[str] = []
-    name = type = None
+    type = None
 
     def log(self, **fields: Any) -> None:
         event.check(fields, "Span.log")
@@ -191,8 +231,15 @@ class NoopSpan:
         pass
 
     def start_span(self, name: str | None = None, type: str | None = None,
+                   parent: str | None = None, set_current: bool | None = None,
                    **event_fields: Any) -> NoopSpan:
         return self
+
+    def set_current(self) -> None:
+        pass
+
+    def unset_current(self) -> None:
+        pass
 
     def end(self, end_time: float | None = None) -> float:
         return time.time() if end_time is None else float(end_time)
@@ -202,8 +249,12 @@ class NoopSpan:
     def export(self) -> str:
         return ""
 
-    def permalink(self) -> str:
-        return ""
+    def permalink(self, org_name: str | None = None, app_url: str | None = None) -> str:
+        """The reference's link for a span that was never recorded: ``<app url>/noop-span``."""
+        return noop_permalink(app_url)
+
+    def link(self) -> str:
+        return noop_permalink()
 
     def flush(self, timeout: float | None = 30.0) -> None:
         pass
@@ -222,6 +273,13 @@ class NoopSpan:
 
 
 NOOP_SPAN = NoopSpan()
+
+# ``Span._token`` of a span started with ``set_current=False``: it never becomes current.
+_NEVER_CURRENT = object()
+
+
+def noop_permalink(app_url: str | None = None) -> str:
+    return f"{(app_url or state.app_url).rstrip('/')}/noop-span"
 
 
 class RemoteSpan(Span):
@@ -323,9 +381,32 @@ def resolve_parents(parents: object, where: str) -> Parents:
     return Parents(container, trace, spans, root, recorder)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_name() -> str:
+    """The name of an unnamed child span, as the reference makes it: where it was started,
+    ``"<function>:<file>:<line>"`` of the first frame outside this package."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "subspan"
+    code = frame.f_code
+    return f"{code.co_name}:{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+
+
+def root_type(container: str) -> str:
+    """The type of a root span started without one: ``"eval"`` in an experiment, ``"task"``
+    in a project's logs (the reference's defaults)."""
+    return "eval" if container.startswith(wire.EXPERIMENT) else "task"
+
+
 def start_under(parents: Parents, rec: Recorder, name: str | None, type: str | None,
                 fields: dict, row_id: str | None) -> Span:
     """A new span whose parents are ``parents`` (see ``resolve_parents``), sent by ``rec``."""
+    if name is None:
+        name = caller_name()
     span_parents = parents.spans[0] if len(parents.spans) == 1 else parents.spans
     span = Span(rec, parents.container, parents.trace, new_id(), span_parents, parents.root,
                 name, type, time.time())
@@ -335,6 +416,8 @@ def start_under(parents: Parents, rec: Recorder, name: str | None, type: str | N
 def start_child(parent: Span, name: str | None, type: str | None, fields: dict,
                 row_id: str | None) -> Span:
     """A new span under ``parent``, with ``fields`` (checked) logged at start."""
+    if name is None:
+        name = caller_name()
     span = Span(parent._rec, parent.container, parent.trace_int, new_id(), parent.span_int,
                 parent.root_int, name, type, time.time())
     return _begin(span, fields, row_id)
@@ -343,13 +426,16 @@ def start_child(parent: Span, name: str | None, type: str | None, fields: dict,
 def start_root(rec: Recorder, container: str, name: str | None, type: str | None,
                fields: dict, row_id: str | None,
                parent_ref: slug.SpanRef | None = None) -> Span:
-    """A new span in ``container``: a root, or the child of a span exported elsewhere."""
+    """A new span in ``container``: a root (named ``"root"`` and typed ``root_type`` unless
+    given), or the child of a span exported elsewhere."""
     if parent_ref is None:
+        name = "root" if name is None else name
+        type = type or root_type(container)
         sid, now = new_id(), time.time()
         span = Span(rec, container, new_trace_id(now), sid, None, sid, name, type, now)
     else:
         span = Span(rec, parent_ref.container, parent_ref.trace, new_id(), parent_ref.span,
-                    parent_ref.root, name, type, time.time())
+                    parent_ref.root, caller_name() if name is None else name, type, time.time())
     return _begin(span, fields, row_id)
 
 
@@ -371,21 +457,25 @@ def _begin(span: Span, fields: dict, row_id: str | None) -> Span:
     return span
 
 
-def error_of(exc: BaseException) -> dict:
-    """How an exception is logged in ``error``."""
-    return {
-        "type": type(exc).__qualname__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
+def error_of(exc: BaseException, full_traceback: str | None = None) -> str:
+    """How an exception is logged in ``error``: as the reference writes it, the exception's
+    last line (``"ValueError: boom\n"``), a blank line, then the traceback: the exception's
+    own, or ``full_traceback`` (as ``traceback.format_exc`` gives it; Celery's is taken before
+    the frames are cleared)."""
+    if full_traceback is None:
+        full_traceback = "Traceback (most recent call last):\n" + "".join(
+            traceback.format_tb(exc.__traceback__))
+    return "".join(traceback.format_exception_only(type(exc), exc)) + "\n" + full_traceback
 
 
-def make_permalink(container: str, trace: int, span: int, root: int) -> str:
+def make_permalink(container: str, trace: int, span: int, root: int,
+                   app_url: str | None = None) -> str:
     from urllib.parse import quote
 
+    base = app_url.rstrip("/") if app_url else state.app_url
     parts = wire.split_container(container)
     query = f"r={wire.format_id(trace, root)}&s={wire.format_id(trace, span)}"
     project = quote(parts[1], safe="")
     if parts[0] == wire.PROJECT_LOGS:
-        return f"{state.app_url}/p/{project}/logs?{query}"
-    return f"{state.app_url}/p/{project}/experiments/{quote(parts[3], safe='')}?{query}"
+        return f"{base}/p/{project}/logs?{query}"
+    return f"{base}/p/{project}/experiments/{quote(parts[3], safe='')}?{query}"

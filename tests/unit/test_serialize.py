@@ -256,7 +256,7 @@ def test_an_object_in_a_value_that_needs_repair_is_described_once():
     cyclic: list = [obj]
     cyclic.append(cyclic)
 
-    assert packed(cyclic) == ("<CountsItsRepr>", "<cycle: list>")
+    assert packed(cyclic) == ("<CountsItsRepr>", "<circular reference>")
     assert obj.reprs == 1
 
 
@@ -270,8 +270,8 @@ def test_a_long_repr_is_cut_and_says_how_long_it_was():
     assert text == "x" * serialize.MAX_REPR + f"... ({serialize.MAX_REPR + 500} chars)"
 
 
-def test_an_object_whose_repr_raises_packs_as_unrepresentable_and_its_type():
-    assert packed(Unrepresentable()) == "<unrepresentable Unrepresentable>"
+def test_an_object_whose_repr_raises_packs_as_non_serializable_and_its_type():
+    assert packed(Unrepresentable()) == "<non-serializable: Unrepresentable>"
 
 
 # -- values msgpack refuses: repaired --------------------------------------------------------
@@ -281,14 +281,14 @@ def test_a_list_containing_itself_packs_with_a_cycle_marker():
     cyclic: list = [1]
     cyclic.append(cyclic)
 
-    assert packed(cyclic) == (1, "<cycle: list>")
+    assert packed(cyclic) == (1, "<circular reference>")
 
 
 def test_a_dict_containing_itself_packs_with_a_cycle_marker():
     cyclic: dict = {"a": 1}
     cyclic["self"] = cyclic
 
-    assert packed(cyclic) == {"a": 1, "self": "<cycle: dict>"}
+    assert packed(cyclic) == {"a": 1, "self": "<circular reference>"}
 
 
 def test_a_value_shared_twice_is_not_a_cycle():
@@ -297,7 +297,7 @@ def test_a_value_shared_twice_is_not_a_cycle():
     cyclic.append(cyclic)
 
     assert packed({"shared": [shared, shared], "cycle": cyclic}) == {
-        "shared": ((1,), (1,)), "cycle": ("<cycle: list>",)}
+        "shared": ((1,), (1,)), "cycle": ("<circular reference>",)}
 
 
 def test_nesting_too_deep_for_msgpack_is_cut_at_max_depth_with_a_marker():
@@ -322,14 +322,14 @@ def test_scalar_dict_keys_survive_a_repair():
     cyclic.append(cyclic)
 
     assert packed({1: "int", None: "none", 1.5: "float", "c": cyclic}) == {
-        1: "int", None: "none", 1.5: "float", "c": ("<cycle: list>",)}
+        1: "int", None: "none", 1.5: "float", "c": ("<circular reference>",)}
 
 
 def test_other_dict_keys_become_their_repr_when_a_value_is_repaired():
     cyclic: list = []
     cyclic.append(cyclic)
 
-    assert packed({(1, 2): "pair", "c": cyclic}) == {"(1, 2)": "pair", "c": ("<cycle: list>",)}
+    assert packed({(1, 2): "pair", "c": cyclic}) == {"(1, 2)": "pair", "c": ("<circular reference>",)}
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -431,4 +431,4 @@ def test_describe_cuts_a_long_repr_saying_how_long_it_was():
 
 
 def test_describe_never_raises():
-    assert serialize.describe(Unrepresentable()) == "<unrepresentable Unrepresentable>"
+    assert serialize.describe(Unrepresentable()) == "<non-serializable: Unrepresentable>"

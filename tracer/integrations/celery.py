@@ -229,10 +229,8 @@ def _on_failure(task_id: str | None = None, exception: BaseException | None = No
     run = _running.get(task_id)
     if run is None or exception is None:
         return
-    error = error_of(exception)
-    if getattr(einfo, "traceback", None):  # Celery's, taken before it clears the frames
-        error["traceback"] = einfo.traceback
-    run.span.log(error=error)
+    # Celery's traceback is taken before it clears the frames.
+    run.span.log(error=error_of(exception, getattr(einfo, "traceback", None) or None))
 
 
 def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
