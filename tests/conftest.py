@@ -66,10 +66,11 @@ def experiment(store_path, project) -> Iterator[tracer.Experiment]:
 
 def forget_current_experiment() -> None:
     from tracer.config import ENV_CONTAINER
-    from tracer.context import state
+    from tracer.context import scoped_parent, state
 
     state.experiment = None
-    state.parent_object = state.logger
+    scoped_parent.set((state.logger, None))
+    state.parent_object = None if state.scoped else state.logger
     if state.logger is not None:
         os.environ[ENV_CONTAINER] = state.logger.container
 

@@ -266,7 +266,7 @@ def check_bytes(stored: object) -> None:
 
 
 def check_cycle(stored: object) -> None:
-    assert "<cycle" in json.dumps(stored)
+    assert "<circular reference>" in json.dumps(stored)
 
 
 def check_nested_list_stored(stored: object) -> None:

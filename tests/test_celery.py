@@ -104,7 +104,7 @@ def assert_producers_pair_with_tasks(rows: list[dict]) -> None:
     """Every producer span (``publish <task>``) has the task span of the message it published
     beside it: same task id, same parent (the span current at publish)."""
     tasks = {celery_meta(r)["task_id"]: r for r in rows if r["span_attributes"].get("type")
-             == "task" and celery_meta(r).get("retries", 0) == 0}
+             == "task" and "task_id" in celery_meta(r) and celery_meta(r).get("retries", 0) == 0}
     for row in rows:
         if row["span_attributes"].get("type") == "function" and name(row).startswith("publish "):
             meta = celery_meta(row)
@@ -209,9 +209,8 @@ def test_a_failing_task_shows_its_error_and_retries_are_attempts_side_by_side(
     assert Counter(name(r) for r in got) == {FAIL: 1, FLAKY: 3, f"publish {FLAKY}": 2}
     (failure,) = tasks_named(got, FAIL)
     assert failure["span_parents"] == [root.span_id]
-    assert failure["error"]["type"] == "ValueError"
-    assert failure["error"]["message"] == "the disk is full"
-    assert "raise ValueError(message)" in failure["error"]["traceback"]
+    assert failure["error"].startswith("ValueError: the disk is full\n\nTraceback")
+    assert "raise ValueError(message)" in failure["error"]
     assert celery_meta(failure)["state"] == "FAILURE"
     assert ended(failure)
 
@@ -243,7 +242,8 @@ def test_a_publish_that_fails_still_ends_its_producer_span(logger, rows):
     producer = got[f"publish {ADD}"]
     assert producer["span_parents"] == [root.span_id]
     assert ended(producer)
-    assert producer["error"]["type"] == type(raised.value).__qualname__
+    assert producer["error"].startswith(type(raised.value).__module__)
+    assert type(raised.value).__qualname__ in producer["error"].partition("\n")[0]
 
 
 def test_a_task_published_outside_any_span_starts_its_own_root(fleet, logger, rows):

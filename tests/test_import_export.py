@@ -78,7 +78,7 @@ def test_export_csv_has_a_column_per_top_level_field_and_nested_values_as_json(
 
     assert row["input"] == "plain text"
     assert json.loads(row["metadata"]) == {"k": [1, 2]}
-    assert json.loads(row["span_attributes"]) == {"name": "csv row"}
+    assert json.loads(row["span_attributes"]) == {"name": "csv row", "type": "task"}
     assert row["span_parents"] == "" and row["project_name"] == project
     assert row["id"] == row["span_id"] == row["root_span_id"]
 

@@ -78,9 +78,10 @@ def assert_first_token_time(row: dict) -> None:
 
 
 def assert_error(row: dict, error_type: str, message: str = "") -> None:
-    assert row["error"]["type"] == error_type
-    assert message in row["error"]["message"]
-    assert "Traceback" in row["error"]["traceback"]
+    first_line, _, traceback = row["error"].partition("\n\n")
+    assert first_line.split(":")[0].endswith(error_type)
+    assert message in first_line
+    assert traceback.startswith("Traceback")
 
 
 async def until_requests(server, count: int = 1, timeout: float = 30.0) -> None:
@@ -389,7 +390,7 @@ def test_a_4xx_answer_sets_error_and_the_exception_reaches_the_caller(
     assert raised.value.status_code == status
     row = llm_row(rows)
     assert_error(row, error_type, f"Error code: {status}")
-    assert "no such thing" in row["error"]["message"]
+    assert "no such thing" in row["error"]
     assert row["input"] == MESSAGES
     assert row["metadata"] == {"model": MODEL, "provider": "openai"}
     assert "output" not in row
@@ -691,7 +692,7 @@ def test_async_error_answers_set_error(logger, rows, openai_server, status, erro
     asyncio.run(main())
     row = llm_row(rows)
     assert_error(row, error_type, f"Error code: {status}")
-    assert "not today" in row["error"]["message"]
+    assert "not today" in row["error"]
     assert "output" not in row
 
 
