@@ -75,6 +75,14 @@ def make_app(broker: str, project: str | None = None, store: str | None = None,
         time.sleep(seconds)
         return check(i)
 
+    @app.task(name=f"{NAME}.wait_for", shared=False)
+    def wait_for(path: str, timeout: float) -> bool:
+        """Run until ``path`` exists (at most ``timeout`` seconds): a long task."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return os.path.exists(path)
+
     return instrument(app, project=project, store=store)
 
 

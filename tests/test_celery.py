@@ -30,8 +30,9 @@ from .conftest import (
 )
 from .helpers import poll, wait_until
 
-ADD, TOTAL, FAIL, FLAKY, WORK, SLOW = (f"{celery_tasks.NAME}.{name}" for name in
-                                       ("add", "total", "fail", "flaky", "work", "slow"))
+ADD, TOTAL, FAIL, FLAKY, WORK, SLOW, WAIT_FOR = (f"{celery_tasks.NAME}.{name}" for name in
+                                       ("add", "total", "fail", "flaky", "work", "slow",
+                                        "wait_for"))
 WORKER_PROJECT = "celery-worker"  # where a worker's own traces (tasks published untraced) go
 
 
@@ -265,6 +266,28 @@ def test_a_task_published_outside_any_span_starts_its_own_root(fleet, logger, ro
     assert task["root_span_id"] == task["span_id"]
     got = trace_in(fleet.store, task["root_span_id"], expected=2)
     assert Counter(name(r) for r in got) == {ADD: 1, "compute": 1}
+
+
+def test_a_long_task_is_visible_in_progress_while_it_runs(fleet, tmp_path):
+    release = tmp_path / "release"
+    result = fleet.app.tasks[WAIT_FOR].delay(str(release), 60)
+
+    def stored_task(finished: bool) -> dict | None:
+        if not os.path.exists(fleet.store):
+            return None
+        with Store(fleet.store) as reader:
+            return next((r for r in reader.rows(project=WORKER_PROJECT)
+                         if celery_meta(r).get("task_id") == result.id
+                         and ended(r) == finished), None)
+
+    running = wait_until(lambda: stored_task(False), 60, "the running task has no row",
+                         interval=0.1)
+    assert running["span_attributes"] == {"name": WAIT_FOR, "type": "task"}
+    assert running["input"] == {"args": [str(release), 60], "kwargs": {}}
+    release.touch()
+    assert result.get(timeout=60) is True
+    done = wait_until(lambda: stored_task(True), 60, "the task never ended", interval=0.1)
+    assert done["output"] is True
 
 
 @pytest.mark.slow

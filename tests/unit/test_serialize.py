@@ -329,7 +329,8 @@ def test_other_dict_keys_become_their_repr_when_a_value_is_repaired():
     cyclic: list = []
     cyclic.append(cyclic)
 
-    assert packed({(1, 2): "pair", "c": cyclic}) == {"(1, 2)": "pair", "c": ("<circular reference>",)}
+    assert packed({(1, 2): "pair", "c": cyclic}) == {"(1, 2)": "pair",
+                                                     "c": ("<circular reference>",)}
 
 
 # -- snapshots -------------------------------------------------------------------------------
