@@ -1,0 +1,1 @@
+"""The differential test against the reference SDK (see test_differential.py)."""
