@@ -48,7 +48,7 @@ class SpanContainer:
         ``scores=``, ``metadata=``, ``metrics=``, ``tags=``, ``error=``, and ``id=`` to choose
         the row id); returns its row id."""
         event_fields, row_id = check_start(None, None, None, fields, f"{type_name(self)}.log")
-        span = start_root(self.recorder, self.container, "log", None, event_fields, row_id)
+        span = start_root(self.recorder, self.container, None, None, event_fields, row_id)
         span.end()
         return span.id
 
