@@ -33,6 +33,8 @@ from typing import Any
 # Python 3.14's Thread takes a context (``Thread(context=...)``, kept in ``_context``).
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
 
+_NONE = object()  # no run of its own on a Thread instance
+
 _lock = threading.Lock()
 # The methods replaced, as they were, while setup_threads() is in effect; None otherwise.
 _originals: tuple[Callable[..., Any], Callable[..., Any]] | None = None
@@ -86,6 +88,7 @@ def _make_start(original: Callable[[threading.Thread], None]) -> Callable[[threa
             original(self)
             return
         run = self.run  # the bound run, whichever class (or instance) defines it
+        shadowed = self.__dict__.get("run", _NONE)  # a run set on the instance, if any
         ctx = contextvars.copy_context()
 
         def run_in_context() -> None:
@@ -94,17 +97,25 @@ def _make_start(original: Callable[[threading.Thread], None]) -> Callable[[threa
             finally:
                 # Thread.run drops its target at the end to break reference cycles; so do we
                 # (thread -> run_in_context -> run -> thread).
-                self.__dict__.pop("run", None)
+                _unshadow(self, shadowed)
 
         # An instance attribute shadows the class's run: Thread's bootstrap calls self.run().
         self.run = run_in_context  # type: ignore[method-assign]
         try:
             original(self)
         except BaseException:  # not started (no thread left, interpreter shutdown): undo
-            self.__dict__.pop("run", None)
+            _unshadow(self, shadowed)
             raise
 
     return start
+
+
+def _unshadow(thread: threading.Thread, shadowed: object) -> None:
+    """Give ``thread`` back the ``run`` it had before ``start`` shadowed it."""
+    if shadowed is _NONE:
+        thread.__dict__.pop("run", None)
+    else:
+        thread.__dict__["run"] = shadowed
 
 
 def _make_submit(original: Callable[..., Future]) -> Callable[..., Future]:

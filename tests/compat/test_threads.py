@@ -158,6 +158,20 @@ def test_a_thread_subclass_with_its_own_run_nests_under_the_starter(
     assert is_child_of(named["in subclass"], named["parent"])
 
 
+def test_a_run_set_on_the_thread_object_nests_under_the_starter_and_is_kept(
+        logger, rows, threads_set_up):
+    thread = threading.Thread()
+    own_run = lambda: start_child("own run")  # noqa: E731 - the object set on the thread
+    thread.run = own_run  # type: ignore[method-assign]
+    with tracer.start_span("parent"):
+        thread.start()
+        thread.join()
+
+    named = by_name(rows())
+    assert is_child_of(named["own run"], named["parent"])
+    assert thread.run is own_run
+
+
 def test_a_timer_nests_under_the_span_current_when_it_was_started(logger, rows, threads_set_up):
     with tracer.start_span("parent"):
         timer = threading.Timer(0, start_child, args=("in timer",))
