@@ -29,6 +29,7 @@ import pytest
 
 import tracer
 from tracer.processes import process_alive as process_alive
+from tracer.thread_context import _undo as undo_setup_threads  # noqa: F401 (for the tests)
 from workers.store.sqlite import SQLiteReader as Store
 from workers.store.sqlite import SQLiteWriter as SQLiteSink  # noqa: F401 (for the tests)
 from workers.store.sqlite import lookup_attachments as lookup_attachments

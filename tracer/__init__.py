@@ -6,6 +6,7 @@ trace. See README.md for the guide; the docstrings here are the API reference.
 
 __version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
+from . import config as _config
 from .api import (
     current_experiment,
     current_logger,
@@ -27,6 +28,13 @@ from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
 from .span import NOOP_SPAN, NoopSpan, Span
+from .thread_context import setup_threads
+
+# The reference's switch: BRAINTRUST_INSTRUMENT_THREADS=1 sets up threads as the package loads,
+# for code that cannot call setup_threads() itself. A malformed value is warned about here, and
+# refused by init_logger.
+if _config.value_or_default("INSTRUMENT_THREADS"):
+    setup_threads()
 
 __all__ = [
     "NOOP_SPAN",
@@ -53,6 +61,7 @@ __all__ = [
     "init_logger",
     "parent_context",
     "permalink",
+    "setup_threads",
     "start_span",
     "traced",
     "update_span",

@@ -92,10 +92,11 @@ _w = _State()
 def handle(att: BaseAttachment) -> dict:
     """The reference a logged attachment becomes; hands its content to the writer thread.
 
-    Runs on the caller's thread, inside the snapshot of a logged value: no I/O beyond the stat
-    of a path (``Attachment.check``), no hashing, no copy.
+    Runs on the caller's thread, inside the snapshot of a logged value: no hashing, no copy,
+    and no I/O but a second look at a path found unusable when it was made
+    (``Attachment.check``).
     """
-    ref = att.reference()
+    ref = att.reference  # a new dict: completed below
     if not isinstance(att, Attachment):
         return ref  # external: nothing to store
     problem = att.check()
@@ -294,7 +295,7 @@ def _spool_content(att: Attachment, store: str, spool: str) -> tuple[str, int, b
             raise _Unusable(f"its JSON is {len(data)} bytes, over the attachment size limit of "
                             f"{limit} bytes (TRACER_MAX_ATTACHMENT_SIZE)")
     else:
-        data = att.data
+        data = att._source  # the path is copied in chunks below, never read whole
     try:
         if isinstance(data, bytes):
             digest = hashlib.sha256(data).hexdigest()  # releases the GIL

@@ -14,14 +14,16 @@ writer (``tracer.attachment_writer``), whose own thread reads, hashes and writes
 the store's spool directory; the aggregator moves it into the store's content-addressed blob area
 and records ``key -> sha256, size, status`` (``workers.attachments``). The caller never reads,
 hashes or writes the content; a path attachment costs it one ``os.stat`` and one ``os.access``
-(about 3 us, once per attachment object), so that a missing, unreadable or oversized file is
-said in the row's reference itself (``upload_status: "error"`` and ``error_message``).
+when it is made (about 3 us), so that a missing, unreadable or oversized file is warned about at
+once (a WARNING on the ``tracer`` logger, as the reference warns on its own) and said in the
+row's reference itself (``upload_status: "error"`` and ``error_message``).
 
 This module is imported by ``tracer.serialize`` and must stay free of the recorder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from typing import Any
@@ -34,6 +36,9 @@ EXTERNAL_ATTACHMENT = "external_attachment"
 REFERENCE_TYPES = (BRAINTRUST_ATTACHMENT, EXTERNAL_ATTACHMENT)
 
 OCTET_STREAM = "application/octet-stream"
+
+# Where an attachment that cannot be stored is warned about when it is made.
+_log = logging.getLogger("tracer")
 
 # Common types without mimetypes' first-call cost (it reads the system's tables, ~ms).
 _TYPES = {
@@ -77,7 +82,9 @@ class BaseAttachment:
 
     __slots__ = ("filename", "content_type")
 
+    @property
     def reference(self) -> dict[str, Any]:
+        """The dict the row stores in this attachment's place (a new dict at each access)."""
         raise NotImplementedError
 
 
@@ -88,9 +95,17 @@ class Attachment(BaseAttachment):
     the value is logged, or ``bytes`` (``bytearray``/``memoryview`` are copied now). ``filename``
     defaults to the path's base name (``"attachment"`` for bytes), ``content_type`` to a guess
     from the filename. Identical content is stored once, however often it is logged.
+
+    A path that cannot be stored (missing, unreadable, not a regular file, over
+    ``TRACER_MAX_ATTACHMENT_SIZE``) is looked at when the attachment is made: a WARNING goes to
+    the ``tracer`` logger (``logging.getLogger("tracer")``), nothing is raised, and the row's
+    reference will say why it was not stored unless the file can be read when it is logged.
+
+    ``reference`` is the dict the row stores in its place; ``data`` the content, the file's
+    bytes read on first access.
     """
 
-    __slots__ = ("data", "key", "_problem", "_size", "_handed")
+    __slots__ = ("_source", "_content", "key", "_problem", "_size", "_handed", "_looked_again")
 
     def __init__(self, data: str | bytes | os.PathLike, filename: str | None = None,
                  content_type: str | None = None) -> None:
@@ -109,41 +124,65 @@ class Attachment(BaseAttachment):
         if content_type is None:
             content_type = guess_type(filename)
         _check_text(content_type, "content_type")
-        self.data = data
+        self._source = data  # the path, or the bytes
+        self._content: bytes | None = None  # a path's bytes, once ``data`` has read them
         self.filename = filename or "attachment"
         self.content_type = content_type
         self.key = new_key()
-        self._problem: str | None = None  # why it cannot be stored, found when first logged
-        self._size: int | None = None
         self._handed = False  # given to the attachment writer (once per object)
+        self._looked_again = False
+        self._size: int | None = None
+        # Why it cannot be stored, or None: looked at now, so that a bad path is warned about
+        # where it was given (as the reference does); see check() for the second look.
+        self._problem = self._look()
+        if self._problem is not None and isinstance(data, str):
+            _log.warning("Failed to read file for attachment %r: %s (it will not be stored "
+                         "unless it can be read when logged)", self.filename, self._problem)
 
     @property
     def path(self) -> str | None:
         """The file path, or None for bytes."""
-        return self.data if isinstance(self.data, str) else None
+        return self._source if isinstance(self._source, str) else None
 
+    @property
+    def data(self) -> bytes:
+        """The content: the bytes given, or the file's bytes, read on first access (not when
+        the attachment was made) and kept. Raises ``OSError`` if the file cannot be read."""
+        content = self._content
+        if content is None:
+            source = self._source
+            if isinstance(source, bytes):
+                return source
+            with open(source, "rb") as f:
+                content = f.read()
+            self._content = content
+        return content
+
+    @property
     def reference(self) -> dict[str, Any]:
-        """The dict the row stores in this attachment's place."""
+        """The dict the row stores in this attachment's place (a new dict at each access)."""
         return {"type": BRAINTRUST_ATTACHMENT, "filename": self.filename,
                 "content_type": self.content_type, "key": self.key}
 
     def read(self) -> bytes:
-        """The content: the bytes, or the file read now."""
-        if isinstance(self.data, bytes):
-            return self.data
-        with open(self.data, "rb") as f:
+        """The content: the bytes, or the file read now (not kept)."""
+        if isinstance(self._source, bytes):
+            return self._source
+        with open(self._source, "rb") as f:
             return f.read()
 
     def check(self) -> str | None:
         """Why this attachment cannot be stored (missing, unreadable, not a file, too large), or
-        None; looked at once, when the attachment is first logged (a stat for a path)."""
-        if self._size is None and self._problem is None:
+        None. Found when the attachment was made; a problem found then is looked at once more
+        when it is first logged (the file may have been written since)."""
+        if self._problem is not None and not self._looked_again:
+            self._looked_again = True
             self._problem = self._look()
         return self._problem
 
     def _look(self) -> str | None:
         limit = max_size()
-        data = self.data
+        data = self._source
         if isinstance(data, bytes):
             self._size = len(data)
         else:
@@ -164,8 +203,8 @@ class Attachment(BaseAttachment):
         return None
 
     def __repr__(self) -> str:
-        what = f"path={self.data!r}" if isinstance(self.data, str) else \
-            f"{len(self.data)} bytes"
+        what = f"path={self._source!r}" if isinstance(self._source, str) else \
+            f"{len(self._source)} bytes"
         return (f"<{type(self).__name__} {what} filename={self.filename!r} "
                 f"content_type={self.content_type!r} key={self.key}>")
 
@@ -173,15 +212,23 @@ class Attachment(BaseAttachment):
 class JSONAttachment(Attachment):
     """A JSON value stored as an attachment (``application/json``), for values too large to
     keep in the row. The value is snapshotted now, as any logged value is (later mutation does
-    not change it), and encoded as JSON in the background. ``pretty`` indents it."""
+    not change it), and encoded as JSON in the background. ``pretty`` indents it (2 spaces).
+    ``data`` is the JSON text, encoded on first access."""
 
     __slots__ = ("pretty", "_snapshot")
 
     def __init__(self, data: Any, filename: str = "data.json", pretty: bool = False) -> None:
-        super().__init__(b"", filename, "application/json")
-        self.data = b""  # the JSON exists once the writer has encoded the snapshot
+        # Before Attachment.__init__, whose _look() reads the snapshot.
         self.pretty = pretty
         self._snapshot = pack(data)  # msgpack: ~5x cheaper than JSON on the caller's thread
+        super().__init__(b"", filename, "application/json")
+
+    @property
+    def data(self) -> bytes:
+        """The JSON text (UTF-8), encoded on first access and kept."""
+        if self._content is None:
+            self._content = snapshot_to_json(self._snapshot, self.pretty)
+        return self._content
 
     def _look(self) -> str | None:
         self._size = len(self._snapshot)  # the JSON's own size is checked when it is encoded
@@ -214,8 +261,9 @@ class ExternalAttachment(BaseAttachment):
         self.filename = filename
         self.content_type = content_type
 
+    @property
     def reference(self) -> dict[str, Any]:
-        """The dict the row stores in this attachment's place."""
+        """The dict the row stores in this attachment's place (a new dict at each access)."""
         return {"type": EXTERNAL_ATTACHMENT, "filename": self.filename,
                 "content_type": self.content_type, "url": self.url}
 

@@ -363,6 +363,10 @@ VARIABLES: tuple[Variable, ...] = (
              "closes the connection of a peer sending a larger message before reading it (the "
              "sender's next message shows the gap, `seq_gap_messages`)",
              field="max_message_size"),
+    Variable("INSTRUMENT_THREADS", Boolean(), False, "on: `import tracer` calls "
+             "`tracer.setup_threads()`, so that the current span follows work into every "
+             "`threading.Thread` and `ThreadPoolExecutor` task (see \"Across processes and "
+             "threads\")", reference=True),
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 BY_KEYWORD = {v.keyword: v for v in VARIABLES if v.keyword}

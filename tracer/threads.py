@@ -1,4 +1,5 @@
-"""Starting our background threads so that they never take the process's termination signals.
+"""Starting our background threads so that they never take the process's termination signals
+(nor the span of the thread that starts them: see ``start``).
 
 A signal sent to a process goes to one of its threads that does not block it, chosen by the
 kernel. Python runs its handlers on the main thread only, when that thread next runs bytecode: a
@@ -11,6 +12,7 @@ every signal already), whose wait is interrupted and whose handler then runs.
 
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 
@@ -20,12 +22,15 @@ TERMINATION_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT))
 
 
 def start(thread: threading.Thread) -> None:
-    """``thread.start()``, with the termination signals blocked in the new thread."""
+    """``thread.start()``, with the termination signals blocked in the new thread, and in an
+    empty context: our threads are started from the caller's thread, inside its spans, and must
+    not carry them (nor keep them alive) when ``setup_threads()`` makes threads inherit the
+    context of the thread that starts them."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no such signals to route
-        thread.start()
+        contextvars.Context().run(thread.start)
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATION_SIGNALS)
     try:
-        thread.start()
+        contextvars.Context().run(thread.start)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
