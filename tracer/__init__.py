@@ -21,7 +21,7 @@ from .api import (
 from .attachments import Attachment, ExternalAttachment, JSONAttachment
 from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
-from .integrations import wrap_openai
+from .integrations import patch_openai, wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
@@ -49,6 +49,7 @@ __all__ = [
     "flush",
     "init",
     "init_logger",
+    "patch_openai",
     "permalink",
     "start_span",
     "traced",
