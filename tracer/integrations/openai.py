@@ -524,14 +524,8 @@ def _traced_method(fn: Callable, endpoint: _Endpoint, is_async: bool, mode: str)
             call = _Call.start(endpoint, kwargs)
             if call is None:
                 return await fn(*args, **kwargs)
-            token = current.set(call.span)
-            try:
+            with call:
                 result = await fn(*args, **kwargs)
-            except BaseException as exc:  # API errors, timeouts, and a cancelled task too
-                call.fail(exc)
-                raise
-            finally:
-                current.reset(token)
             return await call.areturned(result, mode)
 
         return traced_async
@@ -541,14 +535,8 @@ def _traced_method(fn: Callable, endpoint: _Endpoint, is_async: bool, mode: str)
         call = _Call.start(endpoint, kwargs)
         if call is None:
             return fn(*args, **kwargs)
-        token = current.set(call.span)
-        try:
+        with call:
             result = fn(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            current.reset(token)
         return call.returned(result, mode)
 
     return traced
@@ -571,6 +559,7 @@ class _Call:
         self.stream = stream
         self.started = time.perf_counter()
         self.log: _StreamLog | None = None  # a stream's, once it is returned
+        self._token: Any = None  # the current span's before this request (see __enter__)
 
     @classmethod
     def start(cls, endpoint: _Endpoint, kwargs: dict) -> _Call | None:
@@ -589,6 +578,17 @@ class _Call:
         if not isinstance(span, Span):
             return None
         return cls(endpoint, span, kwargs.get("stream") is True)
+
+    def __enter__(self) -> _Call:
+        """While the request runs: its span is the current span, and whatever it raises (API
+        errors, timeouts, a cancelled task too) is logged and ends the span."""
+        self._token = current.set(self.span)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        current.reset(self._token)
+        if exc is not None:
+            self.fail(exc)
 
     def fail(self, exc: BaseException) -> None:
         self.span.log(error=error_of(exc))
@@ -879,14 +879,8 @@ class _TracedResponseManager(_Proxy):
         call = self._call = _Call.start(self._endpoint, self._kwargs)
         if call is None:
             return self._wrapped.__enter__()
-        token = current.set(call.span)
-        try:
+        with call:
             response = self._wrapped.__enter__()
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            current.reset(token)
         return call.returned(response, STREAMING)
 
     def __exit__(self, *exc: Any) -> Any:
@@ -903,14 +897,8 @@ class _TracedAsyncResponseManager(_TracedResponseManager):
         call = self._call = _Call.start(self._endpoint, self._kwargs)
         if call is None:
             return await self._wrapped.__aenter__()
-        token = current.set(call.span)
-        try:
+        with call:
             response = await self._wrapped.__aenter__()
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            current.reset(token)
         return await call.areturned(response, STREAMING)
 
     async def __aexit__(self, *exc: Any) -> Any:
