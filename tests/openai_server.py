@@ -2,10 +2,12 @@
 ``openai`` client.
 
 It serves ``POST /v1/chat/completions`` (JSON, and SSE when ``stream`` is set, with a usage chunk
-when ``stream_options.include_usage`` is), ``POST /v1/responses`` (JSON and SSE events) and
-``POST /v1/embeddings`` (float or base64). Replies are fixed, so tests can assert on exact values
-(see the constants below). A test can tell it what to do with the next request: fail with a
-status, stall (so that the client times out), or break a stream with an error event half-way.
+when ``stream_options.include_usage`` is; a call of each tool given, when ``tools`` are),
+``POST /v1/responses`` (JSON and SSE events; ``responses.parse`` too) and ``POST /v1/embeddings``
+(float or base64). Replies are fixed, so tests can assert on exact values (see the constants
+below). A test can tell it what to do with the next request: fail with a status, stall (so that
+the client times out), break a stream with an error event half-way, answer a given text, send
+tool calls whose arguments start as nulls, or send a stream of events of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ CHAT_USAGE: dict[str, Any] = {
     "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": None},
     "completion_tokens_details": {"reasoning_tokens": 2},
 }
-CHAT_USAGE_METRICS = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+# As wrap_openai logs them: under the reference's names (``total_tokens`` is ``tokens``).
+CHAT_USAGE_METRICS = {"prompt_tokens": 11, "completion_tokens": 7, "tokens": 18,
                       "prompt_cached_tokens": 3, "completion_reasoning_tokens": 2}
 TOOL_ARGUMENTS_CHUNKS = ['{"city"', ': "Par', 'is"}']
 TOOL_ARGUMENTS = "".join(TOOL_ARGUMENTS_CHUNKS)
@@ -35,7 +38,7 @@ RESPONSES_USAGE: dict[str, Any] = {
     "input_tokens_details": {"cached_tokens": 1},
     "output_tokens_details": {"reasoning_tokens": 0},
 }
-RESPONSES_USAGE_METRICS = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+RESPONSES_USAGE_METRICS = {"prompt_tokens": 9, "completion_tokens": 4, "tokens": 13,
                            "prompt_cached_tokens": 1, "completion_reasoning_tokens": 0}
 EMBEDDING = [0.5, -0.25, 0.125, 1.0]
 EMBEDDING_USAGE = {"prompt_tokens": 5, "total_tokens": 5}
@@ -87,8 +90,19 @@ class FakeOpenAI:
         self._plan(break_after=after, stall_after=stall)
 
     def reply_next(self, content: str) -> None:
-        """The next chat completion answers ``content`` (in one piece when streamed)."""
+        """The next chat completion or response answers ``content`` (in one piece when
+        streamed)."""
         self._plan(content=content)
+
+    def null_tool_arguments_next(self) -> None:
+        """The next streamed tool calls send ``"arguments": null`` in their first two chunks, as
+        some OpenAI-compatible servers do, before the arguments themselves."""
+        self._plan(null_arguments=True)
+
+    def stream_events_next(self, events: list[dict]) -> None:
+        """The next stream sends ``events`` (each one's ``type`` as its SSE event name), then
+        ends (with no final ``response.completed`` unless one is among them)."""
+        self._plan(events=events)
 
     def _plan(self, **plan: Any) -> None:
         with self._lock:
@@ -172,10 +186,11 @@ class _Handler(BaseHTTPRequestHandler):
         content = plan.get("content")
         if body.get("stream"):
             usage = (body.get("stream_options") or {}).get("include_usage")
-            self._sse(_chat_chunks(body["model"], n, tools, content, usage), plan, fake)
+            self._sse(_chat_chunks(body["model"], n, tools, content, usage,
+                                   plan.get("null_arguments", False)), plan, fake)
             return
         if tools:
-            message = {"role": "assistant", "content": None, "tool_calls": [_tool_call(tools)]}
+            message = {"role": "assistant", "content": None, "tool_calls": _tool_calls(tools)}
             finish = "tool_calls"
         else:
             message = {"role": "assistant", "content": REPLY if content is None else content}
@@ -189,9 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _responses(self, body: dict, plan: dict, fake: FakeOpenAI) -> None:
+        if "events" in plan:
+            self._sse([(event["type"], event) for event in plan["events"]], plan, fake)
+            return
+        text = plan.get("content", REPLY)
         message = {"type": "message", "id": "msg_test", "status": "completed",
                    "role": "assistant",
-                   "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
         response = {"id": "resp_test", "object": "response", "created_at": CREATED,
                     "status": "completed", "model": body.get("model"), "output": [message],
                     "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
@@ -213,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                    "item_id": "msg_test", "output_index": 0,
                                                    "content_index": 0, "delta": piece,
                                                    "logprobs": []})
-                   for piece in REPLY_CHUNKS]
+                   for piece in (REPLY_CHUNKS if "content" not in plan else [text])]
         events += [("response.output_item.done", {"type": "response.output_item.done",
                                                   "output_index": 0, "item": message}),
                    ("response.completed", {"type": "response.completed",
@@ -238,13 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
 
-def _tool_call(tools: list[dict]) -> dict:
-    return {"id": "call_test", "type": "function",
-            "function": {"name": tools[0]["function"]["name"], "arguments": TOOL_ARGUMENTS}}
+def _tool_calls(tools: list[dict]) -> list[dict]:
+    """A call of each tool: ``call_test`` for the first, ``call_test_<i>`` for the others."""
+    return [{"id": "call_test" if i == 0 else f"call_test_{i}", "type": "function",
+             "function": {"name": tool["function"]["name"], "arguments": TOOL_ARGUMENTS}}
+            for i, tool in enumerate(tools)]
 
 
 def _chat_chunks(model: str, n: int, tools: list | None, content: str | None,
-                 usage: bool | None) -> list[tuple[None, Any]]:
+                 usage: bool | None, null_arguments: bool) -> list[tuple[None, Any]]:
     def chunk(choices: list[dict], **extra: Any) -> tuple[None, dict]:
         return None, {"id": "chatcmpl-test", "object": "chat.completion.chunk",
                       "created": CREATED, "model": model, "choices": choices, **extra}
@@ -255,12 +276,17 @@ def _chat_chunks(model: str, n: int, tools: list | None, content: str | None,
 
     chunks: list[tuple[None, Any]] = [chunk(each({"role": "assistant", "content": ""}))]
     if tools:
-        call = _tool_call(tools)
-        first = {"index": 0, "id": call["id"], "type": "function",
-                 "function": {"name": call["function"]["name"], "arguments": ""}}
-        chunks.append(chunk(each({"tool_calls": [first]})))
-        chunks += [chunk(each({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
-                   for piece in TOOL_ARGUMENTS_CHUNKS]
+        for i, call in enumerate(_tool_calls(tools)):
+            first = {"index": i, "id": call["id"], "type": "function",
+                     "function": {"name": call["function"]["name"],
+                                  "arguments": None if null_arguments else ""}}
+            chunks.append(chunk(each({"tool_calls": [first]})))
+            if null_arguments:
+                chunks.append(chunk(each({"tool_calls": [
+                    {"index": i, "function": {"arguments": None}}]})))
+            chunks += [chunk(each({"tool_calls": [{"index": i,
+                                                   "function": {"arguments": piece}}]}))
+                       for piece in TOOL_ARGUMENTS_CHUNKS]
         chunks.append(chunk(each({}, "tool_calls")))
     else:
         pieces = REPLY_CHUNKS if content is None else [content]

@@ -18,6 +18,7 @@ from . import openai_tasks, programs
 from .conftest import by_name, clean_env, free_port, run_function, run_python
 from .openai_server import (
     CHAT_USAGE_METRICS,
+    CREATED,
     EMBEDDING,
     REPLY,
     REPLY_CHUNKS,
@@ -62,8 +63,8 @@ def chat_choices(content: str = REPLY) -> list[dict]:
 
 def streamed_choices(content: str | None = REPLY, finish_reason: str | None = "stop") -> list:
     """A chat stream's choices as wrap_openai assembles them."""
-    return [{"index": 0, "message": {"role": "assistant", "content": content},
-             "finish_reason": finish_reason}]
+    return [{"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": None},
+             "logprobs": None, "finish_reason": finish_reason}]
 
 
 def tokens(metrics: dict) -> dict:
@@ -206,7 +207,7 @@ def test_chat_stream_assembles_tool_calls_for_every_choice(logger, rows, openai_
             "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}
     assert row["output"] == [
         {"index": i, "message": {"role": "assistant", "content": "", "tool_calls": [call]},
-         "finish_reason": "tool_calls"} for i in range(2)]
+         "logprobs": None, "finish_reason": "tool_calls"} for i in range(2)]
     assert row["metadata"]["tools"] == [WEATHER_TOOL]
     assert row["metadata"]["n"] == 2
 
@@ -323,6 +324,9 @@ def test_messages_given_as_an_iterator_are_sent_and_logged(logger, rows, openai_
 RESPONSE_OUTPUT = [{"id": "msg_test", "type": "message", "status": "completed",
                     "role": "assistant",
                     "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}]
+# What the reference adds to the metadata from the response itself.
+RESPONSE_METADATA = {"id": "resp_test", "object": "response", "status": "completed",
+                     "created_at": CREATED, "model": MODEL}
 
 
 def test_responses_create_logs_input_output_and_mapped_token_counts(
@@ -334,7 +338,7 @@ def test_responses_create_logs_input_output_and_mapped_token_counts(
     row = llm_row(rows, "openai.responses.create")
     assert row["input"] == "Say hello."
     assert row["metadata"] == {"model": MODEL, "instructions": "Be brief.", "temperature": 0.1,
-                               "provider": "openai"}
+                               "provider": "openai", **RESPONSE_METADATA}
     assert row["output"] == RESPONSE_OUTPUT
     assert tokens(row["metrics"]) == RESPONSES_USAGE_METRICS
     assert_first_token_time(row)
@@ -346,7 +350,8 @@ def test_responses_stream_logs_the_final_response(logger, rows, openai_server):
     assert events[-1].type == "response.completed"
     row = llm_row(rows, "openai.responses.create")
     assert row["input"] == MESSAGES[1:]
-    assert row["metadata"] == {"model": MODEL, "stream": True, "provider": "openai"}
+    assert row["metadata"] == {"model": MODEL, "stream": True, "provider": "openai",
+                               **RESPONSE_METADATA}
     assert row["output"] == RESPONSE_OUTPUT
     assert tokens(row["metrics"]) == RESPONSES_USAGE_METRICS
     assert_first_token_time(row)
@@ -360,7 +365,8 @@ def test_responses_stream_closed_early_logs_the_text_so_far(logger, rows, openai
                 if event.type == "response.output_text.delta":
                     break
     row = llm_row(rows, "openai.responses.create")
-    assert row["output"] == [{"type": "message", "role": "assistant",
+    # As the reference assembles an unfinished stream: the items announced, with their text.
+    assert row["output"] == [{"id": "msg_test", "type": "message", "role": "assistant",
                               "content": [{"type": "output_text", "text": REPLY_CHUNKS[0]}]}]
     assert tokens(row["metrics"]) == {}
 
@@ -373,7 +379,7 @@ def test_embeddings_create_logs_input_shape_and_tokens(logger, rows, openai_serv
     assert row["input"] == ["one", "two"]
     assert row["metadata"] == {"model": "test-embedder", "provider": "openai"}
     assert row["output"] == {"embeddings": 2, "embedding_length": len(EMBEDDING)}
-    assert tokens(row["metrics"]) == {"prompt_tokens": 5, "total_tokens": 5}
+    assert tokens(row["metrics"]) == {"prompt_tokens": 5, "tokens": 5}
 
 
 # -- failures, sync -------------------------------------------------------------------------
@@ -766,8 +772,8 @@ def test_async_with_raw_response(logger, rows, openai_server):
     asyncio.run(main())
     got = rows()
     assert len(got) == 2
-    outputs = sorted((r["output"] for r in got), key=lambda o: "logprobs" in o[0])
-    assert outputs == [streamed_choices(), chat_choices()]
+    outputs = sorted((r["output"] for r in got), key=lambda o: "tool_calls" in o[0]["message"])
+    assert outputs == [chat_choices(), streamed_choices()]
 
 
 def test_async_calls_nest_under_their_own_tasks_spans(logger, rows, openai_server):

@@ -30,4 +30,4 @@ def test_a_readme_example_runs_and_stores_its_spans(tmp_path, example, openai_se
     if "wrap_openai" in example:
         assert openai_server.requests
         assert any(row["span_attributes"].get("type") == "llm"
-                   and row.get("metrics", {}).get("total_tokens") for row in stored)
+                   and row.get("metrics", {}).get("tokens") for row in stored)

@@ -23,7 +23,7 @@ from .api import (
 from .attachments import Attachment, ExternalAttachment, JSONAttachment
 from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
-from .integrations import wrap_openai
+from .integrations import patch_openai, wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
@@ -60,6 +60,7 @@ __all__ = [
     "init",
     "init_logger",
     "parent_context",
+    "patch_openai",
     "permalink",
     "setup_threads",
     "start_span",

@@ -25,7 +25,7 @@ def fake_llm(prompt: str) -> str:
         input=[{"role": "user", "content": prompt}],
         metadata={"model": "demo-model", "temperature": 0.1},
         metrics={"prompt_tokens": len(prompt.split()), "completion_tokens": 4,
-                 "total_tokens": len(prompt.split()) + 4},
+                 "tokens": len(prompt.split()) + 4},
     )
     time.sleep(0.002)
     return answer

@@ -1,22 +1,27 @@
-"""``wrap_openai``: every call through an OpenAI client becomes a span of type ``llm``.
+"""``wrap_openai`` and ``patch_openai``: every call through an OpenAI client becomes a span of
+type ``llm``, in the rows the reference SDK's ``wrap_openai`` writes.
 
 The wrapper is a proxy: attribute access is passed to the real client, except for the calls we
-trace (``chat.completions.create`` and ``parse``, ``responses.create``, ``embeddings.create``,
-and the same under ``with_raw_response``). A traced call follows the reference SDK's conventions
-for LLM spans: the messages (or ``input``) as input, the other request parameters in metadata
-with ``provider: "openai"``, the response in output, and token counts in metrics
-(``prompt_tokens``, ``completion_tokens``, ``total_tokens``, and ``prompt_<detail>`` /
-``completion_<detail>`` for the usage details the API returns, such as
-``prompt_cached_tokens`` and ``completion_reasoning_tokens``).
+trace (``chat.completions.create`` and ``parse``, ``responses.create`` and ``parse``,
+``embeddings.create``, ``beta.chat.completions.parse``, and the same under ``with_raw_response``
+and ``with_streaming_response``). A traced call follows the reference's conventions for LLM
+spans: the messages (or ``input``) as input, the other request parameters in metadata with
+``provider: "openai"``, the response in output, and token counts in metrics under the
+reference's names (``prompt_tokens``, ``completion_tokens``, ``tokens`` for the API's
+``total_tokens``, and ``prompt_<detail>`` / ``completion_<detail>`` for the usage details, such
+as ``prompt_cached_tokens`` and ``completion_reasoning_tokens``).
 
 The LLM span is the current span only while the request runs. A stream is returned as a proxy
-of the ``openai`` stream that records chunks as the caller consumes them and ends the span when
-the stream is exhausted, closed, left (``with``), fails, or is dropped unfinished.
+of the ``openai`` stream that records chunks as the caller consumes them and ends the span, once,
+with what arrived, however the caller stops: the stream is exhausted, fails, is closed, its
+``with`` block is left, a ``for``/``async for`` loop over it is left early (``break``, ``return``,
+an exception), or it is dropped unfinished.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -38,14 +43,25 @@ C = TypeVar("C")
 PROVIDER = "openai"
 # Request options that are not model parameters and may carry credentials: never logged.
 UNLOGGED_PARAMS = frozenset({"extra_headers"})
+# Parameters that may be one-shot iterators: made lists, so that they are both sent and logged.
+_MATERIALIZED_PARAMS = frozenset({"messages", "input", "tools"})
 # The defaults of parameters that were not given (``Omit`` is not in every openai version).
 _SENTINELS = tuple(sentinel for sentinel in (getattr(openai, "NotGiven", None),
                                              getattr(openai, "Omit", None)) if sentinel)
+# Set on a client that ``patch_openai`` traced in place, and on the ``openai`` module once patched.
+_TRACED_IN_PLACE = "_tracer_traced"
+_PATCHED = "__tracer_patched__"
+
+# How a traced method returns: the parsed object (the plain methods), a raw response whose body
+# is read (``with_raw_response``), or a context manager whose response is read on entering it
+# (``with_streaming_response``).
+PLAIN, RAW, STREAMING = "plain", "raw", "streaming"
+_VIEWS = {"with_raw_response": RAW, "with_streaming_response": STREAMING}
 
 
 def wrap_openai(client: C) -> C:
     """See ``tracer.wrap_openai``."""
-    if isinstance(client, _ClientProxy):
+    if isinstance(client, _ClientProxy) or getattr(client, _TRACED_IN_PLACE, False):
         return client
     if not any(hasattr(client, name) for name in ("chat", "responses", "embeddings")):
         raise TypeError(
@@ -53,6 +69,41 @@ def wrap_openai(client: C) -> C:
             f"{type(client).__name__}"
         )
     return _ClientProxy(client)  # type: ignore[return-value]
+
+
+def patch_openai() -> bool:
+    """See ``tracer.patch_openai``."""
+    if getattr(openai, _PATCHED, False):
+        return True
+    for name in ("OpenAI", "AsyncOpenAI"):
+        cls = getattr(openai, name)
+        # The class ``openai.OpenAI`` names now: another library's subclass, if it patched
+        # first, whose own __init__ then runs too.
+        cls.__init__ = _tracing_init(cls.__init__)
+    setattr(openai, _PATCHED, True)
+    return True
+
+
+def _tracing_init(init: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        _trace_in_place(self)
+
+    return __init__
+
+
+def _trace_in_place(client: Any) -> None:
+    """Trace ``client`` itself: its traced parts (``chat``, ``responses``, ...) are replaced, on
+    the instance, by their tracing proxies (the client caches them per instance anyway)."""
+    if getattr(client, _TRACED_IN_PLACE, False):
+        return
+    is_async = isinstance(client, openai.AsyncOpenAI)
+    for name, make in _TRACED_PARTS.items():
+        part = getattr(client, name, None)
+        if part is not None:
+            client.__dict__[name] = make(part, is_async)
+    client.__dict__[_TRACED_IN_PLACE] = True
 
 
 # -- what each traced call logs --------------------------------------------------------------
@@ -66,7 +117,7 @@ class _Endpoint:
                  collector: Callable[[], Any] | None, first_token: bool) -> None:
         self.name = name
         self.input_param = input_param
-        self.result = result  # response -> fields to log ("output", "metrics")
+        self.result = result  # response -> fields to log ("output", "metrics", "metadata")
         self.collector = collector  # makes the object that assembles a stream's chunks
         self.first_token = first_token  # log time_to_first_token for a non-streamed answer
 
@@ -76,9 +127,18 @@ def _chat_result(completion: Any) -> dict:
             "metrics": usage_metrics(getattr(completion, "usage", None))}
 
 
+# Fields of a Responses API response that the reference logs in metadata (the ones present).
+_RESPONSE_METADATA = ("id", "model", "status", "created_at", "moderation", "service_tier",
+                      "access_programs", "object", "background", "incomplete_details")
+
+
 def _responses_result(response: Any) -> dict:
-    fields = {"output": [_dump(item) for item in response.output or ()],
-              "metrics": usage_metrics(getattr(response, "usage", None))}
+    fields: dict[str, Any] = {"output": [_dump(item) for item in response.output or ()],
+                              "metrics": usage_metrics(getattr(response, "usage", None))}
+    metadata = {key: _dump(value) for key in _RESPONSE_METADATA
+                if (value := getattr(response, key, None)) is not None}
+    if metadata:
+        fields["metadata"] = metadata
     error = getattr(response, "error", None)
     if error is not None:  # a response that failed on the server still arrives with 200
         fields["error"] = _response_error(error)
@@ -101,17 +161,21 @@ def _response_error(error: Any) -> dict:
     return {"type": "error", "message": str(error)}
 
 
-_TOKEN_NAMES = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
+# The API's usage names -> the reference's metric names (others keep their names).
+_TOKEN_NAMES = {"total_tokens": "tokens", "input_tokens": "prompt_tokens",
+                "output_tokens": "completion_tokens"}
 _DETAIL_PREFIXES = {"input": "prompt", "output": "completion"}
 
 
 def usage_metrics(usage: Any) -> dict[str, int | float]:
     """Token counts from an API ``usage`` object, under the reference SDK's metric names.
 
-    ``prompt_tokens``, ``completion_tokens`` and ``total_tokens`` (the Responses API's
-    ``input_tokens``/``output_tokens`` are mapped to these); each number in a
-    ``<kind>_tokens_details`` object becomes ``<kind>_<name>``, e.g. ``prompt_cached_tokens``
-    or ``completion_reasoning_tokens``. Values the API did not return are left out.
+    Every number in ``usage`` is kept: ``total_tokens`` as ``tokens``, and the Responses API's
+    ``input_tokens``/``output_tokens`` as ``prompt_tokens``/``completion_tokens``; each number in
+    a ``<kind>_tokens_details`` object becomes ``<kind>_<name>`` (``input``/``output`` as
+    ``prompt``/``completion``), e.g. ``prompt_cached_tokens`` or
+    ``completion_reasoning_tokens``, with ``prompt_cache_write_tokens`` named
+    ``prompt_cache_creation_tokens``. Values the API did not return are left out.
     """
     usage = _dump(usage)
     metrics: dict[str, int | float] = {}
@@ -119,19 +183,25 @@ def usage_metrics(usage: Any) -> dict[str, int | float]:
         return metrics
     for key, value in usage.items():
         key = str(key)
-        if key.endswith("_tokens_details") and isinstance(value, dict):
-            kind = key[: -len("_tokens_details")]
-            prefix = _DETAIL_PREFIXES.get(kind, kind)
-            for name, count in value.items():
-                if _is_number(count):
-                    metrics[f"{prefix}_{name}"] = count
-        elif key.endswith("tokens") and _is_number(value):
+        if key.endswith("_tokens_details"):
+            if isinstance(value, dict):
+                kind = key[: -len("_tokens_details")]
+                prefix = _DETAIL_PREFIXES.get(kind, kind)
+                for name, count in value.items():
+                    if _is_number(count):
+                        metrics[f"{prefix}_{name}"] = count
+        elif _is_number(value):
             metrics[_TOKEN_NAMES.get(key, key)] = value
+    cache_writes = metrics.pop("prompt_cache_write_tokens", None)
+    if cache_writes is not None:
+        metrics.setdefault("prompt_cache_creation_tokens", cache_writes)
     return metrics
 
 
 class _ChatChunks:
-    """Assembles chat completion chunks into choices shaped like a non-streamed response's."""
+    """Assembles chat completion chunks into choices shaped as the reference logs a stream's:
+    ``{"index", "message": {"role", "content", "tool_calls", ...}, "logprobs",
+    "finish_reason"}``, one for each choice index."""
 
     def __init__(self) -> None:
         self.choices: dict[int, dict] = {}
@@ -147,11 +217,23 @@ class _ChatChunks:
             if slot is None:
                 slot = self.choices[choice.index] = {
                     "index": choice.index,
-                    "message": {"role": None, "content": None},
+                    "message": {"role": None, "content": None, "tool_calls": None},
+                    "logprobs": None,
                     "finish_reason": None,
                 }
             if choice.finish_reason is not None:
                 slot["finish_reason"] = choice.finish_reason
+            logprobs = getattr(choice, "logprobs", None)
+            if logprobs is not None:
+                kept = slot["logprobs"]
+                if kept is None:
+                    kept = slot["logprobs"] = {"content": None, "refusal": None}
+                for field in ("content", "refusal"):
+                    tokens = getattr(logprobs, field, None)
+                    if tokens is not None:
+                        if kept[field] is None:
+                            kept[field] = []
+                        kept[field].extend(_dump(token) for token in tokens)
             delta = choice.delta
             if delta is None:
                 continue
@@ -194,52 +276,91 @@ class _ChatChunks:
 
 
 def _extend_function(target: dict, piece: Any) -> None:
+    # Some OpenAI-compatible servers send null names and arguments in later chunks.
     if getattr(piece, "name", None):
         target["name"] += piece.name
     if getattr(piece, "arguments", None):
         target["arguments"] += piece.arguments
 
 
+_TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
 class _ResponseEvents:
-    """Assembles Responses API stream events: the final response when it arrives, else what
-    was streamed so far (finished output items, and the text of unfinished ones)."""
+    """Assembles Responses API stream events as the reference does: the final response when it
+    arrived; else the output items announced so far (``id``, ``type``, ``role``), with their
+    ``status`` once done and the text of each content part by its index (gaps left as ``{}``),
+    annotations likewise."""
 
     def __init__(self) -> None:
         self.response: Any = None
-        self.items: dict[int, Any] = {}
-        self.text: dict[int, str] = {}
+        self.output: list[dict] = []
         self.error: dict | None = None
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
-        if kind in ("response.completed", "response.incomplete", "response.failed"):
+        if kind in _TERMINAL_EVENTS:
             self.response = event.response
-        elif kind == "response.output_item.done":
-            self.items[event.output_index] = _dump(event.item)
-        elif kind == "response.output_text.delta":
-            self.text[event.output_index] = self.text.get(event.output_index, "") + event.delta
-        elif kind == "error":
+            return
+        if kind == "error":
             self.error = {"type": str(getattr(event, "code", None) or "error"),
                           "message": str(getattr(event, "message", None) or "")}
+            return
+        if kind == "response.output_item.added":
+            item = event.item
+            entry = {"id": getattr(item, "id", None), "type": getattr(item, "type", None)}
+            if hasattr(item, "role"):
+                entry["role"] = item.role
+            self.output.append(entry)
+            return
+        index = getattr(event, "output_index", None)
+        if not isinstance(index, int) or not 0 <= index < len(self.output):
+            return
+        entry = self.output[index]
+        if kind == "response.output_item.done":
+            status = getattr(event.item, "status", None)
+            if status is not None:
+                entry["status"] = status
+            return
+        if kind == "response.output_item.delta":
+            entry["delta"] = event.delta
+            return
+        part_index = getattr(event, "content_index", None)
+        if not isinstance(part_index, int):
+            return
+        parts = _grown(entry.setdefault("content", []), part_index)
+        part = parts[part_index]
+        part["type"] = "output_text"
+        delta = getattr(event, "delta", None)
+        if delta and isinstance(delta, str):
+            part["text"] = (part.get("text") or "") + delta
+        if kind == "response.output_text.annotation.added":
+            annotation_index = event.annotation_index
+            annotations = _grown(part.setdefault("annotations", []), annotation_index)
+            annotations[annotation_index] = _dump(event.annotation)
 
     def result(self) -> dict:
         if self.response is not None:
             fields = _responses_result(self.response)
         else:
-            output = dict(self.items)
-            for index, text in self.text.items():
-                if index not in output:
-                    output[index] = {"type": "message", "role": "assistant",
-                                     "content": [{"type": "output_text", "text": text}]}
-            fields = {"output": [output[i] for i in sorted(output)], "metrics": {}}
+            fields = {"output": self.output, "metrics": {}}
         if self.error is not None:
             fields["error"] = self.error
         return fields
 
 
+def _grown(items: list, index: int) -> list:
+    """``items`` with ``{}`` appended up to ``index``."""
+    while len(items) <= index:
+        items.append({})
+    return items
+
+
 CHAT = _Endpoint("Chat Completion", "messages", _chat_result, _ChatChunks, first_token=True)
 RESPONSES = _Endpoint("openai.responses.create", "input", _responses_result, _ResponseEvents,
                       first_token=True)
+RESPONSES_PARSE = _Endpoint("openai.responses.parse", "input", _responses_result,
+                            _ResponseEvents, first_token=True)
 EMBEDDINGS = _Endpoint("Embedding", "input", _embeddings_result, None, first_token=False)
 
 
@@ -290,7 +411,7 @@ class _ClientProxy(_Proxy):
         if name in ("with_options", "copy"):
             method = getattr(self._wrapped, name)
             # A client derived from a traced one is traced too.
-            return lambda *args, **kwargs: _ClientProxy(method(*args, **kwargs))
+            return lambda *args, **kwargs: wrap_openai(method(*args, **kwargs))
         return super().__getattr__(name)
 
     def __enter__(self) -> _ClientProxy:
@@ -343,61 +464,69 @@ class _BetaProxy(_Proxy):
 
 
 class _ResourceProxy(_Proxy):
-    """An API resource (or its ``with_raw_response`` view) with some methods traced."""
+    """An API resource (or its ``with_raw_response`` or ``with_streaming_response`` view) with
+    some methods traced."""
 
     def __init__(self, resource: Any, endpoints: dict[str, _Endpoint], is_async: bool,
-                 raw: bool = False) -> None:
+                 mode: str = PLAIN) -> None:
         super().__init__(resource)
         self._endpoints = endpoints
         self._is_async = is_async
-        self._raw = raw
-        self._methods: dict[str, Any] = {}  # traced methods and the raw view, made once
+        self._mode = mode
+        self._methods: dict[str, Any] = {}  # traced methods and the views, made once
 
     def __getattr__(self, name: str) -> Any:
+        made = self._methods.get(name)
+        if made is not None:
+            return made
         endpoint = self._endpoints.get(name)
         if endpoint is not None:
-            method = self._methods.get(name)
-            if method is None:
-                method = self._methods[name] = _traced_method(
-                    getattr(self._wrapped, name), endpoint, self._is_async, self._raw)
-            return method
-        if name == "with_raw_response" and not self._raw:
-            raw = self._methods.get(name)
-            if raw is None:
-                raw = self._methods[name] = _ResourceProxy(self._wrapped.with_raw_response,
-                                                           self._endpoints, self._is_async,
-                                                           raw=True)
-            return raw
-        return super().__getattr__(name)
+            made = _traced_method(getattr(self._wrapped, name), endpoint, self._is_async,
+                                  self._mode)
+        elif self._mode == PLAIN and name in _VIEWS:
+            made = _ResourceProxy(getattr(self._wrapped, name), self._endpoints, self._is_async,
+                                  _VIEWS[name])
+        else:
+            return super().__getattr__(name)
+        self._methods[name] = made
+        return made
+
+
+def _resource(endpoints: dict[str, _Endpoint]) -> Callable[[Any, bool], _Proxy]:
+    return lambda resource, is_async: _ResourceProxy(resource, endpoints, is_async)
 
 
 # The parts of a client that have traced calls: attribute name -> proxy maker.
 _TRACED_PARTS: dict[str, Callable[[Any, bool], _Proxy]] = {
     "chat": _ChatProxy,
     "beta": _BetaProxy,
-    "responses": lambda resource, is_async: _ResourceProxy(resource, {"create": RESPONSES},
-                                                           is_async),
-    "embeddings": lambda resource, is_async: _ResourceProxy(resource, {"create": EMBEDDINGS},
-                                                            is_async),
+    "responses": _resource({"create": RESPONSES, "parse": RESPONSES_PARSE}),
+    "embeddings": _resource({"create": EMBEDDINGS}),
 }
 
 
-def _traced_method(fn: Callable, endpoint: _Endpoint, is_async: bool, raw: bool) -> Callable:
+def _traced_method(fn: Callable, endpoint: _Endpoint, is_async: bool, mode: str) -> Callable:
+    if mode == STREAMING:
+        # openai's method makes no request: it returns a context manager that makes it when
+        # entered (and captures the arguments now, so one-shot iterators are made lists first).
+        manager = _TracedAsyncResponseManager if is_async else _TracedResponseManager
+
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Any:
+            _materialize(kwargs)
+            return manager(fn(*args, **kwargs), endpoint, kwargs)
+
+        return streaming
+
     if is_async:
         @functools.wraps(fn)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
             call = _Call.start(endpoint, kwargs)
             if call is None:
                 return await fn(*args, **kwargs)
-            token = current.set(call.span)
-            try:
+            with call:
                 result = await fn(*args, **kwargs)
-            except BaseException as exc:  # API errors, timeouts, and a cancelled task too
-                call.fail(exc)
-                raise
-            finally:
-                current.reset(token)
-            return call.returned(result, raw)
+            return await call.areturned(result, mode)
 
         return traced_async
 
@@ -406,17 +535,19 @@ def _traced_method(fn: Callable, endpoint: _Endpoint, is_async: bool, raw: bool)
         call = _Call.start(endpoint, kwargs)
         if call is None:
             return fn(*args, **kwargs)
-        token = current.set(call.span)
-        try:
+        with call:
             result = fn(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            current.reset(token)
-        return call.returned(result, raw)
+        return call.returned(result, mode)
 
     return traced
+
+
+def _materialize(kwargs: dict) -> None:
+    """Replace one-shot iterators among the parameters that may be ones by lists, so that the
+    same values are sent and logged."""
+    for key in _MATERIALIZED_PARAMS.intersection(kwargs):
+        if isinstance(kwargs[key], Iterator):
+            kwargs[key] = list(kwargs[key])
 
 
 class _Call:
@@ -427,6 +558,8 @@ class _Call:
         self.span = span
         self.stream = stream
         self.started = time.perf_counter()
+        self.log: _StreamLog | None = None  # a stream's, once it is returned
+        self._token: Any = None  # the current span's before this request (see __enter__)
 
     @classmethod
     def start(cls, endpoint: _Endpoint, kwargs: dict) -> _Call | None:
@@ -435,28 +568,35 @@ class _Call:
         logged."""
         if not state.active or (current.get() is None and _parent_object() is None):
             return None  # nothing is traced: spend nothing on the parameters
-        params = {}
-        for key, value in kwargs.items():
-            if isinstance(value, _SENTINELS) or key in UNLOGGED_PARAMS:
-                continue
-            if key == endpoint.input_param and isinstance(value, Iterator):
-                value = kwargs[key] = list(value)
-            params[key] = value
+        _materialize(kwargs)
+        params = {key: value for key, value in kwargs.items()
+                  if not isinstance(value, _SENTINELS) and key not in UNLOGGED_PARAMS}
         input_ = params.pop(endpoint.input_param, None)
-        metadata = {key: _readable(key, value) for key, value in params.items()}
+        metadata = {key: _readable(value) for key, value in params.items()}
         metadata["provider"] = PROVIDER
         span = start_span(name=endpoint.name, type="llm", input=input_, metadata=metadata)
         if not isinstance(span, Span):
             return None
         return cls(endpoint, span, kwargs.get("stream") is True)
 
+    def __enter__(self) -> _Call:
+        """While the request runs: its span is the current span, and whatever it raises (API
+        errors, timeouts, a cancelled task too) is logged and ends the span."""
+        self._token = current.set(self.span)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        current.reset(self._token)
+        if exc is not None:
+            self.fail(exc)
+
     def fail(self, exc: BaseException) -> None:
         self.span.log(error=error_of(exc))
         self.span.end()
 
-    def returned(self, result: Any, raw: bool) -> Any:
+    def returned(self, result: Any, mode: str) -> Any:
         """Log ``result`` (or hand it to a stream proxy) and return what the caller gets."""
-        if raw:
+        if mode != PLAIN:  # a raw response
             if self.stream:
                 return _RawStreamResponse(result, self._stream_log())
             try:
@@ -473,6 +613,24 @@ class _Call:
         self._log_response(result)
         return result
 
+    async def areturned(self, result: Any, mode: str) -> Any:
+        """``returned`` for the async client, whose raw responses (``with_streaming_response``)
+        parse asynchronously."""
+        if mode == PLAIN or self.stream:
+            return self.returned(result, mode)
+        try:
+            parsed = result.parse()  # cached by openai: the caller's parse() reuses it
+            if inspect.isawaitable(parsed):
+                parsed = await parsed
+        except Exception as exc:
+            self.fail(exc)
+            return result
+        except BaseException as exc:  # cancelled while reading the body
+            self.fail(exc)
+            raise
+        self._log_response(parsed)
+        return result
+
     def _log_response(self, response: Any) -> None:
         try:
             fields = self.endpoint.result(response)
@@ -486,7 +644,8 @@ class _Call:
 
     def _stream_log(self) -> _StreamLog:
         collector = self.endpoint.collector
-        return _StreamLog(self.span, self.started, collector() if collector else None)
+        self.log = _StreamLog(self.span, self.started, collector() if collector else None)
+        return self.log
 
 
 class _StreamLog:
@@ -508,6 +667,8 @@ class _StreamLog:
         weakref.finalize(proxy, self._release)
 
     def add(self, item: Any) -> None:
+        if self.ended:  # read on after the span ended (a loop resumed after a break)
+            return
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.started
         self.last_activity = time.time()
@@ -532,11 +693,55 @@ class _StreamLog:
         self.span.log(**fields)
         self.span.end(end_time)
 
+    def left(self) -> None:
+        """The caller stopped reading (left a loop early, dropped the stream): end the span
+        with what arrived, at the time the stream was last read, not now."""
+        if not self.ended:
+            self.finish(end_time=self.last_activity)
+
     def _release(self) -> None:
         self.holders -= 1
-        if self.holders <= 0 and not self.ended:
-            # Dropped unfinished: end the span when the stream was last used, not now.
-            self.finish(end_time=self.last_activity)
+        if self.holders <= 0:
+            self.left()
+
+
+class _Loop:
+    """One ``for`` loop over a traced stream (what ``iter(stream)`` returns). Python tells an
+    iterator nothing when a loop is left early (``break``, ``return``, an exception in its
+    body): the loop only drops it. So dropping it ends the stream's span, if the stream has
+    not ended it already."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: _TracedStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> _Loop:
+        return self
+
+    def __next__(self) -> Any:
+        return self._stream.__next__()
+
+    def __del__(self) -> None:
+        self._stream._log.left()
+
+
+class _AsyncLoop:
+    """One ``async for`` loop over a traced async stream (see ``_Loop``)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: _TracedAsyncStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _AsyncLoop:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._log.left()
 
 
 class _TracedStream(_Proxy):
@@ -547,8 +752,8 @@ class _TracedStream(_Proxy):
         self._log = log
         log.hold(self)
 
-    def __iter__(self) -> _TracedStream:
-        return self
+    def __iter__(self) -> _Loop:
+        return _Loop(self)
 
     def __next__(self) -> Any:
         try:
@@ -587,8 +792,8 @@ class _TracedAsyncStream(_Proxy):
         self._log = log
         log.hold(self)
 
-    def __aiter__(self) -> _TracedAsyncStream:
-        return self
+    def __aiter__(self) -> _AsyncLoop:
+        return _AsyncLoop(self)
 
     async def __anext__(self) -> Any:
         try:
@@ -623,26 +828,89 @@ class _TracedAsyncStream(_Proxy):
 
 
 class _RawStreamResponse(_Proxy):
-    """The raw response of a streamed call (``with_raw_response.create(stream=True)``): unchanged,
-    except that ``parse()`` returns the stream as a traced proxy."""
+    """The raw response of a streamed call (``with_raw_response`` or ``with_streaming_response``
+    with ``stream=True``): unchanged, except that ``parse()`` returns the stream as a traced
+    proxy (a coroutine that does, where the response's own ``parse`` is one)."""
 
     def __init__(self, response: Any, log: _StreamLog) -> None:
         super().__init__(response)
         self._log = log
         self._streams: dict[Any, Any] = {}
+        self._async_parse = inspect.iscoroutinefunction(response.parse)
         log.hold(self)
 
     def parse(self, **kwargs: Any) -> Any:
+        if self._async_parse:
+            return self._parse_async(**kwargs)
         key = kwargs.get("to")
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._wrapped.parse(**kwargs)
-            if isinstance(stream, openai.AsyncStream):
-                stream = _TracedAsyncStream(stream, self._log)
-            elif isinstance(stream, openai.Stream):
-                stream = _TracedStream(stream, self._log)
-            self._streams[key] = stream
+            stream = self._keep(key, self._wrapped.parse(**kwargs))
         return stream
+
+    async def _parse_async(self, **kwargs: Any) -> Any:
+        key = kwargs.get("to")
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._keep(key, await self._wrapped.parse(**kwargs))
+        return stream
+
+    def _keep(self, key: Any, stream: Any) -> Any:
+        if isinstance(stream, openai.AsyncStream):
+            stream = _TracedAsyncStream(stream, self._log)
+        elif isinstance(stream, openai.Stream):
+            stream = _TracedStream(stream, self._log)
+        self._streams[key] = stream
+        return stream
+
+
+class _TracedResponseManager(_Proxy):
+    """What ``with_streaming_response.<method>(...)`` returns: openai's context manager, whose
+    request, made on entering it, is traced. A stream's span ends at the latest on leaving it
+    (which closes the response)."""
+
+    def __init__(self, manager: Any, endpoint: _Endpoint, kwargs: dict) -> None:
+        super().__init__(manager)
+        self._endpoint = endpoint
+        self._kwargs = kwargs
+        self._call: _Call | None = None
+
+    def __enter__(self) -> Any:
+        call = self._call = _Call.start(self._endpoint, self._kwargs)
+        if call is None:
+            return self._wrapped.__enter__()
+        with call:
+            response = self._wrapped.__enter__()
+        return call.returned(response, STREAMING)
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._wrapped.__exit__(*exc)
+        finally:
+            _finish_stream(self._call)
+
+
+class _TracedAsyncResponseManager(_TracedResponseManager):
+    """``_TracedResponseManager`` for the async client."""
+
+    async def __aenter__(self) -> Any:
+        call = self._call = _Call.start(self._endpoint, self._kwargs)
+        if call is None:
+            return await self._wrapped.__aenter__()
+        with call:
+            response = await self._wrapped.__aenter__()
+        return await call.areturned(response, STREAMING)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        try:
+            return await self._wrapped.__aexit__(*exc)
+        finally:
+            _finish_stream(self._call)
+
+
+def _finish_stream(call: _Call | None) -> None:
+    if call is not None and call.log is not None:
+        call.log.finish()
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -658,10 +926,10 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _readable(name: str, value: Any) -> Any:
-    """A request parameter as logged: a ``response_format`` given as a pydantic class becomes
-    the JSON schema that is sent for it (as the reference SDK logs it)."""
-    if name == "response_format" and isinstance(value, type):
+def _readable(value: Any) -> Any:
+    """A request parameter as logged: a pydantic class (``response_format``, ``text_format``)
+    becomes the JSON schema that is sent for it, as the reference logs it."""
+    if isinstance(value, type):
         schema = getattr(value, "model_json_schema", None)
         if callable(schema):
             try:

@@ -74,7 +74,9 @@ def describe_span(row: dict) -> str:
         text += f"  {_duration(end - start)}"
     elif start is not None:
         text += "  (not ended)"
-    tokens = metrics.get("total_tokens")
+    # The reference's wrappers store the total as ``tokens``; its guide for spans logged by hand
+    # also shows ``total_tokens``.
+    tokens = metrics.get("tokens", metrics.get("total_tokens"))
     if tokens is not None:
         text += f"  {tokens} tokens"
     error = row.get("error")
