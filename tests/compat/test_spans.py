@@ -274,7 +274,7 @@ def test_init_checks_and_keeps_tags_and_metadata(store_path):
                       set_current=False)
     assert (exp.tags, exp.metadata) == (["a", "b"], {"k": 1})
     with pytest.raises(TypeError, match="tags"):
-        tracer.init("p", "tagged", tags="a", store=store_path, set_current=False)
+        tracer.init("p", "tagged", tags="a", store=store_path, set_current=False)  # type: ignore[arg-type]
 
 
 def test_a_logger_initialised_in_a_task_is_current_in_that_task_only(store_path):

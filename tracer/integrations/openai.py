@@ -153,12 +153,17 @@ def _embeddings_result(response: Any) -> dict:
             "metrics": usage_metrics(getattr(response, "usage", None))}
 
 
-def _response_error(error: Any) -> dict:
+def _response_error(error: Any) -> str:
+    """An error the API reports inside a response: ``"<code>: <message>"``, a string like every
+    ``error`` the reference logs."""
     error = _dump(error)
     if isinstance(error, dict):
-        return {"type": str(error.get("code") or error.get("type") or "error"),
-                "message": str(error.get("message") or "")}
-    return {"type": "error", "message": str(error)}
+        return _error_line(error.get("code") or error.get("type"), error.get("message"))
+    return _error_line(None, error)
+
+
+def _error_line(code: Any, message: Any) -> str:
+    return f"{code or 'error'}: {message or ''}"
 
 
 # The API's usage names -> the reference's metric names (others keep their names).
@@ -295,7 +300,7 @@ class _ResponseEvents:
     def __init__(self) -> None:
         self.response: Any = None
         self.output: list[dict] = []
-        self.error: dict | None = None
+        self.error: str | None = None
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
@@ -303,8 +308,8 @@ class _ResponseEvents:
             self.response = event.response
             return
         if kind == "error":
-            self.error = {"type": str(getattr(event, "code", None) or "error"),
-                          "message": str(getattr(event, "message", None) or "")}
+            self.error = _error_line(getattr(event, "code", None),
+                                     getattr(event, "message", None))
             return
         if kind == "response.output_item.added":
             item = event.item
