@@ -500,5 +500,10 @@ def pytest_collectreport(report: Any) -> None:
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     path = os.environ.get("REFRUN_CONFIG") and config().get("outcomes")
     if path:
+        # The aggregator the run started (tracer sets this variable): the runner waits for it
+        # to exit before it removes the store, which a live aggregator would make again.
+        pid = os.environ.get("_TRACER_AGGREGATOR_PID")
         with open(path, "w") as f:
-            json.dump({"tests": _outcomes, "collect_errors": _collect_errors}, f, indent=1)
+            json.dump({"tests": _outcomes, "collect_errors": _collect_errors,
+                       "aggregator_pid": int(pid) if pid and pid.isdigit() else None}, f,
+                      indent=1)

@@ -561,12 +561,14 @@ def main(argv: list[str] | None = None) -> int:
     ref = Reference(args.reference, args.rev)
     work = tempfile.mkdtemp(prefix="refrun-")
     started = time.monotonic()
+    aggregator: int | None = None
     try:
         cfg, env = prepare(ref, args.against, work)
         status = run_pytest(work, args.against, env, args)
         try:
             with open(cfg["outcomes"]) as f:
                 outcomes = json.load(f)
+            aggregator = outcomes.get("aggregator_pid")
         except FileNotFoundError:
             with open(os.path.join(work, "pytest.log"), errors="replace") as f:
                 tail = f.read()[-4000:]
@@ -594,7 +596,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if not args.keep:
+            wait_for_exit(aggregator)
             shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_for_exit(pid: int | None, timeout: float = 30.0) -> None:
+    """Wait for the run's aggregator to exit (it does once pytest is gone and all is committed):
+    one still running would make the store again after the work directory is removed."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # someone else's process by now
+            return
+        time.sleep(0.1)
+    if pid is not None:
+        print(f"warning: the run's aggregator (pid {pid}) is still running", file=sys.stderr)
 
 
 if __name__ == "__main__":
