@@ -123,6 +123,10 @@ def init(project: str | None = None, experiment: str | None = None, *,
     del api_key, org_name
     if project is None and project_id is None:
         raise ValueError("Must specify at least one of project or project_id")
+    if open and update:
+        raise ValueError("Cannot open and update an experiment at the same time")
+    if open and experiment is None:
+        raise ValueError("Cannot open an experiment without specifying its name")
     if open:
         raise ValueError("init: open=True (reading an experiment back) is not supported; "
                          "read its rows with `tracer export --experiment NAME`")
@@ -134,6 +138,12 @@ def init(project: str | None = None, experiment: str | None = None, *,
                       f"{secrets.token_hex(2)}")
     experiment = _check_name("experiment", experiment, "init")
     if tags is not None:
+        if isinstance(tags, (list, tuple)):  # a tag given twice is a mistake, as in the reference
+            seen: set = set()
+            for tag in tags:
+                if tag in seen:
+                    raise ValueError(f"duplicate tag: {tag}")
+                seen.add(tag)
         tags = event.check({"tags": tags}, "init")["tags"]
     if metadata is not None:
         event.check({"metadata": metadata}, "init")

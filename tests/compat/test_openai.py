@@ -745,6 +745,13 @@ def test_responses_with_raw_response_parse_is_traced(logger, rows, openai_server
     assert parsed_answer(llm_row(rows, "openai.responses.parse"))["value"] == 24
 
 
+def test_a_wrapped_client_answers_the_references_wrapped_attribute(openai_server):
+    client = plain_client(openai_server)
+    with client:
+        assert tracer.wrap_openai(client)._NamedWrapper__wrapped is client  # type: ignore[attr-defined]
+        assert not hasattr(client, "_NamedWrapper__wrapped")
+
+
 # -- patch_openai ---------------------------------------------------------------------------
 
 
@@ -759,8 +766,10 @@ def test_patch_openai_marks_the_module_and_returns_true(openai_server):
     out = run_patched("""
         import openai
         import tracer
+        assert not hasattr(openai, "__braintrust_wrapped__")
         assert tracer.patch_openai() is True
         assert openai.__tracer_patched__
+        assert openai.__braintrust_wrapped__  # the reference's mark, for code that checks it
         print("SUCCESS")
     """, openai_server)
     assert "SUCCESS" in out

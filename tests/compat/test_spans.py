@@ -305,3 +305,18 @@ def test_the_current_logger_is_seen_from_a_new_thread(store_path):
     thread.start()
     thread.join(30)
     assert seen == [logger]
+
+
+def test_init_refuses_open_and_update_together():
+    with pytest.raises(ValueError, match="Cannot open and update an experiment at the same time"):
+        tracer.init("p", "e", open=True, update=True)
+
+
+def test_init_refuses_open_without_a_name():
+    with pytest.raises(ValueError, match="Cannot open an experiment without specifying its name"):
+        tracer.init("p", open=True)
+
+
+def test_init_refuses_a_tag_given_twice():
+    with pytest.raises(ValueError, match="duplicate tag: Exp1"):
+        tracer.init("p", "e", tags=["Exp1", "Exp1"])

@@ -51,6 +51,10 @@ _SENTINELS = tuple(sentinel for sentinel in (getattr(openai, "NotGiven", None),
 # Set on a client that ``patch_openai`` traced in place, and on the ``openai`` module once patched.
 _TRACED_IN_PLACE = "_tracer_traced"
 _PATCHED = "__tracer_patched__"
+# The reference's names for the same marks: code that checks whether the reference patched or
+# wrapped something (its own tests do) finds them here too.
+_REFERENCE_PATCHED = "__braintrust_wrapped__"
+_REFERENCE_WRAPPED = "_NamedWrapper__wrapped"
 
 # How a traced method returns: the parsed object (the plain methods), a raw response whose body
 # is read (``with_raw_response``), or a context manager whose response is read on entering it
@@ -81,6 +85,7 @@ def patch_openai() -> bool:
         # first, whose own __init__ then runs too.
         cls.__init__ = _tracing_init(cls.__init__)
     setattr(openai, _PATCHED, True)
+    setattr(openai, _REFERENCE_PATCHED, True)
     return True
 
 
@@ -397,6 +402,11 @@ class _Proxy:
 
 class _ClientProxy(_Proxy):
     """An OpenAI/AsyncOpenAI client whose LLM calls are traced."""
+
+    @property
+    def _NamedWrapper__wrapped(self) -> Any:  # noqa: N802 (the reference's mangled name)
+        """The client this one traces, under the name the reference's wrappers give it."""
+        return self._wrapped
 
     def __init__(self, client: Any) -> None:
         super().__init__(client)
