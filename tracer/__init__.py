@@ -23,7 +23,7 @@ from .api import (
 from .attachments import Attachment, ExternalAttachment, JSONAttachment
 from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
-from .integrations import patch_openai, wrap_openai
+from .integrations import auto_instrument, patch_openai, wrap_openai
 from .logger import Logger
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
@@ -53,6 +53,7 @@ __all__ = [
     "TracedPool",
     "TracedProcessPoolExecutor",
     "TracedThreadPoolExecutor",
+    "auto_instrument",
     "current_experiment",
     "current_logger",
     "current_span",

@@ -854,3 +854,27 @@ def test_patch_openai_chains_with_other_patches(logger, rows, openai_server):
     got = rows()
     assert sorted(row["input"] for row in got) == ["async", "sync"]
     assert {row["span_attributes"]["name"] for row in got} == {"openai.responses.create"}
+
+
+def test_auto_instrument_patches_openai_and_reports_the_others_as_not_traced(
+        logger, rows, openai_server):
+    out = run_patched("""
+        import openai
+        import tracer
+        results = tracer.auto_instrument()
+        assert results["openai"] is True and openai.__braintrust_wrapped__
+        assert results["anthropic"] is False
+        again = tracer.auto_instrument(anthropic=False)
+        assert again == {k: v for k, v in results.items() if k != "anthropic"}
+        openai.OpenAI(max_retries=0).chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "hi"}])
+        tracer.flush()
+        print("SUCCESS")
+    """, openai_server)
+    assert "SUCCESS" in out
+    assert llm_row(rows)["metadata"] == {"model": "test-model", "provider": "openai"}
+
+
+def test_auto_instrument_refuses_a_library_it_does_not_know():
+    with pytest.raises(TypeError, match="unknown library 'cobol'"):
+        tracer.auto_instrument(cobol=True)

@@ -41,3 +41,27 @@ def patch_openai() -> bool:
     except ImportError:
         return False
     return patch()
+
+
+# The reference's auto_instrument() knows these libraries; we trace only OpenAI (and Celery,
+# which is set up per app: tracer.integrations.celery.instrument). The others are reported as
+# not instrumented, as the reference reports a library that is not installed.
+_UNSUPPORTED = ("anthropic", "litellm", "pydantic_ai", "google_genai", "agno",
+                "claude_agent_sdk", "dspy", "adk")
+
+
+def auto_instrument(*, openai: bool = True, **others: bool) -> dict[str, bool]:
+    """Trace every supported library that is installed, in one call (the reference's
+    ``auto_instrument``); safe to call again. Returns, for each library asked for, whether it is
+    traced now: ``openai`` by ``patch_openai()``; the reference's other libraries (``anthropic``,
+    ``litellm``, ``pydantic_ai``, ``google_genai``, ``agno``, ``claude_agent_sdk``, ``dspy``,
+    ``adk``) are accepted and always False (no integration here). Any other keyword raises
+    TypeError.
+    """
+    unknown = sorted(set(others) - set(_UNSUPPORTED))
+    if unknown:
+        raise TypeError(f"auto_instrument: unknown library {unknown[0]!r}; known: openai, "
+                        f"{', '.join(_UNSUPPORTED)}")
+    results = {"openai": patch_openai()} if openai else {}
+    results.update({name: False for name in _UNSUPPORTED if others.get(name, True)})
+    return results
