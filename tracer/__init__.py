@@ -23,6 +23,7 @@ from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
 from .integrations import wrap_openai
 from .logger import Logger
+from .masking import set_masking_function
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
 from .span import NoopSpan, Span
@@ -50,6 +51,7 @@ __all__ = [
     "init",
     "init_logger",
     "permalink",
+    "set_masking_function",
     "start_span",
     "traced",
     "update_span",
