@@ -25,6 +25,7 @@ from .event import SPAN_TYPES
 from .experiment import Experiment, ExperimentSummary, MetricSummary, ScoreSummary
 from .integrations import auto_instrument, patch_openai, wrap_openai
 from .logger import Logger
+from .masking import set_masking_function
 from .pool import TracedPool, TracedProcessPoolExecutor, TracedThreadPoolExecutor
 from .recorder import FlushError
 from .span import NOOP_SPAN, NoopSpan, Span
@@ -64,6 +65,7 @@ __all__ = [
     "patch_openai",
     "permalink",
     "setup_threads",
+    "set_masking_function",
     "start_span",
     "traced",
     "update_span",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,7 +52,10 @@ from .span import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_YIELDED = 1000  # items of a traced generator kept in its output
+# Where a traced generator's output past TRACER_MAX_GENERATOR_ITEMS is warned about.
+_log = logging.getLogger("tracer")
+# finish()'s output when none is to be logged (a traced generator's, past its limit).
+_NO_OUTPUT: Any = object()
 
 state.app_url = (os.environ.get("TRACER_APP_URL") or config.DEFAULT_APP_URL).rstrip("/")
 # A spawn/forkserver child of an initialised process finds its parent's logger or experiment
@@ -349,7 +354,8 @@ def traced(fn: F | str | None = None, *, name: str | None = None, type: str | No
     Works on functions, ``async def`` functions, generators and async generators. The span is
     named after the function and typed ``"function"`` unless given; its input is the bound
     arguments (``self``/``cls`` left out), its output the return value (for generators, the
-    yielded items). An exception is logged in ``error`` (as the reference writes it:
+    yielded items, up to ``TRACER_MAX_GENERATOR_ITEMS``; those yielded before an exception are
+    kept with it). An exception is logged in ``error`` (as the reference writes it:
     ``"ValueError: boom\n\nTraceback ..."``) and re-raised. ``notrace_io=True`` records
     neither. With no logger anywhere this costs one attribute check per call.
     """
@@ -416,7 +422,9 @@ class _Traced:
         fields: dict[str, object] | None
         if exc is not None:
             fields = {"error": error_of(exc)}
-        elif self.capture is not None:
+            if output is not None and output is not _NO_OUTPUT and self.capture is not None:
+                fields["output"] = snapshot(output)  # what a generator yielded before raising
+        elif self.capture is not None and output is not _NO_OUTPUT:
             fields = {"output": snapshot(output)}
         else:
             fields = None
@@ -493,13 +501,15 @@ class _Traced:
         return wrapper
 
     def gen_wrapper(self) -> Callable:
-        fn, open_, finish = self.fn, self.open, self.finish
+        fn, open_, finish, name = self.fn, self.open, self.finish, self.name
+        # Read once, here: never per call nor per item. notrace_io keeps no items at all.
+        limit = _generator_limit() if self.capture is not None else 0
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             span = open_(args, kwargs) if state.active else None
             if span is None:
                 return (yield from fn(*args, **kwargs))
-            items = _Yielded()
+            items = _Yielded(limit, name)
             gen = fn(*args, **kwargs)
             # The span is current only while the generator body runs, never between yields,
             # so it does not leak into the caller's code.
@@ -525,13 +535,15 @@ class _Traced:
                     except BaseException as exc:
                         method, arg = gen.throw, exc
             except BaseException as exc:
-                finish(span, None, exc)
+                finish(span, items.partial(), exc)
                 raise
 
         return wrapper
 
     def async_gen_wrapper(self) -> Callable:
-        fn, open_, finish = self.fn, self.open, self.finish
+        fn, open_, finish, name = self.fn, self.open, self.finish, self.name
+        # Read once, here: never per call nor per item. notrace_io keeps no items at all.
+        limit = _generator_limit() if self.capture is not None else 0
 
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             span = open_(args, kwargs) if state.active else None
@@ -539,7 +551,7 @@ class _Traced:
                 async for item in fn(*args, **kwargs):
                     yield item
                 return
-            items = _Yielded()
+            items = _Yielded(limit, name)
             agen = fn(*args, **kwargs)
             method, arg = agen.asend, None
             try:
@@ -563,31 +575,54 @@ class _Traced:
                     except BaseException as exc:
                         method, arg = agen.athrow, exc
             except BaseException as exc:
-                finish(span, None, exc)
+                finish(span, items.partial(), exc)
                 raise
 
         return wrapper
 
 
+def _generator_limit() -> int:
+    """How many items of a traced generator's output are kept: ``TRACER_MAX_GENERATOR_ITEMS``
+    (or ``BRAINTRUST_MAX_GENERATOR_ITEMS``), read once per decorated function, never per item;
+    ``-1`` (no limit) becomes ``sys.maxsize``. A malformed value (which ``init_logger`` refuses)
+    is warned about and the default used: decorating never raises for it."""
+    limit = config.value_or_default("MAX_GENERATOR_ITEMS")
+    return sys.maxsize if limit < 0 else limit
+
+
 class _Yielded:
-    """The output of a traced generator: its first MAX_YIELDED items, and a count of the rest."""
+    """A traced generator's output as it runs: the items it yielded while there are at most
+    ``limit`` of them; past that none at all (a partial list would pass for the whole output),
+    with one warning, as in the reference. ``limit`` 0 keeps nothing."""
 
-    __slots__ = ("items", "extra")
+    __slots__ = ("items", "limit", "name")
 
-    def __init__(self) -> None:
-        self.items: list = []
-        self.extra = 0
+    def __init__(self, limit: int, name: str) -> None:
+        self.items: list | None = [] if limit else None
+        self.limit = limit
+        self.name = name
 
     def add(self, item: Any) -> None:
-        if len(self.items) < MAX_YIELDED:
-            self.items.append(item)
-        else:
-            self.extra += 1
+        items = self.items
+        if items is not None:
+            if len(items) < self.limit:
+                items.append(item)
+            else:
+                self.items = None
+                _log.warning("Generator output exceeded limit of %d items, output not logged "
+                             "(traced generator %r). Increase TRACER_MAX_GENERATOR_ITEMS (or "
+                             "BRAINTRUST_MAX_GENERATOR_ITEMS) or set it to -1 to disable the "
+                             "limit.", self.limit, self.name)
 
-    def output(self) -> list:
-        if self.extra:
-            return self.items + [f"<{self.extra} more items not kept>"]
-        return self.items
+    def output(self) -> Any:
+        """The output of a generator that finished (or was closed): its items, or _NO_OUTPUT
+        past the limit."""
+        return _NO_OUTPUT if self.items is None else self.items
+
+    def partial(self) -> Any:
+        """The output of a generator that raised: the items it yielded before, if any were
+        kept (the reference logs no empty list then)."""
+        return self.items or _NO_OUTPUT
 
 
 class _InputCapture:

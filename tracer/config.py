@@ -359,6 +359,10 @@ VARIABLES: tuple[Variable, ...] = (
              "started with `--secret-key` (`tracer keys` prints it); passed on to child "
              "processes. Used for `tcp://` endpoints only", field="aggregator_key",
              keyword="aggregator_key", shown_default="unset"),
+    Variable("MAX_GENERATOR_ITEMS", Integer(-1, MAX_ROWS), 1000, "items of a traced generator "
+             "(sync or async) kept as its output. Past N, no output is logged and a warning on "
+             "the `tracer` logger says so; `0`: no output is logged; `-1`: no limit. Read when "
+             "the generator function is decorated", reference=True),
     Variable("MAX_MESSAGE_SIZE", Integer(64 * 1024, 1 << 40), 1 << 30, "bytes: an aggregator "
              "closes the connection of a peer sending a larger message before reading it (the "
              "sender's next message shows the gap, `seq_gap_messages`)",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from . import launcher, slug
+from . import launcher, masking, slug
 from .context import current, state
 from .span import RemoteSpan
 
@@ -26,13 +26,16 @@ DELIVER_TIMEOUT = 30.0  # seconds a worker waits for the aggregator to take a ta
 
 
 class _Carried:
-    """``fn``, to be run in another process as a child of the span current when this was made."""
+    """``fn``, to be run in another process as a child of the span current when this was made,
+    masked with the masking function set when this was made (if it pickles)."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         self.parent: str | None = None
         self.endpoint: str | None = None
         self.aggregator_pid: int | None = None
+        # A spawn or forkserver worker has no masking function of its own: hand it ours.
+        self.mask = masking.for_workers()
         span = current.get()
         if span is not None:
             self.parent = span.export()
@@ -45,6 +48,8 @@ class _Carried:
         self.aggregator_pid = rec.aggregator_pid
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.mask is not None:  # also for a task that traces on its own
+            masking.adopt(self.mask)
         if self.endpoint is None:
             return self.fn(*args, **kwargs)
         rec = launcher.attach(self.endpoint, self.aggregator_pid)

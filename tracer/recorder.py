@@ -631,7 +631,8 @@ class Recorder:
         if not fresh:
             return False
         self._announced.update(fresh)
-        self._send_data(b"".join(s.open_record() for s in fresh), 0)
+        # Through pack_records, as every record that leaves: they carry inputs to mask.
+        self._send_data(pack_records([s.open_record() for s in fresh]), 0)
         return True
 
     def _read_replies(self) -> None:

@@ -132,12 +132,26 @@ def immutable(values: tuple) -> bool:
     return True
 
 
+# The masking function's pass over records (``tracer.masking.mask_records``), set only while
+# a masking function is: without one, packing costs one check per frame, nothing per record.
+_masker: Callable[[list], list] | None = None
+
+
+def set_masker(masker: Callable[[list], list] | None) -> None:
+    """Pass every frame's records through ``masker`` before packing them (None: do not)."""
+    global _masker
+    _masker = masker
+
+
 def pack_records(records: list) -> bytes:
-    """One DATA body from records: packed ones (bytes) as they are, tuples packed here.
+    """One DATA body from records: packed ones (bytes) as they are, tuples packed here; with a
+    masking function set, each record's user fields masked first (``tracer.masking``).
 
     Runs of tuples are packed as one msgpack array whose header is then cut off, which leaves
     the records back to back at about half the cost of packing them one by one.
     """
+    if _masker is not None:
+        records = _masker(records)
     try:
         return b"".join(records)  # all packed already: the common case for span.log()
     except TypeError:

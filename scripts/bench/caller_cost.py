@@ -68,6 +68,16 @@ def g(text):
     return len(text)
 
 
+def redact(data):
+    """The masking function of ``--mask``: every ``api_key`` value hidden, at any depth (the
+    inputs here have none: it walks each field, as a user's mask would)."""
+    if isinstance(data, dict):
+        return {k: "HIDDEN" if k == "api_key" else redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
 BARE = {"f": f, "g": g}  # functools.wraps keeps __name__: the reference for each wrapper
 
 
@@ -169,6 +179,8 @@ def child_logger(args: argparse.Namespace) -> None:
 
     store = os.path.join(args.store_dir, "bench.db")
     logger = tracer.init_logger(PROJECT, store=store)
+    if args.mask:  # the caller's path is the same; its flusher, on the same GIL, does more
+        tracer.set_masking_function(redact)
     rec = logger.recorder
     tf, tg = tracer.traced(f), tracer.traced(g)
     # The caller's own cost: batches that fit in the recorder's buffer, each flushed (untimed)
@@ -391,14 +403,16 @@ def main_run(args: argparse.Namespace) -> int:
           f"{args.warmup}-call warm-up; median of the per-call times; GC off while timing. "
           f"With a logger (ours and the anchors): {args.logger_repeats} batches of "
           f"{args.logger_calls} calls (within the recorder's buffer), flushed between batches, "
-          f"untimed; then, ours only, one sustained batch of {args.calls} calls")
+          f"untimed; then, ours only, one sustained batch of {args.calls} calls"
+          + ("; ours with a masking function set (--mask)" if args.mask else ""))
     print(flush=True)
 
     bare = measure({"f": (f, 0), "g": (g, TEXT)}, args.calls, args.repeats, args.warmup)
     nolog = run_child("nologger", args, [])
     anchors = {mode: run_child(mode, args, []) for mode in ("otel", "braintrust")}
     with tempfile.TemporaryDirectory(prefix="caller_cost-") as tmp:
-        logged = run_child("logger", args, ["--store-dir", tmp])
+        logged = run_child("logger", args, ["--store-dir", tmp, *(["--mask"] if args.mask
+                                                                   else [])])
         if not wait_gone(logged.get("aggregator_pid")):
             print(f"(note: aggregator {logged['aggregator_pid']} still running; "
                   "its temp store is removed anyway)", file=sys.stderr)
@@ -411,7 +425,8 @@ def main_run(args: argparse.Namespace) -> int:
     rows = [
         ("bare call", med({"timings": bare}, "f"), med({"timings": bare}, "g")),
         ("@traced, no logger", med(nolog, "f"), med(nolog, "g")),
-        ("@traced, with logger (caller's cost)", med(logged, "f"), med(logged, "g")),
+        ("@traced, with logger (caller's cost)" + (", masking" if args.mask else ""),
+         med(logged, "f"), med(logged, "g")),
     ]
     added_nolog = (rows[1][1] - rows[0][1], rows[1][2] - rows[0][2])
     added_log = (rows[2][1] - rows[0][1], rows[2][2] - rows[0][2])
@@ -534,6 +549,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=positive, default=20_000,
                    help="calls in the untimed warm-up batch (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers to PATH")
+    p.add_argument("--mask", action="store_true",
+                   help="with a logger, set a masking function (tracer.set_masking_function: "
+                        "one that hides an api_key at any depth): the caller's cost while its "
+                        "flusher masks every record")
     p.add_argument("--mode", choices=("main", "nologger", "logger", "otel", "braintrust"),
                    default="main",
                    help=argparse.SUPPRESS)
