@@ -279,10 +279,22 @@ class StoredRows:
             if self._seen.get(key) != sig:
                 self._seen[key] = sig
                 changed.append(row)
+        # The reference's memory logger gives rows in the order they were last written; the
+        # store lists them by start. A span's last write is its end (its start while it runs).
+        changed.sort(key=_last_written)
         return changed
 
     def flush(self, batch_size: int | None = None) -> None:
         _flush()
+
+
+def _last_written(row: dict) -> float:
+    metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
+    for name in ("end", "start"):
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
 
 
 def _started_before(row: dict, since: float) -> bool:
