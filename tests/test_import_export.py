@@ -320,7 +320,7 @@ def test_underlying_rows_imported_into_another_project_take_its_ids(logger, stor
     assert proc.returncode == 0, proc.stderr
     (row,) = stored(copy)
     assert row["project_name"] == "elsewhere"
-    assert row["span_attributes"] == {"name": "moved"}
+    assert row["span_attributes"] == {"name": "moved", "type": "task"}
     assert row["project_id"] != by_name(stored(store_path, project=project))["moved"][
         "project_id"]
 
