@@ -273,12 +273,14 @@ def test_a_long_task_is_visible_in_progress_while_it_runs(fleet, tmp_path):
     result = fleet.app.tasks[WAIT_FOR].delay(str(release), 60)
 
     def stored_task(finished: bool) -> dict | None:
+        """The task's row, once it has its name (the metadata logged as the task starts may
+        arrive first; the span's announcement follows within the flusher's interval)."""
         if not os.path.exists(fleet.store):
             return None
         with Store(fleet.store) as reader:
             return next((r for r in reader.rows(project=WORKER_PROJECT)
                          if celery_meta(r).get("task_id") == result.id
-                         and ended(r) == finished), None)
+                         and "span_attributes" in r and ended(r) == finished), None)
 
     running = wait_until(lambda: stored_task(False), 60, "the running task has no row",
                          interval=0.1)
