@@ -289,7 +289,9 @@ class StoredRows:
 
 
 def _last_written(row: dict) -> float:
-    metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
+    metrics = row.get("metrics")
+    if not isinstance(metrics, dict):
+        return 0.0
     for name in ("end", "start"):
         value = metrics.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
