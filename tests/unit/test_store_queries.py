@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -31,9 +32,9 @@ def experiment(experiment_id: str, name: str, project: str = "p") -> Container:
 
 def span(container: Container, root: str, span_id: str, parents: list[str] | None = None,
          name: str | None = None, type: str = "function", start: float | None = None,
-         end: float | None = None, **fields: object) -> Pending:
+         end: float | None = None, **fields: Any) -> Pending:
     """A partial row of a span, as the aggregator hands it to the writer."""
-    metrics: dict = dict(fields.pop("metrics", None) or {})  # type: ignore[call-overload]
+    metrics: dict = dict(fields.pop("metrics", None) or {})
     if start is not None:
         metrics["start"] = start
     if end is not None:
@@ -48,7 +49,7 @@ def span(container: Container, root: str, span_id: str, parents: list[str] | Non
 
 
 def trace(container: Container, start: float, children: int = 2, name: str = "root",
-          **root_fields: object) -> tuple[str, list[Pending]]:
+          **root_fields: Any) -> tuple[str, list[Pending]]:
     """A finished trace: a root and ``children`` child spans; returns its root id and rows."""
     root = f"t{next(_ids):06d}"
     rows = [span(container, root, root, name=name, type="task", start=start, end=start + 5,
@@ -472,7 +473,9 @@ def test_summaries_match_the_rows_after_many_merges(store):
         store.write(batch)
 
     with store.reader() as reader:
-        [listed] = reader.trace_summaries(project="p").traces  # type: ignore[union-attr]
+        page = reader.trace_summaries(project="p")
+        assert page is not None
+        [listed] = page.traces
         rows = list(reader.rows(root_span_id=root))
     assert listed["spans"] == len(rows) == 8
     assert listed["errors"] == sum(1 for r in rows if r.get("error"))
