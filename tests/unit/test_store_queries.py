@@ -303,6 +303,30 @@ def test_text_search_finds_words_in_any_spans_input_or_output(store):
     assert search('" ( * : ^') == [other, root]  # no word at all: no filter
 
 
+def test_a_common_word_is_searched_chunk_by_chunk_with_the_same_answer(store, monkeypatch):
+    made = []
+    for i in range(9):
+        root, rows = trace(logs(), T0 + i, input="common" if i % 3 else "common rare")
+        store.write(rows)
+        made.append(root)
+    every = roots(store, filters=TraceFilter(text="common"))
+    rare = roots(store, filters=TraceFilter(text="common rare"))
+    # Every word is common now: each page is found a chunk of two traces at a time.
+    monkeypatch.setattr("workers.store.sqlite.TEXT_SET_BOUND", 0)
+    monkeypatch.setattr("workers.store.sqlite.TEXT_CHUNK", 2)
+
+    assert roots(store, filters=TraceFilter(text="common")) == every == made[::-1]
+    with_rare = [made[6], made[3], made[0]]
+    assert roots(store, filters=TraceFilter(text="common rare")) == rare == with_rare
+    with store.reader() as reader:
+        page = reader.trace_summaries(project="p", filters=TraceFilter(text="rare"), limit=2)
+        assert page is not None and page.next is not None
+        rest = reader.trace_summaries(project="p", filters=TraceFilter(text="rare"),
+                                      before=page.next)
+    assert rest is not None
+    assert [t["root_span_id"] for t in page.traces + rest.traces] == with_rare
+
+
 def test_text_search_sees_an_output_merged_in_later_and_forgets_the_one_it_replaced(store):
     root, rows = trace(logs(), T0)
     store.write(rows)
@@ -338,6 +362,8 @@ def test_a_skeleton_lists_spans_in_start_order_with_every_parent(store):
                     "error": False, "running": True}
     assert skeleton["spans"][2]["error"] is True
     assert "input" not in skeleton["spans"][0]
+    with store.reader() as reader:
+        assert json.loads(reader.trace_skeleton_json(root) or "") == skeleton
 
 
 def test_an_unknown_trace_has_no_skeleton_and_an_unknown_span_no_row(store):
