@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -51,13 +52,14 @@ REGIONS = ("eu", "us", "apac")
 
 
 def vocabulary(size: int = 5000) -> tuple[list[str], list[float]]:
-    """Made-up words with Zipf weights: a few common, most rare, as in real text."""
+    """Made-up words with Zipf weights (cumulative): a few common, most rare, as in real
+    text."""
     rng = random.Random(1)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "zu", "pe", "qua", "dri"]
     words = sorted({"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(size * 2)})
     rng.shuffle(words)
     words = words[:size]
-    return words, [1 / (rank + 1) for rank in range(len(words))]
+    return words, list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
 
 
 class Generator:
@@ -70,7 +72,8 @@ class Generator:
         self.next_id = 0
 
     def text(self, low: int, high: int) -> str:
-        return " ".join(self.rng.choices(self.words, self.weights, k=self.rng.randint(low, high)))
+        return " ".join(self.rng.choices(self.words, cum_weights=self.weights,
+                                         k=self.rng.randint(low, high)))
 
     def new_id(self) -> str:
         self.next_id += 1

@@ -562,13 +562,11 @@ class SQLiteReader(StoreReader):
             where.append(_TEXT_MATCH)
             args.append(query)
             query = None
-        sql = (f"SELECT {_SUMMARY_COLUMNS} FROM traces t WHERE {' AND '.join(where)} "
-               "ORDER BY t.start DESC, t.root_span_id DESC LIMIT ?")
         if query is None:
-            found = self.conn.execute(sql, [*args, limit + 1]).fetchall()
+            found = self.conn.execute(_page_sql(where), [*args, limit + 1]).fetchall()
         else:
-            found = self._matching_in_order(sql, args, query, limit + 1)
-        traces = [_summary(row[:-1]) for row in found[:limit]]
+            found = self._matching_in_order(container, where, args, query, limit + 1)
+        traces = [_summary(row) for row in found[:limit]]
         more = len(found) > limit
         last = traces[-1] if traces and more else None
         return TracePage(traces, (last["start"], last["root_span_id"]) if last else None)
@@ -580,20 +578,23 @@ class SQLiteReader(StoreReader):
             (query, bound + 1)).fetchone()
         return bool(count <= bound)
 
-    def _matching_in_order(self, sql: str, args: list[object], query: str,
-                           wanted: int) -> list[tuple]:
-        """The first ``wanted`` rows of ``sql`` (traces newest first, ``LIMIT ?`` last) whose
-        trace has a span matching the text query, read a chunk of traces at a time."""
-        found: list[tuple] = []
-        cursor_sql = sql.replace(" ORDER BY", " AND (t.start, t.root_span_id) < (?, ?) ORDER BY")
-        chunk = self.conn.execute(sql, [*args, TEXT_CHUNK]).fetchall()
-        while chunk:
-            spans: list[tuple[int, str, str]] = []
-            roots = [row[0] for row in chunk]
+    def _matching_in_order(self, container: str, where: list[str], args: list[object],
+                           query: str, wanted: int) -> list[tuple]:
+        """The first ``wanted`` traces (newest first) that ``where`` keeps and that have a span
+        matching the text query, read TEXT_CHUNK traces at a time."""
+        matched_keys: list[str] = []
+        keys_sql = _keys_sql(where)
+        more_sql = _keys_sql([*where, "(t.start, t.root_span_id) < (?, ?)"])
+        chunk = self.conn.execute(keys_sql, [*args, TEXT_CHUNK]).fetchall()
+        while chunk and len(matched_keys) < wanted:
+            # The chunk's spans from rows_by_root alone (their container is not in it: the
+            # chunk's traces are of one container, and a root_span_id is unique in practice).
+            spans: list[tuple[int, str]] = []
+            roots = [root for root, _ in chunk]
             for i in range(0, len(roots), 500):
                 part = roots[i:i + 500]
                 spans += self.conn.execute(
-                    "SELECT rowid, container, root_span_id FROM rows WHERE root_span_id IN "
+                    "SELECT rowid, root_span_id FROM rows WHERE root_span_id IN "
                     f"({','.join('?' * len(part))})", part).fetchall()
             if spans:
                 low = min(span[0] for span in spans)
@@ -601,16 +602,21 @@ class SQLiteReader(StoreReader):
                 hits = {rowid for (rowid,) in self.conn.execute(
                     "SELECT rowid FROM rows_fts WHERE rows_fts MATCH ? AND rowid BETWEEN ? AND ?",
                     (query, low, high))}
-                matched = {(container, root) for rowid, container, root in spans if rowid in hits}
-                for row in chunk:
-                    if (row[-1], row[0]) in matched:
-                        found.append(row)
-                        if len(found) == wanted:
-                            return found
+                matched = {root for rowid, root in spans if rowid in hits}
+                matched_keys += [root for root in roots if root in matched]
             if len(chunk) < TEXT_CHUNK:
                 break
-            last = chunk[-1]
-            chunk = self.conn.execute(cursor_sql, [*args, last[4], last[0], TEXT_CHUNK]).fetchall()
+            last_root, last_start = chunk[-1]
+            chunk = self.conn.execute(more_sql, [*args, last_start, last_root,
+                                                 TEXT_CHUNK]).fetchall()
+        keys = matched_keys[:wanted]
+        found: list[tuple] = []
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            found += self.conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM traces t WHERE t.container = ? AND "
+                f"t.root_span_id IN ({','.join('?' * len(part))})", [container, *part]).fetchall()
+        found.sort(key=lambda row: (row[4], row[0]), reverse=True)
         return found
 
     def _trace_container(self, root_span_id: str) -> str | None:
@@ -627,7 +633,7 @@ class SQLiteReader(StoreReader):
             return None
         found = self.conn.execute(
             "SELECT id, span_id, parents, name, type, start, end, has_error FROM rows "
-            "WHERE root_span_id = ? AND container = ? ORDER BY start, rowid",
+            "WHERE root_span_id = ? AND +container = ? ORDER BY start, rowid",
             (root_span_id, container)).fetchall()
         loads = json.loads
         spans = [{"row_id": row_id, "span_id": span_id,
@@ -729,6 +735,8 @@ class SQLiteReader(StoreReader):
 
 SUMMARIES_VERSION = 2  # the schema version that has the trace server's tables
 
+# `+container`: the trace's rows through rows_by_root, never a scan of the container's rows in
+# start order through rows_by_time (what SQLite picks otherwise, to skip a sort).
 _SKELETON_JSON = """
 -- (printf of NULL is '0': a missing start or end is kept NULL by the iif.)
 SELECT json_group_array(json_object(
@@ -737,11 +745,28 @@ SELECT json_group_array(json_object(
     'end', iif(end IS NULL, NULL, json(printf('%.17g', end))),
     'error', json(iif(has_error, 'true', 'false')),
     'running', json(iif(end IS NULL, 'true', 'false'))))
-FROM (SELECT * FROM rows WHERE root_span_id = ? AND container = ? ORDER BY start, rowid)
+FROM (SELECT * FROM rows WHERE root_span_id = ? AND +container = ? ORDER BY start, rowid)
 """
 
 _SUMMARY_COLUMNS = ("t.root_span_id, t.row_id, t.name, t.type, t.start, t.end, t.spans, "
-                    "t.errors, t.scores, t.tokens, t.container")
+                    "t.errors, t.scores, t.tokens")
+
+
+def _keys_sql(where: list[str]) -> str:
+    """The (root_span_id, start) of the traces ``where`` keeps, newest first, ``LIMIT ?``:
+    from traces_by_start alone when the filters are on its columns (types, errors)."""
+    return (f"SELECT t.root_span_id, t.start FROM traces t WHERE {' AND '.join(where)} "
+            "ORDER BY t.start DESC, t.root_span_id DESC LIMIT ?")
+
+
+def _page_sql(where: list[str]) -> str:
+    """The summaries of the traces ``where`` keeps, newest first, ``LIMIT ?``: the keys first
+    (a filter no trace passes then reads the index alone: 14 ms for 100,000 traces, against
+    85 ms reading each trace's row), the rest of the row for those kept."""
+    return (f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT t.container AS kc, t.root_span_id AS kr, "
+            f"t.start AS ks FROM traces t WHERE {' AND '.join(where)} ORDER BY t.start DESC, "
+            "t.root_span_id DESC LIMIT ?) k JOIN traces t ON t.container = k.kc AND "
+            "t.root_span_id = k.kr ORDER BY k.ks DESC, k.kr DESC")
 
 # Text search, two ways (``trace_summaries``). A word in at most this many spans: the matching
 # spans' traces are found once, then listed as any filter lists them. A commoner word: the
