@@ -84,6 +84,7 @@ export class TraceView {
     this.detail.clear();
     this.el.replaceChildren(head, h("div", { class: "trace-body" }, this.tree.el, this.detail.el));
     this.tree.render();
+    performance.mark("trace-rendered"); // the benchmark (scripts/bench/viewer.py) reads it
     const wanted = spanId || this.data.root_span_id;
     if (!this.select(wanted, false) && spanId) {
       this.detail.el.replaceChildren(notice(`Span not found: ${spanId} is not a span of this trace.`, "error"));
