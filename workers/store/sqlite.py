@@ -19,6 +19,7 @@ import datetime
 import errno
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -29,16 +30,28 @@ from typing import Any
 from tracer import config, wire
 
 from ..rows import Key, load_row, merge, pack_row
-from . import schema
-from .base import RowUpdate, SchemaVersionError, StoreReader, StoreWriter
+from . import schema, summary
+from .base import (
+    Cursor,
+    RowUpdate,
+    SchemaVersionError,
+    StoreReader,
+    StoreWriter,
+    TraceFilter,
+    TracePage,
+    UpgradeRequired,
+)
+from .compare import compare, score_means
 
 _COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
-           "updated, data"
+           "updated, data, parents"
+_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
+# RETURNING gives each row's rowid, which the text index is keyed by (``workers.store.summary``).
 UPSERT = f"""
-INSERT INTO rows ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+INSERT INTO rows ({_COLUMNS}) VALUES {_VALUES}
 ON CONFLICT (container, id) DO UPDATE SET
-    data = tracer_merge(rows.data, excluded.data),
+    data = tracer_merge(rows.data, excluded.data, rows.container, rows.id),
     span_id = coalesce(excluded.span_id, rows.span_id),
     root_span_id = coalesce(excluded.root_span_id, rows.root_span_id),
     name = coalesce(excluded.name, rows.name),
@@ -46,14 +59,16 @@ ON CONFLICT (container, id) DO UPDATE SET
     start = coalesce(excluded.start, rows.start),
     end = coalesce(excluded.end, rows.end),
     has_error = max(rows.has_error, excluded.has_error),
-    updated = excluded.updated
+    updated = excluded.updated,
+    parents = coalesce(excluded.parents, rows.parents)
+RETURNING container, id, rowid
 """
 
 # Rows per INSERT statement. sqlite3 lets go of the GIL for each step of a statement: with one
 # row per step (executemany), the uploader took the GIL back from the receiving thread once per
-# row. 80 rows x 12 values stay under SQLite's oldest limit on variables (999).
-ROWS_PER_STATEMENT = 80
-_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split("VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+# row. 76 rows x 13 values stay under SQLite's oldest limit on variables (999).
+ROWS_PER_STATEMENT = 76
+_UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split(f"VALUES {_VALUES}")
 _upserts: dict[int, str] = {}
 
 # A key already recorded as stored stays so (StoreWriter.record_attachment).
@@ -72,14 +87,19 @@ def _upsert(rows: int) -> str:
     """The upsert of ``rows`` rows in one statement (cached by row count)."""
     sql = _upserts.get(rows)
     if sql is None:
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+        values = ",".join([_VALUES] * rows)
         sql = _upserts[rows] = f"{_UPSERT_HEAD}VALUES {values}{_UPSERT_TAIL}"
     return sql
 
 
 def _merge_data(stored: bytes | str, update: bytes) -> bytes:
-    """tracer_merge(old, new) in SQL: the reference's merge; the first ``created`` stays."""
-    row = wire.unpack_stored(stored)
+    """The merge of ``update`` into the stored row: the reference's merge; the first
+    ``created`` stays."""
+    return pack_row(_merged(wire.unpack_stored(stored), update))
+
+
+def _merged(row: object, update: bytes) -> dict:
+    """``row`` with ``update`` merged into it (in place)."""
     new = wire.unpack_stored(update)
     if not (isinstance(row, dict) and isinstance(new, dict)):  # only rows are written to `data`
         raise ValueError("tracer_merge: a stored row is not a map")
@@ -87,7 +107,29 @@ def _merge_data(stored: bytes | str, update: bytes) -> bytes:
     merge(row, new)
     if created is not None:
         row["created"] = created
-    return pack_row(row)
+    return row
+
+
+class _Merges:
+    """``tracer_merge(old, new, container, id)`` in SQL, called by the upsert for each row
+    already stored: merges, and notes for the batch's summaries what the row added to its trace
+    before its first merge of the batch, and the row after its last (``summary.Change``)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[Key, list] = {}  # key -> [summary.Part before, row after, merges]
+
+    def __call__(self, stored: bytes | str, update: bytes, container: str, row_id: str) -> bytes:
+        key = (container, row_id)
+        entry = self.seen.get(key)
+        if entry is not None:  # merged into again in this batch: the stored row is entry[1]
+            entry[1] = _merged(entry[1], update)
+            entry[2] += 1
+            return pack_row(entry[1])
+        row = wire.unpack_stored(stored)
+        before = summary.part(row) if isinstance(row, dict) else None
+        after = _merged(row, update)
+        self.seen[key] = [before, after, 1]
+        return pack_row(after)
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
@@ -152,6 +194,7 @@ class SQLiteWriter(StoreWriter):
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file open
         self._committed = 0  # rows committed to the file open, reported if it is replaced
         self._known_containers: set[str] = set()
+        self._merges = _Merges()
         with _registry_lock:
             _writers.setdefault(path, weakref.WeakSet()).add(self)
             self._lock = _path_locks.setdefault(path, threading.RLock())
@@ -167,6 +210,7 @@ class SQLiteWriter(StoreWriter):
                     self._reopen_all(why)
             if self._conn is None:
                 self._conn = connect(self.path)
+                self._conn.create_function("tracer_merge", 4, self._merges)
                 self._identity = _identity(self.path)
                 self._committed = 0
                 self._known_containers.clear()
@@ -190,9 +234,14 @@ class SQLiteWriter(StoreWriter):
         try:
             added = self._add_containers(conn, batch)
             rows = [_columns(p.key, p.row, now, created) for p in batch]
+            rowids: dict[Key, int] = {}
+            self._merges.seen.clear()
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[i:i + ROWS_PER_STATEMENT]
-                conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
+                for container, row_id, rowid in conn.execute(
+                        _upsert(len(chunk)), [value for row in chunk for value in row]):
+                    rowids[(container, row_id)] = rowid
+            summary.apply(conn, self._changes(batch, rowids), now)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -201,7 +250,36 @@ class SQLiteWriter(StoreWriter):
                 except sqlite3.Error:  # the first error says more than this one
                     pass
             raise
+        finally:
+            self._merges.seen.clear()
         self._known_containers.update(added)  # only once they are committed
+
+    def _changes(self, batch: Sequence[RowUpdate], rowids: dict[Key, int]
+                 ) -> list[summary.Change]:
+        """Each key's change over the batch, for the summaries and the text index: the upsert
+        merged into the rows that were stored (``_Merges``) and inserted the others (a key
+        written n times was new if it was merged into n - 1 times)."""
+        counts: dict[Key, list] = {}  # key -> [occurrences, last partial row, wrote text]
+        for p in batch:
+            entry = counts.get(p.key)
+            text = "input" in p.row or "output" in p.row
+            if entry is None:
+                counts[p.key] = [1, p.row, text]
+            else:
+                entry[0] += 1
+                entry[1] = p.row
+                entry[2] = entry[2] or text
+        changes = []
+        seen = self._merges.seen
+        for key, (occurrences, row, text) in counts.items():
+            merged = seen.get(key)
+            if merged is None:
+                before, after = None, row
+            else:
+                before = merged[0] if merged[2] == occurrences else None
+                after = merged[1]
+            changes.append(summary.Change(key[0], key[1], before, after, rowids.get(key), text))
+        return changes
 
     def _add_containers(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate]) -> set[str]:
         added: set[str] = set()
@@ -324,7 +402,8 @@ def _columns(key: Key, row: dict, now: float, created: str) -> tuple:
     metrics = row.get("metrics") or {}
     return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
             attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
-            1 if row.get("error") else 0, row.setdefault("created", created), now, pack_row(row))
+            1 if row.get("error") else 0, row.setdefault("created", created), now, pack_row(row),
+            summary.parents_text(row))
 
 
 def _number(value: Any) -> float | None:
@@ -390,6 +469,219 @@ class SQLiteReader(StoreReader):
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- the trace server's queries (workers.store.summary keeps what they read) -------------
+
+    def _require_summaries(self) -> None:
+        found = schema.version(self.conn)
+        if found < SUMMARIES_VERSION:
+            raise UpgradeRequired(self.path, found, SUMMARIES_VERSION)
+
+    def projects(self) -> list[dict]:
+        self._require_summaries()
+        projects: dict[str, dict] = {}
+        for c in self.containers():
+            p = projects.setdefault(c["project_name"], {
+                "name": c["project_name"], "id": c["project_id"], "traces": 0,
+                "experiments": 0, "last_start": None})
+            if c["kind"] == "experiment":
+                p["experiments"] += 1
+            else:
+                p["traces"] = self.conn.execute(
+                    "SELECT count(*) FROM traces WHERE container = ?", (c["id"],)).fetchone()[0]
+            last = self.conn.execute("SELECT max(start) FROM traces WHERE container = ?",
+                                     (c["id"],)).fetchone()[0]
+            if last is not None and (p["last_start"] is None or last > p["last_start"]):
+                p["last_start"] = last
+        return sorted(projects.values(), key=lambda p: p["name"])
+
+    def _container(self, project: str | None, experiment_id: str | None) -> str | None:
+        if experiment_id is not None:
+            found = self.conn.execute(
+                "SELECT id FROM containers WHERE kind = 'experiment' AND experiment_id = ?",
+                (experiment_id,)).fetchone()
+        else:
+            found = self.conn.execute(
+                "SELECT id FROM containers WHERE kind = 'project_logs' AND project_name = ?",
+                (project,)).fetchone()
+        return None if found is None else found[0]
+
+    def trace_summaries(self, *, project: str | None = None, experiment_id: str | None = None,
+                        filters: TraceFilter | None = None, limit: int = 50,
+                        before: Cursor | None = None,
+                        after: Cursor | None = None) -> TracePage | None:
+        self._require_summaries()
+        container = self._container(project, experiment_id)
+        if container is None:
+            return None
+        where = ["t.container = ?"]
+        args: list[object] = [container]
+        if before is not None:
+            where.append("(t.start, t.root_span_id) < (?, ?)")
+            args += before
+        if after is not None:
+            where.append("(t.start, t.root_span_id) > (?, ?)")
+            args += after
+        f = filters or TraceFilter()
+        if f.since is not None:
+            where.append("t.start >= ?")
+            args.append(f.since)
+        if f.until is not None:
+            where.append("t.start < ?")
+            args.append(f.until)
+        if f.name:
+            where.append("substr(t.name, 1, ?) = ?")
+            args += [len(f.name), f.name]
+        if f.span_type is not None:
+            where.append("t.types & ? != 0")
+            args.append(summary.TYPE_BITS.get(f.span_type, summary.OTHER_TYPE_BIT))
+        if f.errors:
+            where.append("t.errors > 0")
+        for name, op, threshold in f.scores:
+            where.append(f"{_json_value('t.scores', name, args)} {'>' if op == 'gt' else '<'} ?")
+            args.append(threshold)
+        for key, wanted in f.metadata:
+            where.append(f"{_json_value('t.metadata', key, args)} = ?")
+            args.append(wanted)
+        if f.text:
+            query = summary.match_query(f.text)
+            if query is not None:
+                where.append(_TEXT_MATCH)
+                args.append(query)
+        sql = (f"SELECT {_SUMMARY_COLUMNS} FROM traces t WHERE {' AND '.join(where)} "
+               "ORDER BY t.start DESC, t.root_span_id DESC LIMIT ?")
+        found = self.conn.execute(sql, [*args, limit + 1]).fetchall()
+        traces = [_summary(row) for row in found[:limit]]
+        more = len(found) > limit
+        last = traces[-1] if traces and more else None
+        return TracePage(traces, (last["start"], last["root_span_id"]) if last else None)
+
+    def trace_skeleton(self, root_span_id: str) -> dict | None:
+        self._require_summaries()
+        found = self.conn.execute(
+            "SELECT container, id, span_id, parents, name, type, start, end, has_error "
+            "FROM rows WHERE root_span_id = ? ORDER BY start, rowid", (root_span_id,)).fetchall()
+        if not found:
+            return None
+        # One trace, one container: the root's (a root_span_id shared across containers
+        # would be a coincidence of imported ids).
+        container = next((r[0] for r in found if r[2] == root_span_id), found[0][0])
+        loads = json.loads
+        spans = [{"row_id": row_id, "span_id": span_id,
+                  "parents": loads(parents) if parents else [], "name": name, "type": kind,
+                  "start": start, "end": end, "error": bool(has_error), "running": end is None}
+                 for c, row_id, span_id, parents, name, kind, start, end, has_error in found
+                 if c == container]
+        return {"root_span_id": root_span_id, "container": self._describe(container),
+                "spans": spans}
+
+    def _describe(self, container: str) -> dict:
+        c = self.conn.execute("SELECT kind, project_name, experiment_id, experiment_name FROM "
+                              "containers WHERE id = ?", (container,)).fetchone()
+        if c is None:
+            return {"kind": None, "project": None, "experiment_id": None,
+                    "experiment_name": None}
+        return {"kind": c[0], "project": c[1], "experiment_id": c[2], "experiment_name": c[3]}
+
+    def span_row(self, root_span_id: str, span_id: str) -> dict | None:
+        self._require_summaries()
+        found = self.conn.execute(
+            "SELECT r.data, c.project_name, c.experiment_name FROM rows r LEFT JOIN containers c"
+            " ON c.id = r.container WHERE r.root_span_id = ? AND r.span_id = ? "
+            "ORDER BY r.rowid LIMIT 1", (root_span_id, span_id)).fetchone()
+        if found is None:
+            return None
+        row = load_row(found[0])
+        row["project_name"] = found[1]
+        if found[2] is not None:
+            row["experiment_name"] = found[2]
+        return row
+
+    def _score_means(self, container: str) -> dict[str, float]:
+        sums: dict[str, list[float]] = {}
+        for (text,) in self.conn.execute(
+                "SELECT score_sums FROM traces WHERE container = ? AND score_sums IS NOT NULL",
+                (container,)):
+            for name, (total, count) in json.loads(text).items():
+                acc = sums.setdefault(name, [0.0, 0])
+                acc[0] += total
+                acc[1] += count
+        return score_means(sums)
+
+    def experiments(self, project: str) -> list[dict] | None:
+        self._require_summaries()
+        found = self.conn.execute(
+            "SELECT id, experiment_id, experiment_name, created, kind FROM containers WHERE "
+            "project_name = ? ORDER BY created DESC", (project,)).fetchall()
+        if not found:
+            return None
+        out = []
+        for container, experiment_id, name, created, kind in found:
+            if kind != "experiment":
+                continue
+            traces, spans = self.conn.execute(
+                "SELECT count(*), coalesce(sum(spans), 0) FROM traces WHERE container = ?",
+                (container,)).fetchone()
+            out.append({"id": experiment_id, "name": name, "created": created,
+                        "traces": traces, "spans": spans,
+                        "scores": self._score_means(container)})
+        return out
+
+    def compare_experiments(self, a: str, b: str) -> dict | None:
+        self._require_summaries()
+        sides = []
+        for experiment_id in (a, b):
+            found = self.conn.execute(
+                "SELECT id, experiment_id, experiment_name, project_name FROM containers "
+                "WHERE kind = 'experiment' AND experiment_id = ?", (experiment_id,)).fetchone()
+            if found is None:
+                return None
+            container, eid, name, project = found
+            roots = []
+            for root, tname, scores, data in self.conn.execute(
+                    "SELECT t.root_span_id, t.name, t.scores, r.data FROM traces t LEFT JOIN "
+                    "rows r ON r.container = t.container AND r.id = t.row_id WHERE "
+                    "t.container = ? ORDER BY t.start, t.root_span_id", (container,)):
+                row = load_row(data) if data is not None else {}
+                roots.append({"root_span_id": root, "name": tname, "input": row.get("input"),
+                              "output": row.get("output"),
+                              "scores": json.loads(scores) if scores else {}})
+            sides.append(({"id": eid, "name": name, "project": project}, roots,
+                          self._score_means(container)))
+        (a_info, a_rows, a_scores), (b_info, b_rows, b_scores) = sides
+        return compare(a_info, b_info, a_rows, b_rows, a_scores, b_scores)
+
+
+SUMMARIES_VERSION = 2  # the schema version that has the trace server's tables
+
+_SUMMARY_COLUMNS = ("t.root_span_id, t.row_id, t.name, t.type, t.start, t.end, t.spans, "
+                    "t.errors, t.scores, t.tokens")
+
+# Traces with a span whose input or output matches: the matching rows found once (the text
+# index), their traces looked up among them.
+_TEXT_MATCH = ("(t.container, t.root_span_id) IN (SELECT r.container, r.root_span_id FROM "
+               "rows_fts f JOIN rows r ON r.rowid = f.rowid WHERE rows_fts MATCH ?)")
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,100}")
+
+
+def _json_value(column: str, key: str, args: list[object]) -> str:
+    """SQL for the value of a top-level key of a JSON object column (None if absent); the key
+    goes into ``args``."""
+    if _PLAIN_KEY.fullmatch(key):  # a JSON path; any other key through json_each
+        args.append(f'$."{key}"')
+        return f"json_extract({column}, ?)"
+    args.append(key)
+    return f"(SELECT value FROM json_each({column}) WHERE key = ?)"
+
+
+def _summary(found: tuple) -> dict:
+    root, row_id, name, kind, start, end, spans, errors, scores, tokens = found
+    return {"root_span_id": root, "row_id": row_id, "name": name, "type": kind,
+            "start": start, "end": end,
+            "duration": end - start if end is not None and row_id is not None else None,
+            "spans": spans, "errors": errors, "running": end is None,
+            "scores": json.loads(scores) if scores else {}, "tokens": tokens or None}
 
 
 def lookup_attachments(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
