@@ -113,7 +113,8 @@ def main() -> None:
             shoot(page, args.out, "projects")
 
             page.goto(f"/p/{workload.PROJECT}/logs")
-            expect(page.get_by_role("table", name="Traces").locator("tbody tr").first).to_be_visible()
+            traces = page.get_by_role("table", name="Traces")
+            expect(traces.locator("tbody tr").first).to_be_visible()
             shoot(page, args.out, "logs")
 
             page.goto("/p/demo/logs")

@@ -28,11 +28,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx  # noqa: E402
+from common import child_env  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-
-from scripts.bench.common import child_env  # noqa: E402
 
 CLI = [sys.executable, "-m", "workers.cli"]
 
@@ -107,16 +107,20 @@ def main() -> None:
         server.terminate()
         server.wait(10)
 
-    print("| trace | skeleton fetched | tree drawn, interactive | End → last span selected | skeleton JSON |")
+    print("| trace | skeleton fetched | tree drawn, interactive | End → last span selected "
+          "| skeleton JSON |")
     print("|---|---|---|---|---|")
     for n, rows in results.items():
-        def cell(key: str) -> str:
-            values = sorted(r[key] for r in rows if r[key] is not None)
-            return (f"{statistics.median(values) / 1000:.2f} s "
-                    f"({values[0] / 1000:.2f}–{values[-1] / 1000:.2f})")
         size = rows[0]["bytes"]
-        print(f"| {n:,} spans | {cell('skeleton')} | {cell('open')} | {cell('last')} | "
-              f"{size / 1e6:.1f} MB |" if size else "")
+        print(f"| {n:,} spans | {cell(rows, 'skeleton')} | {cell(rows, 'open')} | "
+              f"{cell(rows, 'last')} | {size / 1e6:.1f} MB |" if size else "")
+
+
+def cell(rows: list[dict], key: str) -> str:
+    """The median of ``key`` over the runs (ms in, seconds out), and its range."""
+    values = sorted(r[key] for r in rows if r[key] is not None)
+    return (f"{statistics.median(values) / 1000:.2f} s "
+            f"({values[0] / 1000:.2f}–{values[-1] / 1000:.2f})")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import CLI, Service, clean_env, python_command
-from ..helpers import free_port, poll
+from ..conftest import CLI, Service, clean_env, free_port, python_command
+from ..helpers import poll
 from . import workload
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,15 +53,27 @@ def chromium() -> str:
     return path
 
 
-def run_program(program: Any, *args: Any, allow_kill: bool = False,
-                app_url: str | None = None) -> dict:
+def run_program(program: Any, *args: Any, app_url: str | None = None) -> dict:
     """Run a workload program in a fresh interpreter; its printed JSON."""
     env = clean_env(**({"TRACER_APP_URL": app_url} if app_url else {}))
     proc = subprocess.run(python_command(program, *args), env=env, capture_output=True,
                           text=True, timeout=180)
-    if proc.returncode != 0 and not (allow_kill and proc.returncode == -9):
+    if proc.returncode != 0:
         pytest.fail(f"{program.__name__} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_running_trace(store: str) -> tuple[subprocess.Popen, str]:
+    """``workload.write_running_trace`` in a fresh interpreter, left running (its span too)
+    until its standard input is closed; the process and the span's root span id."""
+    proc = subprocess.Popen(python_command(workload.write_running_trace, store), env=clean_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        pytest.fail("write_running_trace printed nothing")
+    return proc, json.loads(line)["root"]
 
 
 @dataclass
@@ -78,7 +90,7 @@ def viewer_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def demo_store(tmp_path_factory, viewer_port) -> DemoStore:
+def demo_store(tmp_path_factory, viewer_port) -> Iterator[DemoStore]:
     """A store holding what the viewer must show (tests/viewer/workload.py): project
     viewer-demo (llm chat, images, attachments, an error, XSS payloads, a large output, a span
     with two parents, a running span, an experiment pair) and a 10,000-span trace in
@@ -86,9 +98,16 @@ def demo_store(tmp_path_factory, viewer_port) -> DemoStore:
     path = str(tmp_path_factory.mktemp("viewer") / "traces.db")
     made = run_program(workload.write_demo_store, path,
                        app_url=f"http://127.0.0.1:{viewer_port}")
-    made["running"] = run_program(workload.write_running_trace, path, allow_kill=True)["root"]
     made["big"] = run_program(workload.write_big_trace, path, 10_000)
-    return DemoStore(path, made)
+    running, made["running"] = start_running_trace(path)
+    yield DemoStore(path, made)
+    assert running.stdin is not None
+    running.stdin.close()
+    try:
+        running.wait(30)
+    except subprocess.TimeoutExpired:
+        running.kill()
+        running.wait()
 
 
 def serve_command(store: str, port: int, *args: str, host: str = "127.0.0.1") -> list[str]:

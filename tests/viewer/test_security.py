@@ -10,8 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from ..conftest import clean_env
-from ..helpers import free_port
+from ..conftest import clean_env, free_port
 from .conftest import Server, serve_command
 
 KEY = "s3cret-viewer-key"

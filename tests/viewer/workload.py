@@ -12,8 +12,6 @@ import base64
 import io
 import json
 import math
-import os
-import signal
 import struct
 import wave
 import zlib
@@ -186,8 +184,10 @@ def multi_parent_trace() -> str:
 
 
 def write_running_trace(store: str) -> None:
-    """A span left running: flushed, never ended, its process killed (as a crash leaves it).
-    Prints its root span id, then dies of SIGKILL."""
+    """A span still running: flushed, not ended. Prints its root span id, then waits until its
+    standard input closes (the caller keeps it running while the viewer looks)."""
+    import sys
+
     tracer.init_logger(PROJECT, store=store)
     span = tracer.start_span("still running", type="task", input="a long task")
     with span.start_span("step 1", type="function") as step:
@@ -195,7 +195,8 @@ def write_running_trace(store: str) -> None:
     span.log(metadata={"progress": 0.4})
     tracer.flush()
     print(json.dumps({"root": span.root_span_id}), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.read()
+    span.end()
 
 
 def experiments() -> dict:
@@ -207,13 +208,15 @@ def experiments() -> dict:
     for name, rows in (("baseline", rows_a), ("candidate", rows_b)):
         exp = tracer.init(PROJECT, name, set_current=False)
         for question, value in rows.items():
-            with exp.start_span("eval", input=question, expected="?") as root:
+            # Rows only one side has get names of their own: not matched by input nor by name.
+            span_name = question.replace(" ", "-") if question.startswith("only") else "eval"
+            with exp.start_span(span_name, input=question, expected="?") as root:
                 with root.start_span("model", type="llm",
                                      input=[{"role": "user", "content": question}]) as llm:
                     llm.log(output=f"answer to {question}",
                             metrics={"prompt_tokens": 5, "completion_tokens": 3, "tokens": 8})
                 root.log(output=f"answer to {question}", scores={"correct": value})
-        made[name] = {"id": exp.id, "permalink": root.permalink(),
+        made[name] = {"id": exp.id, "permalink": root.permalink(),  # the last row's
                       "root_span_id": root.root_span_id}
         exp.flush()
     return made
@@ -229,11 +232,11 @@ def write_demo_store(store: str) -> None:
     made["xss"] = xss_trace()
     made["large"] = large_trace()
     made["multi_parent"] = multi_parent_trace()
-    with tracer.start_span("permalink target", type="task") as span:
-        with span.start_span("lookup", type="function", input="Paris") as child:
-            child.log(output="found")
-            made["permalink"] = child.permalink()
-            made["permalink_span"] = child.span_id
+    with tracer.start_span("permalink target", type="task") as span, \
+            span.start_span("lookup", type="function", input="Paris") as child:
+        child.log(output="found")
+        made["permalink"] = child.permalink()
+        made["permalink_span"] = child.span_id
     made["experiments"] = experiments()
     tracer.flush()
     print(json.dumps(made))

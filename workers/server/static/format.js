@@ -44,7 +44,7 @@ export function number(n) {
 /** A score in [0, 1] as a percentage. */
 export function score(value) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "–";
-  return `${(value * 100).toFixed(value === 0 || value === 1 ? 0 : 1)}%`;
+  return `${Number((value * 100).toFixed(1))}%`;
 }
 
 /** A signed difference of scores, in percentage points. */

@@ -6,7 +6,8 @@ import { h, notice } from "./dom.js";
 import * as fmt from "./format.js";
 import { crumbs, title } from "./pages.js";
 
-const MAIN_COUNTERS = ["received", "committed", "dropped", "queue_depth", "senders"];
+const MAIN_COUNTERS = ["rows_committed", "records", "batches_committed", "queue_depth",
+  "senders_seen", "live_senders", "attachments_stored"];
 
 export function statusPage(main) {
   crumbs(["Status"]);
@@ -35,27 +36,38 @@ export function statusPage(main) {
 
 function when(value) {
   if (value === null || value === undefined) return "";
-  return typeof value === "number" ? fmt.time(value) : String(value);
+  if (typeof value === "number") return fmt.time(value);
+  const t = Date.parse(String(value));
+  return Number.isFinite(t) ? fmt.time(t / 1000) : String(value);
 }
 
 function runsView(runs) {
   return h("div", { class: "runs" }, runs.map((run) => {
-    const c = run.counters || {};
+    // The run's snapshot: its counters (nested under "counters") beside queue and process facts.
+    const snapshot = run.counters || {};
+    const c = {};
+    for (const [k, v] of Object.entries(snapshot)) {
+      if (k === "counters" && v && typeof v === "object") Object.assign(c, v);
+      else if (!["run_id", "pid", "host", "endpoint", "store"].includes(k)) c[k] = v;
+    }
     const state = run.ended ? `ended ${when(run.ended)}` : "running (or stopped without recording its end)";
+    const where = snapshot.store;
     const main = MAIN_COUNTERS.filter((k) => c[k] !== undefined);
-    const dropped = Object.entries(c).filter(([k, v]) => k.startsWith("dropped") && v);
+    const dropped = Object.entries(c).filter(([k, v]) => /dropped|failed|rejected/.test(k) &&
+      v && (typeof v !== "object" || Object.keys(v).length));
     return h("article", { class: "run", "aria-label": `run ${run.run_id}` },
       h("h2", {}, h("span", { text: `Run ${String(run.run_id).slice(0, 12)}` }),
         h("span", { class: `badge ${run.ended ? "" : "badge-running"}`, text: run.ended ? "ended" : "live" })),
       h("dl", { class: "facts inline" },
         [["pid", run.pid], ["host", run.host], ["endpoint", run.endpoint],
-          ["started", when(run.started)], ["updated", when(run.updated)], ["state", state]]
+          ["store", where], ["started", when(run.started)], ["updated", when(run.updated)],
+          ["state", state]]
           .filter(([, v]) => v !== undefined && v !== null && v !== "")
           .map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: String(v) })))),
       main.length ? h("div", { class: "counter-cards" }, main.map((k) =>
         h("div", { class: "counter-card" }, h("span", { class: "counter-value", text: fmt.number(typeof c[k] === "number" ? c[k] : JSON.stringify(c[k])) }),
           h("span", { class: "counter-name", text: k })))) : null,
-      dropped.length ? notice(`Dropped: ${dropped.map(([k, v]) => `${k} ${v}`).join(", ")}`, "warn") : null,
+      dropped.length ? notice(`Dropped: ${dropped.map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")}`, "warn") : null,
       h("details", { class: "all-counters" }, h("summary", { text: `All counters (${Object.keys(c).length})` }),
         h("table", { class: "kv" }, h("tbody", {}, Object.entries(c).map(([k, v]) =>
           h("tr", {}, h("th", { scope: "row", text: k }),
