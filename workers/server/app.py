@@ -53,6 +53,15 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# An attachment may be framed by the viewer's own pages (a PDF previewed in an <object>), by
+# nothing else; it still carries the `sandbox` policy api.attachment adds.
+ATTACHMENT_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", CSP.replace("frame-ancestors 'none'",
+                                             "frame-ancestors 'self'").encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"referrer-policy", b"no-referrer"),
+]
 COOKIE = "tracer_session"
 LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "[::1]", "::1"))
 MAX_LOGIN_BODY = 4096
@@ -137,7 +146,9 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
-                for name, value in SECURITY_HEADERS:
+                extra = (ATTACHMENT_HEADERS if scope["path"].startswith("/api/attachments/")
+                         else SECURITY_HEADERS)
+                for name, value in extra:
                     if name == b"content-security-policy" or name not in names:
                         headers.append((name, value))
                 if scope["path"].startswith("/api/") and b"cache-control" not in names:
@@ -262,6 +273,11 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if (exc.status_code == 404 and request.method in ("GET", "HEAD")
+                and not request.url.path.startswith(("/api/", "/static/"))):
+            # A page that does not exist: the viewer says so (its own "not found" page).
+            return FileResponse(os.path.join(STATIC_DIR, "index.html"), status_code=404,
+                                headers={"Cache-Control": "no-cache"})
         response = api.error(exc.status_code, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
