@@ -48,16 +48,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(program: Callable[..., Any], *args: Any, app_url: str, allow_kill: bool = False) -> dict:
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-            "from tests.viewer import workload; "
-            "getattr(workload, sys.argv[2])(*json.loads(sys.argv[3]))")
-    proc = subprocess.run([sys.executable, "-c", code, ROOT, program.__name__, json.dumps(args)],
+CODE = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from tests.viewer import workload; "
+        "getattr(workload, sys.argv[2])(*json.loads(sys.argv[3]))")
+
+
+def run(program: Callable[..., Any], *args: Any, app_url: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CODE, ROOT, program.__name__, json.dumps(args)],
                           env=env(TRACER_APP_URL=app_url), capture_output=True, text=True,
                           timeout=300)
-    if proc.returncode != 0 and not (allow_kill and proc.returncode == -9):
+    if proc.returncode != 0:
         sys.exit(f"{program.__name__} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_running(store: str) -> subprocess.Popen:
+    """A trace left running while the screenshots are taken (its span ends when stdin closes)."""
+    proc = subprocess.Popen([sys.executable, "-c", CODE, ROOT, "write_running_trace",
+                             json.dumps([store])], env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
 
 
 def serve(store: str, port: int, *args: str) -> subprocess.Popen:
@@ -96,7 +108,7 @@ def main() -> None:
     subprocess.run([*CLI, "demo", "--store", store], env=env(), check=True,
                    capture_output=True, timeout=300)
     made = run(workload.write_demo_store, store, app_url=base)
-    run(workload.write_running_trace, store, app_url=base, allow_kill=True)
+    running = start_running(store)
     server = serve(store, port)
     keyed_port = free_port()
     keyed = serve(store, keyed_port, "--api-key", KEY)
@@ -118,7 +130,8 @@ def main() -> None:
             shoot(page, args.out, "logs")
 
             page.goto("/p/demo/logs")
-            page.get_by_role("link", name="demo", exact=True).first.click()
+            traces = page.get_by_role("table", name="Traces")
+            traces.get_by_role("link", name="demo", exact=True).click()
             tree = page.get_by_role("tree", name="Span tree")
             tree.get_by_role("treeitem", name="fake LLM").first.click()
             tree.get_by_role("treeitem", name="process_document").nth(4).click()
@@ -134,6 +147,7 @@ def main() -> None:
 
             page.goto(made["media_permalink"].replace(base, ""))
             expect(page.get_by_label("attachment chart.png").get_by_role("img")).to_be_visible()
+            page.wait_for_function("() => [...document.images].every(i => i.complete)")
             page.get_by_role("complementary", name="Span details").get_by_role(
                 "region", name="Attachments (4)").scroll_into_view_if_needed()
             shoot(page, args.out, "attachments")
@@ -160,6 +174,9 @@ def main() -> None:
         for proc in (server, keyed):
             proc.terminate()
             proc.wait(10)
+        if running.stdin:
+            running.stdin.close()
+        running.wait(30)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_image_attachment_previews_inline_with_a_download_link(page, viewer):
     chart = attachments.get_by_label("attachment chart.png")
     image = chart.get_by_role("img", name="chart.png")
     expect(image).to_be_visible()
-    page.wait_for_function("img => img.complete && img.naturalWidth === 48",
+    page.wait_for_function("img => img.complete && img.naturalWidth === 160",
                            arg=image.element_handle())
     download = chart.get_by_role("link", name="Download chart.png")
     with page.expect_download() as info:

@@ -73,3 +73,10 @@ def test_login_with_a_wrong_key_is_refused(browser, keyed):
     expect(page.get_by_label("API key")).to_be_visible()
     expect(page.get_by_role("table", name="Projects")).to_have_count(0)
     context.close()
+
+
+def test_only_the_login_form_and_its_style_sheet_are_served_without_the_key(keyed):
+    assert httpx.get(f"{keyed.url}/login", timeout=10).status_code == 200
+    assert httpx.get(f"{keyed.url}/static/login.css", timeout=10).status_code == 200
+    assert httpx.get(f"{keyed.url}/static/app.js", timeout=10).status_code == 401
+    assert httpx.get(f"{keyed.url}/static/style.css", timeout=10).status_code == 401

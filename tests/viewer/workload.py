@@ -83,8 +83,8 @@ def wav(seconds: float = 0.4, hz: float = 440.0) -> bytes:
     return buf.getvalue()
 
 
-def data_url() -> str:
-    return "data:image/png;base64," + base64.b64encode(png(20, 20, (27, 127, 59))).decode()
+def data_url(width: int = 20, height: int = 20) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(width, height, (27, 127, 59))).decode()
 
 
 @tracer.traced(type="function")
@@ -102,7 +102,7 @@ def chat_completion(question: str, docs: list[str]) -> str:
         {"role": "system", "content": "You answer with the documents given."},
         {"role": "user", "content": [
             {"type": "text", "text": f"{question}\n\nDocuments:\n" + "\n".join(docs)},
-            {"type": "image_url", "image_url": {"url": IMAGE_URL}},
+            {"type": "image_url", "image_url": {"url": data_url(120, 72)}},
         ]},
     ]
     with tracer.start_span("Chat Completion", type="llm", input=messages,
@@ -149,7 +149,7 @@ def media_trace() -> str:
     with tracer.start_span("describe image", type="task", input={
         "photo": IMAGE_URL,
         "thumbnail": data_url(),
-        "chart": tracer.Attachment(png(48, 32), filename="chart.png", content_type="image/png"),
+        "chart": tracer.Attachment(png(160, 96), filename="chart.png", content_type="image/png"),
         "report": tracer.Attachment(pdf(), filename="report.pdf", content_type="application/pdf"),
         "voice": tracer.Attachment(wav(), filename="voice.wav", content_type="audio/wav"),
         "source": tracer.ExternalAttachment(url="https://example.com/files/original.tiff",

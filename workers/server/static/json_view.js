@@ -4,8 +4,7 @@
 
 import { h } from "./dom.js";
 import {
-  attachmentView, externalAttachmentView, inlineImage, isAttachment, isExternalAttachment,
-  isImageString,
+  attachmentChip, inlineImage, isAttachment, isExternalAttachment, isImageString,
 } from "./media.js";
 
 const OPEN_DEPTH = 2; // opened by default down to this depth...
@@ -43,7 +42,7 @@ function node(key, value, ctx, underImageUrl) {
   }
   if (isAttachment(value) || isExternalAttachment(value)) {
     return h("div", { class: "jv-leaf" }, label, label ? ": " : null,
-      isAttachment(value) ? attachmentView(value) : externalAttachmentView(value));
+      attachmentChip(value));
   }
   const isArray = Array.isArray(value);
   const keys = isArray ? null : Object.keys(value);

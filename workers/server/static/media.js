@@ -112,6 +112,24 @@ export function externalAttachmentView(ref) {
       h("span", { class: "attachment-kind", text: "external" })));
 }
 
+/** An attachment reference where it sits in a value: a compact chip (name, type, download or
+ * link out); the previews are in the span's Attachments section. */
+export function attachmentChip(ref) {
+  const external = isExternalAttachment(ref);
+  const name = String(ref.filename || ref.key || ref.url);
+  const url = external ? safeHttpUrl(ref.url) : attachmentUrl(ref.key, true);
+  const chip = h("span", { class: "attachment-chip" },
+    h("span", { class: "attachment-kind", text: external ? "external attachment" : "attachment" }),
+    h("span", { class: "attachment-name", text: name }),
+    ref.content_type ? h("span", { class: "attachment-type", text: String(ref.content_type) }) : null);
+  if (url) {
+    chip.append(external
+      ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer", "aria-label": `Open ${name}` }, glyph("external"))
+      : h("a", { href: url, download: name, "aria-label": `Download ${name} (inline)` }, glyph("download")));
+  }
+  return chip;
+}
+
 /** Every attachment reference in a value (any depth), in order. */
 export function findAttachments(value, found = [], depth = 0) {
   if (depth > 64 || value === null || typeof value !== "object") return found;

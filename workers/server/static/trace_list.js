@@ -71,7 +71,10 @@ export class TraceList {
       scoreName: h("input", { type: "text", name: "score_name", placeholder: "score", size: 10 }),
       scoreOp: h("select", { name: "score_op", "aria-label": "Score comparison" },
         h("option", { value: "gt", text: "above" }), h("option", { value: "lt", text: "below" })),
-      scoreValue: h("input", { type: "number", name: "score_value", step: "any", min: 0, max: 1, placeholder: "0.5", "aria-label": "Score threshold" }),
+      scoreValue: h("input", {
+        type: "number", name: "score_value", step: "any", min: 0, max: 1, placeholder: "0.5",
+        "aria-label": "Score threshold", class: "narrow",
+      }),
       meta: h("input", { type: "text", name: "meta", placeholder: "key=value; key2=value2" }),
       q: h("input", { type: "search", name: "q", placeholder: "text in any input or output" }),
     };
@@ -81,8 +84,9 @@ export class TraceList {
       field("Name", i.name),
       field("Span type", i.type),
       h("label", { class: "filter filter-check" }, i.errors, h("span", { text: "Errors only" })),
-      h("fieldset", { class: "filter score-filter" }, h("legend", { text: "Score" }),
-        h("label", {}, h("span", { class: "sr-only", text: "Score name" }), i.scoreName), i.scoreOp, i.scoreValue),
+      h("div", { class: "filter", role: "group", "aria-label": "Score" }, h("span", { text: "Score" }),
+        h("span", { class: "score-filter" },
+          h("label", {}, h("span", { class: "sr-only", text: "Score name" }), i.scoreName), i.scoreOp, i.scoreValue)),
       field("Metadata", i.meta),
       field("Since", i.since),
       field("Until", i.until),
