@@ -43,11 +43,12 @@ from .base import (
 )
 from .compare import compare, score_means
 
-_COLUMNS = "container, id, span_id, root_span_id, name, type, start, end, has_error, created, " \
-           "updated, data, parents"
-_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_COLUMNS = "rowid, container, id, span_id, root_span_id, name, type, start, end, has_error, " \
+           "created, updated, data, parents"
+_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
-# RETURNING gives each row's rowid, which the text index is keyed by (``workers.store.summary``).
+# A new row gets the rowid the writer gives it (the text index is keyed by rowid: so it knows a
+# new row's without asking); a row already stored keeps its own.
 UPSERT = f"""
 INSERT INTO rows ({_COLUMNS}) VALUES {_VALUES}
 ON CONFLICT (container, id) DO UPDATE SET
@@ -61,13 +62,12 @@ ON CONFLICT (container, id) DO UPDATE SET
     has_error = max(rows.has_error, excluded.has_error),
     updated = excluded.updated,
     parents = coalesce(excluded.parents, rows.parents)
-RETURNING container, id, rowid
 """
 
 # Rows per INSERT statement. sqlite3 lets go of the GIL for each step of a statement: with one
 # row per step (executemany), the uploader took the GIL back from the receiving thread once per
-# row. 76 rows x 13 values stay under SQLite's oldest limit on variables (999).
-ROWS_PER_STATEMENT = 76
+# row. 71 rows x 14 values stay under SQLite's oldest limit on variables (999).
+ROWS_PER_STATEMENT = 71
 _UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split(f"VALUES {_VALUES}")
 _upserts: dict[int, str] = {}
 
@@ -233,15 +233,19 @@ class SQLiteWriter(StoreWriter):
         conn.execute("BEGIN IMMEDIATE")
         try:
             added = self._add_containers(conn, batch)
-            rows = [_columns(p.key, p.row, now, created) for p in batch]
+            # The rowids new rows get: past every row stored (this transaction holds the
+            # write lock); the first write of a key in the batch inserts it, if anything does.
+            first = (conn.execute("SELECT max(rowid) FROM rows").fetchone()[0] or 0) + 1
             rowids: dict[Key, int] = {}
+            for p in batch:
+                rowids.setdefault(p.key, first + len(rowids))
+            rows = [_columns(rowids[p.key], p.key, p.row, now, created) for p in batch]
             self._merges.seen.clear()
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[i:i + ROWS_PER_STATEMENT]
-                for container, row_id, rowid in conn.execute(
-                        _upsert(len(chunk)), [value for row in chunk for value in row]):
-                    rowids[(container, row_id)] = rowid
-            summary.apply(conn, self._changes(batch, rowids), now)
+                conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
+            sizes = {row[1:3]: len(row[12]) for row in rows}
+            summary.apply(conn, self._changes(conn, batch, rowids, sizes), now)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -254,11 +258,12 @@ class SQLiteWriter(StoreWriter):
             self._merges.seen.clear()
         self._known_containers.update(added)  # only once they are committed
 
-    def _changes(self, batch: Sequence[RowUpdate], rowids: dict[Key, int]
-                 ) -> list[summary.Change]:
+    def _changes(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate],
+                 rowids: dict[Key, int], sizes: dict[Key, int]) -> list[summary.Change]:
         """Each key's change over the batch, for the summaries and the text index: the upsert
         merged into the rows that were stored (``_Merges``) and inserted the others (a key
-        written n times was new if it was merged into n - 1 times)."""
+        written n times was new if it was merged into n - 1 times), with the rowid it was
+        given; a row stored before keeps its own, looked up if its text changed."""
         counts: dict[Key, list] = {}  # key -> [occurrences, last partial row, wrote text]
         for p in batch:
             entry = counts.get(p.key)
@@ -273,12 +278,21 @@ class SQLiteWriter(StoreWriter):
         seen = self._merges.seen
         for key, (occurrences, row, text) in counts.items():
             merged = seen.get(key)
+            rowid: int | None = rowids[key]
+            size: int | None = None
             if merged is None:
                 before, after = None, row
+                size = sizes.get(key)
             else:
                 before = merged[0] if merged[2] == occurrences else None
                 after = merged[1]
-            changes.append(summary.Change(key[0], key[1], before, after, rowids.get(key), text))
+                if before is not None:  # stored before the batch: its own rowid
+                    rowid = None
+                    if text:
+                        found = conn.execute("SELECT rowid FROM rows WHERE container = ? AND "
+                                             "id = ?", key).fetchone()
+                        rowid = found[0] if found else None
+            changes.append(summary.Change(key[0], key[1], before, after, rowid, text, size))
         return changes
 
     def _add_containers(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate]) -> set[str]:
@@ -397,10 +411,10 @@ def _no_space_left(path: str) -> bool:
         return False
 
 
-def _columns(key: Key, row: dict, now: float, created: str) -> tuple:
+def _columns(rowid: int, key: Key, row: dict, now: float, created: str) -> tuple:
     attrs = row.get("span_attributes") or {}
     metrics = row.get("metrics") or {}
-    return (key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
+    return (rowid, key[0], key[1], row.get("span_id"), row.get("root_span_id"), attrs.get("name"),
             attrs.get("type"), _number(metrics.get("start")), _number(metrics.get("end")),
             1 if row.get("error") else 0, row.setdefault("created", created), now, pack_row(row),
             summary.parents_text(row))

@@ -41,6 +41,8 @@ OTHER_TYPE_BIT = 1 << 40  # a type this table does not know (imported rows may h
 TEXT_BOUND = 2000  # characters of a span's input, and of its output, that search sees
 META_VALUE_BOUND = 200  # characters of a root metadata value kept for ``meta=`` filters
 META_KEYS_BOUND = 50  # top-level metadata keys kept per root
+SMALL = 16 * 1024  # bytes of a packed row under which its input and output are indexed as JSON
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)  # one encoder: json.dumps makes one
 
 TRACES = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -61,26 +63,32 @@ CREATE TABLE IF NOT EXISTS traces (
     PRIMARY KEY (container, root_span_id)
 ) WITHOUT ROWID"""
 
+# detail=none: the index keeps which rows hold a word, not where (no phrase queries, which
+# search does not make): about half the cost of indexing a row with positions.
 FTS = ("CREATE VIRTUAL TABLE IF NOT EXISTS rows_fts USING fts5(text, "
-       "tokenize = 'unicode61 remove_diacritics 2')")
+       "tokenize = 'unicode61 remove_diacritics 2', detail = none)")
 
 # A missing start never lowers ``start``: the writer passes the batch's time instead, which is
-# later than any start already stored.
+# later than any start already stored. The root's columns come with its row (``row_id`` set):
+# the whole root row is at hand then, so they are replaced, not merged.
 _ADD = """
-INSERT INTO traces (container, root_span_id, start, spans, errors, tokens, types)
-VALUES (?,?,?,?,?,?,?)
+INSERT INTO traces (container, root_span_id, start, spans, errors, tokens, types, row_id, name,
+                    type, end, metadata)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT (container, root_span_id) DO UPDATE SET
     start = min(traces.start, excluded.start),
     spans = traces.spans + excluded.spans,
     errors = traces.errors + excluded.errors,
     tokens = traces.tokens + excluded.tokens,
-    types = traces.types | excluded.types
+    types = traces.types | excluded.types,
+    row_id = coalesce(excluded.row_id, traces.row_id),
+    name = iif(excluded.row_id IS NULL, traces.name, excluded.name),
+    type = iif(excluded.row_id IS NULL, traces.type, excluded.type),
+    end = iif(excluded.row_id IS NULL, traces.end, excluded.end),
+    metadata = iif(excluded.row_id IS NULL, traces.metadata, excluded.metadata)
 """
 
-_ROOT = """
-UPDATE traces SET row_id = ?, name = ?, type = ?, end = ?, metadata = ?
-WHERE container = ? AND root_span_id = ?
-"""
+_NO_ROOT = (None, None, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -98,24 +106,36 @@ class Part:
 def part(row: dict) -> Part:
     """What ``row`` (a whole row, in the underlying format) adds to its trace's summary."""
     metrics = row.get("metrics")
-    if not isinstance(metrics, dict):
-        metrics = {}
-    tokens = metrics.get("tokens", metrics.get("total_tokens"))
+    start = tokens = None
+    if type(metrics) is dict:
+        start = _float(metrics.get("start"))
+        tokens = _float(metrics.get("tokens", metrics.get("total_tokens")))
     attrs = row.get("span_attributes")
-    kind = attrs.get("type") if isinstance(attrs, dict) else None
+    kind = attrs.get("type") if type(attrs) is dict else None
     scores = row.get("scores")
     numeric = None
-    if isinstance(scores, dict) and scores:
-        numeric = {str(k): float(v) for k, v in scores.items() if number(v)} or None
+    if scores and type(scores) is dict:
+        numeric = {str(k): v for k, v in ((k, _float(v)) for k, v in scores.items())
+                   if v is not None} or None
     root = row.get("root_span_id")
     return Part(
-        root=root if isinstance(root, str) else None,
+        root=root if type(root) is str else None,
         error=1 if row.get("error") else 0,
-        tokens=float(tokens) if number(tokens) else 0.0,
-        type_bit=(TYPE_BITS.get(kind, OTHER_TYPE_BIT) if isinstance(kind, str) else 0),
-        start=float(start) if number(start := metrics.get("start")) else None,
+        tokens=tokens or 0.0,
+        type_bit=(TYPE_BITS.get(kind, OTHER_TYPE_BIT) if type(kind) is str else 0),
+        start=start,
         scores=numeric,
     )
+
+
+def _float(value: Any) -> float | None:
+    """A finite int or float (not a bool) as a float; None for anything else."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        return float(value)
+    return None
 
 
 def number(value: Any) -> TypeGuard[int | float]:
@@ -134,6 +154,7 @@ class Change:
     after: dict
     rowid: int | None = None  # the row's rowid (for the text index)
     text_changed: bool = False  # the batch wrote ``input`` or ``output``
+    size: int | None = None  # bytes of ``after`` packed, when known (a new row)
 
 
 @dataclass
@@ -144,6 +165,7 @@ class _Delta:
     types: int = 0
     start: float | None = None
     scores: dict[str, list[float]] = field(default_factory=dict)
+    root: tuple = _NO_ROOT  # (row_id, name, type, end, metadata) of the root row, if written
 
     def add(self, p: Part, sign: int) -> None:
         self.spans += sign
@@ -153,46 +175,52 @@ class _Delta:
             self.types |= p.type_bit
             if p.start is not None and (self.start is None or p.start < self.start):
                 self.start = p.start
-        for name, value in (p.scores or {}).items():
-            acc = self.scores.setdefault(name, [0.0, 0])
-            acc[0] += sign * value
-            acc[1] += sign
+        if p.scores:
+            for name, value in p.scores.items():
+                acc = self.scores.setdefault(name, [0.0, 0])
+                acc[0] += sign * value
+                acc[1] += sign
 
 
 def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> None:
     """Move the summaries and the text index by ``changes``, in the caller's transaction."""
     deltas: dict[tuple[str, str], _Delta] = {}
-    roots: list[tuple] = []
     texts: list[tuple[int, str]] = []
-    gone: list[tuple[int]] = []
+    replaced: list[tuple[int]] = []
     for change in changes:
         after = part(change.after)
         if change.before is not None and change.before.root is not None:
-            deltas.setdefault((change.container, change.before.root), _Delta()).add(
-                change.before, -1)
+            key = (change.container, change.before.root)
+            delta = deltas.get(key)
+            if delta is None:
+                delta = deltas[key] = _Delta()
+            delta.add(change.before, -1)
         if after.root is not None:
-            deltas.setdefault((change.container, after.root), _Delta()).add(after, 1)
+            key = (change.container, after.root)
+            delta = deltas.get(key)
+            if delta is None:
+                delta = deltas[key] = _Delta()
+            delta.add(after, 1)
             if change.after.get("span_id") == after.root:
-                roots.append(root_columns(change.container, change.row_id, change.after))
+                delta.root = root_columns(change.row_id, change.after)
         if change.text_changed and change.rowid is not None:
-            text = search_text(change.after)
+            if change.before is not None:  # its text indexed before, if it had any
+                replaced.append((change.rowid,))
+            text = search_text(change.after, change.size is not None and change.size < SMALL)
             if text:
                 texts.append((change.rowid, text))
-            elif change.before is not None:
-                gone.append((change.rowid,))
     if deltas:
         conn.executemany(_ADD, [
-            (c, r, d.start if d.start is not None else now, d.spans, d.errors, d.tokens, d.types)
+            (c, r, d.start if d.start is not None else now, d.spans, d.errors, d.tokens, d.types,
+             *d.root)
             for (c, r), d in deltas.items()])
         scored = [(key, d.scores) for key, d in deltas.items() if d.scores]
         if scored:
             _add_scores(conn, scored)
-    if roots:
-        conn.executemany(_ROOT, roots)
-    if gone:
-        conn.executemany("DELETE FROM rows_fts WHERE rowid = ?", gone)
+    if replaced:
+        conn.executemany("DELETE FROM rows_fts WHERE rowid = ?", replaced)
     if texts:
-        conn.executemany("INSERT OR REPLACE INTO rows_fts (rowid, text) VALUES (?, ?)", texts)
+        conn.executemany("INSERT INTO rows_fts (rowid, text) VALUES (?, ?)", texts)
 
 
 def _add_scores(conn: sqlite3.Connection,
@@ -216,8 +244,8 @@ def _add_scores(conn: sqlite3.Connection,
                      "root_span_id = ?", updates)
 
 
-def root_columns(container: str, row_id: str, row: dict) -> tuple:
-    """The parameters of ``_ROOT`` for a root row."""
+def root_columns(row_id: str, row: dict) -> tuple:
+    """``(row_id, name, type, end, metadata)`` of a root row, as ``traces`` holds them."""
     attrs = row.get("span_attributes")
     attrs = attrs if isinstance(attrs, dict) else {}
     metrics = row.get("metrics")
@@ -225,7 +253,7 @@ def root_columns(container: str, row_id: str, row: dict) -> tuple:
     name, kind = attrs.get("name"), attrs.get("type")
     return (row_id, name if isinstance(name, str) else None,
             kind if isinstance(kind, str) else None, float(end) if number(end) else None,
-            metadata_text(row.get("metadata")), container, row.get("root_span_id"))
+            metadata_text(row.get("metadata")))
 
 
 def metadata_text(metadata: Any) -> str | None:
@@ -248,17 +276,28 @@ def metadata_text(metadata: Any) -> str | None:
     return json.dumps(kept, ensure_ascii=False) if kept else None
 
 
-def search_text(row: dict) -> str:
+def search_text(row: dict, small: bool = False) -> str:
     """What the text index holds for a row: its input's text, then its output's, each bounded
-    to ``TEXT_BOUND`` characters (strings, numbers and bools; keys are left out)."""
-    parts = []
+    to ``TEXT_BOUND`` characters. A string is its text; another value of a ``small`` row (under
+    ``SMALL`` bytes packed) its JSON (keys too: one C call), and of a larger one its scalar
+    leaves, walked only as far as the bound."""
+    text = ""
     for name in ("input", "output"):
         value = row.get(name)
-        if value is not None:
-            text = value[:TEXT_BOUND] if isinstance(value, str) else _leaves(value, TEXT_BOUND)
-            if text:
-                parts.append(text)
-    return "\n".join(parts)
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is str:
+            value = value[:TEXT_BOUND]
+        elif kind is int or kind is float or kind is bool:
+            value = str(value)
+        elif small:
+            value = _JSON.encode(value)[:TEXT_BOUND]
+        else:
+            value = _leaves(value, TEXT_BOUND)
+        if value:
+            text = f"{text}\n{value}" if text else value
+    return text
 
 
 def _leaves(value: Any, budget: int) -> str:
