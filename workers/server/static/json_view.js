@@ -49,7 +49,7 @@ function node(key, value, ctx, underImageUrl) {
   const size = isArray ? value.length : keys.length;
   const summary = h("summary", {}, label, label ? ": " : null,
     h("span", { class: "jv-brace", text: isArray ? "[" : "{" }),
-    h("span", { class: "jv-count", text: isArray ? `${size} items` : `${size} keys` }),
+    h("span", { class: "jv-count", text: `${size} ${isArray ? (size === 1 ? "item" : "items") : (size === 1 ? "key" : "keys")}` }),
     h("span", { class: "jv-brace", text: isArray ? "]" : "}" }));
   if (size === 0) {
     return h("div", { class: "jv-leaf" }, label, label ? ": " : null,
