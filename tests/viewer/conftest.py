@@ -153,8 +153,11 @@ def viewer(demo_store, viewer_port, tmp_path_factory) -> Iterator[Viewer]:
         yield Viewer(server.url, demo_store.path, demo_store.made)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium) -> Iterator[Any]:
+    """Headless Chromium, for one test module. Not for the session: Playwright's sync API runs
+    an event loop on this thread while it is started, and the tests of other modules that call
+    ``asyncio.run()`` in the same pytest-xdist worker need none to be running."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -75,7 +75,7 @@ function experimentsTable(project, experiments) {
     return h("tr", {},
       h("td", {}, box),
       h("td", {}, link(urls.experiment(project, e.name, names.get(e.name) > 1 ? e.id : null), e.name)),
-      h("td", { title: fmt.iso(e.created), text: typeof e.created === "number" ? fmt.time(e.created) : String(e.created || "") }),
+      h("td", { title: fmt.iso(e.created), text: fmt.when(e.created) }),
       h("td", { class: "num", text: fmt.number(e.traces) }),
       h("td", { class: "num", text: fmt.number(e.spans) }),
       scoreNames.map((s) => h("td", {}, e.scores && e.scores[s] !== undefined ? scoreBar(e.scores[s]) : "–")));

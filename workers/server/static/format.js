@@ -25,6 +25,14 @@ export function time(epoch) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+/** Epoch seconds or an ISO timestamp as local "YYYY-MM-DD HH:MM:SS". */
+export function when(value) {
+  if (value === null || value === undefined || value === "") return "";
+  if (typeof value === "number") return time(value);
+  const t = Date.parse(String(value));
+  return Number.isFinite(t) ? time(t / 1000) : String(value);
+}
+
 /** Epoch seconds (or an ISO string) as an ISO timestamp, for title attributes. */
 export function iso(epoch) {
   if (typeof epoch === "string") return epoch;

@@ -34,12 +34,7 @@ export function statusPage(main) {
   return { destroy: () => { clearTimeout(timer); controller.abort(); } };
 }
 
-function when(value) {
-  if (value === null || value === undefined) return "";
-  if (typeof value === "number") return fmt.time(value);
-  const t = Date.parse(String(value));
-  return Number.isFinite(t) ? fmt.time(t / 1000) : String(value);
-}
+const when = fmt.when;
 
 function runsView(runs) {
   return h("div", { class: "runs" }, runs.map((run) => {
