@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -31,9 +32,9 @@ def experiment(experiment_id: str, name: str, project: str = "p") -> Container:
 
 def span(container: Container, root: str, span_id: str, parents: list[str] | None = None,
          name: str | None = None, type: str = "function", start: float | None = None,
-         end: float | None = None, **fields: object) -> Pending:
+         end: float | None = None, **fields: Any) -> Pending:
     """A partial row of a span, as the aggregator hands it to the writer."""
-    metrics: dict = dict(fields.pop("metrics", None) or {})  # type: ignore[call-overload]
+    metrics: dict = dict(fields.pop("metrics", None) or {})
     if start is not None:
         metrics["start"] = start
     if end is not None:
@@ -48,7 +49,7 @@ def span(container: Container, root: str, span_id: str, parents: list[str] | Non
 
 
 def trace(container: Container, start: float, children: int = 2, name: str = "root",
-          **root_fields: object) -> tuple[str, list[Pending]]:
+          **root_fields: Any) -> tuple[str, list[Pending]]:
     """A finished trace: a root and ``children`` child spans; returns its root id and rows."""
     root = f"t{next(_ids):06d}"
     rows = [span(container, root, root, name=name, type="task", start=start, end=start + 5,
@@ -295,11 +296,35 @@ def test_text_search_finds_words_in_any_spans_input_or_output(store):
 
     assert search("penguins") == [root]
     assert search("galapagos antarctica") == [root]  # every word, accents folded
-    assert search("pengu") == [root]  # the last word is a prefix
+    assert search("pengu") == []  # whole words
     assert search("unrelated") == [other]
     assert search("penguins unrelated") == []
     assert search("penguins OR unrelated") == []  # FTS5 syntax is words like any other
     assert search('" ( * : ^') == [other, root]  # no word at all: no filter
+
+
+def test_a_common_word_is_searched_chunk_by_chunk_with_the_same_answer(store, monkeypatch):
+    made = []
+    for i in range(9):
+        root, rows = trace(logs(), T0 + i, input="common" if i % 3 else "common rare")
+        store.write(rows)
+        made.append(root)
+    every = roots(store, filters=TraceFilter(text="common"))
+    rare = roots(store, filters=TraceFilter(text="common rare"))
+    # Every word is common now: each page is found a chunk of two traces at a time.
+    monkeypatch.setattr("workers.store.sqlite.TEXT_SET_BOUND", 0)
+    monkeypatch.setattr("workers.store.sqlite.TEXT_CHUNK", 2)
+
+    assert roots(store, filters=TraceFilter(text="common")) == every == made[::-1]
+    with_rare = [made[6], made[3], made[0]]
+    assert roots(store, filters=TraceFilter(text="common rare")) == rare == with_rare
+    with store.reader() as reader:
+        page = reader.trace_summaries(project="p", filters=TraceFilter(text="rare"), limit=2)
+        assert page is not None and page.next is not None
+        rest = reader.trace_summaries(project="p", filters=TraceFilter(text="rare"),
+                                      before=page.next)
+    assert rest is not None
+    assert [t["root_span_id"] for t in page.traces + rest.traces] == with_rare
 
 
 def test_text_search_sees_an_output_merged_in_later_and_forgets_the_one_it_replaced(store):
@@ -337,6 +362,8 @@ def test_a_skeleton_lists_spans_in_start_order_with_every_parent(store):
                     "error": False, "running": True}
     assert skeleton["spans"][2]["error"] is True
     assert "input" not in skeleton["spans"][0]
+    with store.reader() as reader:
+        assert json.loads(reader.trace_skeleton_json(root) or "") == skeleton
 
 
 def test_an_unknown_trace_has_no_skeleton_and_an_unknown_span_no_row(store):
@@ -472,7 +499,9 @@ def test_summaries_match_the_rows_after_many_merges(store):
         store.write(batch)
 
     with store.reader() as reader:
-        [listed] = reader.trace_summaries(project="p").traces  # type: ignore[union-attr]
+        page = reader.trace_summaries(project="p")
+        assert page is not None
+        [listed] = page.traces
         rows = list(reader.rows(root_span_id=root))
     assert listed["spans"] == len(rows) == 8
     assert listed["errors"] == sum(1 for r in rows if r.get("error"))

@@ -259,13 +259,13 @@ def experiment_traces(request: Request, reader: StoreReader) -> dict:
 
 
 @endpoint()
-def trace(request: Request, reader: StoreReader) -> dict:
-    """``GET /api/traces/{root_span_id}``: the trace's skeleton."""
+def trace(request: Request, reader: StoreReader) -> Response:
+    """``GET /api/traces/{root_span_id}``: the trace's skeleton (JSON the store wrote)."""
     root = path_text(request, "root_span_id")
-    found = reader.trace_skeleton(root)
+    found = reader.trace_skeleton_json(root)
     if found is None:
         raise NotFound(f"no trace {root!r}")
-    return found
+    return Response(found.encode("utf-8", "replace"), media_type="application/json")
 
 
 @endpoint()

@@ -300,4 +300,5 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
                     exception_handlers={HTTPException: http_error, Exception: internal_error},
                     lifespan=lifespan)
     app.state.stores = stores
+    app.router.redirect_slashes = False  # one URL per resource; anything else is not found
     return Guard(app, api_key, (api_key is None) if check_host is None else check_host)

