@@ -49,14 +49,17 @@ function isObject(value) {
 }
 
 /** A stored attachment: an inline preview by content type, its name, and a download link. */
-export function attachmentView(ref) {
+export function attachmentView(ref, state = {}) {
   const type = String(ref.content_type || "application/octet-stream").toLowerCase();
   const name = String(ref.filename || ref.key);
   const src = attachmentUrl(ref.key);
+  const status = state.upload_status || ref.upload_status;
   let preview = null;
-  if (ref.upload_status === "error") {
+  if (status === "error" || status === "missing") {
     preview = h("p", { class: "notice notice-error", role: "alert" },
-      `Not stored: ${ref.error_message || "the upload failed"}`);
+      `Not stored: ${state.error_message || ref.error_message || "the upload failed"}`);
+  } else if (status === "uploading") {
+    preview = h("p", { class: "notice", role: "status" }, "Still being stored: reload to see it.");
   } else if (type.startsWith("image/")) {
     preview = h("img", { class: "attachment-image", src, alt: name, loading: "lazy" });
   } else if (type.startsWith("audio/")) {
@@ -75,10 +78,17 @@ export function attachmentView(ref) {
     h("figcaption", {},
       h("span", { class: "attachment-name", text: name }),
       h("span", { class: "attachment-type", text: type }),
+      Number.isFinite(state.size) ? h("span", { class: "attachment-type", text: bytes(state.size) }) : null,
       h("a", {
         class: "button small", href: attachmentUrl(ref.key, true), download: name,
         "aria-label": `Download ${name}`,
       }, glyph("download"), "Download")));
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
 /** Text attachments: shown on demand, as text (never as HTML). */

@@ -20,6 +20,7 @@ export class SpanDetail {
     this.onSelect = onSelect;
     this.el = h("aside", { class: "span-detail", "aria-label": "Span details" });
     this.controller = null;
+    this.states = {};
   }
 
   /** Show span `spanId` of trace `rootId`; `skeleton` is its entry in the trace's span list. */
@@ -31,7 +32,9 @@ export class SpanDetail {
       h("p", { class: "loading", role: "status" }, "Loading span…"));
     let row;
     try {
-      row = (await api.span(rootId, spanId, false, { signal: controller.signal })).row;
+      const answer = await api.span(rootId, spanId, false, { signal: controller.signal });
+      row = answer.row;
+      this.states = answer.attachments || {};
     } catch (err) {
       if (err.name === "AbortError") return;
       this.el.replaceChildren(header(skeleton, null, parentNames, this.onSelect),
@@ -111,7 +114,8 @@ export class SpanDetail {
     for (const field of VALUE_FIELDS) findAttachments(row[field], refs);
     if (refs.length) {
       body.append(section(`Attachments (${refs.length})`, h("div", { class: "attachments" },
-        refs.map((r) => (isAttachment(r) ? attachmentView(r) : externalAttachmentView(r))))));
+        refs.map((r) => (isAttachment(r) ? attachmentView(r, this.states[r.key] || {})
+          : externalAttachmentView(r))))));
     }
   }
 }
