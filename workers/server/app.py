@@ -53,7 +53,19 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# An attachment may be framed by the viewer's own pages (a PDF previewed in an <object>), by
+# nothing else; it still carries the `sandbox` policy api.attachment adds.
+ATTACHMENT_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", CSP.replace("frame-ancestors 'none'",
+                                             "frame-ancestors 'self'").encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"referrer-policy", b"no-referrer"),
+]
 COOKIE = "tracer_session"
+# Served without the key: the sign-in form and its style sheet (which holds no data).
+PUBLIC_PATHS = frozenset(("/login", "/static/login.css"))
+WRONG_KEY = '<p class="error" role="alert">That is not the key.</p>'
 LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "[::1]", "::1"))
 MAX_LOGIN_BODY = 4096
 
@@ -137,7 +149,9 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
-                for name, value in SECURITY_HEADERS:
+                extra = (ATTACHMENT_HEADERS if scope["path"].startswith("/api/attachments/")
+                         else SECURITY_HEADERS)
+                for name, value in extra:
                     if name == b"content-security-policy" or name not in names:
                         headers.append((name, value))
                 if scope["path"].startswith("/api/") and b"cache-control" not in names:
@@ -160,7 +174,7 @@ class Guard:
             if name not in LOOPBACK_HOSTS:
                 return api.error(400, "this server answers on a loopback address only (Host "
                                       "127.0.0.1 or localhost)")
-        if self.key_digest is None or path == "/login":
+        if self.key_digest is None or path in PUBLIC_PATHS:
             return None
         if self._authorized(request):
             return None
@@ -185,11 +199,13 @@ class Guard:
 
 
 _LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tracer: sign in</title></head>
-<body><h1>tracer</h1><p>This trace server needs its API key.</p>{message}
+<html lang="en"><head><meta charset="utf-8"><title>tracer: sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/static/login.css"></head>
+<body><main><h1>tracer</h1><p>This trace server needs its API key.</p>{message}
 <form method="post" action="/login"><input type="hidden" name="next" value="{next}">
 <label>API key <input type="password" name="key" autocomplete="current-password" autofocus>
-</label> <button type="submit">Sign in</button></form></body></html>
+</label> <button type="submit">Sign in</button></form></main></body></html>
 """
 
 
@@ -232,7 +248,7 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         if digest is None or token is None:
             return RedirectResponse(target, 303)
         if not hmac.compare_digest(key_digest(presented), digest):
-            return HTMLResponse(_LOGIN_PAGE.format(message="<p>That is not the key.</p>",
+            return HTMLResponse(_LOGIN_PAGE.format(message=WRONG_KEY,
                                                    next=html.escape(target)), 401)
         response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
@@ -262,6 +278,11 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if (exc.status_code == 404 and request.method in ("GET", "HEAD")
+                and not request.url.path.startswith(("/api/", "/static/"))):
+            # A page that does not exist: the viewer says so (its own "not found" page).
+            return FileResponse(os.path.join(STATIC_DIR, "index.html"), status_code=404,
+                                headers={"Cache-Control": "no-cache"})
         response = api.error(exc.status_code, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
