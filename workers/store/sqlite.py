@@ -98,9 +98,9 @@ def _merge_data(stored: bytes | str, update: bytes) -> bytes:
     return pack_row(_merged(wire.unpack_stored(stored), update))
 
 
-def _merged(row: object, update: bytes) -> dict:
-    """``row`` with ``update`` merged into it (in place)."""
-    new = wire.unpack_stored(update)
+def _merged(row: object, update: bytes | object) -> dict:
+    """``row`` with ``update`` (packed, or unpacked already) merged into it (in place)."""
+    new = wire.unpack_stored(update) if isinstance(update, (bytes, str)) else update
     if not (isinstance(row, dict) and isinstance(new, dict)):  # only rows are written to `data`
         raise ValueError("tracer_merge: a stored row is not a map")
     created = row.get("created")
@@ -113,10 +113,12 @@ def _merged(row: object, update: bytes) -> dict:
 class _Merges:
     """``tracer_merge(old, new, container, id)`` in SQL, called by the upsert for each row
     already stored: merges, and notes for the batch's summaries what the row added to its trace
-    before its first merge of the batch, and the row after its last (``summary.Change``)."""
+    before its first merge of the batch, the text the index held for it then (when the batch
+    writes its input or output), and the row after its last merge (``summary.Change``)."""
 
     def __init__(self) -> None:
-        self.seen: dict[Key, list] = {}  # key -> [summary.Part before, row after, merges]
+        # key -> [summary.Part before, row after, merges, text indexed before]
+        self.seen: dict[Key, list] = {}
 
     def __call__(self, stored: bytes | str, update: bytes, container: str, row_id: str) -> bytes:
         key = (container, row_id)
@@ -126,9 +128,14 @@ class _Merges:
             entry[2] += 1
             return pack_row(entry[1])
         row = wire.unpack_stored(stored)
-        before = summary.part(row) if isinstance(row, dict) else None
-        after = _merged(row, update)
-        self.seen[key] = [before, after, 1]
+        new = wire.unpack_stored(update)
+        before = old_text = None
+        if isinstance(row, dict):
+            before = summary.part(row)
+            if isinstance(new, dict) and ("input" in new or "output" in new):
+                old_text = summary.search_text(row)
+        after = _merged(row, new)
+        self.seen[key] = [before, after, 1, old_text or ""]
         return pack_row(after)
 
 
@@ -244,8 +251,7 @@ class SQLiteWriter(StoreWriter):
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[i:i + ROWS_PER_STATEMENT]
                 conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
-            sizes = {row[1:3]: len(row[12]) for row in rows}
-            summary.apply(conn, self._changes(conn, batch, rowids, sizes), now)
+            summary.apply(conn, self._changes(conn, batch, rowids), now)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -259,7 +265,7 @@ class SQLiteWriter(StoreWriter):
         self._known_containers.update(added)  # only once they are committed
 
     def _changes(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate],
-                 rowids: dict[Key, int], sizes: dict[Key, int]) -> list[summary.Change]:
+                 rowids: dict[Key, int]) -> list[summary.Change]:
         """Each key's change over the batch, for the summaries and the text index: the upsert
         merged into the rows that were stored (``_Merges``) and inserted the others (a key
         written n times was new if it was merged into n - 1 times), with the rowid it was
@@ -279,20 +285,20 @@ class SQLiteWriter(StoreWriter):
         for key, (occurrences, row, text) in counts.items():
             merged = seen.get(key)
             rowid: int | None = rowids[key]
-            size: int | None = None
+            old_text = ""
             if merged is None:
                 before, after = None, row
-                size = sizes.get(key)
             else:
                 before = merged[0] if merged[2] == occurrences else None
                 after = merged[1]
                 if before is not None:  # stored before the batch: its own rowid
                     rowid = None
+                    old_text = merged[3]
                     if text:
                         found = conn.execute("SELECT rowid FROM rows WHERE container = ? AND "
                                              "id = ?", key).fetchone()
                         rowid = found[0] if found else None
-            changes.append(summary.Change(key[0], key[1], before, after, rowid, text, size))
+            changes.append(summary.Change(key[0], key[1], before, after, rowid, text, old_text))
         return changes
 
     def _add_containers(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate]) -> set[str]:

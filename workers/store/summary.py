@@ -18,9 +18,10 @@ The writer knows, for each key of a batch, the row before the batch (None for a 
 merge function records what it merged) and the row after it; the summary moves by the
 difference (``Change``), so merges, retries and replays keep it exact.
 
-The text index (``rows_fts``, FTS5, its rowid the row's) holds the text of each span's ``input``
-and ``output``, each bounded to ``TEXT_BOUND`` characters: search finds what a span's input or
-output begins with, and indexing costs the same for a 5 MB input as for a 5 KB one.
+The text index (``rows_fts``, FTS5, contentless, its rowid the row's) holds the words of each
+span's ``input`` and ``output``, each bounded to ``TEXT_BOUND`` characters: search finds what
+a span's input or output begins with, and indexing costs the same for a 5 MB input as for a
+5 KB one.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ OTHER_TYPE_BIT = 1 << 40  # a type this table does not know (imported rows may h
 TEXT_BOUND = 2000  # characters of a span's input, and of its output, that search sees
 META_VALUE_BOUND = 200  # characters of a root metadata value kept for ``meta=`` filters
 META_KEYS_BOUND = 50  # top-level metadata keys kept per root
-SMALL = 16 * 1024  # bytes of a packed row under which its input and output are indexed as JSON
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str)  # one encoder: json.dumps makes one
 
 TRACES = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -64,9 +63,13 @@ CREATE TABLE IF NOT EXISTS traces (
 ) WITHOUT ROWID"""
 
 # detail=none: the index keeps which rows hold a word, not where (no phrase queries, which
-# search does not make): about half the cost of indexing a row with positions.
+# search does not make): about half the cost of indexing a row with positions. Contentless
+# (content='', columnsize=0): no copy of the text, no sizes for ranking: a row's words are
+# all it keeps (a copy was 14% of a store). A row's entry is taken out by giving its text
+# again (``search_text`` of the row as it was: the function of the row alone).
 FTS = ("CREATE VIRTUAL TABLE IF NOT EXISTS rows_fts USING fts5(text, "
-       "tokenize = 'unicode61 remove_diacritics 2', detail = none)")
+       "tokenize = 'unicode61 remove_diacritics 2', detail = none, content = '', "
+       "columnsize = 0)")
 
 # A missing start never lowers ``start``: the writer passes the batch's time instead, which is
 # later than any start already stored. The root's columns come with its row (``row_id`` set):
@@ -153,7 +156,7 @@ class Change:
     after: dict
     rowid: int | None = None  # the row's rowid (for the text index)
     text_changed: bool = False  # the batch wrote ``input`` or ``output``
-    size: int | None = None  # bytes of ``after`` packed, when known (a new row)
+    old_text: str = ""  # what the text index held for the row before the batch
 
 
 @dataclass
@@ -185,7 +188,7 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> No
     """Move the summaries and the text index by ``changes``, in the caller's transaction."""
     deltas: dict[tuple[str, str], _Delta] = {}
     texts: list[tuple[int, str]] = []
-    replaced: list[tuple[int]] = []
+    replaced: list[tuple[int, str]] = []
     for change in changes:
         after = part(change.after)
         if change.before is not None and change.before.root is not None:
@@ -203,9 +206,9 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> No
             if change.after.get("span_id") == after.root:
                 delta.root = root_columns(change.row_id, change.after)
         if change.text_changed and change.rowid is not None:
-            if change.before is not None:  # its text indexed before, if it had any
-                replaced.append((change.rowid,))
-            text = search_text(change.after, change.size is not None and change.size < SMALL)
+            if change.old_text:  # out of the index with the words it went in with
+                replaced.append((change.rowid, change.old_text))
+            text = search_text(change.after)
             if text:
                 texts.append((change.rowid, text))
     if deltas:
@@ -217,7 +220,8 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> No
         if scored:
             _add_scores(conn, scored)
     if replaced:
-        conn.executemany("DELETE FROM rows_fts WHERE rowid = ?", replaced)
+        conn.executemany("INSERT INTO rows_fts (rows_fts, rowid, text) VALUES ('delete', ?, ?)",
+                         replaced)
     if texts:
         conn.executemany("INSERT INTO rows_fts (rowid, text) VALUES (?, ?)", texts)
 
@@ -275,11 +279,11 @@ def metadata_text(metadata: Any) -> str | None:
     return json.dumps(kept, ensure_ascii=False) if kept else None
 
 
-def search_text(row: dict, small: bool = False) -> str:
+def search_text(row: dict) -> str:
     """What the text index holds for a row: its input's text, then its output's, each bounded
     to ``TEXT_BOUND`` characters. A string is its text; a flat dict or list the text of its
-    values; another value of a ``small`` row (under ``SMALL`` bytes packed) its JSON (keys too:
-    one C call), and of a larger one its scalar leaves, walked only as far as the bound."""
+    values; anything else its scalar leaves (keys left out), walked only as far as the bound.
+    A function of the row alone: the text index is told it again to take the row out."""
     text = ""
     for name in ("input", "output"):
         value = row.get(name)
@@ -292,12 +296,7 @@ def search_text(row: dict, small: bool = False) -> str:
             value = str(value)
         else:
             flat = _flat_text(value)
-            if flat is not None:
-                value = flat[:TEXT_BOUND]
-            elif small:
-                value = _JSON.encode(value)[:TEXT_BOUND]
-            else:
-                value = _leaves(value, TEXT_BOUND)
+            value = flat[:TEXT_BOUND] if flat is not None else _leaves(value, TEXT_BOUND)
         if value:
             text = f"{text}\n{value}" if text else value
     return text
