@@ -471,20 +471,43 @@ def test_binding_a_non_loopback_address_without_a_key_is_refused(data):
     assert "--api-key" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_serve_refuses_a_store_that_needs_upgrading(tmp_path, data):
-    import shutil
+def copy_store(source: str, target: str, version: int | None = None) -> None:
+    """A consistent copy of a store (SQLite's backup: the WAL too), its schema version set."""
     import sqlite3
 
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        if version is not None:
+            dst.execute(f"PRAGMA user_version = {version:d}")
+            dst.commit()
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_serve_refuses_a_store_that_needs_upgrading(tmp_path, data):
     old = str(tmp_path / "old.db")
-    shutil.copyfile(data.store, old)
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    copy_store(data.store, old, version=1)
 
     proc = run_cli("serve", "--store", old, "--port", str(free_port()), timeout=30)
 
     assert proc.returncode == 2
     assert f"tracer migrate --store {old}" in proc.stderr
+
+
+def test_a_store_replaced_by_one_that_needs_upgrading_is_answered_503(tmp_path, data):
+    store = str(tmp_path / "served.db")
+    copy_store(data.store, store)
+    with Server(store, str(tmp_path / "serve.log")) as server:
+        assert get_json(server, "/api/projects")["projects"]
+        old = str(tmp_path / "old.db")
+        copy_store(data.store, old, version=1)
+        os.replace(old, store)
+
+        body = get_json(server, "/api/projects", 503)
+
+    assert "tracer migrate" in body["error"]
 
 
 def test_serve_on_a_store_not_written_yet_lists_no_projects(tmp_path):

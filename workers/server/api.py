@@ -2,8 +2,9 @@
 
 Every endpoint is a GET, answers JSON and reads through ``workers.store.base.StoreReader``
 (never SQL). Each checks its parameters and answers ``{"error": "<message>"}`` with 400 for a
-bad one, 404 for what does not exist; nothing a client sends reaches a traceback (``app``
-answers any other failure with a bare 500).
+bad one, 404 for what does not exist, 503 for a store of a schema it cannot serve (replaced
+while serving); nothing a client sends reaches a traceback (``app`` answers any other failure
+with a bare 500).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from starlette.responses import FileResponse, Response
 from tracer import attachments as tracer_attachments
 
 from ..attachments import KEY, references, status
-from ..store import StoreReader
-from ..store.base import Cursor, TraceFilter
+from ..store import SchemaVersionError, StoreReader
+from ..store.base import Cursor, TraceFilter, UpgradeRequired
 from ..store.summary import TYPE_BITS
 
 DEFAULT_LIMIT = 50
@@ -102,6 +103,8 @@ def endpoint(empty: dict | None = None) -> Callable[[Endpoint], Callable[[Reques
                 return error(400, str(exc))
             except NotFound as exc:
                 return error(404, str(exc))
+            except (UpgradeRequired, SchemaVersionError) as exc:  # the store was replaced
+                return error(503, str(exc))
             return result if isinstance(result, Response) else JSON(result)
 
         run.__name__ = fn.__name__
