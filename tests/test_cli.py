@@ -99,6 +99,17 @@ def test_demo_prints_the_trace_tree_with_its_caught_error_and_the_store(tmp_path
     assert store in proc.stdout
 
 
+def test_demo_prints_the_permalink_of_its_trace_and_how_to_serve_it(tmp_path):
+    store = str(tmp_path / "demo.db")
+
+    proc = run_cli("demo", "--store", store, "--tasks", "2", timeout=60)
+
+    assert proc.returncode == 0, proc.stderr
+    root = proc.stdout.split("trace ", 1)[1].split(":", 1)[0]
+    assert f"permalink: http://127.0.0.1:8585/p/demo/logs?r={root}&s={root}" in proc.stdout
+    assert f"tracer serve --store {store}" in proc.stdout
+
+
 # -- export ----------------------------------------------------------------------------------
 
 EXPORT_KEYS = {"id", "span_id", "root_span_id", "span_parents", "span_attributes", "project_id",

@@ -76,12 +76,12 @@ def pipeline(docs: list[str]) -> dict:
     return {"documents": len(docs), "mean_score": sum(scores) / max(1, len(scores))}
 
 
-def run_demo(store: str, tasks: int = 8) -> str:
-    """Run the workload into ``store``; returns the trace's root_span_id."""
+def run_demo(store: str, tasks: int = 8) -> tuple[str, str]:
+    """Run the workload into ``store``; returns the trace's root_span_id and its permalink."""
     tracer.init_logger("demo", store=store)
     docs = [f"document {i} " + "lorem ipsum dolor sit amet " * (i % 4 + 1) for i in range(tasks)]
     docs[len(docs) // 2] = "   "  # one bad document: its error is caught and logged
     with tracer.start_span("demo", type="task") as root:
         pipeline(docs)
     tracer.flush()
-    return root.root_span_id
+    return root.root_span_id, root.permalink()

@@ -1,11 +1,12 @@
 """The ``tracer`` command line: demo, export, import, show, stats, import-payloads, attachment,
-keys, aggregator.
+keys, serve, migrate, aggregator.
 
 This module is the wiring: every command's arguments (``parser``) and ``main``, which resolves
 ``--store`` and runs the command. Each group of commands runs in a module of its own: ``read``
 (export, show), ``write`` (import, import-payloads, demo), ``stats``, ``attachments`` (attachment
-get, and the attachment parts of export and show), ``keys``; ``tree`` and ``csv_writer`` are
-their output. ``tracer aggregator`` is ``workers.aggregator.main``, with arguments of its own.
+get, and the attachment parts of export and show), ``keys``, ``serve`` (serve, migrate);
+``tree`` and ``csv_writer`` are their output. ``tracer aggregator`` is
+``workers.aggregator.main``, with arguments of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tracer import config
 from tracer.event import SPAN_TYPES
 
 from ..store import STORE_ERRORS
-from . import attachments, keys, read, stats, write
+from . import attachments, keys, read, serve, stats, write
 
 # A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
 _FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
@@ -33,6 +34,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import-payloads": write.cmd_import_payloads,
     "attachment": attachments.cmd_attachment,
     "keys": keys.cmd_keys,
+    "serve": serve.cmd_serve,
+    "migrate": serve.cmd_migrate,
 }
 
 
@@ -178,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
                            help="path and name of the files, without suffix (default: "
                                 "%(default)s)")
     make_keys.add_argument("--force", action="store_true", help="replace existing files")
+
+    serve.add_arguments(commands)
 
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")

@@ -17,10 +17,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     store = args.store
-    root_id = run_demo(store, args.tasks)
+    root_id, link = run_demo(store, args.tasks)
     with open_store(store, readonly=True) as reader:
         print_tree(reader, root_id)
     print(f"\nrows stored in {store}")
+    print(f"permalink: {link}")
+    print(f"  (`tracer serve --store {store}` serves it; then open the permalink)")
     print(f"next: tracer show --last --store {store}   |   tracer export --root {root_id} "
           f"--store {store}")
     return 0

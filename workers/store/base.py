@@ -11,9 +11,12 @@ comes in two halves, because no user needs both and a backend opens them differe
   fails each write (into the uploader's retries and payload files), never the constructor.
   Opening upgrades a store of an older schema to the current one.
 - ``StoreReader``: rows with the filters ``tracer export`` has, containers, the last trace,
-  runs and attachment records. Read-only: it takes no write lock, migrates nothing (it reads
-  older schemas as they are) and works on a store its reader may not write; the store must
-  exist.
+  runs and attachment records; and what the trace server shows (``tracer serve``): projects,
+  trace summaries (filtered, newest first, in pages), a trace's skeleton, a span's row,
+  experiments with their score means, two experiments compared. Read-only: it takes no write
+  lock, migrates nothing (it reads older schemas as they are; the trace server's queries need
+  version 2, ``UpgradeRequired``) and works on a store its reader may not write; the store
+  must exist.
 
 Both are ``StoreHandle``s (where the store is, its schema version, ``close``, ``with``), and both
 refuse a store whose schema is newer than this code knows (``SchemaVersionError``) rather than
@@ -24,7 +27,9 @@ backend is ``workers.store.sqlite``.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..rows import Container, Key
@@ -49,6 +54,49 @@ class SchemaVersionError(ValueError):
         self.location = location
         self.version = version
         self.known = known
+
+
+class UpgradeRequired(ValueError):
+    """The store's schema predates what was asked of it (the trace server's queries need
+    version 2): a writer upgrades it when it opens it (``tracer migrate``, or any aggregator)."""
+
+    def __init__(self, location: str, version: int, needed: int) -> None:
+        super().__init__(f"store {location} has schema version {version}; the trace server "
+                         f"needs version {needed}: upgrade it with `tracer migrate --store "
+                         f"{location}` (any traced program writing to it upgrades it too)")
+        self.location = location
+        self.version = version
+        self.needed = needed
+
+
+#: A position in a list of traces, newest first: ``(start, root_span_id)`` of a trace.
+Cursor = tuple[float, str]
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    """What the traces listed must have; every filter given must hold."""
+
+    since: float | None = None  #: the trace started at or after (epoch seconds)
+    until: float | None = None  #: the trace started before
+    name: str | None = None  #: the root span's name is this, or starts with it
+    span_type: str | None = None  #: a span of the trace has this type
+    errors: bool = False  #: a span of the trace has an error
+    #: ``(score, "gt" | "lt", value)``: the trace's mean of that score is above / below value
+    scores: tuple[tuple[str, str, float], ...] = ()
+    #: ``(key, value)``: the root's metadata has that top-level key with that value (strings as
+    #: they are, other scalars as JSON: ``0.1``, ``true``)
+    metadata: tuple[tuple[str, str], ...] = ()
+    text: str | None = None  #: every word appears in the input or output of a span
+
+
+@dataclass(frozen=True)
+class TracePage:
+    """One page of trace summaries, newest first, and where the next page starts (None: this
+    was the last)."""
+
+    traces: list[dict]
+    next: Cursor | None
 
 
 class StoreHandle(abc.ABC):
@@ -166,3 +214,61 @@ class StoreReader(StoreHandle):
         """What the store recorded about these attachment keys, by key: ``key``, ``sha256``,
         ``size``, ``filename``, ``content_type``, ``status`` (``done`` or ``error``),
         ``error``. Keys it has no record of are left out."""
+
+    # -- what the trace server shows (schema version 2; older: ``UpgradeRequired``) ----------
+
+    @abc.abstractmethod
+    def projects(self) -> list[dict]:
+        """Every project, by name: ``name``, ``id``, ``traces`` (in its logs),
+        ``experiments`` (how many) and ``last_start`` (the latest start of any trace of its
+        logs or experiments; None without one)."""
+
+    @abc.abstractmethod
+    def trace_summaries(self, *, project: str | None = None, experiment_id: str | None = None,
+                        filters: TraceFilter | None = None, limit: int = 50,
+                        before: Cursor | None = None,
+                        after: Cursor | None = None) -> TracePage | None:
+        """The traces of a project's logs (``project``) or of an experiment, newest first (by
+        ``(start, root_span_id)``), that ``filters`` keep: at most ``limit``, those before the
+        cursor ``before`` and after ``after`` (each exclusive). A trace's ``start`` is the
+        earliest start of its spans (its root's, once stored), so a page boundary never moves
+        as new traces arrive. Each: ``root_span_id``, ``row_id`` (the root row's id; None until
+        it is stored), ``name``, ``type``, ``start``, ``end``, ``duration`` (None while the
+        root runs), ``spans``, ``errors``, ``running``, ``scores`` (the mean of each score
+        over the trace's spans), ``tokens`` (their sum; None without any). None if there is
+        no such project or experiment."""
+
+    @abc.abstractmethod
+    def trace_skeleton(self, root_span_id: str) -> dict | None:
+        """A trace's spans without their content, in the order they started: ``root_span_id``,
+        ``container`` (``kind``, ``project``, ``experiment_id``, ``experiment_name``) and
+        ``spans``: each ``row_id``, ``span_id``, ``parents``, ``name``, ``type``, ``start``,
+        ``end``, ``error`` (bool), ``running`` (no end yet). None if no row has this
+        ``root_span_id``."""
+
+    def trace_skeleton_json(self, root_span_id: str) -> str | None:
+        """``trace_skeleton`` as JSON text (what the server sends as it is; a backend may
+        write it faster than Python encodes the dicts)."""
+        found = self.trace_skeleton(root_span_id)
+        return None if found is None else json.dumps(found, ensure_ascii=False)
+
+    @abc.abstractmethod
+    def span_row(self, root_span_id: str, span_id: str) -> dict | None:
+        """The whole row of one span of a trace, as ``rows`` gives it; None if none."""
+
+    @abc.abstractmethod
+    def experiments(self, project: str) -> list[dict] | None:
+        """A project's experiments, the newest first: ``id``, ``name``, ``created``,
+        ``traces``, ``spans`` and ``scores`` (each score's mean over the experiment's spans,
+        as ``Experiment.summarize`` has it). None if there is no such project."""
+
+    @abc.abstractmethod
+    def compare_experiments(self, a: str, b: str) -> dict | None:
+        """Experiment ``b`` against ``a`` (ids): their root rows paired by input (equal as
+        JSON), the rest by root span name, each in the order they started. ``a`` and ``b``
+        (``id``, ``name``, ``project``), ``scores`` (``{name: {"a", "b", "delta"}}``, means,
+        delta = b - a) and ``rows``: ``match`` (``"input"``, ``"name"``, or None when only one
+        side has it), ``a`` and ``b`` (``root_span_id``, ``name``, ``input``, ``output``,
+        ``scores``; None on the side that lacks it), ``deltas`` (per score both have) and
+        ``status``: ``regression`` (a score fell), ``improvement`` (none fell, one rose),
+        ``same``, ``only_a`` or ``only_b``. None if either experiment is unknown."""
