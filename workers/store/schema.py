@@ -109,7 +109,7 @@ MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], None], ...], ...] =
     # 2: the trace server's tables (workers.store.summary): per-trace summaries, kept by the
     # writer; their index (newest first per container); the text index of
     # inputs and outputs; each row's parents as a column. A store that has rows gets them built
-    # from its rows (a pass over every row, decoded: about 20 s a million rows).
+    # from its rows (a pass over every row, decoded: about 45 s a million rows).
     (
         "ALTER TABLE rows ADD COLUMN parents TEXT",
         summary.TRACES,

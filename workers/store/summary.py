@@ -30,7 +30,7 @@ import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 # The bit of each span type in ``traces.types``. Stored in the database: only ever append.
 TYPE_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(
@@ -91,9 +91,8 @@ ON CONFLICT (container, root_span_id) DO UPDATE SET
 _NO_ROOT = (None, None, None, None, None)
 
 
-@dataclass(frozen=True)
-class Part:
-    """What one row adds to its trace's summary."""
+class Part(NamedTuple):
+    """What one row adds to its trace's summary (a tuple: one is made per row written)."""
 
     root: str | None
     error: int
@@ -278,9 +277,9 @@ def metadata_text(metadata: Any) -> str | None:
 
 def search_text(row: dict, small: bool = False) -> str:
     """What the text index holds for a row: its input's text, then its output's, each bounded
-    to ``TEXT_BOUND`` characters. A string is its text; another value of a ``small`` row (under
-    ``SMALL`` bytes packed) its JSON (keys too: one C call), and of a larger one its scalar
-    leaves, walked only as far as the bound."""
+    to ``TEXT_BOUND`` characters. A string is its text; a flat dict or list the text of its
+    values; another value of a ``small`` row (under ``SMALL`` bytes packed) its JSON (keys too:
+    one C call), and of a larger one its scalar leaves, walked only as far as the bound."""
     text = ""
     for name in ("input", "output"):
         value = row.get(name)
@@ -291,13 +290,41 @@ def search_text(row: dict, small: bool = False) -> str:
             value = value[:TEXT_BOUND]
         elif kind is int or kind is float or kind is bool:
             value = str(value)
-        elif small:
-            value = _JSON.encode(value)[:TEXT_BOUND]
         else:
-            value = _leaves(value, TEXT_BOUND)
+            flat = _flat_text(value)
+            if flat is not None:
+                value = flat[:TEXT_BOUND]
+            elif small:
+                value = _JSON.encode(value)[:TEXT_BOUND]
+            else:
+                value = _leaves(value, TEXT_BOUND)
         if value:
             text = f"{text}\n{value}" if text else value
     return text
+
+
+def _flat_text(value: Any) -> str | None:
+    """The values of a dict, or the items of a list, joined, if each is a string or a number
+    (the common inputs: keyword arguments, a few strings); None for anything deeper."""
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return None
+    if len(items) > 64:
+        return None
+    parts = []
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            parts.append(item)
+        elif kind is int or kind is float or kind is bool:
+            parts.append(str(item))
+        elif item is not None:
+            return None
+    return " ".join(parts)
 
 
 def _leaves(value: Any, budget: int) -> str:
