@@ -78,6 +78,37 @@ def test_a_new_store_has_the_current_schema_version(tmp_path):
     assert {"rows", "containers", "aggregator_runs", "attachments"} <= objects(path)
 
 
+def test_a_new_store_appears_with_its_whole_schema_and_nothing_beside_it(tmp_path):
+    """A reader polling for the file while a writer makes it never finds it without its tables
+    (the schema is written beside it, then linked into place)."""
+    import os
+    import threading
+
+    for attempt in range(10):
+        path = str(tmp_path / f"store-{attempt}.db")
+        seen: list[int] = []
+        stop = threading.Event()
+
+        def watch(path: str = path, seen: list[int] = seen,
+                  stop: threading.Event = stop) -> None:
+            while not stop.is_set() and not os.path.exists(path):
+                pass
+            if not stop.is_set():
+                seen.append(user_version(path))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with open_store(path) as writer:
+                writer.write([pending("new", "a", output=1)])
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert seen == [schema.VERSION]
+    leftovers = [name for name in os.listdir(tmp_path) if not name.startswith("store-")]
+    assert leftovers == []
+
+
 def test_a_writer_upgrades_a_version_0_store_and_its_rows_stay(tmp_path):
     path = str(tmp_path / "traces.db")
     make_version_0(path)

@@ -21,13 +21,14 @@ import json
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tracer import config, wire
+from tracer import wire
 
 from ..rows import Key, load_row, merge, pack_row
 from . import schema, summary
@@ -139,6 +140,37 @@ class _Merges:
         return pack_row(after)
 
 
+def _create(path: str) -> None:
+    """Make a new store at ``path``, whole: its schema is written into a private temporary file
+    beside it, which is then linked into place. A reader never finds a store file without its
+    tables (the schema takes a while to write), and of two writers making one store at once,
+    the second finds the first's. The file is 0600 (traces hold prompts and user data; SQLite
+    would make it 0644, less the umask)."""
+    fd, temporary = tempfile.mkstemp(prefix=".new-", suffix=".db",
+                                     dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+            schema.migrate(conn, temporary)
+        finally:
+            conn.close()  # checkpoints the WAL into the file
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another writer made it first: use theirs
+        except OSError:  # a file system without hard links: a rename, unless one appeared
+            if not os.path.exists(path):
+                os.rename(temporary, path)
+    finally:
+        for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     """A connection to the store at ``path``. Writable: the file and a private directory are
     made if missing, and the schema brought up to date. Read-only: the file must exist; its
@@ -156,8 +188,8 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     directory = os.path.dirname(path)
     if directory:  # traces hold prompts and user data: a directory we create is private
         os.makedirs(directory, mode=0o700, exist_ok=True)
-    if not os.path.exists(path):  # so is a file: SQLite would make it 0644 (less the umask)
-        os.close(config.open_private(path, os.O_RDWR | os.O_CREAT))
+    if not os.path.exists(path):
+        _create(path)
     # A short busy timeout: a locked store fails fast into the uploader's retries and backoff,
     # which count and report what they could not write.
     conn = sqlite3.connect(path, timeout=2, isolation_level=None, check_same_thread=False)
