@@ -80,30 +80,27 @@ def test_a_new_store_has_the_current_schema_version(tmp_path):
 
 def test_a_new_store_appears_with_its_whole_schema_and_nothing_beside_it(tmp_path):
     """A reader polling for the file while a writer makes it never finds it without its tables
-    (the schema is written beside it, then linked into place)."""
+    (the schema is written beside it, then linked into place). The watcher reads the version
+    the moment the file appears: before the fix it often read 0 (tables not written yet)."""
     import os
     import threading
+    import time
 
     for attempt in range(10):
         path = str(tmp_path / f"store-{attempt}.db")
         seen: list[int] = []
-        stop = threading.Event()
 
-        def watch(path: str = path, seen: list[int] = seen,
-                  stop: threading.Event = stop) -> None:
-            while not stop.is_set() and not os.path.exists(path):
+        def watch(path: str = path, seen: list[int] = seen) -> None:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(path) and time.monotonic() < deadline:
                 pass
-            if not stop.is_set():
-                seen.append(user_version(path))
+            seen.append(user_version(path))
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        try:
-            with open_store(path) as writer:
-                writer.write([pending("new", "a", output=1)])
-        finally:
-            stop.set()
-            watcher.join(10)
+        with open_store(path) as writer:
+            writer.write([pending("new", "a", output=1)])
+        watcher.join(30)
         assert seen == [schema.VERSION]
     leftovers = [name for name in os.listdir(tmp_path) if not name.startswith("store-")]
     assert leftovers == []
