@@ -17,7 +17,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
+from tracer import wire
+from workers.queue import Pending
+from workers.rows import Container
 from workers.server.app import ATTACHMENT_HEADERS, CSP
+from workers.store.sqlite import SQLiteWriter
 
 from .conftest import CLI, Service, clean_env, free_port, run_cli, run_function
 from .helpers import wait_until
@@ -25,6 +29,7 @@ from .server_programs import PNG, TRACES, write_api_store
 
 PROJECT = "api-test"
 KEY = "s3cret-key-for-tests"
+LOGS = Container(wire.logs_container(PROJECT))
 
 # An attachment may be framed by the viewer's own pages (a PDF in an <object>): its policy says
 # frame-ancestors 'self' where every other response says 'none'.
@@ -153,6 +158,20 @@ def test_a_projects_traces_are_listed_newest_first_with_their_summaries(server, 
 ])
 def test_filters_keep_only_the_traces_that_match(server, data, query, expected):
     assert [t["root_span_id"] for t in traces(server, query)] == request_roots(data, *expected)
+
+
+def test_text_search_on_a_store_indexed_with_search_off_is_400_saying_how_to_turn_it_on(
+        tmp_path):
+    store = str(tmp_path / "traces.db")
+    with SQLiteWriter(store, search_index="off") as writer:
+        root = "r1"
+        row = {"id": root, "span_id": root, "root_span_id": root, "input": "penguins",
+               "span_attributes": {"name": "root", "type": "task"}, **LOGS.columns}
+        writer.write([Pending((LOGS.id, root), row, 100, 0, LOGS)])
+    with Server(store, str(tmp_path / "serve.log")) as server:
+        found = get_json(server, f"/api/projects/{PROJECT}/traces?q=penguins", 400)
+        assert "TRACER_SEARCH_INDEX=all" in found["error"]
+        assert len(traces(server)) == 1  # the other filters answer as ever
 
 
 def test_since_and_until_bound_the_roots_start(server, data):

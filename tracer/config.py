@@ -155,6 +155,21 @@ class Boolean(Kind):
         return "boolean"
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice(Kind):
+    """One of a few words, in any case."""
+
+    choices: tuple[str, ...]
+
+    def parse(self, label: str, text: str) -> str:
+        if text.lower() in self.choices:
+            return text.lower()
+        raise refused(label, text, f"expected one of {', '.join(self.choices)}")
+
+    def describe(self) -> str:
+        return " \\| ".join(f"`{c}`" for c in self.choices)
+
+
 class StorePath(Kind):
     """Where rows go: a SQLite file (see ``store_path``); kept as given, checked now."""
 
@@ -353,6 +368,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_INLINE_BASE64", Integer(0, MAX_ROW_BYTES), 65536, "characters: a longer "
              "base64 data URL (or bare base64 of a known binary format) in a logged value is "
              "stored as an attachment; `0`: never", field="max_inline_base64", reference=True),
+    Variable("SEARCH_INDEX", Choice(("all", "roots", "off")), "all", "what the store's text "
+             "index (the trace server's `q=` search) covers, set by the aggregator writing it: "
+             "`all`, every span's input and output; `roots`, root and llm spans only; `off`, "
+             "none (`q=` answers 400). A store indexed otherwise is re-indexed when an "
+             "aggregator opens it. Cost per span in docs/benchmarks.md, section 9"),
     Variable("DEBUG", Boolean(), False, "on: an aggregator started by `init_logger` also logs "
              "its start and exit", field="debug"),
     Variable("AGGREGATOR_KEY", CurveKey(), None, "the public key of a `tcp://` aggregator "

@@ -14,7 +14,8 @@ a producer waits when the aggregator falls behind) and flush. Reported per run:
 - peak RSS of the aggregator and of the largest producer (psutil, sampled every 20 ms);
 - committed == created (every span, checked in the store).
 
-``--paced R`` adds one unsaturated run: one producer at R spans/s, for the end-to-commit
+``--search-index MODE`` sets the aggregator's ``TRACER_SEARCH_INDEX`` (``all``, ``roots``,
+``off``). ``--paced R`` adds one unsaturated run: one producer at R spans/s, for the end-to-commit
 latency when the aggregator keeps up. ``--profile FILE`` records the aggregator of the largest
 run with py-spy (``pip install py-spy``) into FILE (speedscope JSON).
 """
@@ -74,11 +75,12 @@ def last_json_line(proc: subprocess.Popen[str]) -> dict:
     return json.loads(proc.stdout.read().strip().splitlines()[-1])
 
 
-def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = None) -> dict:
+def run(producers: int, spans: int, rate: float = 0.0, profile: str | None = None,
+        search_index: str = "all") -> dict:
     workdir = tempfile.mkdtemp(prefix="fan-in-")
     store = os.path.join(workdir, "traces.db")
     endpoint = f"ipc://{config.runtime_dir()}/fan-in-{os.getpid()}-{producers}.sock"
-    env = child_env(TRACER_ENDPOINT=endpoint, PYTHONPATH=ROOT)
+    env = child_env(TRACER_ENDPOINT=endpoint, PYTHONPATH=ROOT, TRACER_SEARCH_INDEX=search_index)
     aggregator = subprocess.Popen([sys.executable, "-m", "workers.aggregator", "--bind", endpoint,
                                    "--store", store], env=env)
     deadline = time.monotonic() + 30
@@ -144,6 +146,8 @@ def main() -> int:
                    help="spans/s of the unsaturated run, one producer (0: skip; default: 2000)")
     p.add_argument("--profile", metavar="FILE", help="py-spy profile of the largest run's "
                                                       "aggregator (speedscope JSON)")
+    p.add_argument("--search-index", choices=("all", "roots", "off"), default="all",
+                   help="the aggregator's TRACER_SEARCH_INDEX (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
 
@@ -153,9 +157,11 @@ def main() -> int:
     counts = [int(n) for n in args.producers.split(",")]
     results = []
     for n in counts:
-        results.append(run(n, args.spans, profile=args.profile if n == max(counts) else None))
+        results.append(run(n, args.spans, profile=args.profile if n == max(counts) else None,
+                           search_index=args.search_index))
     if args.paced:
-        results.append(run(1, int(args.paced * 5), rate=args.paced))
+        results.append(run(1, int(args.paced * 5), rate=args.paced,
+                           search_index=args.search_index))
     print("| producers | spans | offered spans/s | committed spans/s | p50 end→commit | "
           "p99 end→commit | CPU µs/span aggregator | CPU µs/span producers | "
           "peak RSS aggregator | peak RSS producer | committed == created |")

@@ -15,7 +15,7 @@ from tracer import wire
 from workers.queue import Pending
 from workers.rows import Container, project_id
 from workers.store import open_store, schema
-from workers.store.base import StoreReader, TraceFilter, UpgradeRequired
+from workers.store.base import SearchOff, StoreReader, TraceFilter, UpgradeRequired
 from workers.store.sqlite import SQLiteWriter
 
 T0 = 1_800_000_000.0
@@ -509,3 +509,113 @@ def test_summaries_match_the_rows_after_many_merges(store):
     qs = [r["scores"]["q"] for r in rows if r.get("scores")]
     assert listed["scores"]["q"] == pytest.approx(sum(qs) / len(qs))
     assert json.dumps(listed)  # JSON as it is
+
+
+# -- what the text index covers (TRACER_SEARCH_INDEX) ------------------------------------------
+
+
+def search_store(path: str, mode: str) -> SQLiteWriter:
+    """A writer of the store at ``path`` whose text index covers what ``mode`` says."""
+    return SQLiteWriter(path, search_index=mode)
+
+
+def found_by(path: str, text: str) -> list[str]:
+    with open_store(path, readonly=True) as reader:
+        page = reader.trace_summaries(project="p", filters=TraceFilter(text=text))
+    assert page is not None
+    return [t["root_span_id"] for t in page.traces]
+
+
+def a_trace_with_words(root_words: str, llm_words: str, child_words: str) -> tuple[str,
+                                                                                 list[Pending]]:
+    """A trace whose root, llm span and function span each hold their own words."""
+    root, rows = trace(logs(), T0, children=0, input=root_words)
+    rows.append(span(logs(), root, f"{root}-llm", [root], type="llm", start=T0 + 1,
+                     output=llm_words))
+    rows.append(span(logs(), root, f"{root}-fn", [root], start=T0 + 2, input=child_words))
+    return root, rows
+
+
+def test_search_mode_roots_indexes_root_and_llm_spans_only(tmp_path):
+    path = str(tmp_path / "traces.db")
+    with search_store(path, "roots") as writer:
+        root, rows = a_trace_with_words("question", "answer", "helper")
+        writer.write(rows)
+
+    assert found_by(path, "question") == found_by(path, "answer") == [root]
+    assert found_by(path, "helper") == []
+
+
+def test_search_mode_off_makes_text_search_an_error_saying_how_to_turn_it_on(tmp_path):
+    path = str(tmp_path / "traces.db")
+    with search_store(path, "off") as writer:
+        _, rows = a_trace_with_words("question", "answer", "helper")
+        writer.write(rows)
+
+    with open_store(path, readonly=True) as reader, pytest.raises(SearchOff,
+                                                                   match="TRACER_SEARCH_INDEX=all"):
+        reader.trace_summaries(project="p", filters=TraceFilter(text="question"))
+
+
+def test_a_writer_set_to_another_search_mode_rebuilds_the_index_from_the_rows(tmp_path):
+    path = str(tmp_path / "traces.db")
+    with search_store(path, "off") as writer:
+        root, rows = a_trace_with_words("question", "answer", "helper")
+        writer.write(rows)
+    with search_store(path, "roots") as writer:
+        writer.write([])  # opens the store
+
+    assert found_by(path, "answer") == [root]
+    assert found_by(path, "helper") == []
+    with search_store(path, "all") as writer:
+        writer.write([])
+
+    assert found_by(path, "helper") == [root]
+
+
+def test_a_writer_follows_the_stores_search_mode_set_by_another_writer(tmp_path):
+    path = str(tmp_path / "traces.db")
+    roots_writer = search_store(path, "roots")
+    roots_writer.write([])
+    with search_store(path, "all") as writer:  # re-indexes every span, and says so in the store
+        writer.write([])
+    root, rows = a_trace_with_words("question", "answer", "helper")
+    roots_writer.write(rows)  # the store's mode, not the one this writer was opened with
+    roots_writer.close()
+
+    assert found_by(path, "helper") == [root]
+
+
+def test_search_mode_roots_follows_a_span_that_becomes_llm_in_a_later_merge(tmp_path):
+    path = str(tmp_path / "traces.db")
+    with search_store(path, "roots") as writer:
+        root, rows = trace(logs(), T0, children=1)
+        writer.write(rows)
+        writer.write([span(logs(), root, f"{root}-c0", output="generated")])
+        assert found_by(path, "generated") == []
+        writer.write([span(logs(), root, f"{root}-c0", type="llm")])
+
+    assert found_by(path, "generated") == [root]
+
+
+def test_a_batch_merging_other_fields_before_the_output_replaces_the_indexed_output(store):
+    root, rows = trace(logs(), T0)
+    store.write(rows)
+    store.write([span(logs(), root, f"{root}-c0", output="first draft")])
+    store.write([span(logs(), root, f"{root}-c0", metrics={"tokens": 5}),
+                 span(logs(), root, f"{root}-c0", output="final answer")])
+
+    assert roots(store, filters=TraceFilter(text="final")) == [root]
+    assert roots(store, filters=TraceFilter(text="draft")) == []
+
+
+def test_rewriting_the_same_text_keeps_one_index_entry(store):
+    root, rows = trace(logs(), T0)
+    store.write(rows)
+    again = span(logs(), root, f"{root}-c0", output="same words")
+    store.write([again])
+    store.write([span(logs(), root, f"{root}-c0", output="same words")])
+    store.write([span(logs(), root, f"{root}-c0", output="other")])
+
+    assert roots(store, filters=TraceFilter(text="same")) == []
+    assert roots(store, filters=TraceFilter(text="other")) == [root]

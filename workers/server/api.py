@@ -25,7 +25,7 @@ from tracer import attachments as tracer_attachments
 
 from ..attachments import KEY, references, status
 from ..store import SchemaVersionError, StoreReader
-from ..store.base import Cursor, TraceFilter, UpgradeRequired
+from ..store.base import Cursor, SearchOff, TraceFilter, UpgradeRequired
 from ..store.summary import TYPE_BITS
 
 DEFAULT_LIMIT = 50
@@ -99,7 +99,7 @@ def endpoint(empty: dict | None = None) -> Callable[[Endpoint], Callable[[Reques
                         return JSON(empty)
                     raise NotFound(f"no store yet at {request.app.state.stores.path}")
                 result = fn(request, reader)
-            except BadRequest as exc:
+            except (BadRequest, SearchOff) as exc:
                 return error(400, str(exc))
             except NotFound as exc:
                 return error(404, str(exc))

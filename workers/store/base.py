@@ -56,6 +56,17 @@ class SchemaVersionError(ValueError):
         self.known = known
 
 
+class SearchOff(ValueError):
+    """Text search asked of a store whose text index is off (``TRACER_SEARCH_INDEX=off``)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"text search (q=) is off for store {location}: its aggregator runs "
+                         "with TRACER_SEARCH_INDEX=off. Set TRACER_SEARCH_INDEX=all (every span) "
+                         "or roots (root and llm spans) for the aggregator: the index is built "
+                         "from the stored rows when it next opens the store")
+        self.location = location
+
+
 class UpgradeRequired(ValueError):
     """The store's schema predates what was asked of it (the trace server's queries need
     version 2): a writer upgrades it when it opens it (``tracer migrate``, or any aggregator)."""
@@ -236,7 +247,8 @@ class StoreReader(StoreHandle):
         it is stored), ``name``, ``type``, ``start``, ``end``, ``duration`` (None while the
         root runs), ``spans``, ``errors``, ``running``, ``scores`` (the mean of each score
         over the trace's spans), ``tokens`` (their sum; None without any). None if there is
-        no such project or experiment."""
+        no such project or experiment. A text filter searches what the store's text index
+        covers (``TRACER_SEARCH_INDEX``): ``SearchOff`` if it covers nothing."""
 
     @abc.abstractmethod
     def trace_skeleton(self, root_span_id: str) -> dict | None:

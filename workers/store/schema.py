@@ -18,6 +18,8 @@ Tables:
 - ``traces`` (version 2): one summary per trace, and ``rows_fts``, the text index of each span's
   input and output (``workers.store.summary``, which the writer keeps in step with ``rows``).
   ``rows.parents`` (version 2) is ``span_parents`` as JSON text, for a trace's skeleton.
+- ``settings`` (version 3): ``search_index``, what the text index covers (``all``, ``roots``,
+  ``off``: ``workers.store.summary.SEARCH_MODES``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], None], ...], ...] =
         "types, errors)",
         summary.FTS,
         _backfill,
+    ),
+    # 3: the store's settings (workers.store.summary.SETTINGS): what its text index covers
+    # (TRACER_SEARCH_INDEX), which the trace server reads and every writer follows. A store
+    # made before has an index of every span.
+    (
+        summary.SETTINGS,
+        "INSERT OR IGNORE INTO settings (key, value) VALUES ('search_index', 'all')",
     ),
 )
 

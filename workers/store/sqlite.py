@@ -36,6 +36,7 @@ from .base import (
     Cursor,
     RowUpdate,
     SchemaVersionError,
+    SearchOff,
     StoreReader,
     StoreWriter,
     TraceFilter,
@@ -53,7 +54,7 @@ _VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 UPSERT = f"""
 INSERT INTO rows ({_COLUMNS}) VALUES {_VALUES}
 ON CONFLICT (container, id) DO UPDATE SET
-    data = tracer_merge(rows.data, excluded.data, rows.container, rows.id),
+    data = tracer_merge(rows.data, excluded.data, rows.container, rows.id, rows.rowid),
     span_id = coalesce(excluded.span_id, rows.span_id),
     root_span_id = coalesce(excluded.root_span_id, rows.root_span_id),
     name = coalesce(excluded.name, rows.name),
@@ -112,20 +113,28 @@ def _merged(row: object, update: bytes | object) -> dict:
 
 
 class _Merges:
-    """``tracer_merge(old, new, container, id)`` in SQL, called by the upsert for each row
-    already stored: merges, and notes for the batch's summaries what the row added to its trace
-    before its first merge of the batch, the text the index held for it then (when the batch
-    writes its input or output), and the row after its last merge (``summary.Change``)."""
+    """``tracer_merge(old, new, container, id, rowid)`` in SQL, called by the upsert for each
+    row already stored: merges, and notes for the batch's summaries what the row added to its
+    trace before its first merge of the batch, the text the index held for it then (once a
+    merge of the batch writes a field that text depends on), the row after its last merge and
+    its rowid (``summary.Change``)."""
 
     def __init__(self) -> None:
-        # key -> [summary.Part before, row after, merges, text indexed before]
+        # key -> [summary.Part before, row after, merges, text indexed before or None, rowid]
         self.seen: dict[Key, list] = {}
+        self.mode = "all"  # the store's search mode, set by the writer for each batch
 
-    def __call__(self, stored: bytes | str, update: bytes, container: str, row_id: str) -> bytes:
+    def __call__(self, stored: bytes | str, update: bytes, container: str, row_id: str,
+                 rowid: int) -> bytes:
         key = (container, row_id)
         entry = self.seen.get(key)
         if entry is not None:  # merged into again in this batch: the stored row is entry[1]
-            entry[1] = _merged(entry[1], update)
+            new = wire.unpack_stored(update)
+            if entry[3] is None and isinstance(new, dict) and summary.touches_text(new,
+                                                                                   self.mode):
+                # The merges before this one left the indexed text as it was before the batch.
+                entry[3] = summary.indexed_text(entry[1], self.mode)
+            entry[1] = _merged(entry[1], new)
             entry[2] += 1
             return pack_row(entry[1])
         row = wire.unpack_stored(stored)
@@ -133,10 +142,10 @@ class _Merges:
         before = old_text = None
         if isinstance(row, dict):
             before = summary.part(row)
-            if isinstance(new, dict) and ("input" in new or "output" in new):
-                old_text = summary.search_text(row)
+            if isinstance(new, dict) and summary.touches_text(new, self.mode):
+                old_text = summary.indexed_text(row, self.mode)
         after = _merged(row, new)
-        self.seen[key] = [before, after, 1, old_text or ""]
+        self.seen[key] = [before, after, 1, old_text, rowid]
         return pack_row(after)
 
 
@@ -227,8 +236,15 @@ SQLITE_IOERR = 10
 class SQLiteWriter(StoreWriter):
     """Writes to a SQLite store; the file is opened on first use (see ``StoreWriter``)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, search_index: str | None = None) -> None:
         self.path = self.location = path
+        # What the text index covers (summary.SEARCH_MODES): a store set otherwise has its index
+        # rebuilt when this writer opens it.
+        self.search_index: str = (search_index if search_index is not None
+                                  else config.value_or_default("SEARCH_INDEX"))
+        if self.search_index not in summary.SEARCH_MODES:
+            raise ValueError(f"search_index={self.search_index!r}: expected one of "
+                             f"{', '.join(summary.SEARCH_MODES)}")
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file open
         self._committed = 0  # rows committed to the file open, reported if it is replaced
@@ -249,11 +265,27 @@ class SQLiteWriter(StoreWriter):
                     self._reopen_all(why)
             if self._conn is None:
                 self._conn = connect(self.path)
-                self._conn.create_function("tracer_merge", 4, self._merges)
+                self._conn.create_function("tracer_merge", 5, self._merges)
+                self._set_search_mode(self._conn)
                 self._identity = _identity(self.path)
                 self._committed = 0
                 self._known_containers.clear()
             return self._conn
+
+    def _set_search_mode(self, conn: sqlite3.Connection) -> None:
+        """Rebuild the text index if the store covers other spans than this writer is set to
+        (under the write lock: two writers opening one store at once rebuild it once)."""
+        if summary.search_mode(conn) == self.search_index:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if summary.search_mode(conn) != self.search_index:
+                summary.reindex(conn, load_row, self.search_index)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def write(self, batch: Sequence[RowUpdate]) -> None:
         with self._lock:
@@ -271,6 +303,8 @@ class SQLiteWriter(StoreWriter):
         created = _iso(now)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # The store's mode, not this writer's: another writer may have set it since.
+            mode = self._merges.mode = summary.search_mode(conn)
             added = self._add_containers(conn, batch)
             # The rowids new rows get: past every row stored (this transaction holds the
             # write lock); the first write of a key in the batch inserts it, if anything does.
@@ -283,7 +317,7 @@ class SQLiteWriter(StoreWriter):
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[i:i + ROWS_PER_STATEMENT]
                 conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
-            summary.apply(conn, self._changes(conn, batch, rowids), now)
+            summary.apply(conn, self._changes(batch, rowids, mode), now, mode)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -296,16 +330,17 @@ class SQLiteWriter(StoreWriter):
             self._merges.seen.clear()
         self._known_containers.update(added)  # only once they are committed
 
-    def _changes(self, conn: sqlite3.Connection, batch: Sequence[RowUpdate],
-                 rowids: dict[Key, int]) -> list[summary.Change]:
+    def _changes(self, batch: Sequence[RowUpdate], rowids: dict[Key, int],
+                 mode: str) -> list[summary.Change]:
         """Each key's change over the batch, for the summaries and the text index: the upsert
         merged into the rows that were stored (``_Merges``) and inserted the others (a key
         written n times was new if it was merged into n - 1 times), with the rowid it was
-        given; a row stored before keeps its own, looked up if its text changed."""
+        given; a row stored before keeps its own (``_Merges`` has it)."""
+        touches = summary.touches_text
         counts: dict[Key, list] = {}  # key -> [occurrences, last partial row, wrote text]
         for p in batch:
             entry = counts.get(p.key)
-            text = "input" in p.row or "output" in p.row
+            text = touches(p.row, mode)
             if entry is None:
                 counts[p.key] = [1, p.row, text]
             else:
@@ -324,12 +359,8 @@ class SQLiteWriter(StoreWriter):
                 before = merged[0] if merged[2] == occurrences else None
                 after = merged[1]
                 if before is not None:  # stored before the batch: its own rowid
-                    rowid = None
-                    old_text = merged[3]
-                    if text:
-                        found = conn.execute("SELECT rowid FROM rows WHERE container = ? AND "
-                                             "id = ?", key).fetchone()
-                        rowid = found[0] if found else None
+                    rowid = merged[4]
+                    old_text = merged[3] or ""
             changes.append(summary.Change(key[0], key[1], before, after, rowid, text, old_text))
         return changes
 
@@ -595,6 +626,8 @@ class SQLiteReader(StoreReader):
         for key, wanted in f.metadata:
             where.append(f"{_json_value('t.metadata', key, args)} = ?")
             args.append(wanted)
+        if f.text and summary.search_mode(self.conn) == "off":
+            raise SearchOff(self.path)
         query = summary.match_query(f.text) if f.text else None
         if query is not None and self._matches_at_most(query, TEXT_SET_BOUND):
             where.append(_TEXT_MATCH)

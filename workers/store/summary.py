@@ -21,7 +21,11 @@ difference (``Change``), so merges, retries and replays keep it exact.
 The text index (``rows_fts``, FTS5, contentless, its rowid the row's) holds the words of each
 span's ``input`` and ``output``, each bounded to ``TEXT_BOUND`` characters: search finds what
 a span's input or output begins with, and indexing costs the same for a 5 MB input as for a
-5 KB one.
+5 KB one. What it covers is the store's search mode (``SEARCH_MODES``, in the ``settings`` table
+since migration 3; ``TRACER_SEARCH_INDEX`` for the writer): every span (``all``), root and llm
+spans only (``roots``), or nothing (``off``). A row's entry is ``indexed_text(row, mode)``, a
+function of the row and the mode alone, so that the words a row went in with can be told again
+to take it out; a writer set to another mode than its store's rebuilds the index (``reindex``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeGuard
 
 # The bit of each span type in ``traces.types``. Stored in the database: only ever append.
@@ -39,6 +42,7 @@ TYPE_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(
      "classifier"))}
 OTHER_TYPE_BIT = 1 << 40  # a type this table does not know (imported rows may have any)
 
+SEARCH_MODES = ("all", "roots", "off")  # what the text index covers: TRACER_SEARCH_INDEX
 TEXT_BOUND = 2000  # characters of a span's input, and of its output, that search sees
 META_VALUE_BOUND = 200  # characters of a root metadata value kept for ``meta=`` filters
 META_KEYS_BOUND = 50  # top-level metadata keys kept per root
@@ -70,6 +74,10 @@ CREATE TABLE IF NOT EXISTS traces (
 FTS = ("CREATE VIRTUAL TABLE IF NOT EXISTS rows_fts USING fts5(text, "
        "tokenize = 'unicode61 remove_diacritics 2', detail = none, content = '', "
        "columnsize = 0)")
+
+# The store's settings that readers and every writer must agree on (migration 3): today the
+# search mode (a store without the table, version 2, indexes every span).
+SETTINGS = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # A missing start never lowers ``start``: the writer passes the batch's time instead, which is
 # later than any start already stored. The root's columns come with its row (``row_id`` set):
@@ -146,84 +154,114 @@ def number(value: Any) -> TypeGuard[int | float]:
             and math.isfinite(value))
 
 
-@dataclass
-class Change:
-    """One key's change over a batch: the row before (None: new) and after."""
+class Change(NamedTuple):
+    """One key's change over a batch: the row before (None: new) and after (a tuple: one is
+    made per key written)."""
 
     container: str
     row_id: str
     before: Part | None
     after: dict
     rowid: int | None = None  # the row's rowid (for the text index)
-    text_changed: bool = False  # the batch wrote ``input`` or ``output``
+    text_changed: bool = False  # the batch wrote a field the row's indexed text depends on
     old_text: str = ""  # what the text index held for the row before the batch
 
 
-@dataclass
-class _Delta:
-    spans: int = 0
-    errors: int = 0
-    tokens: float = 0.0
-    types: int = 0
-    start: float | None = None
-    scores: dict[str, list[float]] = field(default_factory=dict)
-    root: tuple = _NO_ROOT  # (row_id, name, type, end, metadata) of the root row, if written
-
-    def add(self, p: Part, sign: int) -> None:
-        self.spans += sign
-        self.errors += sign * p.error
-        self.tokens += sign * p.tokens
-        if sign > 0:
-            self.types |= p.type_bit
-            if p.start is not None and (self.start is None or p.start < self.start):
-                self.start = p.start
-        if p.scores:
-            for name, value in p.scores.items():
-                acc = self.scores.setdefault(name, [0.0, 0])
-                acc[0] += sign * value
-                acc[1] += sign
+# Summary rows and index entries per statement: several rows a statement, as for ``rows``
+# (sqlite3 lets go of the GIL at each step of executemany; one statement steps once), within
+# SQLite's oldest limit of 999 variables.
+_ADD_ROWS = 999 // 12
+_TEXT_ROWS = 999 // 3
+_ADD_HEAD, _ADD_TAIL = _ADD.split("VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_statements: dict[tuple[str, int], str] = {}
 
 
-def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> None:
-    """Move the summaries and the text index by ``changes``, in the caller's transaction."""
-    deltas: dict[tuple[str, str], _Delta] = {}
+def _many(conn: sqlite3.Connection, head: str, values: str, tail: str, per: int,
+          rows: list[tuple]) -> None:
+    """``head VALUES values, values, ... tail`` for ``rows``, ``per`` rows a statement (the
+    statements cached by head and row count)."""
+    for i in range(0, len(rows), per):
+        chunk = rows[i:i + per]
+        key = (head, len(chunk))
+        sql = _statements.get(key)
+        if sql is None:
+            sql = _statements[key] = f"{head} VALUES {','.join([values] * len(chunk))}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
+          mode: str = "all") -> None:
+    """Move the summaries and the text index by ``changes``, in the caller's transaction
+    (``mode``: the store's search mode, ``SEARCH_MODES``)."""
+    # (container, root) -> [start, spans, errors, tokens, types, root columns, score sums]: a
+    # list, not an object: a fan-in of one-span traces makes one per row.
+    deltas: dict[tuple[str, str], list] = {}
     texts: list[tuple[int, str]] = []
     replaced: list[tuple[int, str]] = []
     for change in changes:
-        after = part(change.after)
-        if change.before is not None and change.before.root is not None:
-            key = (change.container, change.before.root)
+        before = change.before
+        if before is not None and before.root is not None:
+            key = (change.container, before.root)
             delta = deltas.get(key)
             if delta is None:
-                delta = deltas[key] = _Delta()
-            delta.add(change.before, -1)
-        if after.root is not None:
-            key = (change.container, after.root)
+                delta = deltas[key] = [None, 0, 0, 0.0, 0, _NO_ROOT, None]
+            delta[1] -= 1
+            delta[2] -= before.error
+            delta[3] -= before.tokens
+            if before.scores:
+                _sum_scores(delta, before.scores, -1)
+        row = change.after
+        after = part(row)
+        root = after.root
+        if root is not None:
+            key = (change.container, root)
             delta = deltas.get(key)
             if delta is None:
-                delta = deltas[key] = _Delta()
-            delta.add(after, 1)
-            if change.after.get("span_id") == after.root:
-                delta.root = root_columns(change.row_id, change.after)
+                delta = deltas[key] = [after.start, 1, after.error, after.tokens,
+                                       after.type_bit, _NO_ROOT, None]
+            else:
+                start = after.start
+                if start is not None and (delta[0] is None or start < delta[0]):
+                    delta[0] = start
+                delta[1] += 1
+                delta[2] += after.error
+                delta[3] += after.tokens
+                delta[4] |= after.type_bit
+            if after.scores:
+                _sum_scores(delta, after.scores, 1)
+            if row.get("span_id") == root:
+                delta[5] = root_columns(change.row_id, row)
         if change.text_changed and change.rowid is not None:
-            if change.old_text:  # out of the index with the words it went in with
-                replaced.append((change.rowid, change.old_text))
-            text = search_text(change.after)
-            if text:
-                texts.append((change.rowid, text))
+            text = indexed_text(row, mode)
+            if text != change.old_text:  # else the index holds these words already
+                if change.old_text:  # out of the index with the words it went in with
+                    replaced.append((change.rowid, change.old_text))
+                if text:
+                    texts.append((change.rowid, text))
     if deltas:
-        conn.executemany(_ADD, [
-            (c, r, d.start if d.start is not None else now, d.spans, d.errors, d.tokens, d.types,
-             *d.root)
+        _many(conn, _ADD_HEAD, "(?,?,?,?,?,?,?,?,?,?,?,?)", _ADD_TAIL, _ADD_ROWS, [
+            (c, r, d[0] if d[0] is not None else now, d[1], d[2], d[3], d[4], *d[5])
             for (c, r), d in deltas.items()])
-        scored = [(key, d.scores) for key, d in deltas.items() if d.scores]
+        scored = [(key, d[6]) for key, d in deltas.items() if d[6]]
         if scored:
             _add_scores(conn, scored)
     if replaced:
-        conn.executemany("INSERT INTO rows_fts (rows_fts, rowid, text) VALUES ('delete', ?, ?)",
-                         replaced)
+        _many(conn, "INSERT INTO rows_fts (rows_fts, rowid, text)", "('delete',?,?)", "",
+              _TEXT_ROWS, replaced)
     if texts:
-        conn.executemany("INSERT INTO rows_fts (rowid, text) VALUES (?, ?)", texts)
+        _many(conn, "INSERT INTO rows_fts (rowid, text)", "(?,?)", "", _TEXT_ROWS, texts)
+
+
+def _sum_scores(delta: list, scores: dict[str, float], sign: int) -> None:
+    sums = delta[6]
+    if sums is None:
+        sums = delta[6] = {}
+    for name, value in scores.items():
+        acc = sums.get(name)
+        if acc is None:
+            acc = sums[name] = [0.0, 0]
+        acc[0] += sign * value
+        acc[1] += sign
 
 
 def _add_scores(conn: sqlite3.Connection,
@@ -300,6 +338,68 @@ def search_text(row: dict) -> str:
         if value:
             text = f"{text}\n{value}" if text else value
     return text
+
+
+def indexed_text(row: dict, mode: str) -> str:
+    """What the text index holds for a row in search mode ``mode``: ``search_text`` of every
+    row (``all``), of root and llm spans only (``roots``), of none (``off``). A function of the
+    row and the mode alone, as ``search_text`` is of the row."""
+    if mode == "all":
+        return search_text(row)
+    if mode == "off":
+        return ""
+    attrs = row.get("span_attributes")
+    if ((type(attrs) is dict and attrs.get("type") == "llm")
+            or (row.get("span_id") is not None and row.get("span_id") == row.get("root_span_id"))):
+        return search_text(row)
+    return ""
+
+
+# The fields of a row that its indexed text depends on, in each mode.
+_TEXT_FIELDS = {"all": ("input", "output"),
+                "roots": ("input", "output", "span_attributes", "span_id", "root_span_id"),
+                "off": ()}
+
+
+def touches_text(partial: dict, mode: str) -> bool:
+    """Whether merging ``partial`` into a row may change the row's ``indexed_text``."""
+    # A loop, not any() of a generator: called once per row written, and twice as fast.
+    for name in _TEXT_FIELDS[mode]:  # noqa: SIM110
+        if name in partial:
+            return True
+    return False
+
+
+def search_mode(conn: sqlite3.Connection) -> str:
+    """The store's search mode; ``all`` for a store without the settings table (version 2,
+    whose index covers every span)."""
+    try:
+        found = conn.execute("SELECT value FROM settings WHERE key = 'search_index'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return "all"
+        raise
+    return found[0] if found and found[0] in SEARCH_MODES else "all"
+
+
+def reindex(conn: sqlite3.Connection, load: Any, mode: str, batch: int = 2000) -> None:
+    """Make the text index cover what ``mode`` asks, from the rows as they are, and record the
+    mode, in the caller's transaction: the index emptied, then (unless ``off``) a pass over
+    every row, decoded (about as long as migration 2's: 45 s a million rows)."""
+    conn.execute("INSERT INTO rows_fts (rows_fts) VALUES ('delete-all')")
+    last = 0
+    while mode != "off":
+        chunk = conn.execute("SELECT rowid, data FROM rows WHERE rowid > ? ORDER BY rowid "
+                             "LIMIT ?", (last, batch)).fetchall()
+        if not chunk:
+            break
+        texts = [(rowid, text) for rowid, text in
+                 ((rowid, indexed_text(load(data), mode)) for rowid, data in chunk) if text]
+        if texts:
+            _many(conn, "INSERT INTO rows_fts (rowid, text)", "(?,?)", "", _TEXT_ROWS, texts)
+        last = chunk[-1][0]
+    conn.execute("INSERT INTO settings (key, value) VALUES ('search_index', ?) ON CONFLICT (key) "
+                 "DO UPDATE SET value = excluded.value", (mode,))
 
 
 def _flat_text(value: Any) -> str | None:
