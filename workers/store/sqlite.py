@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tracer import wire
+from tracer import config, wire
 
 from ..rows import Key, load_row, merge, pack_row
 from . import schema, summary
