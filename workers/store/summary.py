@@ -160,7 +160,9 @@ class Change:
 
 
 @dataclass
-class _Delta:
+class Delta:
+    """How a batch moves one trace's summary."""
+
     spans: int = 0
     errors: int = 0
     tokens: float = 0.0
@@ -184,27 +186,53 @@ class _Delta:
                 acc[1] += sign
 
 
+def deltas_of(changes: Iterable[Change]) -> dict[tuple[str, str], Delta]:
+    """How ``changes`` move each trace's summary, by ``(container, root_span_id)`` (what every
+    backend adds to its ``traces`` table)."""
+    deltas: dict[tuple[str, str], Delta] = {}
+    for change in changes:
+        _add_change(deltas, change)
+    return deltas
+
+
+def _add_change(deltas: dict[tuple[str, str], Delta], change: Change) -> Part:
+    """Add one change to ``deltas``; returns what its row adds after it."""
+    after = part(change.after)
+    if change.before is not None and change.before.root is not None:
+        key = (change.container, change.before.root)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta()
+        delta.add(change.before, -1)
+    if after.root is not None:
+        key = (change.container, after.root)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta()
+        delta.add(after, 1)
+        if change.after.get("span_id") == after.root:
+            delta.root = root_columns(change.row_id, change.after)
+    return after
+
+
+def add_scores(sums: dict[str, list[float]], delta: dict[str, list[float]]) -> None:
+    """Add a trace's score delta (``{name: [sum, count]}``) to its stored sums, in place; a
+    score no span has any more goes."""
+    for name, (total, count) in delta.items():
+        acc = sums.setdefault(name, [0.0, 0])
+        acc[0] += total
+        acc[1] += count
+        if acc[1] <= 0:
+            del sums[name]
+
+
 def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float) -> None:
     """Move the summaries and the text index by ``changes``, in the caller's transaction."""
-    deltas: dict[tuple[str, str], _Delta] = {}
+    deltas: dict[tuple[str, str], Delta] = {}
     texts: list[tuple[int, str]] = []
     replaced: list[tuple[int, str]] = []
     for change in changes:
-        after = part(change.after)
-        if change.before is not None and change.before.root is not None:
-            key = (change.container, change.before.root)
-            delta = deltas.get(key)
-            if delta is None:
-                delta = deltas[key] = _Delta()
-            delta.add(change.before, -1)
-        if after.root is not None:
-            key = (change.container, after.root)
-            delta = deltas.get(key)
-            if delta is None:
-                delta = deltas[key] = _Delta()
-            delta.add(after, 1)
-            if change.after.get("span_id") == after.root:
-                delta.root = root_columns(change.row_id, change.after)
+        _add_change(deltas, change)
         if change.text_changed and change.rowid is not None:
             if change.old_text:  # out of the index with the words it went in with
                 replaced.append((change.rowid, change.old_text))
@@ -234,12 +262,7 @@ def _add_scores(conn: sqlite3.Connection,
         found = conn.execute("SELECT score_sums FROM traces WHERE container = ? AND "
                              "root_span_id = ?", (container, root)).fetchone()
         sums: dict[str, list[float]] = json.loads(found[0]) if found and found[0] else {}
-        for name, (total, count) in delta.items():
-            acc = sums.setdefault(name, [0.0, 0])
-            acc[0] += total
-            acc[1] += count
-            if acc[1] <= 0:
-                del sums[name]
+        add_scores(sums, delta)
         means = {name: s / n for name, (s, n) in sums.items()}
         updates.append((json.dumps(means) if means else None,
                         json.dumps(sums) if sums else None, container, root))
