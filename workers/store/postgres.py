@@ -249,8 +249,14 @@ def _folded(text: str) -> str:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else None
+    """A number for a float8 column; None for anything else, or one beyond float8 (the row
+    keeps it: only the column, for queries, goes without)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _iso(epoch: float) -> str:
