@@ -18,7 +18,8 @@ from workers.rows import Container
 from workers.store import STORE_ERRORS, SchemaVersionError, StoreError, open_store, postgres
 from workers.store.postgres import PostgresReader, PostgresWriter
 
-from .conftest import clean_env, free_port, python_command, run_cli
+from .conftest import CLI, Service, clean_env, free_port, python_command, run_cli
+from .helpers import wait_until
 from .postgres import PASSWORD
 
 
@@ -164,3 +165,30 @@ def test_four_writers_in_four_processes_lose_no_merge_and_duplicate_nothing(post
     assert page is not None and len(page.traces) == KEYS
     assert all(t["spans"] == 1 and t["scores"] == {f"s{w}": 1.0 for w in range(4)}
                for t in page.traces)
+
+
+def test_tracer_serve_answers_its_api_from_a_postgres_store(postgres_url, tmp_path):
+    import httpx
+
+    root = "served-root"
+    with open_store(postgres_url) as writer:
+        writer.write([pending("served", root, input="hello", metrics={"start": 5.0})])
+    port = free_port()
+
+    with Service("tracer serve", [*CLI, "serve", "--store", postgres_url, "--port", str(port)],
+                 str(tmp_path / "serve.log"), clean_env()) as server:
+        def projects() -> list | None:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/projects", timeout=5).json()
+            except httpx.TransportError:
+                return None
+
+        listed = wait_until(projects, 30, server.log)
+        traces = httpx.get(f"http://127.0.0.1:{port}/api/projects/served/traces",
+                           timeout=5).json()
+        skeleton = httpx.get(f"http://127.0.0.1:{port}/api/traces/{root}", timeout=5).json()
+
+    assert [p["name"] for p in (listed["projects"] if isinstance(listed, dict) else listed)] \
+        == ["served"]
+    assert root in str(traces) and root in str(skeleton)
+    assert PASSWORD not in server.log()

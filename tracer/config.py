@@ -486,7 +486,7 @@ def queue_policy(settings: Settings) -> tuple[int, str | None]:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """A URL with its password masked, for messages."""
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
@@ -525,7 +525,7 @@ def store_path(store: str | None, label: str = "store") -> str:
             raise refused(label, given, "expected sqlite:///relative.db or "
                                         "sqlite:////absolute.db")
         if path.startswith(POSTGRES_SCHEMES):
-            raise refused(label, _without_password(given),
+            raise refused(label, without_password(given),
                           "an aggregator started by a traced program writes to a SQLite store "
                           "only, so far (the tracer CLI reads and writes PostgreSQL ones)")
         raise refused(label, given, f"{scheme}:// stores are not supported; only SQLite ones "
