@@ -34,10 +34,34 @@ from workers.store.sqlite import SQLiteReader as Store
 from workers.store.sqlite import SQLiteWriter as SQLiteSink  # noqa: F401 (for the tests)
 from workers.store.sqlite import lookup_attachments as lookup_attachments
 
+from . import postgres
 from .helpers import poll
+from .postgres import PostgresServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "workers.cli"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for this test process (``tests/postgres.py``)."""
+    server = postgres.start(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty PostgreSQL database (password included)."""
+    return postgres_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """A store of each backend, not made yet: a SQLite path, a PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "traces.db")
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")

@@ -502,6 +502,27 @@ def queue_policy(settings: Settings) -> tuple[int, str | None]:
     return settings.queue_size, None
 
 
+#: URL schemes of PostgreSQL stores (``workers.store.postgres``).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def without_password(url: str) -> str:
+    """A URL with its password masked, for messages."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def store_location(store: str | None, label: str = "store") -> str:
+    """Where a command of the ``tracer`` CLI finds its store: a PostgreSQL URL as it is (the
+    store opens it), anything else as ``store_path`` has it."""
+    if isinstance(store, str) and store.startswith(POSTGRES_SCHEMES):
+        return store
+    return store_path(store, label)
+
+
 def store_path(store: str | None, label: str = "store") -> str:
     """The absolute SQLite path for a ``store`` setting (``label`` names it in errors: the
     variable or the keyword argument it came from).
@@ -523,6 +544,10 @@ def store_path(store: str | None, label: str = "store") -> str:
         if scheme.lower().startswith("sqlite"):
             raise refused(label, given, "expected sqlite:///relative.db or "
                                         "sqlite:////absolute.db")
+        if path.startswith(POSTGRES_SCHEMES):
+            raise refused(label, without_password(given),
+                          "an aggregator started by a traced program writes to a SQLite store "
+                          "only, so far (the tracer CLI reads and writes PostgreSQL ones)")
         raise refused(label, given, f"{scheme}:// stores are not supported; only SQLite ones "
                                     "(a path or sqlite:///path)")
     if not path:

@@ -1,4 +1,5 @@
-"""The trace server's store queries on a real SQLite store, written through the real writer:
+"""The trace server's store queries on a real store of each backend (SQLite, PostgreSQL),
+written through the real writer:
 trace summaries (counts, running traces, filters, pages that hold still while traces arrive),
 skeletons, span rows, experiments' score means, compare; migration 2 on an older store."""
 
@@ -60,16 +61,16 @@ def trace(container: Container, start: float, children: int = 2, name: str = "ro
 
 
 @pytest.fixture
-def store(tmp_path):
-    path = str(tmp_path / "traces.db")
-    writer = SQLiteWriter(path)
+def store(store_url):
+    """A store of each backend (``store_url``), written through its real writer."""
+    writer = open_store(store_url)
 
     class Store:
         def write(self, rows: list[Pending]) -> None:
             writer.write(rows)
 
         def reader(self) -> StoreReader:
-            return open_store(path, readonly=True)
+            return open_store(store_url, readonly=True)
 
     yield Store()
     writer.close()

@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "attachment":
         name += f" {args.action}"
     try:
-        if hasattr(args, "store"):  # every command here has --store; a path or sqlite:///path
-            args.store = (config.store_path(args.store, "--store") if args.store
-                          else config.store_path(config.load().store, "TRACER_STORE"))
+        if hasattr(args, "store"):  # every command here has --store: a path, sqlite:///path
+            # or postgresql://...
+            args.store = (config.store_location(args.store, "--store") if args.store
+                          else config.store_location(config.load().store, "TRACER_STORE"))
         return COMMANDS[args.command](args)
     except _FAILURES as exc:
         print(f"{name}: {exc}", file=sys.stderr)

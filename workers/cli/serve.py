@@ -8,6 +8,8 @@ import ipaddress
 import os
 import sys
 
+from tracer import config as tracer_config
+
 from ..store import open_store
 from ..store.sqlite import SUMMARIES_VERSION
 
@@ -68,12 +70,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "to serve without one")
         print(f"tracer serve: warning: serving {args.host} without an API key (--insecure): "
               "anyone who reaches it reads every trace", file=sys.stderr)
-    if os.path.exists(args.store):
+    database = args.store.startswith(tracer_config.POSTGRES_SCHEMES)
+    if os.path.exists(args.store) or database:
         with open_store(args.store, readonly=True) as reader:
             found = reader.schema_version()
-        if found < SUMMARIES_VERSION:
+        if not database and found < SUMMARIES_VERSION:  # (PostgreSQL's version 1 has them)
             raise ValueError(
-                f"store {args.store} has schema version {found}; the trace server needs "
+                f"store {reader.location} has schema version {found}; the trace server needs "
                 f"version {SUMMARIES_VERSION}: run `tracer migrate --store {args.store}` first")
     else:
         print(f"tracer serve: no store at {args.store} yet: its traces appear once a traced "
@@ -87,7 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "pip install 'tracer[server]'") from None
     app = make_app(args.store, key)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"tracer serve: {args.store} at http://{host}:{args.port}/ (Ctrl-C stops it)",
+    shown = tracer_config.without_password(args.store)
+    print(f"tracer serve: {shown} at http://{host}:{args.port}/ (Ctrl-C stops it)",
           flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, server_header=False, proxy_headers=False,
@@ -106,13 +110,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """``tracer migrate``: the store at its newest schema (made if missing)."""
     with open_store(args.store) as writer:
         before = None
-        if os.path.exists(args.store):
+        try:  # (a missing file, a database without tables: no store yet)
             with open_store(args.store, readonly=True) as reader:
                 before = reader.schema_version()
+        except FileNotFoundError:
+            pass
         after = writer.schema_version()
+        shown = writer.location  # (a database's URL without its password)
     if before == after:
-        print(f"store {args.store} is at schema version {after} already")
+        print(f"store {shown} is at schema version {after} already")
     else:
-        print(f"store {args.store} upgraded to schema version {after}"
+        print(f"store {shown} upgraded to schema version {after}"
               + (f" (was {before})" if before is not None else ""))
     return 0

@@ -39,6 +39,8 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tracer import config
+
 from ..store import StoreReader, open_store
 from . import api
 
@@ -88,11 +90,15 @@ class Stores:
 
     def reader(self) -> StoreReader | None:
         """This thread's reader, or None while there is no store at the path."""
-        try:
-            info = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        identity = (info.st_dev, info.st_ino)
+        identity: tuple[int, int]
+        if self.path.startswith(config.POSTGRES_SCHEMES):
+            identity = (0, 0)  # a database is not replaced under its URL: one reader a thread
+        else:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                return None
+            identity = (info.st_dev, info.st_ino)
         held = getattr(self._local, "held", None)
         if held is not None and held[0] == identity:
             return held[1]

@@ -67,6 +67,18 @@ class SearchOff(ValueError):
         self.location = location
 
 
+class StoreError(Exception):
+    """A failure of a store's database driver, raised as this by a backend whose driver is
+    imported only when a store of its kind is opened (PostgreSQL's psycopg), so that callers
+    can catch it without importing the driver; the driver's error is its ``__cause__``.
+    ``failed``: whether the store failed as a whole (unreachable, shut down, full, a lock or
+    serialization failure) rather than what was written (``StoreWriter.store_failed``)."""
+
+    def __init__(self, message: str, failed: bool) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
 class UpgradeRequired(ValueError):
     """The store's schema predates what was asked of it (the trace server's queries need
     version 2): a writer upgrades it when it opens it (``tracer migrate``, or any aggregator)."""

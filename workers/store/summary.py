@@ -34,6 +34,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeGuard
 
 # The bit of each span type in ``traces.types``. Stored in the database: only ever append.
@@ -189,6 +190,73 @@ def _many(conn: sqlite3.Connection, head: str, values: str, tail: str, per: int,
         conn.execute(sql, [value for row in chunk for value in row])
 
 
+@dataclass
+class Delta:
+    """How a batch moves one trace's summary."""
+
+    spans: int = 0
+    errors: int = 0
+    tokens: float = 0.0
+    types: int = 0
+    start: float | None = None
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    root: tuple = _NO_ROOT  # (row_id, name, type, end, metadata) of the root row, if written
+
+    def add(self, p: Part, sign: int) -> None:
+        self.spans += sign
+        self.errors += sign * p.error
+        self.tokens += sign * p.tokens
+        if sign > 0:
+            self.types |= p.type_bit
+            if p.start is not None and (self.start is None or p.start < self.start):
+                self.start = p.start
+        if p.scores:
+            for name, value in p.scores.items():
+                acc = self.scores.setdefault(name, [0.0, 0])
+                acc[0] += sign * value
+                acc[1] += sign
+
+
+def deltas_of(changes: Iterable[Change]) -> dict[tuple[str, str], Delta]:
+    """How ``changes`` move each trace's summary, by ``(container, root_span_id)`` (what every
+    backend adds to its ``traces`` table)."""
+    deltas: dict[tuple[str, str], Delta] = {}
+    for change in changes:
+        _add_change(deltas, change)
+    return deltas
+
+
+def _add_change(deltas: dict[tuple[str, str], Delta], change: Change) -> Part:
+    """Add one change to ``deltas``; returns what its row adds after it."""
+    after = part(change.after)
+    if change.before is not None and change.before.root is not None:
+        key = (change.container, change.before.root)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta()
+        delta.add(change.before, -1)
+    if after.root is not None:
+        key = (change.container, after.root)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta()
+        delta.add(after, 1)
+        if change.after.get("span_id") == after.root:
+            delta.root = root_columns(change.row_id, change.after)
+    return after
+
+
+def add_scores(sums: dict[str, list[float]], delta: dict[str, list[float]]) -> None:
+    """Add a trace's score delta (``{name: [sum, count]}``) to its stored sums, in place; a
+    score no span has any more goes."""
+    for name, (total, count) in delta.items():
+        acc = sums.setdefault(name, [0.0, 0])
+        acc[0] += total
+        acc[1] += count
+        if acc[1] <= 0:
+            del sums[name]
+
+
 def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
           mode: str = "all") -> None:
     """Move the summaries and the text index by ``changes``, in the caller's transaction
@@ -272,12 +340,7 @@ def _add_scores(conn: sqlite3.Connection,
         found = conn.execute("SELECT score_sums FROM traces WHERE container = ? AND "
                              "root_span_id = ?", (container, root)).fetchone()
         sums: dict[str, list[float]] = json.loads(found[0]) if found and found[0] else {}
-        for name, (total, count) in delta.items():
-            acc = sums.setdefault(name, [0.0, 0])
-            acc[0] += total
-            acc[1] += count
-            if acc[1] <= 0:
-                del sums[name]
+        add_scores(sums, delta)
         means = {name: s / n for name, (s, n) in sums.items()}
         updates.append((json.dumps(means) if means else None,
                         json.dumps(sums) if sums else None, container, root))
