@@ -665,3 +665,24 @@ def creates_its_files_under_umask(umask: int) -> None:
     files = [os.path.join(top, name) for top, _dirs, names in os.walk(".") for name in names]
     files += [socket + ".pid", socket + ".lock"]
     print(json.dumps({path: stat.S_IMODE(os.stat(path).st_mode) for path in files}))
+
+
+# -- a traced program writing to a PostgreSQL store (TRACER_STORE=postgresql://...) ------------
+
+
+def logs_nested_spans_and_a_span_with_metadata(project: str) -> None:
+    """Log a nested @traced call and a start_span with metadata into ``project``; flush."""
+    logger = tracer.init_logger(project)
+
+    @tracer.traced
+    def inner(x: int) -> int:
+        return x * 2
+
+    @tracer.traced
+    def outer(x: int) -> int:
+        return inner(x) + 1
+
+    outer(3)
+    with logger.start_span("with-metadata", metadata={"model": "m1", "n": 2}) as span:
+        span.log(input="q", output="a")
+    logger.flush()

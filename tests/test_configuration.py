@@ -79,11 +79,12 @@ def a_file_where_no_log_can_be_written(tmp_path) -> str:
     return "/proc/version"
 
 
-def a_database_server_url(tmp_path) -> str:
-    return "postgresql://localhost/traces"
+def a_url_of_a_database_with_no_backend(tmp_path) -> str:
+    return "mysql://localhost/traces"
 
 
-STORES = [a_directory, a_device, a_file_where_no_log_can_be_written, a_database_server_url]
+STORES = [a_directory, a_device, a_file_where_no_log_can_be_written,
+          a_url_of_a_database_with_no_backend]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")

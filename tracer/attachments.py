@@ -282,8 +282,9 @@ def _check_text(value: object, name: str) -> None:
 def store_dir(store_path: str) -> str:
     """The attachment area of the store at ``store_path``: ``<store without .db>.attachments``,
     holding ``spool/`` (handed over by recorders, not yet stored) and ``blobs/`` (content
-    addressed). One per store, so two stores in one directory never take each other's."""
-    return os.path.splitext(store_path)[0] + ".attachments"
+    addressed). One per store, so two stores in one directory never take each other's. A
+    PostgreSQL store's is in its local directory (``config.local_path``)."""
+    return os.path.splitext(config.local_path(store_path))[0] + ".attachments"
 
 
 def make_private(path: str) -> None:

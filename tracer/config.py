@@ -171,7 +171,8 @@ class Choice(Kind):
 
 
 class StorePath(Kind):
-    """Where rows go: a SQLite file (see ``store_path``); kept as given, checked now."""
+    """Where rows go: a SQLite file or a PostgreSQL URL (see ``store_path``); kept as given,
+    checked now."""
 
     def parse(self, label: str, text: str) -> str:
         store_path(text, label)
@@ -182,7 +183,7 @@ class StorePath(Kind):
                                else value)
 
     def describe(self) -> str:
-        return "a file path, or `sqlite:///path`"
+        return "a file path, `sqlite:///path` or `postgresql://...`"
 
 
 class Directory(Kind):
@@ -293,10 +294,12 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("STORE", StorePath(), None, "where rows go: a SQLite file (not a directory nor a "
-             "special file; URLs of other databases are refused), relative to the working "
+             "special file), relative to the working "
              "directory of the process that starts the aggregator, whose `aggregator.log` sits "
              "beside it. Created 0600 (its directory 0700); removed or replaced while in use, it "
-             'is started again at the same path ("How it works")',
+             'is started again at the same path ("How it works"); or a PostgreSQL database, '
+             'whose local files go to `~/.tracer/postgres/HOST-PORT-DB/` ("PostgreSQL stores"); '
+             'URLs of other databases are refused',
              field="store", keyword="store", shown_default=DEFAULT_STORE),
     Variable("ENDPOINT", Endpoint(), None, "the aggregator's ZeroMQ address; set it to attach to "
              "a standalone `tracer aggregator`", field="endpoint", keyword="endpoint",
@@ -515,6 +518,55 @@ def without_password(url: str) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
+def is_postgres(store: object) -> bool:
+    """Whether ``store`` is a PostgreSQL URL (else a SQLite path or URL)."""
+    return isinstance(store, str) and store.startswith(POSTGRES_SCHEMES)
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """A PostgreSQL URL without its password, and the password (percent-decoded, as libpq
+    reads it; None if the URL has none). The aggregator is given the first on its command
+    line, which any user can read in ``ps``, and the password in ``PGPASSWORD``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url, None
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.split(':', 1)[0]}@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), \
+        urllib.parse.unquote(parts.password)
+
+
+def store_key(store: str) -> str:
+    """What tells one store from another: a SQLite store's absolute path, a PostgreSQL URL
+    without its password (one aggregator per database, whichever password reached it)."""
+    return split_password(store)[0] if is_postgres(store) else store
+
+
+#: Where the local files of PostgreSQL stores go (one directory per database; see local_path).
+POSTGRES_STATE_DIR = os.path.join("~", ".tracer", "postgres")
+
+
+def local_path(store: str) -> str:
+    """Where the files a store keeps on this host are anchored: for a SQLite store the file
+    itself (its ``aggregator.log`` and ``<name>.attachments/`` sit beside it); for a
+    PostgreSQL store ``~/.tracer/postgres/<host>-<port>-<database>/store``, a name never
+    created whose directory (0700) holds the aggregator's log and ``store.attachments/``. The
+    directory is named from the URL without its user and password: every user's processes on
+    this host that write to one database share one attachment area and log."""
+    if not is_postgres(store):
+        return store
+    parts = urllib.parse.urlsplit(store)
+    query = urllib.parse.parse_qs(parts.query)
+    host = parts.hostname or query.get("host", ["localhost"])[0]
+    try:
+        port = parts.port or int(query.get("port", ["5432"])[0])
+    except ValueError:  # a malformed port: the database refuses it, but the name must not fail
+        port = 5432
+    database = parts.path.lstrip("/") or query.get("dbname", [parts.username or "postgres"])[0]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{host}-{port}-{database}").lstrip(".")
+    return os.path.join(os.path.expanduser(POSTGRES_STATE_DIR), name, "store")
+
+
 def store_location(store: str | None, label: str = "store") -> str:
     """Where a command of the ``tracer`` CLI finds its store: a PostgreSQL URL as it is (the
     store opens it), anything else as ``store_path`` has it."""
@@ -528,9 +580,10 @@ def store_path(store: str | None, label: str = "store") -> str:
     variable or the keyword argument it came from).
 
     Accepts a plain path or a URL in SQLAlchemy's spelling: ``sqlite:///relative.db``,
-    ``sqlite:////absolute/path.db``. Refuses other URL schemes (only SQLite stores exist), and
-    a path that names a directory or something other than a regular file: the store is one
-    file, with the aggregator's log beside it.
+    ``sqlite:////absolute/path.db``. A PostgreSQL URL is returned as given (its local files go
+    to ``local_path``). Refuses other URL schemes, and a path that names a directory or
+    something other than a regular file: the store is one file, with the aggregator's log
+    beside it.
     """
     given = DEFAULT_STORE if store is None else store
     if not isinstance(given, str):
@@ -545,9 +598,7 @@ def store_path(store: str | None, label: str = "store") -> str:
             raise refused(label, given, "expected sqlite:///relative.db or "
                                         "sqlite:////absolute.db")
         if path.startswith(POSTGRES_SCHEMES):
-            raise refused(label, without_password(given),
-                          "an aggregator started by a traced program writes to a SQLite store "
-                          "only, so far (the tracer CLI reads and writes PostgreSQL ones)")
+            return given  # the database checks it; its local files go to local_path(given)
         raise refused(label, given, f"{scheme}:// stores are not supported; only SQLite ones "
                                     "(a path or sqlite:///path)")
     if not path:

@@ -20,7 +20,7 @@ import pathlib
 import sqlite3
 from typing import TypeGuard, cast
 
-from . import wire
+from . import config, wire
 from .logger import SpanContainer
 from .recorder import Recorder
 
@@ -119,6 +119,11 @@ class Experiment(SpanContainer):
                 f"Experiment.summarize: this process sends to the aggregator at "
                 f"{self.recorder.endpoint} and does not know its store; summarise where the "
                 f"store is: tracer export --experiment {self.id} --store STORE")
+        # Reading PostgreSQL needs psycopg, which tracer never imports.
+        if config.is_postgres(store):
+            raise RuntimeError(
+                f"Experiment.summarize reads SQLite stores only, so far; summarise with: "
+                f"tracer export --experiment {self.id} --store {config.without_password(store)}")
         self.flush(timeout)
         rows = _stored_rows(store, wire.experiment_store_id(self.id))
         return summarize_rows(rows, self.project, self.name, self.id, store, summarize_scores)

@@ -47,11 +47,16 @@ def recorder_for(settings: config.Settings, store: str | None = None,
     label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
                     else ("store", config.DEFAULT_STORE if store is None else store))
     path = config.store_path(given, label)
-    if env_endpoint and os.environ.get(config.ENV_AGGREGATOR_STORE) == path:
+    # A PostgreSQL store is known by its URL without the password: one aggregator per database.
+    store_key = config.store_key(path)
+    inherited_store = os.environ.get(config.ENV_AGGREGATOR_STORE)
+    if env_endpoint and inherited_store and config.store_key(inherited_store) == store_key:
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
-    rec = _by_store.get(path)
+    rec = _by_store.get(store_key)
     if rec is None or rec.aggregator_dead():
-        _check_store_directory(path, label, given)
+        _check_store_directory(config.local_path(path), label,
+                               config.without_password(given) if isinstance(given, str)
+                               else given)
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
         pid = start_aggregator(endpoint, path, os.getpid())
         bound, drop_reason = config.queue_policy(settings)
@@ -60,7 +65,7 @@ def recorder_for(settings: config.Settings, store: str | None = None,
                        block_timeout=settings.queue_block_timeout,
                        store=path, restart=restart_aggregator,
                        spool_dir=settings.failed_payloads_dir)
-        _by_store[path] = rec
+        _by_store[store_key] = rec
         _by_endpoint[endpoint] = rec
     return rec
 
@@ -115,16 +120,24 @@ def _env_int(name: str) -> int | None:
 
 
 def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
-    """Start an aggregator for ``store_path`` listening on ``endpoint``; returns its pid.
+    """Start an aggregator for ``store_path`` (a SQLite path or a PostgreSQL URL) listening on
+    ``endpoint``; returns its pid.
 
     The aggregator runs in its own session, so a Ctrl-C meant for the application does not kill
     it before it has committed; it exits by itself once ``owner`` and every process that sent
     to it are gone.
     """
-    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint, "--store", store_path]
+    env = dict(os.environ)
+    store_arg = store_path
+    if config.is_postgres(store_path):
+        # A command line is anyone's to read (ps): the password goes in the environment, where
+        # libpq looks for it, and the aggregator never holds it in its store URL.
+        store_arg, password = config.split_password(store_path)
+        if password is not None:
+            env["PGPASSWORD"] = password
+    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint, "--store", store_arg]
     if owner is not None:
         cmd += ["--owner", str(owner)]
-    env = dict(os.environ)
     # Let the child import ``workers`` from wherever this process found ``tracer``.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -176,8 +189,9 @@ def restart_aggregator(rec: Recorder) -> int | None:
 
 def aggregator_log(store_path: str) -> str:
     """Where an aggregator started by init_logger writes its messages: beside the store (a file,
-    never a directory: ``config.store_path`` refuses those)."""
-    return os.path.join(os.path.dirname(store_path), "aggregator.log")
+    never a directory: ``config.store_path`` refuses those), or for a PostgreSQL store in its
+    local directory (``config.local_path``)."""
+    return os.path.join(os.path.dirname(config.local_path(store_path)), "aggregator.log")
 
 
 def _open_log(store_path: str) -> int:

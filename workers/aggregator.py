@@ -541,7 +541,8 @@ def parser() -> argparse.ArgumentParser:
                         "at it with TRACER_ENDPOINT or init_logger(endpoint=...). Anything but "
                         "loopback needs --secret-key (or --insecure).")
     p.add_argument("--store", default=None,
-                   help="SQLite path or sqlite:///path (default: TRACER_STORE or "
+                   help="SQLite path, sqlite:///path or postgresql://... (default: "
+                        "TRACER_STORE or "
                         ".tracer/traces.db)")
     p.add_argument("--secret-key", metavar="FILE",
                    help="the aggregator's secret key file (mode 0600, from `tracer keys`): only "
@@ -588,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tracer aggregator: {exc}", file=sys.stderr)
         return 2
+    if config.is_postgres(store):
+        # The store URL is said in the log, in the run's record and to whoever asks for stats:
+        # it must not hold the password, which libpq finds in PGPASSWORD instead.
+        store, password = config.split_password(store)
+        if password is not None:
+            os.environ["PGPASSWORD"] = password
     aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit, secret_key)
     # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
     # default thresholds the collector scanned them every few hundred allocations (12% of the
