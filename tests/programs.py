@@ -686,3 +686,19 @@ def logs_nested_spans_and_a_span_with_metadata(project: str) -> None:
     with logger.start_span("with-metadata", metadata={"model": "m1", "n": 2}) as span:
         span.log(input="q", output="a")
     logger.flush()
+
+
+def traces_spans_an_experiment_and_an_attachment(store: str) -> None:
+    """Log a trace of nested spans with an attachment into a project's logs and a scored trace
+    into an experiment, in ``store`` (what ``tracer migrate --from --to`` copies)."""
+    tracer.init_logger("migrated", store=store)
+    with tracer.start_span("root", type="task") as root:
+        root.log(input={"question": "what moves?"}, metadata={"model": "m1"})
+        with tracer.start_span("child", type="llm") as child:
+            child.log(output={"file": tracer.Attachment(b"migrated bytes", filename="a.bin")},
+                      metrics={"tokens": 7})
+        root.log(output="everything", scores={"quality": 0.5})
+    experiment = tracer.init("migrated", "exp", store=store, set_current=False)
+    with experiment.start_span("case", type="eval") as case:
+        case.log(input={"n": 1}, output={"n": 2}, scores={"accuracy": 1.0})
+    tracer.flush(timeout=30)

@@ -12,6 +12,7 @@ from tracer import config as tracer_config
 
 from ..store import open_store
 from ..store.sqlite import SUMMARIES_VERSION
+from . import migrate as copy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8585
@@ -49,12 +50,20 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:
                        help="allow a non-loopback address without an API key (anyone who can "
                             "reach it reads every trace)")
     migrate = commands.add_parser(
-        "migrate", help="bring a store's schema up to date",
+        "migrate", help="bring a store's schema up to date, or copy a store into another",
         description="Upgrade the store to the schema this tracer writes (aggregators do it "
                     "when they open a store; tracer serve needs it done). Building the trace "
-                    "summaries of an older store reads every row once.")
+                    "summaries of an older store reads every row once. With --from and --to: "
+                    "copy the store SRC into DST, across backends (sqlite:///path or a path, "
+                    "postgresql://...): every row as stored, the containers, the aggregator "
+                    "runs, the attachment records and their blobs; DST is made if missing and "
+                    "must have no rows.")
     migrate.add_argument("--store", help="store to upgrade (default: TRACER_STORE or "
                                          ".tracer/traces.db)")
+    migrate.add_argument("--from", dest="source", metavar="SRC",
+                         help="store to copy from (with --to)")
+    migrate.add_argument("--to", dest="destination", metavar="DST",
+                         help="store to copy into: new, or without rows (with --from)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -107,7 +116,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """``tracer migrate``: the store at its newest schema (made if missing)."""
+    """``tracer migrate``: the store at its newest schema (made if missing); with ``--from``
+    and ``--to``, a copy of one store into another (``workers.cli.migrate``)."""
+    if args.source is not None or args.destination is not None:
+        if args.source is None or args.destination is None:
+            raise ValueError("--from and --to go together")
+        return copy.cmd_copy(tracer_config.store_location(args.source, "--from"),
+                             tracer_config.store_location(args.destination, "--to"))
     with open_store(args.store) as writer:
         before = None
         try:  # (a missing file, a database without tables: no store yet)

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from tracer import wire
+
 from ..rows import Container, Key
 
 _Handle = TypeVar("_Handle", bound="StoreHandle")
@@ -197,6 +199,56 @@ class StoreWriter(StoreHandle):
         """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
         ``tracer import --experiment`` adds to)."""
 
+    # -- copying a whole store (``tracer migrate --from --to``) ------------------------------
+
+    @abc.abstractmethod
+    def import_containers(self, containers: Sequence[dict]) -> None:
+        """Record containers as ``StoreReader.containers`` lists them, their ``created``
+        included; a container already recorded stays as it is."""
+
+    def import_rows(self, batch: Sequence[tuple[dict, dict]]) -> None:
+        """Store ``(container record, row as stored)`` pairs as they are, atomically.
+
+        Meant for a store that has none of these rows (``tracer migrate`` refuses a destination
+        with rows): a row not stored yet is stored as it is, ``created`` included, which is what
+        ``write`` does, so this is ``write`` with the rows' containers resolved from their
+        records (import their records first, with ``import_containers``, to keep their
+        ``created``)."""
+        self.write([_Imported(container, row) for container, row in batch])
+
+    @abc.abstractmethod
+    def import_run(self, run: dict) -> None:
+        """Record an aggregator run as ``StoreReader.runs`` lists it, every field as it is; a
+        run already recorded stays as it is."""
+
+    def import_attachment(self, record: dict) -> None:
+        """Record an attachment as ``StoreReader.attachment_records`` lists it (its ``stored``
+        time becomes now: ``record_attachment`` sets it)."""
+        self.record_attachment(
+            record["key"], sha256=record["sha256"], size=record["size"],
+            filename=record["filename"], content_type=record["content_type"],
+            error=record["error"] if record["status"] == "error" else None,
+            source=record["source"], logged=record["logged"])
+
+
+class _Imported:
+    """A stored row handed to ``StoreWriter.write`` by ``import_rows`` (a ``RowUpdate``)."""
+
+    __slots__ = ("container", "key", "row")
+
+    def __init__(self, record: dict, row: dict) -> None:
+        if record["kind"] == "experiment":
+            key = wire.experiment_container(record["project_name"], record["experiment_id"],
+                                            record["experiment_name"])
+        else:
+            key = wire.logs_container(record["project_name"])
+        self.container = Container(key)
+        if self.container.id != record["id"]:  # (a container id is derived from its names)
+            raise ValueError(f"container {record['id']!r}: its id does not follow from its "
+                             "names; this store cannot be copied row by row")
+        self.key: Key = (self.container.id, row["id"])
+        self.row = row
+
 
 class StoreReader(StoreHandle):
     """Reads a store: rows, containers, runs and attachment records."""
@@ -231,6 +283,17 @@ class StoreReader(StoreHandle):
         """The aggregator runs recorded, the latest started first: ``run_id``, ``pid``, ``host``,
         ``endpoint``, ``started``, ``updated``, ``ended`` (None while it runs, or if it died)
         and ``counters`` (JSON text)."""
+
+    @abc.abstractmethod
+    def stored_rows(self) -> Iterator[tuple[str, dict]]:
+        """Every row as it is stored, without the fields ``rows`` adds (``project_name``,
+        ``experiment_name``), with its container's id: ``(container id, row)``, in the order
+        they were first stored."""
+
+    @abc.abstractmethod
+    def attachment_records(self) -> list[dict]:
+        """Every attachment record, by key: the fields of ``attachments`` and ``source``,
+        ``logged``, ``stored``."""
 
     @abc.abstractmethod
     def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -528,6 +528,23 @@ class PostgresWriter(StoreWriter):
             _text(content_type), "error" if error is not None else "done", _text(error),
             source, logged, time.time())))
 
+    def import_containers(self, containers: Sequence[dict]) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany("INSERT INTO containers VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                                "ON CONFLICT (id) DO NOTHING",
+                                [(c["id"], c["kind"], c["project_id"], c["project_name"],
+                                  c["experiment_id"], c["experiment_name"], c["created"])
+                                 for c in containers])
+        self._call(work)
+
+    def import_run(self, run: dict) -> None:
+        self._call(lambda conn: conn.execute(
+            "INSERT INTO aggregator_runs VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO NOTHING",
+            tuple(run[f] for f in ("run_id", "pid", "host", "endpoint", "started", "updated",
+                                   "ended", "counters"))))
+
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         found = self._call(lambda conn: conn.execute(
             "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND "
@@ -625,6 +642,17 @@ class PostgresReader(StoreReader):
 
     def runs(self) -> list[dict]:
         return self._dicts("SELECT * FROM aggregator_runs ORDER BY started DESC NULLS LAST")
+
+    def stored_rows(self) -> Iterator[tuple[str, dict]]:
+        # As stored (not load_row's JSON view), in the order first stored.
+        for container, data in self._all("SELECT container, data FROM rows ORDER BY seq"):
+            row = wire.unpack_stored(data)
+            if not isinstance(row, dict):  # (only rows are written to `data`)
+                raise ValueError(f"a stored row of {container!r} is not a map")
+            yield container, row
+
+    def attachment_records(self) -> list[dict]:
+        return self._dicts("SELECT * FROM attachments ORDER BY key")
 
     def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

@@ -82,6 +82,7 @@ ON CONFLICT (key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
 WHERE attachments.status != 'done'
 """
 
+_RUN_FIELDS = ("run_id", "pid", "host", "endpoint", "started", "updated", "ended", "counters")
 _ATTACHMENT_FIELDS = ("key", "sha256", "size", "filename", "content_type", "status", "error")
 
 
@@ -449,6 +450,25 @@ class SQLiteWriter(StoreWriter):
                 "error" if error is not None else "done", error, source, logged, time.time()))
             self._committed += 1
 
+    def import_containers(self, containers: Sequence[dict]) -> None:
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO containers VALUES (?,?,?,?,?,?,?)",
+                    [(c["id"], c["kind"], c["project_id"], c["project_name"], c["experiment_id"],
+                      c["experiment_name"], c["created"]) for c in containers])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def import_run(self, run: dict) -> None:
+        with self._lock:
+            self.conn.execute("INSERT OR IGNORE INTO aggregator_runs VALUES (?,?,?,?,?,?,?,?)",
+                              tuple(run[f] for f in _RUN_FIELDS))
+
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         with self._lock:
             found = self.conn.execute(
@@ -543,6 +563,25 @@ class SQLiteReader(StoreReader):
     def runs(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute(
             "SELECT * FROM aggregator_runs ORDER BY started DESC")]
+
+    def stored_rows(self) -> Iterator[tuple[str, dict]]:
+        # As stored (not load_row's JSON view): a value JSON cannot hold is copied as it is.
+        for container, data in self.conn.execute("SELECT container, data FROM rows "
+                                                 "ORDER BY rowid"):
+            row = wire.unpack_stored(data)
+            if not isinstance(row, dict):  # (only rows are written to `data`)
+                raise ValueError(f"a stored row of {container!r} is not a map")
+            yield container, row
+
+    def attachment_records(self) -> list[dict]:
+        try:
+            cursor = self.conn.execute("SELECT * FROM attachments ORDER BY key")
+        except sqlite3.OperationalError as exc:  # (version 0 without any attachment)
+            if "no such table" in str(exc):
+                return []
+            raise
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         return lookup_attachments(self.conn, keys)
