@@ -47,7 +47,7 @@ import json
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,12 +63,11 @@ from .base import (
     RowUpdate,
     SchemaVersionError,
     StoreError,
-    StoreReader,
     StoreWriter,
     TraceFilter,
     TracePage,
 )
-from .compare import compare, score_means
+from .queries import SharedQueries
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -562,7 +561,7 @@ class PostgresWriter(StoreWriter):
                 self._conn = None
 
 
-class PostgresReader(StoreReader):
+class PostgresReader(SharedQueries):
     """Reads a PostgreSQL store (see ``StoreReader``): connects now; the database must have a
     store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file)."""
 
@@ -599,6 +598,15 @@ class PostgresReader(StoreReader):
         with _translated(self.location):
             return self.conn.execute(sql, args).fetchone()
 
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> Iterable[tuple]:
+        # The shared queries' placeholders, and their text arguments as a text column holds
+        # them (no NUL).
+        return self._all(sql.replace("?", "%s"),
+                         [_text(a) if isinstance(a, str) else a for a in args])
+
+    def _decode(self, value: Any) -> Any:
+        return value  # jsonb: psycopg decodes it
+
     def _dicts(self, sql: str) -> list[dict]:
         with _translated(self.location), \
                 self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
@@ -606,34 +614,6 @@ class PostgresReader(StoreReader):
 
     def containers(self) -> list[dict]:
         return self._dicts("SELECT * FROM containers ORDER BY created, id")
-
-    def rows(self, project: str | None = None, experiment: str | None = None,
-             root_span_id: str | None = None, span_type: str | None = None,
-             errors: bool = False, since: float | None = None,
-             until: float | None = None) -> Iterator[dict]:
-        where: list[str] = []
-        args: list[object] = []
-        for clause, value in (("c.project_name = %s", project),
-                              ("(c.experiment_name = %s OR c.experiment_id = %s)", experiment),
-                              ("r.root_span_id = %s", root_span_id), ("r.type = %s", span_type),
-                              ("r.start >= %s", since), ("r.start < %s", until)):
-            if value is not None:
-                where.append(clause)
-                args += [value] * clause.count("%s")
-        if errors:
-            where.append("r.has_error")
-        sql = ("SELECT r.data, c.project_name, c.experiment_name FROM rows r "
-               "LEFT JOIN containers c ON c.id = r.container")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        # SQLite's order: a missing start first.
-        sql += " ORDER BY r.start NULLS FIRST, r.created, r.id, r.container"
-        for data, project_name, experiment_name in self._all(sql, args):
-            row = load_row(data)
-            row["project_name"] = project_name
-            if experiment_name is not None:
-                row["experiment_name"] = experiment_name
-            yield row
 
     def last_root(self) -> str | None:
         found = self._one(
@@ -787,54 +767,6 @@ class PostgresReader(StoreReader):
         if found[2] is not None:
             row["experiment_name"] = found[2]
         return row
-
-    def _score_means(self, container: str) -> dict[str, float]:
-        sums: dict[str, list[float]] = {}
-        for (found,) in self._all("SELECT score_sums FROM traces WHERE container = %s AND "
-                                  "score_sums IS NOT NULL", (container,)):
-            summary.add_scores(sums, found)
-        return score_means(sums)
-
-    def experiments(self, project: str) -> list[dict] | None:
-        found = self._all(
-            "SELECT id, experiment_id, experiment_name, created, kind FROM containers WHERE "
-            "project_name = %s ORDER BY created DESC", (_text(project),))
-        if not found:
-            return None
-        out = []
-        for container, experiment_id, name, created, kind in found:
-            if kind != "experiment":
-                continue
-            traces, spans = self._one(
-                "SELECT count(*), coalesce(sum(spans), 0) FROM traces WHERE container = %s",
-                (container,)) or (0, 0)
-            out.append({"id": experiment_id, "name": name, "created": created,
-                        "traces": traces, "spans": int(spans),
-                        "scores": self._score_means(container)})
-        return out
-
-    def compare_experiments(self, a: str, b: str) -> dict | None:
-        sides = []
-        for experiment_id in (a, b):
-            found = self._one(
-                "SELECT id, experiment_id, experiment_name, project_name FROM containers "
-                "WHERE kind = 'experiment' AND experiment_id = %s",
-                (_text(experiment_id),))
-            if found is None:
-                return None
-            container, eid, name, project = found
-            roots = []
-            for root, tname, scores, data in self._all(
-                    "SELECT t.root_span_id, t.name, t.scores, r.data FROM traces t LEFT JOIN "
-                    "rows r ON r.container = t.container AND r.id = t.row_id WHERE "
-                    "t.container = %s ORDER BY t.start, t.root_span_id", (container,)):
-                row = load_row(data) if data is not None else {}
-                roots.append({"root_span_id": root, "name": tname, "input": row.get("input"),
-                              "output": row.get("output"), "scores": scores or {}})
-            sides.append(({"id": eid, "name": name, "project": project}, roots,
-                          self._score_means(container)))
-        (a_info, a_rows, a_scores), (b_info, b_rows, b_scores) = sides
-        return compare(a_info, b_info, a_rows, b_rows, a_scores, b_scores)
 
 
 def _words(text: str) -> str | None:

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from tracer import config, wire
@@ -37,13 +37,12 @@ from .base import (
     RowUpdate,
     SchemaVersionError,
     SearchOff,
-    StoreReader,
     StoreWriter,
     TraceFilter,
     TracePage,
     UpgradeRequired,
 )
-from .compare import compare, score_means
+from .queries import SharedQueries
 
 _COLUMNS = "rowid, container, id, span_id, root_span_id, name, type, start, end, has_error, " \
            "created, updated, data, parents"
@@ -517,7 +516,7 @@ def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
 
 
-class SQLiteReader(StoreReader):
+class SQLiteReader(SharedQueries):
     """Reads a SQLite store, read-only (see ``StoreReader``); the file must exist."""
 
     def __init__(self, path: str) -> None:
@@ -525,35 +524,14 @@ class SQLiteReader(StoreReader):
         self.conn = connect(path, readonly=True)
         self.conn.row_factory = sqlite3.Row
 
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> Iterable[tuple]:
+        return self.conn.execute(sql, args)
+
+    def _decode(self, value: Any) -> Any:
+        return json.loads(value)
+
     def containers(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM containers ORDER BY created")]
-
-    def rows(self, project: str | None = None, experiment: str | None = None,
-             root_span_id: str | None = None, span_type: str | None = None,
-             errors: bool = False, since: float | None = None,
-             until: float | None = None) -> Iterator[dict]:
-        where: list[str] = []
-        args: list[object] = []
-        for clause, value in (("c.project_name = ?", project),
-                              ("(c.experiment_name = ? OR c.experiment_id = ?)", experiment),
-                              ("r.root_span_id = ?", root_span_id), ("r.type = ?", span_type),
-                              ("r.start >= ?", since), ("r.start < ?", until)):
-            if value is not None:
-                where.append(clause)
-                args += [value] * clause.count("?")
-        if errors:
-            where.append("r.has_error = 1")
-        sql = ("SELECT r.data, c.project_name, c.experiment_name FROM rows r "
-               "LEFT JOIN containers c ON c.id = r.container")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY r.start, r.created, r.id, r.container"
-        for data, project_name, experiment_name in self.conn.execute(sql, args):
-            row = load_row(data)
-            row["project_name"] = project_name
-            if experiment_name is not None:
-                row["experiment_name"] = experiment_name
-            yield row
 
     def last_root(self) -> str | None:
         found = self.conn.execute(
@@ -787,60 +765,6 @@ class SQLiteReader(StoreReader):
         if found[2] is not None:
             row["experiment_name"] = found[2]
         return row
-
-    def _score_means(self, container: str) -> dict[str, float]:
-        sums: dict[str, list[float]] = {}
-        for (text,) in self.conn.execute(
-                "SELECT score_sums FROM traces WHERE container = ? AND score_sums IS NOT NULL",
-                (container,)):
-            for name, (total, count) in json.loads(text).items():
-                acc = sums.setdefault(name, [0.0, 0])
-                acc[0] += total
-                acc[1] += count
-        return score_means(sums)
-
-    def experiments(self, project: str) -> list[dict] | None:
-        self._require_summaries()
-        found = self.conn.execute(
-            "SELECT id, experiment_id, experiment_name, created, kind FROM containers WHERE "
-            "project_name = ? ORDER BY created DESC", (project,)).fetchall()
-        if not found:
-            return None
-        out = []
-        for container, experiment_id, name, created, kind in found:
-            if kind != "experiment":
-                continue
-            traces, spans = self.conn.execute(
-                "SELECT count(*), coalesce(sum(spans), 0) FROM traces WHERE container = ?",
-                (container,)).fetchone()
-            out.append({"id": experiment_id, "name": name, "created": created,
-                        "traces": traces, "spans": spans,
-                        "scores": self._score_means(container)})
-        return out
-
-    def compare_experiments(self, a: str, b: str) -> dict | None:
-        self._require_summaries()
-        sides = []
-        for experiment_id in (a, b):
-            found = self.conn.execute(
-                "SELECT id, experiment_id, experiment_name, project_name FROM containers "
-                "WHERE kind = 'experiment' AND experiment_id = ?", (experiment_id,)).fetchone()
-            if found is None:
-                return None
-            container, eid, name, project = found
-            roots = []
-            for root, tname, scores, data in self.conn.execute(
-                    "SELECT t.root_span_id, t.name, t.scores, r.data FROM traces t LEFT JOIN "
-                    "rows r ON r.container = t.container AND r.id = t.row_id WHERE "
-                    "t.container = ? ORDER BY t.start, t.root_span_id", (container,)):
-                row = load_row(data) if data is not None else {}
-                roots.append({"root_span_id": root, "name": tname, "input": row.get("input"),
-                              "output": row.get("output"),
-                              "scores": json.loads(scores) if scores else {}})
-            sides.append(({"id": eid, "name": name, "project": project}, roots,
-                          self._score_means(container)))
-        (a_info, a_rows, a_scores), (b_info, b_rows, b_scores) = sides
-        return compare(a_info, b_info, a_rows, b_rows, a_scores, b_scores)
 
 
 SUMMARIES_VERSION = 2  # the schema version that has the trace server's tables
