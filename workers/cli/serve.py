@@ -49,6 +49,10 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback address without an API key (anyone who can "
                             "reach it reads every trace)")
+    serve.add_argument("--tls-cert", metavar="PEM",
+                       help="serve HTTPS with this certificate (chain) file; with --tls-key")
+    serve.add_argument("--tls-key", metavar="PEM",
+                       help="the certificate's private key file; with --tls-cert")
     migrate = commands.add_parser(
         "migrate", help="bring a store's schema up to date, or copy a store into another",
         description="Upgrade the store to the schema this tracer writes (aggregators do it "
@@ -79,6 +83,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "to serve without one")
         print(f"tracer serve: warning: serving {args.host} without an API key (--insecure): "
               "anyone who reaches it reads every trace", file=sys.stderr)
+    tls = _tls_files(args)
+    if not is_loopback(args.host) and tls is None:
+        print(f"tracer serve: warning: serving {args.host} over plain HTTP: API keys and "
+              "traces cross the network in clear (--tls-cert and --tls-key serve HTTPS)",
+              file=sys.stderr)
     database = args.store.startswith(tracer_config.POSTGRES_SCHEMES)
     if os.path.exists(args.store) or database:
         with open_store(args.store, readonly=True) as reader:
@@ -100,11 +109,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = make_app(args.store, key)
     host = f"[{args.host}]" if ":" in args.host else args.host
     shown = tracer_config.without_password(args.store)
-    print(f"tracer serve: {shown} at http://{host}:{args.port}/ (Ctrl-C stops it)",
+    scheme = "http" if tls is None else "https"
+    print(f"tracer serve: {shown} at {scheme}://{host}:{args.port}/ (Ctrl-C stops it)",
           flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, server_header=False, proxy_headers=False,
-                            lifespan="on")
+                            lifespan="on", ssl_certfile=tls and tls[0], ssl_keyfile=tls and tls[1])
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -113,6 +123,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     return 0 if server.started else 2
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(certificate, key)`` files for HTTPS, checked readable; None for plain HTTP."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{option} {path}: not a readable file")
+    import ssl
+
+    try:  # a wrong pair fails here with a message, not inside uvicorn with a traceback
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert,
+                                                                            args.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}") from None
+    return args.tls_cert, args.tls_key
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
