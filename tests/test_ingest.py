@@ -431,8 +431,8 @@ def keyless(trace_server, store_url) -> TraceServer:
 
 def test_a_key_made_with_tracer_keys_create_is_taken(keyless, store_url):
     key = make_key(store_url, "uploader")
-    response = wait_until(lambda: (r := ping(keyless, key)).status_code == 200 and r, 30,
-                          "the key made was never taken")
+    wait_until(lambda: ping(keyless, key).status_code == 200, 30, "the key made was never taken")
+    response = ping(keyless, key)
     assert response.json() == {"ok": True, "version": tracer.__version__, "key": "uploader"}
     committed = post_rows(keyless, key=key)
     assert committed.status_code == 200, committed.text
