@@ -238,6 +238,7 @@ def test_a_bad_container_key_is_400_naming_the_row(server, store, container):
     b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"rows": "many"}),
     msgpack.packb({"rows": [], "extra": 1}), msgpack.packb({"rows": []}) + b"\x00",
     msgpack.packb({"rows": [msgpack.ExtType(5, b"x")]}),
+    msgpack.packb({"rows": [], "batch": 5}), msgpack.packb({"rows": [], "batch": "b" * 201}),
 ])
 def test_a_body_that_is_not_a_batch_is_400(server, store, body):
     response = post_rows(server, body=body)

@@ -359,13 +359,15 @@ class Ingest:
             self.count("refused_forbidden")
             raise
 
-    async def write_async(self, batch: list[Update], timeout: float = DEFAULT_WAIT) -> int:
+    async def write_async(self, batch: list[Update], timeout: float = DEFAULT_WAIT,
+                          what: str | None = None) -> int:
         """Write a batch ``check`` made, whole, waiting on the event loop (no thread held)
-        until it is committed; how many rows. Raises as ``submit`` does."""
+        until it is committed; how many rows (``what``: the batch for messages). Raises as
+        ``submit`` does."""
         if not batch:
             return 0
         await self._call_async(len(batch), lambda writer: writer.write(batch),
-                               f"a batch of {len(batch)} rows", timeout)
+                               what or f"a batch of {len(batch)} rows", timeout)
         self.count("batches_committed")
         self.count("rows_committed", len(batch))
         return len(batch)
