@@ -438,6 +438,8 @@ def test_a_key_made_with_tracer_keys_create_is_taken(keyless, store_url):
     committed = post_rows(keyless, key=key)
     assert committed.status_code == 200, committed.text
     assert len(stored(store_url)) == 3
+    traces = keyless.get(f"/api/projects/{PROJECT}/traces").json()["traces"]  # the viewer's
+    assert [(t["name"], t["spans"]) for t in traces] == [("request", 3)]
 
 
 def test_a_batch_delivered_twice_changes_nothing_on_either_backend(keyless, store_url):
