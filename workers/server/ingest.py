@@ -602,9 +602,9 @@ class Ingest:
         """The store file was removed or replaced under the server (what it had committed
         there went with it): counted and said; the next write makes a new store."""
         self.count("store_replaced")
-        self._log("replaced", f"the store at {config.without_password(self.store)} was {why}: the {committed} rows and "
-                              "records this server had written there went with it",
-                  every=0.0)
+        where = config.without_password(self.store)
+        self._log("replaced", f"the store at {where} was {why}: the {committed} rows and "
+                              "records this server had written there went with it", every=0.0)
 
     def _failure(self, job: _Job, exc: Exception) -> IngestError:
         """What to answer for a job that raised ``exc``: the store failing as a whole is
