@@ -1,30 +1,31 @@
-"""How many rows a second one `tracer serve` commits through its ingest API.
+"""The trace server's ingest rate: rows/s one ``tracer serve`` commits from uploading clients.
 
-    python scripts/bench/ingest.py [--clients 1,4] [--seconds 10] [--batch 1000]
-                                   [--store PATH_OR_URL] [--encoding zstd|gzip|none]
+    python scripts/bench/ingest.py [--clients 4] [--batch 1000] [--seconds 20]
+                                   [--encoding gzip] [--store PATH|postgresql://...] [--json FILE]
 
-Starts ``tracer serve`` with an API key on a free loopback port over a fresh store (a SQLite
-file in a temporary directory unless ``--store`` names one: a path or ``postgresql://...``),
-then, for each client count, that many processes post batches to ``POST /api/v1/rows`` for
-``--seconds`` seconds, as uploading aggregators do: msgpack bodies, compressed, ``--batch`` rows
-each, every batch new rows (traces of 10 spans: a root task, an llm span with messages and
-tokens, functions). A batch is counted once the server answered 200 (committed); a 429 is
-counted and retried after its ``Retry-After``. Prints, per client count: rows committed per
-second, batches per second, the answer time's p50 and p95, and the 429s.
+Starts ``tracer serve --api-key`` on a free loopback port over a new SQLite store (or
+``--store``), then ``--clients`` threads, each with its own keep-alive ``httpx.Client``, post
+``POST /api/v1/rows`` batches of ``--batch`` span rows (msgpack, ``--encoding`` gzip, zstd or
+none: as an uploading aggregator sends them; each row ~600 bytes: a name, a text input and
+output, metadata, metrics) for ``--seconds``, each client sending its next batch once the last
+was answered (the first ``--prepare`` batches are packed before the clock starts). A 429 or
+503 is waited out (``Retry-After``) and counted. Prints the rows
+committed per second, the requests' p50/p95 times and the refusals; the rows are then counted
+in the store.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import multiprocessing
+import itertools
+import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -32,153 +33,140 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx  # noqa: E402
 import msgpack  # noqa: E402
-from common import child_env, machine, percentile  # noqa: E402
+from common import child_env, machine, percentile, positive  # noqa: E402
 
 from tracer import wire  # noqa: E402
-from workers.rows import Container, span_identity  # noqa: E402
+from workers.store import open_store  # noqa: E402
 
-KEY = "bench-ingest-key"
-PROJECT = "bench-ingest"
-SPANS_PER_TRACE = 10
-
-
-def make_rows(batch: int, rng: random.Random) -> list[dict[str, Any]]:
-    """``batch`` new rows, whole traces of ``SPANS_PER_TRACE`` spans, as the aggregator makes
-    them (the container's key beside each row)."""
-    container = Container(wire.logs_container(PROJECT))
-    out: list[dict[str, Any]] = []
-    now = time.time()
-    while len(out) < batch:
-        trace, root = rng.getrandbits(63) | 1, rng.getrandbits(63) | 1
-        for i in range(SPANS_PER_TRACE):
-            span = root if i == 0 else rng.getrandbits(63) | 1
-            row = span_identity(container, trace, span, None if i == 0 else root, root, None)
-            kind = "task" if i == 0 else "llm" if i == 1 else "function"
-            row["span_attributes"] = {"name": f"step-{i}", "type": kind}
-            row["metrics"] = {"start": now + i * 0.01, "end": now + i * 0.01 + 0.005}
-            row["created"] = "2026-11-28T10:00:00.000000Z"
-            if kind == "llm":
-                row["input"] = [{"role": "user", "content": "What is the capital of France? " * 4}]
-                row["output"] = [{"role": "assistant", "content": "Paris, of course. " * 4}]
-                row["metrics"].update(prompt_tokens=42, completion_tokens=12, tokens=54)
-            else:
-                row["input"] = {"question": f"q{i}", "n": i}
-                row["output"] = {"answer": "ok", "score": rng.random()}
-            out.append({"container": container.key, "row": row})
-    return out[:batch]
+KEY = "tr_bench-ingest-key"
+CONTAINER = wire.logs_container("ingest-bench")
 
 
-def encode(rows: list[dict[str, Any]], encoding: str) -> tuple[bytes, dict[str, str]]:
-    body = msgpack.packb({"rows": rows, "batch": os.urandom(8).hex()}, use_bin_type=True)
-    headers = {"Content-Type": "application/msgpack", "Authorization": f"Bearer {KEY}"}
+def batch_body(client: int, number: int, size: int, encoding: str) -> bytes:
+    """One batch of ``size`` rows: a trace of a root and its children, unique ids."""
+    trace = (client << 40) | number
+    rows = []
+    for span in range(1, size + 1):
+        span_id = wire.format_id(trace, span)
+        rows.append({"container": CONTAINER, "row": {
+            "id": span_id, "span_id": span_id, "root_span_id": wire.format_id(trace, 1),
+            "span_parents": None if span == 1 else [wire.format_id(trace, 1)],
+            "span_attributes": {"name": f"step {span}", "type": "task" if span == 1 else "tool"},
+            "metrics": {"start": 1_790_000_000.0 + span, "end": 1_790_000_001.0 + span},
+            "input": {"question": f"what is item {span} of batch {number}?" * 3},
+            "output": f"the answer to {span} is {span * 7}" * 4,
+            "metadata": {"client": client, "model": "gpt-4o-mini"},
+            "origin": {"host": f"bench-{client}", "pid": 1000 + client}}})
+    body = msgpack.packb({"rows": rows, "batch": f"{client}-{number}"})
     if encoding == "gzip":
-        body = gzip.compress(body, 1)
-        headers["Content-Encoding"] = "gzip"
-    elif encoding == "zstd":
+        return gzip.compress(body, 1)
+    if encoding == "zstd":
         import zstandard
 
-        body = zstandard.ZstdCompressor(level=1).compress(body)
-        headers["Content-Encoding"] = "zstd"
-    return body, headers
-
-
-def client(url: str, seconds: float, batch: int, encoding: str, seed: int,
-           results: Any) -> None:
-    """Post batches until ``seconds`` have passed; put (committed rows, answer times, 429s,
-    wall-clock start, wall-clock end): rates are over the clients' own spans of time, not
-    their interpreters' start-up."""
-    rng = random.Random(seed)
-    times: list[float] = []
-    committed = throttled = 0
-    with httpx.Client(timeout=60) as http:
-        began = time.time()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            body, headers = encode(make_rows(batch, rng), encoding)
-            while True:
-                started = time.perf_counter()
-                answer = http.post(f"{url}/api/v1/rows", content=body, headers=headers)
-                if answer.status_code != 429:
-                    break
-                throttled += 1
-                time.sleep(float(answer.headers.get("retry-after", "0.1")))
-            if answer.status_code != 200:
-                raise SystemExit(f"POST /api/v1/rows: {answer.status_code} {answer.text[:300]}")
-            times.append(time.perf_counter() - started)
-            committed += int(answer.json()["committed"])
-        results.put((committed, times, throttled, began, time.time()))
-
-
-def serve(store: str, port: int, log: Any) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--store", store,
-                               "--port", str(port), "--api-key", KEY], cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT, env=child_env())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"tracer serve exited {server.returncode}")
-        try:
-            httpx.get(f"{url}/api/v1/ping", headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=2).raise_for_status()
-            return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("tracer serve did not answer within 60 s")
+        return zstandard.ZstdCompressor(level=1).compress(body)
+    return body
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="1,4",
-                        help="client process counts to measure, comma-separated (default 1,4)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per client count")
-    parser.add_argument("--batch", type=int, default=1000, help="rows per batch (default 1000)")
-    parser.add_argument("--store", help="the server's store (default: a new SQLite file)")
-    parser.add_argument("--encoding", choices=("zstd", "gzip", "none"), default="gzip")
-    parser.add_argument("--port", type=int, default=0, help="(default: a free port)")
+    parser.add_argument("--clients", type=positive, default=4)
+    parser.add_argument("--batch", type=positive, default=1000)
+    parser.add_argument("--seconds", type=positive, default=20)
+    parser.add_argument("--encoding", choices=("gzip", "zstd", "none"), default="gzip")
+    parser.add_argument("--prepare", type=positive, default=40,
+                        help="batches each client packs before the clock starts")
+    parser.add_argument("--store", help="store to serve (default: a new SQLite file)")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    counts = [int(c) for c in args.clients.split(",")]
-    directory = tempfile.mkdtemp(prefix="tracer-bench-ingest-")
-    store = args.store or os.path.join(directory, "traces.db")
-    port = args.port or _free_port()
-    print(machine())
-    print(f"store: {store.split('@')[-1]}; batch {args.batch} rows; {args.encoding}; "
-          f"{args.seconds:g} s per client count\n")
-    with open(os.path.join(directory, "serve.log"), "wb") as log:
-        server = serve(store, port, log)
-        try:
-            print(f"{'clients':>7} {'rows/s':>9} {'batches/s':>10} {'p50 ms':>8} {'p95 ms':>8} "
-                  f"{'429s':>6}")
-            for count in counts:
-                results: Any = multiprocessing.get_context("spawn").Queue()
-                procs = [multiprocessing.get_context("spawn").Process(
-                    target=client, args=(f"http://127.0.0.1:{port}", args.seconds, args.batch,
-                                         args.encoding, 1000 * count + i, results))
-                    for i in range(count)]
-                for p in procs:
-                    p.start()
-                got = [results.get(timeout=args.seconds + 300) for _ in procs]
-                elapsed = max(g[4] for g in got) - min(g[3] for g in got)
-                for p in procs:
-                    p.join(30)
-                rows = sum(g[0] for g in got)
-                times = sorted(t for g in got for t in g[1])
-                print(f"{count:>7} {rows / elapsed:>9,.0f} {len(times) / elapsed:>10,.1f} "
-                      f"{percentile(times, 50) * 1e3:>8.1f} {percentile(times, 95) * 1e3:>8.1f} "
-                      f"{sum(g[2] for g in got):>6}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(30)
-    return 0
+    workdir = tempfile.mkdtemp(prefix="ingest-bench-")
+    store = args.store or os.path.join(workdir, "traces.db")
+    port = _free_port()
+    with open(os.path.join(workdir, "serve.log"), "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--store", store, "--port",
+             str(port), "--api-key", KEY], env=child_env(), stdout=subprocess.DEVNULL,
+            stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url)
+        # Bodies made in advance (packing is the client's cost, not the server's); beyond
+        # these, each client makes its next one between requests.
+        bodies = {c: [batch_body(c, n, args.batch, args.encoding) for n in range(args.prepare)]
+                  for c in range(args.clients)}
+        times: list[float] = []
+        committed = [0] * args.clients
+        refused: dict[int, int] = {}
+        lock = threading.Lock()
+        stop_at = time.monotonic() + args.seconds
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/msgpack"}
+        if args.encoding != "none":
+            headers["Content-Encoding"] = args.encoding
+
+        def client(c: int) -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                for n in itertools.count():
+                    if time.monotonic() >= stop_at:
+                        return
+                    body = (bodies[c][n] if n < args.prepare
+                            else batch_body(c, n, args.batch, args.encoding))
+                    started = time.monotonic()
+                    response = http.post("/api/v1/rows", content=body)
+                    took = time.monotonic() - started
+                    with lock:
+                        times.append(took)
+                        if response.status_code == 200:
+                            committed[c] += response.json()["committed"]
+                        else:
+                            refused[response.status_code] = refused.get(
+                                response.status_code, 0) + 1
+                    if response.status_code in (429, 503):
+                        time.sleep(float(response.headers.get("retry-after", "1")))
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - began
+        total = sum(committed)
+        times.sort()
+        with open_store(store, readonly=True) as reader:
+            stored = sum(1 for _ in reader.rows(project="ingest-bench"))
+        result = {"clients": args.clients, "batch": args.batch, "encoding": args.encoding,
+                  "seconds": round(elapsed, 1), "rows_committed": total,
+                  "rows_stored": stored, "rows_per_second": round(total / elapsed),
+                  "request_p50_ms": round(percentile(times, 50) * 1000, 1),
+                  "request_p95_ms": round(percentile(times, 95) * 1000, 1),
+                  "refused": refused, "store": "sqlite" if not args.store else "given",
+                  "machine": machine()}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def _free_port() -> int:
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/login", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit("tracer serve did not answer within 30 s")
 
 
 if __name__ == "__main__":
