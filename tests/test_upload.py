@@ -5,6 +5,7 @@ server stopped, restarted, refusing the key, or answering 503 over a locked stor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,28 +251,27 @@ def test_a_wrong_key_fails_the_flush_naming_the_url_and_the_keys_start_and_is_no
     assert server_rows(server, project) == []
     logs = [os.path.join(d, n) for d, _, names in os.walk(tmp_path / "home") for n in names
             if n == "aggregator.log"]
-    assert logs and all(wrong not in open(p, encoding="utf-8").read() for p in logs)
+    assert logs and all(wrong not in Path(p).read_text(encoding="utf-8") for p in logs)
 
 
-def test_a_server_that_asks_for_a_wait_is_waited_for_and_every_span_arrives(tmp_path, server,
-                                                                             project):
-    """No spool: the uploader's own retries honour Retry-After (a 503 over a locked store)."""
+def test_a_server_that_asks_for_a_wait_is_waited_for_and_every_span_arrives(
+        tmp_path, server, project, driven):
+    """No spool: the uploader's own retries honour Retry-After (503 over a locked store)."""
     with HttpWriter(server.url, KEY) as sink:
         sink.write(batch({"id": "first"}))  # the store exists
-    lock = sqlite3.connect(server.store, timeout=30, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    released = threading.Timer(3.0, lambda: lock.execute("COMMIT"))
+    program = driven(project, uploading_env(tmp_path, server.url, TRACER_SPOOL_MAX_BYTES="0",
+                                            TRACER_NUM_RETRIES="20"))
+    lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")  # the server's writes fail, after its 2 s busy timeout
+    released = threading.Timer(5.0, lambda: (lock.execute("COMMIT"), lock.close()))
     released.start()
     try:
-        out = json.loads(run_function(
-            upload_programs.logs_a_trace, project, 4,
-            env=uploading_env(tmp_path, server.url, TRACER_SPOOL_MAX_BYTES="0",
-                              TRACER_NUM_RETRIES="20"), cwd=str(tmp_path)).stdout)
+        answer = program.ask("log 4")
     finally:
         released.join()
-        lock.close()
-    assert out["error"] is None
-    counters = out["stats"]["counters"]
+    assert answer["error"] is None
+    counters = program.ask("stats")["stats"]["counters"]
     assert counters["retry_after_waits"] >= 1 and counters.get("dropped_sink_failed", 0) == 0
     assert len(wait_for_rows(server, project, 5)) == 5
 
@@ -375,7 +376,8 @@ def test_a_server_nobody_runs_is_unavailable_a_store_failure(tmp_path):
 def test_a_locked_store_is_unavailable_with_the_servers_retry_after(server):
     with HttpWriter(server.url, KEY) as sink:
         sink.write(batch({"id": "first"}))  # the store exists
-        lock = sqlite3.connect(server.store, timeout=30, isolation_level=None)
+        lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
+                           check_same_thread=False)
         lock.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(Unavailable) as caught:
@@ -384,6 +386,37 @@ def test_a_locked_store_is_unavailable_with_the_servers_retry_after(server):
             lock.execute("COMMIT")
             lock.close()
     assert caught.value.status == 503 and sink.retry_after(caught.value) is not None
+
+
+def test_a_full_ingest_queue_is_unavailable_with_the_servers_retry_after(tmp_path,
+                                                                        trace_server):
+    server = trace_server(str(tmp_path / "server.db"), "--api-key", KEY, "--ingest-queue", "1")
+    with HttpWriter(server.url, KEY) as sink:
+        sink.write(batch({"id": "first"}))  # the store exists
+    lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")  # a batch now holds the queue for the busy timeout
+    held = threading.Thread(target=lambda: _write_ignoring_failure(server.url, "held"))
+    held.start()
+    full = None
+    try:
+        with HttpWriter(server.url, KEY) as sink:
+            while full is None and held.is_alive():
+                try:
+                    sink.write(batch({"id": "more"}))
+                except Unavailable as exc:
+                    full = exc if exc.status == 429 else None
+    finally:
+        held.join(60)
+        lock.execute("COMMIT")
+        lock.close()
+    assert full is not None, "the server never said its queue was full"
+    assert full.retry_after is not None and full.retry_after >= 1
+
+
+def _write_ignoring_failure(url: str, row_id: str) -> None:
+    with HttpWriter(url, KEY) as sink, contextlib.suppress(Unavailable):
+        sink.write(batch({"id": row_id}))
 
 
 def test_blobs_are_asked_for_before_they_are_sent(server, tmp_path):
