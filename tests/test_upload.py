@@ -264,7 +264,11 @@ def test_a_server_that_asks_for_a_wait_is_waited_for_and_every_span_arrives(
     lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
                            check_same_thread=False)
     lock.execute("BEGIN EXCLUSIVE")  # the server's writes fail, after its 2 s busy timeout
-    released = threading.Timer(5.0, lambda: (lock.execute("COMMIT"), lock.close()))
+    def release() -> None:
+        lock.execute("COMMIT")
+        lock.close()
+
+    released = threading.Timer(5.0, release)
     released.start()
     try:
         answer = program.ask("log 4")

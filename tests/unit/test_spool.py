@@ -218,10 +218,10 @@ def test_while_the_spool_holds_batches_new_ones_go_behind_them_without_trying_th
         unreachable):
     writer, counters = unreachable
     writer.write(batch("a"))
-    requests = writer.inner.requests  # type: ignore[attr-defined]
+    requests = writer.inner.requests
     writer.write(batch("b"))
     writer.write(batch("c"))
-    assert writer.inner.requests == requests  # type: ignore[attr-defined]
+    assert writer.inner.requests == requests
     assert spooled(writer.spool) == [["a"], ["b"], ["c"]]
 
 
