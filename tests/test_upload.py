@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -157,6 +158,25 @@ def test_with_a_store_too_both_the_store_and_the_server_have_every_row(tmp_path,
         kept = list(store.rows(project=project))
     assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in uploaded)
     assert len(kept) == 3
+
+
+def test_the_traced_process_loads_no_http_client_and_the_key_is_on_no_command_line(
+        tmp_path, server):
+    code = ("import json, os, sys, tracer; tracer.init_logger('quiet'); "
+            "pid = int(os.environ['_TRACER_AGGREGATOR_PID']); "
+            "cmd = open(f'/proc/{pid}/cmdline', 'rb').read().decode(); "
+            "key = [a for a in cmd.split('\\0') if a.endswith('.key')]; "
+            "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('httpx', 'zstandard', 'workers')), 'cmdline': cmd, "
+            "'mode': oct(os.stat(key[0]).st_mode & 0o777) if key else None}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=uploading_env(tmp_path, server.url), timeout=60,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["modules"] == []
+    assert KEY not in out["cmdline"] and "--api-key-file" in out["cmdline"]
+    assert out["mode"] == "0o600"
 
 
 # -- the server away -------------------------------------------------------------------------
