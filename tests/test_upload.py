@@ -5,7 +5,6 @@ server stopped, restarted, refusing the key, or answering 503 over a locked stor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tracer import wire
+from tracer.stats_client import ask_stats
 from workers.http_sink import HttpWriter, Rejected, Unavailable
 from workers.queue import Pending
 from workers.rows import Container
@@ -162,9 +162,13 @@ def test_with_a_store_too_both_the_store_and_the_server_have_every_row(tmp_path,
 
 def test_the_traced_process_loads_no_http_client_and_the_key_is_on_no_command_line(
         tmp_path, server):
-    code = ("import json, os, sys, tracer; tracer.init_logger('quiet'); "
+    code = ("import json, os, sys, time, tracer; tracer.init_logger('quiet'); "
             "pid = int(os.environ['_TRACER_AGGREGATOR_PID']); "
-            "cmd = open(f'/proc/{pid}/cmdline', 'rb').read().decode(); "
+            "read = lambda: open(f'/proc/{pid}/cmdline', 'rb').read().decode(); "
+            "deadline = time.monotonic() + 30\n"
+            "while 'workers.aggregator' not in read() and time.monotonic() < deadline: "
+            "time.sleep(0.05)\n"
+            "cmd = read(); "
             "key = [a for a in cmd.split('\\0') if a.endswith('.key')]; "
             "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in "
             "('httpx', 'zstandard', 'workers')), 'cmdline': cmd, "
@@ -277,27 +281,27 @@ def test_a_wrong_key_fails_the_flush_naming_the_url_and_the_keys_start_and_is_no
 def test_a_server_that_asks_for_a_wait_is_waited_for_and_every_span_arrives(
         tmp_path, server, project, driven):
     """No spool: the uploader's own retries honour Retry-After (503 over a locked store)."""
-    with HttpWriter(server.url, KEY) as sink:
-        sink.write(batch({"id": "first"}))  # the store exists
     program = driven(project, uploading_env(tmp_path, server.url, TRACER_SPOOL_MAX_BYTES="0",
-                                            TRACER_NUM_RETRIES="20"))
+                                            TRACER_NUM_RETRIES="50"))
+    assert program.ask("log 1")["error"] is None  # the aggregator is up, the store made
+    endpoint = program.ready["endpoint"]
     lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
                            check_same_thread=False)
     lock.execute("BEGIN EXCLUSIVE")  # the server's writes fail, after its 2 s busy timeout
-    def release() -> None:
+    answers: list[dict] = []
+    logging = threading.Thread(target=lambda: answers.append(program.ask("log 4")))
+    logging.start()
+    try:
+        wait_until(lambda: (ask_stats(endpoint) or {}).get("counters", {}).get(
+            "retry_after_waits"), 60, "the uploader never waited as the server asked")
+    finally:
         lock.execute("COMMIT")
         lock.close()
-
-    released = threading.Timer(5.0, release)
-    released.start()
-    try:
-        answer = program.ask("log 4")
-    finally:
-        released.join()
-    assert answer["error"] is None
+        logging.join(60)
+    assert answers and answers[0]["error"] is None
     counters = program.ask("stats")["stats"]["counters"]
-    assert counters["retry_after_waits"] >= 1 and counters.get("dropped_sink_failed", 0) == 0
-    assert len(wait_for_rows(server, project, 5)) == 5
+    assert counters.get("dropped_sink_failed", 0) == 0
+    assert len(wait_for_rows(server, project, 2 + 5)) == 7
 
 
 # -- attachments ------------------------------------------------------------------------------
@@ -419,28 +423,33 @@ def test_a_full_ingest_queue_is_unavailable_with_the_servers_retry_after(tmp_pat
         sink.write(batch({"id": "first"}))  # the store exists
     lock = sqlite3.connect(server.store, timeout=30, isolation_level=None,
                            check_same_thread=False)
-    lock.execute("BEGIN EXCLUSIVE")  # a batch now holds the queue for the busy timeout
-    held = threading.Thread(target=lambda: _write_ignoring_failure(server.url, "held"))
-    held.start()
-    full = None
+    lock.execute("BEGIN EXCLUSIVE")  # a batch taken now holds the queue for the busy timeout
+    failures: list[Unavailable] = []
     try:
-        with HttpWriter(server.url, KEY) as sink:
-            while full is None and held.is_alive():
-                try:
-                    sink.write(batch({"id": "more"}))
-                except Unavailable as exc:
-                    full = exc if exc.status == 429 else None
+        for _ in range(20):  # two at once: while one is held, the other finds the queue full
+            writers = [threading.Thread(target=_write_noting_failure,
+                                        args=(server.url, f"row-{i}", failures))
+                       for i in range(2)]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(60)
+            if any(f.status == 429 for f in failures):
+                break
     finally:
-        held.join(60)
         lock.execute("COMMIT")
         lock.close()
-    assert full is not None, "the server never said its queue was full"
-    assert full.retry_after is not None and full.retry_after >= 1
+    full = [f for f in failures if f.status == 429]
+    assert full, f"the server never said its queue was full: {failures}"
+    assert full[0].retry_after is not None and full[0].retry_after >= 1
 
 
-def _write_ignoring_failure(url: str, row_id: str) -> None:
-    with HttpWriter(url, KEY) as sink, contextlib.suppress(Unavailable):
-        sink.write(batch({"id": row_id}))
+def _write_noting_failure(url: str, row_id: str, failures: list[Unavailable]) -> None:
+    with HttpWriter(url, KEY) as sink:
+        try:
+            sink.write(batch({"id": row_id}))
+        except Unavailable as exc:
+            failures.append(exc)
 
 
 def test_blobs_are_asked_for_before_they_are_sent(server, tmp_path):
