@@ -83,7 +83,7 @@ def init_logger(project: str | None = None, project_id: str | None = None, *,
     ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
     ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``);
     ``aggregator_key`` (default ``TRACER_AGGREGATOR_KEY``) is the public key of a tcp://
-    aggregator started with ``--secret-key`` (``tracer keys`` makes the pair).
+    aggregator started with ``--secret-key`` (``tracer keys curve`` makes the pair).
     ``api_url`` (default ``TRACER_API_URL`` or ``BRAINTRUST_API_URL``) names a trace server
     (``tracer serve``) the aggregator uploads to, presenting ``api_key`` (default
     ``TRACER_API_KEY`` or ``BRAINTRUST_API_KEY``); with a ``store`` (or ``TRACER_STORE``) too,

@@ -44,6 +44,7 @@ from .ingest import (
     IngestUnavailable,
     MissingBlob,
     NotAllowed,
+    Update,
 )
 from .ingest_auth import Principal, bearer
 
@@ -145,11 +146,13 @@ async def post_rows(request: Request, principal: Principal) -> Response:
     encoding = content_encoding(request)
     body = await read_body(request, limits.max_body)
 
-    def work() -> int:
+    def prepare() -> list[Update]:  # CPU work: in a worker thread
         data = decompress(body, encoding, INFLATION * limits.max_body)
-        return ingest.submit(_entries(decode(data, kind)), projects=principal.projects)
+        return ingest.check(_entries(decode(data, kind)), principal.projects)
 
-    committed = await run_in_threadpool(work)
+    batch = await run_in_threadpool(prepare)
+    # The wait for the commit holds no thread: the viewer's endpoints keep the thread pool.
+    committed = await ingest.write_async(batch)
     return JSON({"committed": committed})
 
 
@@ -223,7 +226,7 @@ async def post_run(request: Request, principal: Principal) -> Response:
     except (TypeError, ValueError, RecursionError):
         raise BadBatch("counters: must be JSON values") from None
     assert run_id is not None
-    await run_in_threadpool(ingest.record_run, run_id, checked, counters, ended)
+    await ingest.record_run_async(run_id, checked, counters, ended)
     return JSON({"ok": True})
 
 
@@ -271,7 +274,7 @@ async def post_attachments(request: Request, principal: Principal) -> Response:
     if not isinstance(records, (list, tuple)) or len(records) > MAX_ATTACHMENTS:
         raise BadBatch(f'the body must be {{"attachments": [...]}}, at most {MAX_ATTACHMENTS}')
     checked = [_attachment(record, index) for index, record in enumerate(records)]
-    recorded = await run_in_threadpool(ingest.record_attachments, checked)
+    recorded = await ingest.record_attachments_async(checked)
     return JSON({"recorded": recorded})
 
 
