@@ -28,7 +28,14 @@ from workers.store import Refused
 from workers.store.sqlite import SQLiteReader
 
 from . import upload_programs
-from .conftest import TraceServer, clean_env, free_port, python_command, run_function
+from .conftest import (
+    TraceServer,
+    clean_env,
+    free_port,
+    python_command,
+    run_cli,
+    run_function,
+)
 from .helpers import wait_until
 
 KEY = "tr_upload-tests-key-0123456789"
@@ -276,6 +283,25 @@ def test_a_wrong_key_fails_the_flush_naming_the_url_and_the_keys_start_and_is_no
     logs = [os.path.join(d, n) for d, _, names in os.walk(tmp_path / "home") for n in names
             if n == "aggregator.log"]
     assert logs and all(wrong not in Path(p).read_text(encoding="utf-8") for p in logs)
+
+
+def test_a_key_made_on_the_server_uploads_its_projects_and_is_refused_for_others(
+        tmp_path, server, project):
+    made = run_cli("keys", "create", "--name", "workers", "--project", project, "--store",
+                   server.store)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    env = uploading_env(tmp_path, server.url, key=key)
+
+    mine = json.loads(run_function(upload_programs.logs_a_trace, project, 1, env=env,
+                                   cwd=str(tmp_path)).stdout)
+    other = json.loads(run_function(upload_programs.logs_a_trace, project + "-other", 1,
+                                    env=env, cwd=str(tmp_path)).stdout)
+
+    assert mine["error"] is None and len(wait_for_rows(server, project, 2)) == 2
+    assert other["error"] is not None and "403" in other["error"]
+    assert key[:6] in other["error"] and key not in other["error"]
+    assert other["stats"]["counters"]["dropped_unauthorized"] == 2
 
 
 def test_a_server_that_asks_for_a_wait_is_waited_for_and_every_span_arrives(
