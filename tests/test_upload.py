@@ -208,6 +208,10 @@ def test_rows_logged_while_the_server_is_down_are_spooled_then_stored_once_it_is
     assert spool_files(tmp_path), "the rows wait in the spool"
     stats = program.ask("stats")["stats"]
     assert stats["spool"]["batches"] >= 1 and stats["spool"]["bytes"] > 0
+    shown = run_cli("stats", "--endpoint", program.ready["endpoint"])
+    assert shown.returncode == 0, shown.stderr
+    assert f"uploading to: {first.url}" in shown.stdout
+    assert "batches, the oldest" in shown.stdout and "spool: " in shown.stdout
 
     with TraceServer(store, str(tmp_path / "serve-2.log"), "--api-key", KEY,
                      port=port) as second:
