@@ -372,6 +372,25 @@ def test_attachments_are_uploaded_by_content_once_and_recorded_on_the_server(tmp
                 if name.endswith((".data", ".json", ".upload"))], "the spool is emptied"
 
 
+def test_with_a_store_too_attachments_are_kept_there_and_uploaded(tmp_path, server, project):
+    local = str(tmp_path / "local.db")
+    out = json.loads(run_function(upload_programs.logs_attachments, project, ["gamma"],
+                                  env=uploading_env(tmp_path, server.url, TRACER_STORE=local),
+                                  cwd=str(tmp_path)).stdout)
+
+    def on_server() -> Any:
+        with SQLiteReader(server.store) as store:
+            return store.attachments(out["keys"]) or None
+
+    (uploaded,) = wait_until(on_server, 30, "the attachment never reached the server").values()
+    with SQLiteReader(local) as store:
+        (kept,) = store.attachments(out["keys"]).values()
+    assert uploaded["status"] == kept["status"] == "done"
+    assert uploaded["sha256"] == kept["sha256"]
+    wait_until(lambda: not [n for _, _, names in os.walk(tmp_path) for n in names
+                            if n.endswith(".upload")], 30, "an upload marker was left")
+
+
 # -- the HTTP sink on its own, against the real server ---------------------------------------
 
 
