@@ -302,8 +302,9 @@ class TraceServer(Service):
     once this returns (its viewer, its JSON API and its ingest API)."""
 
     def __init__(self, store: str, log_path: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.store = store
+        self.port = port or free_port()  # a port given: a server started again where it was
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("tracer serve", [*CLI, "serve", "--store", store, "--port",
                                           str(self.port), *args],

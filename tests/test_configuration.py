@@ -112,3 +112,38 @@ def test_a_bad_argument_is_refused_naming_the_argument_and_value(tmp_path, conta
 
     ((name, value),) = kwargs.items()
     assert_refused_before_anything_started(result, "ValueError", f"{name}={value!r}")
+
+
+# -- uploading to a trace server (README, "Uploading to a trace server") -----------------------
+
+
+@pytest.mark.parametrize("variable", ["TRACER_API_URL", "BRAINTRUST_API_URL"])
+def test_plain_http_to_another_host_is_refused_naming_the_variable(tmp_path, variable):
+    result = start(tmp_path, env={variable: "http://10.20.30.40:8585"})
+
+    assert_refused_before_anything_started(result, "ValueError",
+                                           f"{variable}='http://10.20.30.40:8585'",
+                                           "TRACER_API_INSECURE_HTTP")
+
+
+@pytest.mark.parametrize("container", ["logger", "experiment"])
+def test_plain_http_to_another_host_is_refused_as_an_argument_too(tmp_path, container):
+    result = start(tmp_path, container, api_url="http://traces.example")
+
+    assert_refused_before_anything_started(result, "ValueError",
+                                           "api_url='http://traces.example'", "https://")
+
+
+def test_a_malformed_api_key_is_refused_without_quoting_it(tmp_path):
+    key = "tr_secret part with spaces"
+    result = start(tmp_path, env={"TRACER_API_KEY": key})
+
+    assert_refused_before_anything_started(result, "ValueError", "TRACER_API_KEY")
+    assert "secret part" not in result["error"]
+
+
+def test_a_ca_bundle_that_is_not_a_file_is_refused_naming_it(tmp_path):
+    result = start(tmp_path, env={"TRACER_CA_BUNDLE": str(tmp_path / "missing.pem")})
+
+    assert_refused_before_anything_started(result, "ValueError", "TRACER_CA_BUNDLE",
+                                           "missing.pem")

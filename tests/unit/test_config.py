@@ -151,3 +151,43 @@ def test_a_malformed_value_read_where_raising_is_not_allowed_gives_the_default_a
 
     assert first is second is True
     assert capsys.readouterr().err.count("TRACER_DELIVER_ON_TERMINATE='maybe'") == 1
+
+
+# -- uploading ---------------------------------------------------------------------------------
+
+
+def test_an_api_url_is_read_from_the_references_variable_too():
+    settings = config.load({"BRAINTRUST_API_URL": "https://traces.example/",
+                            "BRAINTRUST_API_KEY": "tr_abc"})
+    assert settings.api_url == "https://traces.example"
+    assert settings.api_key == "tr_abc"
+
+
+def test_permalinks_point_at_the_api_url_unless_an_app_url_is_set():
+    assert config.load({"TRACER_API_URL": "https://traces.example"}).app_url == \
+        "https://traces.example"
+    assert config.load({"TRACER_API_URL": "https://traces.example",
+                        "TRACER_APP_URL": "https://viewer.example"}).app_url == \
+        "https://viewer.example"
+
+
+def test_plain_http_is_allowed_to_this_host_and_elsewhere_only_when_told():
+    for url in ("http://127.0.0.1:8585", "http://localhost:8585", "http://[::1]:8585"):
+        assert config.load({"TRACER_API_URL": url}).api_url == url
+    with pytest.raises(ValueError, match="TRACER_API_URL='http://10.0.0.7'"):
+        config.load({"TRACER_API_URL": "http://10.0.0.7"})
+    assert config.load({"TRACER_API_URL": "http://10.0.0.7",
+                        "TRACER_API_INSECURE_HTTP": "1"}).api_url == "http://10.0.0.7"
+
+
+def test_a_key_is_named_in_messages_by_its_first_characters_only():
+    key = "tr_" + "k" * 40
+    label = config.key_label(key)
+    assert label.startswith("'tr_kkk'") and key not in label
+
+
+def test_an_uploading_aggregators_files_go_to_a_directory_per_server():
+    a = config.api_local_path("https://traces.example")
+    b = config.api_local_path("http://127.0.0.1:8585/")
+    assert a.endswith(os.path.join(".tracer", "api", "traces.example-443", "store"))
+    assert b.endswith(os.path.join(".tracer", "api", "127.0.0.1-8585", "store"))
