@@ -13,16 +13,18 @@ configured):
   nanoseconds; an ``llm`` span is of kind CLIENT (as the GenAI conventions want), any other
   INTERNAL.
 - ``error``: status ERROR (its first line the status message) and an ``exception`` event
-  (``exception.type``, ``exception.message``, ``exception.stacktrace`` = the whole error).
+  (``exception.type`` and ``exception.message`` from its head, ``exception.stacktrace`` the
+  traceback after it).
 - The row's fields as the reference's ``braintrust.*`` attributes (JSON text, as its OTLP
   ingestion reads them): ``braintrust.input_json``, ``braintrust.output_json``,
-  ``braintrust.expected``, ``braintrust.metadata``, ``braintrust.metrics`` (without
+  ``braintrust.expected_json``, ``braintrust.metadata``, ``braintrust.metrics`` (without
   ``start``/``end``: they are the span's times), ``braintrust.scores``, ``braintrust.tags`` (a
   string array), ``braintrust.span_attributes``, and ``braintrust.parent``
   (``project_name:<name>`` or ``experiment_id:<id>``, with ``tracer.experiment_name``).
 - An ``llm`` span also gets the GenAI semantic conventions' attributes: ``gen_ai.operation.name``,
   ``gen_ai.provider.name`` (and the older ``gen_ai.system``), ``gen_ai.request.model`` and the
-  request parameters from ``metadata``, ``gen_ai.usage.input_tokens``/``output_tokens`` from
+  request parameters the conventions name as ``metadata`` does (``temperature``,
+  ``max_tokens`` ...), ``gen_ai.usage.input_tokens``/``output_tokens`` from
   ``metrics.prompt_tokens``/``completion_tokens``, ``gen_ai.input.messages``/``output.messages``
   (OpenAI-style messages turned into the conventions' parts) and
   ``gen_ai.response.finish_reasons``.
@@ -60,20 +62,13 @@ from .rows import Container, to_json
 SCOPE = "tracer"
 _MAX_NS = (1 << 64) - 1
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-# The first line of an error as ``tracer.span.error_of`` writes it: ``module.Type: message``.
-_EXCEPTION_LINE = re.compile(r"([A-Za-z_][\w.]*)(?:: (.*))?")
-# Request parameters of an LLM call (logged in ``metadata``) that the GenAI conventions name.
-_REQUEST_PARAMETERS = {
-    "temperature": "gen_ai.request.temperature",
-    "top_p": "gen_ai.request.top_p",
-    "top_k": "gen_ai.request.top_k",
-    "max_tokens": "gen_ai.request.max_tokens",
-    "max_completion_tokens": "gen_ai.request.max_tokens",
-    "max_output_tokens": "gen_ai.request.max_tokens",
-    "frequency_penalty": "gen_ai.request.frequency_penalty",
-    "presence_penalty": "gen_ai.request.presence_penalty",
-    "seed": "gen_ai.request.seed",
-}
+# The type that starts an error as ``tracer.span.error_of`` writes it: ``module.Type: message``.
+_EXCEPTION_TYPE = re.compile(r"[A-Za-z_][\w.]*")
+# Request parameters of an LLM call (logged in ``metadata``) that the GenAI conventions name
+# alike (``gen_ai.request.<name>``): only these, so that a receiver mapping them back into
+# ``metadata`` (as ``tracer serve`` does) finds the keys it came from.
+_REQUEST_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "frequency_penalty",
+                       "presence_penalty", "seed")
 
 
 def exportable(row: dict) -> bool:
@@ -221,7 +216,7 @@ def _attributes(container: Container, row: dict, span_type: object) -> list[tupl
         out.append(("braintrust.span_attributes", to_json(attributes)))
     for field, attribute in (("input", "braintrust.input_json"),
                              ("output", "braintrust.output_json"),
-                             ("expected", "braintrust.expected"),
+                             ("expected", "braintrust.expected_json"),
                              ("metadata", "braintrust.metadata"),
                              ("scores", "braintrust.scores")):
         if row.get(field) is not None:
@@ -255,17 +250,10 @@ def gen_ai_attributes(row: dict) -> list[tuple[str, Any]]:
     model = metadata.get("model")
     if isinstance(model, str):
         out.append(("gen_ai.request.model", model))
-    seen = set()
-    for parameter, attribute in _REQUEST_PARAMETERS.items():
+    for parameter in _REQUEST_PARAMETERS:
         value = metadata.get(parameter)
-        if _is_number(value) and attribute not in seen:
-            seen.add(attribute)
-            out.append((attribute, value))
-    stop = metadata.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop):
-        out.append(("gen_ai.request.stop_sequences", stop))
+        if _is_number(value):
+            out.append((f"gen_ai.request.{parameter}", value))
     for metric, attribute in (("prompt_tokens", "gen_ai.usage.input_tokens"),
                               ("completion_tokens", "gen_ai.usage.output_tokens")):
         value = metrics.get(metric)
@@ -350,21 +338,29 @@ def _message(message: dict) -> dict:
 
 
 def _error_into(span: Span, error: object) -> None:
+    """Status ERROR and an ``exception`` event. Our errors read ``"<type>: <message>"``, a blank
+    line, then the traceback (``tracer.span.error_of``): the event's ``exception.type`` and
+    ``exception.message`` are the head's, its ``exception.stacktrace`` the traceback, so that a
+    receiver writing ``"<type>: <message>\\n\\n<stacktrace>"`` back (``tracer serve``) gets the
+    error as it was. An error of another shape is the message."""
     text = error if isinstance(error, str) else to_json(error)
-    first = text.strip().split("\n", 1)[0] if text.strip() else "error"
-    span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=_text(first[:1024])))
+    head, _, stack = text.partition("\n\n")
+    first = head.split("\n", 1)[0]
+    span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR,
+                                message=_text(first[:1024] or "error")))
     event = span.events.add()
     event.name = "exception"
     event.time_unix_nano = span.end_time_unix_nano
     attributes: list[tuple[str, Any]] = []
-    match = _EXCEPTION_LINE.fullmatch(first)
-    if match and (match.group(2) is not None or "." in match.group(1)
-                  or match.group(1).endswith(("Error", "Exception"))):
-        attributes.append(("exception.type", match.group(1)))
-        attributes.append(("exception.message", match.group(2) or ""))
+    kind, colon, message = head.partition(": ")
+    if _EXCEPTION_TYPE.fullmatch(kind) and (colon or "." in kind
+                                            or kind.endswith(("Error", "Exception"))):
+        attributes.append(("exception.type", kind))
+        attributes.append(("exception.message", message))
     else:
-        attributes.append(("exception.message", first))
-    attributes.append(("exception.stacktrace", text))
+        attributes.append(("exception.message", head))
+    if stack:
+        attributes.append(("exception.stacktrace", stack))
     event.attributes.extend(_kv(k, v) for k, v in attributes)
 
 

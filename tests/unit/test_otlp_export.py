@@ -146,20 +146,32 @@ def test_an_error_is_status_error_and_an_exception_event() -> None:
     [event] = span.events
     assert event.name == "exception"
     assert event.time_unix_nano == span.end_time_unix_nano
-    assert attributes(event) == {"exception.type": "ValueError", "exception.message": "boom",
-                                 "exception.stacktrace": error}
+    assert attributes(event) == {
+        "exception.type": "ValueError", "exception.message": "boom",
+        "exception.stacktrace": 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'}
+
+
+def test_an_error_rebuilt_as_type_message_blank_line_stacktrace_is_the_error_again() -> None:
+    # What a receiver that writes errors as tracer does (tracer serve's OTLP receiver) gets.
+    for error in ("ValueError: boom\n\nTraceback (most recent call last):\n  x\n",
+                  "ValueError: two\nlines\n\nTraceback:\n", "mod.Failure: x", "timeout: upstream",
+                  "ValueError\n\nTraceback:\n"):
+        found = attributes(only_span(ended(0x42, fields={"error": error})).events[0])
+        kind, message = found.get("exception.type"), found["exception.message"]
+        head = f"{kind}: {message}" if kind and message else kind or message
+        stack = found.get("exception.stacktrace")
+        assert (f"{head}\n\n{stack}" if stack else head) == error
 
 
 def test_an_error_that_is_not_an_exception_keeps_its_text_as_the_message() -> None:
     span = only_span(ended(0x42, fields={"error": "the sender died"}))
     assert span.status.message == "the sender died"
-    assert attributes(span.events[0]) == {"exception.message": "the sender died",
-                                          "exception.stacktrace": "the sender died"}
+    assert attributes(span.events[0]) == {"exception.message": "the sender died"}
 
 
 def test_an_error_logged_as_a_dict_is_its_json() -> None:
     span = only_span(ended(0x42, fields={"error": {"code": 3}}))
-    assert attributes(span.events[0])["exception.stacktrace"] == '{"code":3}'
+    assert attributes(span.events[0])["exception.message"] == '{"code":3}'
 
 
 # -- the row's fields as braintrust.* attributes -----------------------------------------------
@@ -172,7 +184,7 @@ def test_fields_become_braintrust_attributes_as_json() -> None:
     found = attributes(span)
     assert json.loads(found["braintrust.input_json"]) == {"q": "why?"}
     assert json.loads(found["braintrust.output_json"]) == {"answer": 42}
-    assert json.loads(found["braintrust.expected"]) == "42"
+    assert json.loads(found["braintrust.expected_json"]) == "42"
     assert json.loads(found["braintrust.metadata"]) == {"user": "ada"}
     assert json.loads(found["braintrust.metrics"]) == {"retries": 2}  # start/end: the times
     assert json.loads(found["braintrust.scores"]) == {"exact": 1}
@@ -227,7 +239,7 @@ def llm_row() -> tuple[Container, dict]:
     return ended(0x42, name="Chat Completion", span_type="llm", inp=messages, fields={
         "output": choices,
         "metadata": {"model": "gpt-4o-mini", "provider": "openai", "temperature": 0.5,
-                     "max_tokens": 100, "stop": "\n"},
+                     "max_tokens": 100, "max_completion_tokens": 90, "stop": "\n"},
         "metrics": {"prompt_tokens": 12, "completion_tokens": 3, "tokens": 15}})
 
 
@@ -238,7 +250,13 @@ def test_an_llm_span_has_the_gen_ai_model_provider_and_parameters() -> None:
     assert found["gen_ai.request.model"] == "gpt-4o-mini"
     assert found["gen_ai.request.temperature"] == 0.5
     assert found["gen_ai.request.max_tokens"] == 100
-    assert found["gen_ai.request.stop_sequences"] == ["\n"]
+
+
+def test_only_parameters_the_conventions_name_alike_become_gen_ai_request_attributes() -> None:
+    # A receiver maps gen_ai.request.<name> back to metadata.<name>: no key it did not come from.
+    found = attributes(only_span(llm_row()))
+    assert sorted(k for k in found if k.startswith("gen_ai.request.")) == [
+        "gen_ai.request.max_tokens", "gen_ai.request.model", "gen_ai.request.temperature"]
 
 
 def test_an_llm_span_has_the_gen_ai_token_usage() -> None:
