@@ -57,7 +57,7 @@ _log = logging.getLogger("tracer")
 # finish()'s output when none is to be logged (a traced generator's, past its limit).
 _NO_OUTPUT: Any = object()
 
-state.app_url = (os.environ.get("TRACER_APP_URL") or config.DEFAULT_APP_URL).rstrip("/")
+state.app_url = config.app_url_from_env().rstrip("/")
 # A spawn/forkserver child of an initialised process finds its parent's logger or experiment
 # (its container key) here.
 _inherited = os.environ.get(config.ENV_CONTAINER) if os.environ.get("TRACER_ENDPOINT") else None
@@ -70,7 +70,7 @@ def init_logger(project: str | None = None, project_id: str | None = None, *,
                 endpoint: str | None = None, app_url: str | None = None,
                 set_current: bool = True, aggregator_key: str | None = None,
                 org_name: str | None = None, async_flush: bool = True,
-                force_login: bool = False) -> Logger:
+                force_login: bool = False, api_url: str | None = None) -> Logger:
     """Start logging spans of ``project`` (default ``"default"``) and return its Logger.
 
     ``project_id`` names the project when ``project`` is not given: a self-hosted store has no
@@ -84,17 +84,22 @@ def init_logger(project: str | None = None, project_id: str | None = None, *,
     ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``);
     ``aggregator_key`` (default ``TRACER_AGGREGATOR_KEY``) is the public key of a tcp://
     aggregator started with ``--secret-key`` (``tracer keys`` makes the pair).
-    ``api_key`` is accepted for compatibility with the reference SDK and not used.
+    ``api_url`` (default ``TRACER_API_URL`` or ``BRAINTRUST_API_URL``) names a trace server
+    (``tracer serve``) the aggregator uploads to, presenting ``api_key`` (default
+    ``TRACER_API_KEY`` or ``BRAINTRUST_API_KEY``); with a ``store`` (or ``TRACER_STORE``) too,
+    rows are also kept there. Permalinks then point at that server unless ``app_url`` (or
+    ``TRACER_APP_URL``) says otherwise. See the README, "Uploading to a trace server".
     Nothing here blocks: the aggregator starts in the background. Every ``TRACER_*`` variable
     and the arguments are checked first: a bad one raises ValueError (TypeError for a wrong
     type) naming it and its value, before anything starts.
     """
-    del api_key, org_name, async_flush, force_login  # self-hosted: see the docstring
+    del org_name, async_flush, force_login  # self-hosted: see the docstring
     project = _check_name("project", _project_name(project, project_id, "default"),
                           "init_logger")
-    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    settings, store, endpoint, app_url, api = _checked_settings(store, endpoint, app_url,
+                                                                api_url, api_key)
     rec = launcher.recorder_for(settings, store, endpoint,
-                                config.keyword("aggregator_key", aggregator_key))
+                                config.keyword("aggregator_key", aggregator_key), *api)
     logger = Logger(project, wire.logs_container(project), rec)
     _make_current(logger, app_url, set_current)
     return logger
@@ -106,7 +111,7 @@ def init(project: str | None = None, experiment: str | None = None, *,
          aggregator_key: str | None = None, project_id: str | None = None,
          update: bool | None = None, open: bool = False, tags: list[str] | None = None,
          metadata: dict | None = None, description: str | None = None,
-         org_name: str | None = None) -> Experiment:
+         org_name: str | None = None, api_url: str | None = None) -> Experiment:
     """Start a new experiment of ``project`` and return it.
 
     ``project`` or ``project_id`` (which names the project when ``project`` is not given: a
@@ -122,10 +127,10 @@ def init(project: str | None = None, experiment: str | None = None, *,
     While it is the current experiment
     (``set_current=True``), spans started outside any span, in this process and in its child
     processes, go to it rather than to the current logger (the reference's precedence).
-    ``store``, ``endpoint``, ``aggregator_key``, ``app_url`` and ``api_key`` are as for
-    ``init_logger``.
+    ``store``, ``endpoint``, ``aggregator_key``, ``app_url``, ``api_url`` and ``api_key`` are as
+    for ``init_logger``.
     """
-    del api_key, org_name
+    del org_name
     if project is None and project_id is None:
         raise ValueError("Must specify at least one of project or project_id")
     if open and update:
@@ -154,9 +159,10 @@ def init(project: str | None = None, experiment: str | None = None, *,
         event.check({"metadata": metadata}, "init")
     if description is not None and not isinstance(description, str):
         raise TypeError(f"init: description must be a string, got {type(description).__name__}")
-    settings, store, endpoint, app_url = _checked_settings(store, endpoint, app_url)
+    settings, store, endpoint, app_url, api = _checked_settings(store, endpoint, app_url,
+                                                                api_url, api_key)
     rec = launcher.recorder_for(settings, store, endpoint,
-                                config.keyword("aggregator_key", aggregator_key))
+                                config.keyword("aggregator_key", aggregator_key), *api)
     experiment_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, f"tracer:{project}{wire.SEP}{experiment}"))
                      if update else str(uuid.uuid4()))
     exp = Experiment(project, experiment, experiment_id, rec)
@@ -173,12 +179,24 @@ def _project_name(project: str | None, project_id: str | None, default: str | No
     return project_id if project_id is not None else default
 
 
-def _checked_settings(store: object, endpoint: object, app_url: object
-                      ) -> tuple[config.Settings, str | None, str | None, str | None]:
-    """The settings of every variable and the ``store``, ``endpoint`` and ``app_url`` arguments,
-    all checked in the calling process before anything starts."""
-    return (config.load(), config.keyword("store", store), config.keyword("endpoint", endpoint),
-            config.keyword("app_url", app_url))
+def _checked_settings(store: object, endpoint: object, app_url: object, api_url: object,
+                      api_key: object) -> tuple[config.Settings, str | None, str | None,
+                                                str | None, tuple[str | None, str | None]]:
+    """The settings of every variable and the ``store``, ``endpoint``, ``app_url``, ``api_url``
+    and ``api_key`` arguments, all checked in the calling process before anything starts. An
+    ``api_url`` argument, without ``app_url`` or ``TRACER_APP_URL``, is the base of
+    permalinks (returned as ``app_url``)."""
+    settings = config.load()
+    url = config.keyword("api_url", api_url)
+    if url is not None:
+        config.check_api_url("api_url", url, settings.api_insecure_http)
+        if app_url is None and not any(os.environ.get(n)
+                                       for n in config.BY_NAME["APP_URL"].names):
+            app_url = url
+    elif settings.api_url is not None and app_url is None:
+        app_url = settings.app_url  # the API URL, unless TRACER_APP_URL says otherwise
+    return (settings, config.keyword("store", store), config.keyword("endpoint", endpoint),
+            config.keyword("app_url", app_url), (url, config.keyword("api_key", api_key)))
 
 
 def _check_name(what: str, name: object, where: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import itertools
 import math
 import os
@@ -38,6 +39,7 @@ DEFAULT_STORE = os.path.join(".tracer", "traces.db")
 ENV_AGGREGATOR_PID = "_TRACER_AGGREGATOR_PID"
 ENV_AGGREGATOR_STORE = "_TRACER_AGGREGATOR_STORE"
 ENV_AGGREGATOR_OWNER = "_TRACER_AGGREGATOR_OWNER"
+ENV_AGGREGATOR_API_URL = "_TRACER_AGGREGATOR_API_URL"
 ENV_CONTAINER = "_TRACER_CONTAINER"
 
 # Counts of rows a process or an aggregator holds: beyond this a queue is a misconfiguration
@@ -260,6 +262,46 @@ class CurveKey(Kind):
         return "a CURVE public key (40 characters)"
 
 
+class ApiKey(Kind):
+    """An API key for a trace server: printable, without spaces (it travels in a header). Never
+    quoted whole in an error: a message shows at most its first characters (``key_label``)."""
+
+    def parse(self, label: str, text: str) -> str:
+        if not text.isascii() or not text.isprintable() or " " in text:
+            raise ValueError(f"{label}: an API key is printable ASCII without spaces (the one "
+                             f"given, {key_label(text)}, is not)")
+        return text
+
+    def keyword(self, label: str, value: object) -> Any:
+        if not isinstance(value, str):
+            raise TypeError(f"{label} must be a string, got {type(value).__name__}")
+        return self.parse(label, value)
+
+    def describe(self) -> str:
+        return "an API key"
+
+
+class PemFile(Kind):
+    """A file of PEM certificates that exists and can be read."""
+
+    def parse(self, label: str, text: str) -> str:
+        path = os.path.abspath(os.path.expanduser(text))
+        if not os.path.isfile(path):
+            raise refused(label, text, "no such file (a PEM file of CA certificates)")
+        if not os.access(path, os.R_OK):
+            raise refused(label, text, "cannot be read")
+        return path
+
+    def describe(self) -> str:
+        return "a PEM file path"
+
+
+def key_label(key: str) -> str:
+    """How messages name an API key: its first few characters, never the whole key."""
+    shown = key[:min(6, len(key) // 4)]
+    return f"{shown!r}... ({len(key)} characters)"
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -304,8 +346,34 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ENDPOINT", Endpoint(), None, "the aggregator's ZeroMQ address; set it to attach to "
              "a standalone `tracer aggregator`", field="endpoint", keyword="endpoint",
              shown_default="set by `init_logger`"),
-    Variable("APP_URL", Url(), DEFAULT_APP_URL, "base of permalinks", field="app_url",
+    Variable("APP_URL", Url(), DEFAULT_APP_URL, "base of permalinks (with an API URL and no "
+             "`TRACER_APP_URL`: the API URL, the server that holds the rows)", field="app_url",
              keyword="app_url"),
+    Variable("API_URL", Url(), None, "a trace server (`tracer serve`) the aggregator uploads "
+             "rows, attachments and its counters to, over HTTP(S) "
+             '("Uploading to a trace server"). With `TRACER_STORE` set too, rows are also kept '
+             "in that store. Plain `http://` is refused for a host other than this one unless "
+             "`TRACER_API_INSECURE_HTTP` is on", field="api_url", keyword="api_url",
+             reference=True, shown_default="unset"),
+    Variable("API_KEY", ApiKey(), None, "the key the aggregator presents to the trace server "
+             "(`Authorization: Bearer`); `tracer serve` reads `TRACER_API_KEY` as its own key "
+             "too. Handed to the aggregator in a 0600 file, never on its command line",
+             field="api_key", keyword="api_key", reference=True, shown_default="unset"),
+    Variable("API_INSECURE_HTTP", Boolean(), False, "on: allow a plain `http://` API URL to a "
+             "host other than this one (the key and every row travel in clear; the aggregator "
+             "logs a warning). Certificate checks of `https://` cannot be turned off",
+             field="api_insecure_http"),
+    Variable("CA_BUNDLE", PemFile(), None, "the CA certificates (PEM) that an `https://` API "
+             "URL's certificate must chain to (default: certifi's)", field="ca_bundle",
+             shown_default="unset"),
+    Variable("SPOOL_DIR", Directory(), None, "where an uploading aggregator keeps batches the "
+             "server could not take yet (created 0700, files 0600): durable, drained in order "
+             "when it answers again, by this aggregator or the next one for that server",
+             field="spool_dir", shown_default="~/.tracer/api/HOST-PORT/spool"),
+    Variable("SPOOL_MAX_BYTES", Integer(0, 1 << 44), 1 << 30, "bytes the spool may hold. Full, a "
+             "batch fails as a store failure (retried, then dropped, counted "
+             "`dropped_sink_failed`) and the queue policy applies behind it; `0`: no spool "
+             "(batches are retried `NUM_RETRIES` times, then dropped)", field="spool_max_bytes"),
     Variable("QUEUE_SIZE", Integer(0, MAX_ROWS), 15000, "rows the aggregator holds uncommitted "
              "(`0`: unbounded); it also bounds each process's send buffer and what waits in "
              "ZeroMQ's queues. When full, the calling thread blocks until there is room (never "
@@ -424,6 +492,12 @@ class Settings:
     queue_max_bytes: int
     aggregator_key: str | None  # the CURVE public key of a tcp:// aggregator
     max_message_size: int
+    api_url: str | None  # a trace server to upload to
+    api_key: str | None
+    api_insecure_http: bool
+    ca_bundle: str | None
+    spool_dir: str | None
+    spool_max_bytes: int
 
 
 def load(env: Mapping[str, str] | None = None, lenient: bool = False) -> Settings:
@@ -442,7 +516,70 @@ def load(env: Mapping[str, str] | None = None, lenient: bool = False) -> Setting
         found = read(variable, env)
         if variable.field is not None:
             fields[variable.field] = found
+    if fields["api_url"] is not None:
+        if not any(env.get(name) for name in BY_NAME["APP_URL"].names):
+            fields["app_url"] = fields["api_url"]  # permalinks point at the server
+        if not lenient:
+            label = next(n for n in BY_NAME["API_URL"].names if env.get(n))
+            check_api_url(label, fields["api_url"], fields["api_insecure_http"])
     return Settings(**fields)
+
+
+def check_api_url(label: str, url: str, insecure_http: bool) -> None:
+    """Refuse (ValueError naming ``label``) a plain ``http://`` API URL to a host other than
+    this one, unless ``insecure_http`` (``TRACER_API_INSECURE_HTTP``): the API key and every
+    row would travel in clear."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and not insecure_http and not is_loopback_host(parts.hostname):
+        raise refused(label, url, "plain http:// to another host sends the API key and every "
+                                  "row in clear: use https://, or set "
+                                  "TRACER_API_INSECURE_HTTP=1 to accept that")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a URL's host name or address) is this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def app_url_from_env() -> str:
+    """The base of permalinks as the environment gives it, for ``import tracer`` (never
+    raises): ``TRACER_APP_URL``, else an API URL (``TRACER_API_URL``, ``BRAINTRUST_API_URL``),
+    else ``DEFAULT_APP_URL``."""
+    for name in ("APP_URL", "API_URL"):
+        for variable in BY_NAME[name].names:
+            text = os.environ.get(variable)
+            if text:
+                try:
+                    return str(BY_NAME[name].kind.parse(variable, text))
+                except ValueError:
+                    break  # init_logger says so; permalinks fall back
+    return DEFAULT_APP_URL
+
+
+#: Where the local files of an uploading aggregator without a local store go (one directory per
+#: server; see api_local_path).
+API_STATE_DIR = os.path.join("~", ".tracer", "api")
+
+
+def api_local_path(api_url: str) -> str:
+    """Where an aggregator uploading to ``api_url`` without a local store anchors its files:
+    ``~/.tracer/api/<host>-<port>[-<path>]/store``, a name never created (as ``local_path``
+    for PostgreSQL) whose directory (0700) holds its ``aggregator.log``, ``spool/`` and
+    ``store.attachments/`` (attachments on their way to the server)."""
+    parts = urllib.parse.urlsplit(api_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    name = f"{parts.hostname or 'localhost'}-{port}"
+    if parts.path.strip("/"):
+        name += "-" + parts.path.strip("/")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return os.path.join(os.path.expanduser(API_STATE_DIR), name, "store")
 
 
 def value_or_default(name: str) -> Any:
@@ -468,7 +605,8 @@ def _read_or_default(variable: Variable, env: Mapping[str, str]) -> Any:
 
 def keyword(name: str, given: object) -> Any:
     """A keyword argument of ``init_logger``/``init`` (``store``, ``endpoint``, ``app_url``,
-    ``aggregator_key``), checked as the variable it stands for; None stays None."""
+    ``aggregator_key``, ``api_url``, ``api_key``), checked as the variable it stands for; None
+    stays None."""
     if given is None:
         return None
     return BY_KEYWORD[name].kind.keyword(name, given)

@@ -1,6 +1,7 @@
 """Finding, starting and restarting the aggregator a process sends to.
 
-One aggregator per process tree and store: the first ``init_logger()`` starts it
+One aggregator per process tree and destination (a store, a trace server to upload to, or
+both): the first ``init_logger()`` starts it
 as a plain subprocess (``python -m workers.aggregator``; never a fork of a threaded process) and
 leaves its address in the environment, where children, spawned or forked, find it. Resolution:
 
@@ -31,43 +32,78 @@ _by_store: dict[str, Recorder] = {}
 
 
 def recorder_for(settings: config.Settings, store: str | None = None,
-                 endpoint: str | None = None, aggregator_key: str | None = None) -> Recorder:
-    """The recorder for the given store/endpoint, starting an aggregator if needed.
+                 endpoint: str | None = None, aggregator_key: str | None = None,
+                 api_url: str | None = None, api_key: str | None = None) -> Recorder:
+    """The recorder for the given destination (a store, a trace server, or both) or endpoint,
+    starting an aggregator if needed.
 
     ``aggregator_key`` (else ``TRACER_AGGREGATOR_KEY``) is the CURVE public key of an aggregator
     attached to by a tcp:// endpoint; one we start ourselves listens on ipc:// and needs none.
+    ``api_url`` (else ``TRACER_API_URL``): the aggregator uploads there, with ``api_key`` (else
+    ``TRACER_API_KEY``); it also writes to the store only when one is given (``store`` or
+    ``TRACER_STORE``).
     """
     key = aggregator_key or settings.aggregator_key
     if endpoint:
         return attach(endpoint, settings=settings, server_key=key)
     env_endpoint = os.environ.get("TRACER_ENDPOINT")
-    if store is None and env_endpoint:
+    if store is None and api_url is None and env_endpoint:
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
-    # Errors name where the store came from: the argument, else the variable (or the default).
-    label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
-                    else ("store", config.DEFAULT_STORE if store is None else store))
+    api_url = api_url or settings.api_url
+    api_key = api_key or settings.api_key
+    if api_url is not None and store is None and not settings.store:
+        # Uploading only: the aggregator's files go to a directory of the server's own.
+        label, given = "TRACER_API_URL", config.api_local_path(api_url)
+    else:
+        # Errors name where the store came from: the argument, else the variable (or the
+        # default).
+        label, given = (("TRACER_STORE", settings.store) if store is None and settings.store
+                        else ("store", config.DEFAULT_STORE if store is None else store))
     path = config.store_path(given, label)
-    # A PostgreSQL store is known by its URL without the password: one aggregator per database.
-    store_key = config.store_key(path)
+    # A PostgreSQL store is known by its URL without the password: one aggregator per database
+    # (and per server uploaded to).
+    destination = _destination(path, api_url)
     inherited_store = os.environ.get(config.ENV_AGGREGATOR_STORE)
-    if env_endpoint and inherited_store and config.store_key(inherited_store) == store_key:
+    if env_endpoint and inherited_store and _destination(
+            inherited_store, os.environ.get(config.ENV_AGGREGATOR_API_URL)) == destination:
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
-    rec = _by_store.get(store_key)
+    rec = _by_store.get(destination)
     if rec is None or rec.aggregator_dead():
         _check_store_directory(config.local_path(path), label,
                                config.without_password(given) if isinstance(given, str)
                                else given)
         endpoint = f"ipc://{config.runtime_dir()}/agg-{os.getpid()}-{secrets.token_hex(4)}.sock"
-        pid = start_aggregator(endpoint, path, os.getpid())
+        if api_key is not None:
+            _write_key_file(endpoint, api_key)
+        pid = start_aggregator(endpoint, path, os.getpid(), api_url)
         bound, drop_reason = config.queue_policy(settings)
         rec = Recorder(endpoint, pid, owner=True, max_buffer=bound, drop_reason=drop_reason,
                        max_bytes=settings.queue_max_bytes,
                        block_timeout=settings.queue_block_timeout,
                        store=path, restart=restart_aggregator,
-                       spool_dir=settings.failed_payloads_dir)
-        _by_store[store_key] = rec
+                       spool_dir=settings.failed_payloads_dir, api_url=api_url)
+        _by_store[destination] = rec
         _by_endpoint[endpoint] = rec
     return rec
+
+
+def _destination(store: str, api_url: str | None) -> str:
+    """What tells one aggregator's destination from another's: the store (``store_key``) and
+    the server uploaded to, if any."""
+    return f"{config.store_key(store)}\x1f{api_url or ''}"
+
+
+def key_file(endpoint: str) -> str:
+    """Where the API key of the aggregator at an ipc ``endpoint`` is handed over: beside its
+    socket, in the user's private runtime directory, 0600 (a command line is anyone's to read
+    in ``ps``)."""
+    return endpoint[len("ipc://"):] + ".key"
+
+
+def _write_key_file(endpoint: str, api_key: str) -> None:
+    path = key_file(endpoint)
+    with os.fdopen(config.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+        f.write(api_key)
 
 
 def attach(endpoint: str, pid: int | None = None, settings: config.Settings | None = None,
@@ -94,7 +130,8 @@ def attach(endpoint: str, pid: int | None = None, settings: config.Settings | No
                        block_timeout=settings.queue_block_timeout,
                        store=store, aggregator_owner=owner,
                        restart=restart_aggregator if store else None,
-                       spool_dir=settings.failed_payloads_dir, server_key=server_key)
+                       spool_dir=settings.failed_payloads_dir, server_key=server_key,
+                       api_url=os.environ.get(config.ENV_AGGREGATOR_API_URL) if store else None)
         _by_endpoint[endpoint] = rec
     return rec
 
@@ -107,6 +144,7 @@ def export_to_children(rec: Recorder) -> None:
         os.environ["TRACER_AGGREGATOR_KEY"] = rec.server_key
     for name, value in ((config.ENV_AGGREGATOR_PID, rec.aggregator_pid),
                         (config.ENV_AGGREGATOR_STORE, rec.store),
+                        (config.ENV_AGGREGATOR_API_URL, rec.api_url),
                         (config.ENV_AGGREGATOR_OWNER, rec.aggregator_owner)):
         if value is None:
             os.environ.pop(name, None)
@@ -119,9 +157,12 @@ def _env_int(name: str) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
+def start_aggregator(endpoint: str, store_path: str, owner: int | None,
+                     api_url: str | None = None) -> int:
     """Start an aggregator for ``store_path`` (a SQLite path or a PostgreSQL URL) listening on
-    ``endpoint``; returns its pid.
+    ``endpoint``; returns its pid. With ``api_url`` it uploads there, and writes to the store
+    only if ``store_path`` is not the server's local directory (``config.api_local_path``); its
+    API key is in the file ``key_file(endpoint)``, if there is one.
 
     The aggregator runs in its own session, so a Ctrl-C meant for the application does not kill
     it before it has committed; it exits by itself once ``owner`` and every process that sent
@@ -135,7 +176,15 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None) -> int:
         store_arg, password = config.split_password(store_path)
         if password is not None:
             env["PGPASSWORD"] = password
-    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint, "--store", store_arg]
+    cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint]
+    if api_url is None or store_path != config.api_local_path(api_url):
+        cmd += ["--store", store_arg]
+    else:
+        env.pop("TRACER_STORE", None)  # uploading only: no local copy
+    if api_url is not None:
+        cmd += ["--api-url", api_url]
+        if endpoint.startswith("ipc://") and os.path.exists(key_file(endpoint)):
+            cmd += ["--api-key-file", key_file(endpoint)]
     if owner is not None:
         cmd += ["--owner", str(owner)]
     # Let the child import ``workers`` from wherever this process found ``tracer``.
@@ -182,7 +231,7 @@ def restart_aggregator(rec: Recorder) -> int | None:
         pid = read_pid_file(path)
         if pid is not None and pid != rec.aggregator_pid and process_alive(pid):
             return pid
-        pid = start_aggregator(rec.endpoint, rec.store, rec.aggregator_owner)
+        pid = start_aggregator(rec.endpoint, rec.store, rec.aggregator_owner, rec.api_url)
         write_pid_file(path, pid)
         return pid
 

@@ -107,7 +107,7 @@ class Recorder:
                  restart: Callable[[Recorder], int | None] | None = None,
                  spool_dir: str | None = None, max_bytes: int = 0,
                  block_timeout: float = config.BY_NAME["QUEUE_BLOCK_TIMEOUT"].default,
-                 server_key: str | None = None):
+                 server_key: str | None = None, api_url: str | None = None):
         self.endpoint = endpoint
         self.server_key = server_key  # the aggregator's CURVE public key (tcp:// only)
         self.max_buffer = max_buffer  # records; 0 = unbounded
@@ -130,6 +130,7 @@ class Recorder:
         self._channel = Channel(endpoint, hwm, server_key)
         self._supervisor = Supervisor(endpoint, aggregator_pid, restart, self._warn)
         self.store = store  # the aggregator's store, when known: needed to restart it
+        self.api_url = api_url  # the server it uploads to, if any: needed to restart it too
         # The process whose exit (with every sender gone) ends the aggregator: us, if we
         # started it. A replacement aggregator gets the same owner.
         self.aggregator_owner = os.getpid() if owner else aggregator_owner

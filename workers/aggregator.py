@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +51,9 @@ from .attachments import AttachmentMover
 from .queue import RowQueue
 from .rows import CHECK_DEPTH_FROM, BadRecord, Container, check_depth, merge, now_iso, record_to_row
 from .senders import Sender, Senders
-from .store import StoreWriter, open_store
+from .sinks import http_writer, open_sinks
+from .spool import SpoolingWriter
+from .store import StoreWriter
 from .supervision import Supervisor, revive
 from .uploader import Uploader
 
@@ -70,17 +73,26 @@ _MONITORED: dict[int, str] = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshakes_f
 
 
 class Aggregator:
-    """Receives from recorders on ``bind`` and commits to the store at ``store`` (``run``)."""
+    """Receives from recorders on ``bind`` and commits to the store at ``store``, or uploads to
+    the trace server at ``api_url`` (with ``api_key``), or both (``run``)."""
 
-    def __init__(self, bind: str, store: str, owner: int | None = None,
+    def __init__(self, bind: str, store: str | None, owner: int | None = None,
                  settings: config.Settings | None = None, idle_exit: float = IDLE_EXIT,
-                 secret_key: bytes | None = None) -> None:
+                 secret_key: bytes | None = None, api_url: str | None = None,
+                 api_key: str | None = None) -> None:
+        if store is None and api_url is None:
+            raise ValueError("an aggregator needs a store, an API URL, or both")
         self.bind = bind
         self.secret_key = secret_key  # CURVE (``curve``): only key holders get a frame in
-        self.store = store
+        self.local_store = store  # None: uploading only
+        self.api_url = api_url
+        self.api_key = api_key
+        # Where this aggregator's files on this host are anchored (attachments on their way,
+        # its log): the store, or for an uploading one without a store the server's directory.
+        self.store = store if store is not None else config.api_local_path(str(api_url))
         self.owner = owner
         self.settings = settings or config.load()
-        self.this_run = stats.Run(bind, store, owner)
+        self.this_run = stats.Run(bind, self.store, owner, api_url)
         self.counters: Counter = Counter()
         log.attach(self.counters)
         self.senders = Senders(self.counters)
@@ -103,7 +115,10 @@ class Aggregator:
         self._waker: zmq.Socket | None = None
         self._waker_lock = threading.Lock()
         # Attachments have their own thread, store writer and retries: they never hold rows back.
-        self.mover = AttachmentMover(store, self.settings, self.counters, self._wake)
+        self.mover = AttachmentMover(
+            self.store, self.settings, self.counters, self._wake, local=store is not None,
+            remote=None if api_url is None else lambda: http_writer(api_url, api_key,
+                                                                     self.settings))
         self.acks = Acks(lambda: self.mover.completed)
         self.inline_limit = self.settings.max_inline_base64  # longer base64: an attachment
         # Attachments were published to the spool (a sender said so) or pulled out of rows since
@@ -112,14 +127,18 @@ class Aggregator:
         self._attachments_new = False
         self._scan_due = 0  # the mover's scan the next commit flushes wait for
         self.uploader: Uploader | None = None  # set by run()
+        self.spooling: SpoolingWriter | None = None  # set by run() when uploading with a spool
 
     # -- main loop -------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Receive and commit until stopped (a signal, or the owner and senders gone); then
         commit what is left and exit. Returns the exit status."""
-        sink = open_store(self.store)
+        sinks = open_sinks(self.local_store, self.api_url, self.api_key, self.settings,
+                           self.counters)
+        sink = sinks.writer
         sink.on_replaced = self._store_replaced
+        self.spooling = sinks.spooling
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -149,9 +168,13 @@ class Aggregator:
         uploader = self.uploader = Uploader(self.queue, sink, self.settings, self.counters,
                                             on_done, lambda: self._record_run(sink))
         self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
+        if self.spooling is not None:
+            self.spooling.start()
         uploader.start()
         self.mover.start()
-        self._info(f"listening on {self.bind}, store {self.store}")
+        self._info(f"listening on {self.bind}, " + ", ".join(
+            ([f"store {self.local_store}"] if self.local_store else [])
+            + ([f"uploading to {self.api_url}"] if self.api_url else [])))
 
         reading = zmq.Poller()
         reading.register(router, zmq.POLLIN)
@@ -195,6 +218,8 @@ class Aggregator:
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
             log.log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not "
                     "answer")
+            if self.spooling is not None:  # its drain thread may still send what is spooled
+                self._step("closing the spool", self.spooling.close)
         else:
             self._record_run(sink, ended=True)
             self._step("closing the store", sink.close)
@@ -253,7 +278,7 @@ class Aggregator:
         path = self.bind[len("ipc://"):]
         if read_pid_file(path) not in (None, os.getpid()):
             return
-        for name in (path, path + ".pid", path + ".lock"):
+        for name in (path, path + ".pid", path + ".lock", path + ".key"):
             try:
                 os.unlink(name)
             except FileNotFoundError:
@@ -481,10 +506,13 @@ class Aggregator:
                 self._attachments_new = True
                 self.counters["attachments_extracted"] += 1
         key = (container.id, row_id)
-        if record[0] == wire.SPAN_END:
+        kind = record[0]
+        if kind == wire.SPAN_END:
+            partial["origin"] = {"host": sender.host, "pid": sender.pid}
             if sender.open:
                 self.senders.ended(sender, key)
-        elif record[0] == wire.SPAN_OPEN:  # closed with an error if its process dies first
+        elif kind == wire.SPAN_OPEN:  # closed with an error if its process dies first
+            partial["origin"] = {"host": sender.host, "pid": sender.pid}
             self.senders.track_open(sender, key, container, dict(partial), size)
         partial["created"] = created
         return key, partial, size, container
@@ -508,7 +536,10 @@ class Aggregator:
         self.dropped.save()
         self.rejected.save()
         if self.uploader is not None:  # a thread of ours that died anyway is started again
-            revive({"uploader": self.uploader, "attachments": self.mover}, self.counters)
+            parts: dict = {"uploader": self.uploader, "attachments": self.mover}
+            if self.spooling is not None:
+                parts["spool"] = self.spooling
+            revive(parts, self.counters)
         for sender, reason in self.supervisor.dead_senders(self.senders):
             self._abandon(sender, reason)
         if self.supervisor.may_exit(self.senders, self.last_traffic):
@@ -528,7 +559,8 @@ class Aggregator:
     def stats(self) -> dict:
         """The counters, as ``tracer stats`` shows them (any thread)."""
         return stats.stats(self.this_run, self.counters, self.queue, self.senders.snapshot(),
-                           self.drop_reason or "block")
+                           self.drop_reason or "block",
+                           self.spooling.spool.state() if self.spooling is not None else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -542,8 +574,14 @@ def parser() -> argparse.ArgumentParser:
                         "loopback needs --secret-key (or --insecure).")
     p.add_argument("--store", default=None,
                    help="SQLite path, sqlite:///path or postgresql://... (default: "
-                        "TRACER_STORE or "
-                        ".tracer/traces.db)")
+                        "TRACER_STORE, else .tracer/traces.db unless uploading)")
+    p.add_argument("--api-url", metavar="URL", default=None,
+                   help="upload to this trace server (`tracer serve`) too, or only, when no "
+                        "store is given (default: TRACER_API_URL). Its key: --api-key-file, or "
+                        "TRACER_API_KEY")
+    p.add_argument("--api-key-file", metavar="FILE", default=None,
+                   help="a file holding the API key for --api-url (never give a key on a "
+                        "command line: anyone can read it in ps)")
     p.add_argument("--secret-key", metavar="FILE",
                    help="the aggregator's secret key file (mode 0600, from `tracer keys`): only "
                         "senders given its public key (TRACER_AGGREGATOR_KEY) can connect, and "
@@ -577,25 +615,55 @@ def check_bind(bind: str, secret_key_file: str | None, insecure: bool) -> bytes 
     return None
 
 
+def check_api(api_url: str | None, key_file: str | None, settings: config.Settings
+              ) -> tuple[str | None, str | None]:
+    """The server to upload to (``--api-url``, else ``TRACER_API_URL``) and its key (the file
+    ``--api-key-file``, else ``TRACER_API_KEY``). Raises ValueError for a malformed URL, plain
+    http:// to another host without ``TRACER_API_INSECURE_HTTP``, or an unreadable key file;
+    warns in the log about plain http:// allowed that way."""
+    url = (config.BY_NAME["API_URL"].kind.parse("--api-url", api_url) if api_url is not None
+           else settings.api_url)
+    key = settings.api_key
+    if key_file is not None:
+        with open(key_file, encoding="utf-8") as f:
+            key = config.BY_NAME["API_KEY"].kind.parse("--api-key-file", f.read().strip())
+    if url is None:
+        return None, key
+    config.check_api_url("--api-url" if api_url is not None else "TRACER_API_URL", url,
+                         settings.api_insecure_http)
+    host = urllib.parse.urlsplit(url).hostname
+    if url.startswith("http://") and not config.is_loopback_host(host):
+        log.log(f"WARNING: uploading to {url} over plain http (TRACER_API_INSECURE_HTTP): the "
+                "API key and every row travel in clear")
+    return url, key
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run an aggregator (``tracer aggregator ARGV...``); returns the exit status: 0, or 2 for
     a refused configuration (said on stderr)."""
     args = parser().parse_args(argv)
     try:  # a malformed variable, --store or key, a bind that needs a key: status 2, said why
         settings = config.load()
-        store = (config.store_path(args.store, "--store") if args.store is not None
-                 else config.store_path(settings.store, "TRACER_STORE"))
+        api_url, api_key = check_api(args.api_url, args.api_key_file, settings)
+        store: str | None
+        if args.store is not None:
+            store = config.store_path(args.store, "--store")
+        elif settings.store is not None or api_url is None:
+            store = config.store_path(settings.store, "TRACER_STORE")
+        else:
+            store = None  # uploading only
         secret_key = check_bind(args.bind, args.secret_key, args.insecure)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"tracer aggregator: {exc}", file=sys.stderr)
         return 2
-    if config.is_postgres(store):
+    if store is not None and config.is_postgres(store):
         # The store URL is said in the log, in the run's record and to whoever asks for stats:
         # it must not hold the password, which libpq finds in PGPASSWORD instead.
         store, password = config.split_password(store)
         if password is not None:
             os.environ["PGPASSWORD"] = password
-    aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit, secret_key)
+    aggregator = Aggregator(args.bind, store, args.owner, settings, args.idle_exit, secret_key,
+                            api_url, api_key)
     # The rows waiting in the queue are thousands of small dicts that hold no cycles; with the
     # default thresholds the collector scanned them every few hundred allocations (12% of the
     # receiving thread's samples under load). Refcounting frees them; collect rarely.

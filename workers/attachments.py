@@ -16,7 +16,19 @@ aggregator beside the row uploader, takes each published ``<key>.json``:
   next aggregator to try; never does it hold back a row, which the uploader commits on its own.
 
 It also stores what the aggregator pulls out of rows itself (``workers.media``: very large base64
-strings), handed over with ``adopt``. A flush that covers attachments waits for the mover
+strings), handed over with ``adopt``.
+
+Uploading to a trace server (``remote``: an ``HttpWriter`` made for this thread), each
+attachment also goes there, content addressed: ``HEAD /api/v1/blobs/{sha256}`` asks whether the
+server has the bytes, a ``PUT`` sends them only if not, then the record is posted
+(``/api/v1/attachments``). With a local store too, the local blob and record come first and a
+``<key>.upload`` marker in the spool (the record, as JSON) stands for what the server still
+lacks; uploading only (no local store), the spooled ``<key>.data`` is sent and then removed,
+and what was pulled out of rows is spooled the same way. A server that cannot be reached is
+retried with backoff (at most ``REMOTE_BACKOFF_MAX`` apart) for as long as it takes, the files
+staying in the spool (for the next aggregator, should this one exit first); a server that
+refuses the key is counted (``attachments_refused``) and left to the next aggregator.
+A flush that covers attachments waits for the mover
 (``request`` / ``completed``), so that after ``tracer.flush()`` every attachment logged before it
 is in the blob area or recorded as failed.
 """
@@ -31,13 +43,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from tracer import attachments, config
 from tracer.config import Settings
 
 from . import log
-from .store import STORE_ERRORS, StoreWriter, open_store
+from .store import STORE_ERRORS, Refused, StoreWriter, open_store
 
 SCAN_INTERVAL = 0.25  # seconds between looks at the spool when nobody asks
 BACKOFF_BASE = 0.05
@@ -48,20 +60,43 @@ KEY = re.compile(r"[0-9a-f]{32}")
 # What storing an attachment may fail with (the file system, the store) and is retried.
 _FAILURES: tuple[type[Exception], ...] = (OSError, *STORE_ERRORS)
 SHA256 = re.compile(r"[0-9a-f]{64}")
+REMOTE_BACKOFF_MAX = 10.0  # seconds between tries of a server that cannot be reached
+
+
+class RemoteBlobs(Protocol):
+    """What the mover needs of a trace server (``workers.http_sink.HttpWriter``)."""
+
+    def has_blob(self, sha256: str) -> bool: ...
+
+    def put_blob(self, sha256: str, path: str) -> None: ...
+
+    def record_attachment(self, key: str, *, sha256: str | None, size: int | None,
+                          filename: str | None, content_type: str | None, error: str | None,
+                          source: str, logged: float | None) -> None: ...
+
+    def store_failed(self, exc: BaseException) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class AttachmentMover:
     """Moves spooled attachments into the blob area and records them; one thread."""
 
     def __init__(self, store: str, settings: Settings, counters: Counter,
-                 on_progress: Callable[[], None]) -> None:
-        self.store = store
+                 on_progress: Callable[[], None], local: bool = True,
+                 remote: Callable[[], RemoteBlobs] | None = None) -> None:
+        self.store = store  # the store, or where an uploading aggregator's files are anchored
         self.settings = settings
         self.counters = counters  # this thread writes only attachment* keys
         self.on_progress = on_progress
         self.spool = attachments.spool_dir(store)
-        self._store: StoreWriter = open_store(store)  # opened on first use, by this thread
-        self._store.on_replaced = self._store_replaced
+        self.local = local  # False: uploading only, there is no local store to record in
+        self._store: StoreWriter | None = None
+        if local:
+            self._store = open_store(store)  # opened on first use, by this thread
+            self._store.on_replaced = self._store_replaced
+        self._make_remote = remote
+        self._remote: RemoteBlobs | None = None  # made on first use, by this thread
         self._cond = threading.Condition()
         self._requested = 0  # scans asked for (a flush waiting)
         self._completed = 0  # the last request a finished scan covered
@@ -114,7 +149,10 @@ class AttachmentMover:
         self.stopping.set()
         self.thread.join(5)
         if not self.thread.is_alive():  # else it is still using the store: leave it
-            self._store.close()
+            if self._store is not None:
+                self._store.close()
+            if self._remote is not None:
+                self._remote.close()
 
     # -- the mover thread ------------------------------------------------------------------
 
@@ -164,12 +202,19 @@ class AttachmentMover:
                 if when > now and not self._stopping:
                     continue
                 self._take(key, failures)
+            elif name.endswith(".upload") and self._make_remote is not None:
+                key = name[:-len(".upload")]
+                failures, when = self._retry.get(name, (0, 0.0))
+                if name in self._given_up or when > now and not self._stopping:
+                    continue
+                self._take_upload(key, failures)
             elif name.endswith((".data", ".tmp")) and name.split(".", 1)[0] + ".json" not in names:
                 self._remove_orphan(entry)
 
     def _take(self, key: str, failures: int) -> None:
         meta_path = os.path.join(self.spool, key + ".json")
         data_path = os.path.join(self.spool, key + ".data")
+        meta = None
         try:
             meta = _read_meta(meta_path, key)
             if meta is None:  # not ours to read: set aside, counted
@@ -177,22 +222,95 @@ class AttachmentMover:
                 os.replace(meta_path, meta_path + ".bad")
                 return
             error = meta.get("error")
-            if error is None:
-                sha = meta.get("sha256")
-                if isinstance(sha, str) and SHA256.fullmatch(sha):
-                    self._move(data_path, sha)
-                else:
-                    error = "the spooled metadata has no valid sha256"
-            self._record(key, meta, error, "logged")
+            sha = meta.get("sha256")
+            source = "base64" if meta.get("source") == "base64" else "logged"
+            if error is None and not (isinstance(sha, str) and SHA256.fullmatch(sha)):
+                error = "the spooled metadata has no valid sha256"
+            if self.local:
+                if error is None:
+                    self._move(data_path, str(sha))
+                self._record(key, meta, error, source)
+                if self._make_remote is not None:
+                    self._mark_for_upload(key, meta, error, source)
+            else:
+                self._upload(key, meta, error, source, data_path)
             os.unlink(meta_path)
-            if error is not None:
+            if error is not None or not self.local:
                 _unlink(data_path)
+            if error is not None:
                 self.counters["attachments_failed"] += 1
             self._retry.pop(key, None)
         except _Missing as exc:  # the data is gone: nothing to retry
             self._record_failure(key, meta, str(exc), meta_path)
-        except _FAILURES as exc:
+        except Exception as exc:
+            if not self._retryable(exc):
+                raise
             self._failed(key, failures, exc)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a failure this mover retries (the file system, the store, the
+        server) rather than a bug."""
+        return isinstance(exc, _FAILURES) or self._remote is not None and (
+            self._remote.store_failed(exc) or isinstance(exc, Exception))
+
+    def _take_upload(self, key: str, failures: int) -> None:
+        """Send to the server an attachment stored locally already (its ``.upload`` marker)."""
+        path = os.path.join(self.spool, key + ".upload")
+        try:
+            meta = _read_meta(path, key)
+            if meta is None:
+                self.counters["attachments_bad_metadata"] += 1
+                os.replace(path, path + ".bad")
+                return
+            error = meta.get("error")
+            sha = meta.get("sha256")
+            data = attachments.blob_path(self.store, str(sha)) if error is None else None
+            self._upload(key, meta, error, str(meta.get("source") or "logged"), data)
+            os.unlink(path)
+            self._retry.pop(key + ".upload", None)
+        except Exception as exc:
+            if not self._retryable(exc):
+                raise
+            self._failed(key + ".upload", failures, exc)
+
+    def _mark_for_upload(self, key: str, meta: dict, error: str | None, source: str) -> None:
+        """Leave ``<key>.upload`` (the record, written aside then renamed) for ``_upload``."""
+        record = dict(meta, key=key, error=error, source=source)
+        path = os.path.join(self.spool, key + ".upload")
+        attachments.make_private(self.spool)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with os.fdopen(config.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                       "wb") as f:
+            f.write(json.dumps(record).encode())
+        os.replace(tmp, path)
+
+    def _remote_blobs(self) -> RemoteBlobs:
+        if self._remote is None:
+            assert self._make_remote is not None
+            self._remote = self._make_remote()
+        return self._remote
+
+    def _upload(self, key: str, meta: dict, error: str | None, source: str,
+                data_path: str | None) -> None:
+        """The server gets the bytes (unless it has them: content addressed) and the record."""
+        remote = self._remote_blobs()
+        sha = meta.get("sha256") if error is None else None
+        if sha is not None:
+            if remote.has_blob(sha):
+                self.counters["attachments_on_server_already"] += 1
+            else:
+                if data_path is None or not os.path.exists(data_path):
+                    raise _Missing("the attachment's data is missing")
+                size = os.path.getsize(data_path)
+                remote.put_blob(sha, data_path)
+                self.counters["attachments_uploaded"] += 1
+                self.counters["attachment_bytes_uploaded"] += size
+        logged = meta.get("logged")
+        remote.record_attachment(
+            key, sha256=sha, size=_int(meta.get("size")), filename=_text(meta.get("filename")),
+            content_type=_text(meta.get("content_type")), error=error, source=source,
+            logged=logged if isinstance(logged, (int, float)) else None)
+        self.counters["attachment_records_uploaded"] += 1
 
     def _move(self, data_path: str, sha: str) -> None:
         blob = attachments.blob_path(self.store, sha)
@@ -210,6 +328,9 @@ class AttachmentMover:
         self.counters["attachment_bytes_stored"] += size
 
     def _record(self, key: str, meta: dict, error: str | None, source: str) -> None:
+        if self._store is None:  # uploading only: the server keeps the record
+            self._upload(key, meta, error, source, None)
+            return
         logged = meta.get("logged")
         self._store.record_attachment(
             key, sha256=meta.get("sha256"), size=_int(meta.get("size")),
@@ -221,13 +342,35 @@ class AttachmentMover:
         """Record ``key`` as failed for good (``meta``: its metadata, if it was read)."""
         try:
             self._record(key, meta or {}, error, "logged")
+            if self.local and self._make_remote is not None:
+                self._mark_for_upload(key, meta or {}, error, "logged")
             os.unlink(meta_path)
-        except _FAILURES as exc:
+            _unlink(meta_path[:-len(".json")] + ".data")
+        except Exception as exc:
+            if not self._retryable(exc):
+                raise
             log.log(f"could not record attachment {key} as failed: {exc!r}")
             self._given_up.add(key)
         self.counters["attachments_failed"] += 1
 
     def _failed(self, key: str, failures: int, exc: BaseException) -> None:
+        if self._remote is not None and isinstance(exc, Refused):
+            self._given_up.add(key)  # left in the spool: the next aggregator tries again
+            self.counters["attachments_refused"] += 1
+            log.log(f"attachment {key}: {exc}", key="attachment-refused", every=10.0)
+            return
+        if self._remote is not None and self._remote.store_failed(exc):
+            # The server is away: tried again for as long as it takes (left in the spool for
+            # the next aggregator should this one exit first); it holds back no row.
+            failures += 1
+            self.counters["attachment_retries"] += 1
+            log.log(f"attachment {key} waits for the server: {exc}", key="attachment-wait",
+                    every=10.0)
+            delay = min(REMOTE_BACKOFF_MAX, BACKOFF_BASE * 2 ** min(failures - 1, 16))
+            self._retry[key] = (failures, time.monotonic() + delay)
+            if self._stopping:
+                self._given_up.add(key)
+            return
         failures += 1
         if failures > self.settings.num_retries or self._stopping:
             self._retry.pop(key, None)
@@ -252,10 +395,15 @@ class AttachmentMover:
             key, content, filename, content_type = self._adopted.popleft()
             meta = {"filename": filename, "content_type": content_type, "size": len(content),
                     "logged": time.time()}
+            if not self.local:
+                self._spool_adopted(key, content, meta)
+                continue
             for attempt in range(self.settings.num_retries + 1):
                 try:
                     meta["sha256"] = self._write_blob(content)
                     self._record(key, meta, None, "base64")
+                    if self._make_remote is not None:
+                        self._mark_for_upload(key, meta, None, "base64")
                     break
                 except _FAILURES as exc:
                     if attempt == self.settings.num_retries or self.stopping.is_set():
@@ -264,6 +412,23 @@ class AttachmentMover:
                         break
                     self.counters["attachment_retries"] += 1
                     self.stopping.wait(min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+
+    def _spool_adopted(self, key: str, content: bytes, meta: dict) -> None:
+        """Uploading only: content pulled out of a row goes into the spool as if a recorder had
+        logged it (``<key>.data``, then ``<key>.json``), and the scan sends it."""
+        meta = dict(meta, key=key, sha256=hashlib.sha256(content).hexdigest(), source="base64")
+        try:
+            attachments.make_private(self.spool)
+            for suffix, data in ((".data", content), (".json", json.dumps(meta).encode())):
+                path = os.path.join(self.spool, key + suffix)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with os.fdopen(config.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                               "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+        except OSError as exc:
+            self.counters["attachments_failed"] += 1
+            log.log(f"could not spool extracted attachment {key}: {exc!r}")
 
     def _write_blob(self, content: bytes) -> str:
         sha = hashlib.sha256(content).hexdigest()

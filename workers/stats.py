@@ -19,11 +19,13 @@ from .supervision import HOST
 class Run:
     """This aggregator run: its id, where it listens and writes, and its process."""
 
-    def __init__(self, endpoint: str, store: str, owner: int | None) -> None:
+    def __init__(self, endpoint: str, store: str, owner: int | None,
+                 api_url: str | None = None) -> None:
         self.run_id = str(uuid.uuid4())
         self.started = now_iso()
         self.endpoint = endpoint
         self.store = store
+        self.api_url = api_url
         self.owner = owner
         self.process = psutil.Process()
 
@@ -34,9 +36,10 @@ class Run:
 
 
 def stats(run: Run, counters: Counter, queue: RowQueue, senders: list[Sender],
-          queue_policy: str) -> dict:
+          queue_policy: str, spool: dict | None = None) -> dict:
     """The counters, as ``tracer stats`` shows them; ``senders`` taken in one step (the uploader
-    thread calls this too, while the receiving loop may add senders)."""
+    thread calls this too, while the receiving loop may add senders). ``spool``: the state of
+    an uploading aggregator's spool (``Spool.state``: bytes, batches, oldest age)."""
     try:
         with run.process.oneshot():
             rss = run.process.memory_info().rss
@@ -63,6 +66,8 @@ def stats(run: Run, counters: Counter, queue: RowQueue, senders: list[Sender],
         "senders_rejected": {f"{s.host}:{s.pid}": s.rejected for s in senders if s.rejected},
         "rss_bytes": rss,
         "cpu_seconds": cpu,
+        "upload": run.api_url,
+        "spool": spool,
     }
 
 

@@ -7,7 +7,12 @@ exponential backoff and jitter (interrupted at shutdown); writes merge by row ke
 batch never duplicates rows. What is still not written then is counted under
 ``dropped_sink_failed``. A write that fails because of what is in it (a row whose merge fails)
 is split in halves, and the halves written on their own, down to single rows, so that only the
-rows that cannot be written are lost: counted under ``dropped_row_failed``.
+rows that cannot be written are lost: counted under ``dropped_row_failed``. A remote sink may
+ask for a wait (HTTP ``Retry-After``, ``StoreWriter.retry_after``): a retry then waits at least
+that, with jitter. A remote sink that refuses the writer itself (a bad API key: ``Refused``) is
+neither retried nor split: the batch is counted under ``dropped_unauthorized`` (or
+``dropped_refused``), set aside, and the refusal, which names the URL and the key by its first
+characters, goes to the flushes waiting for it (``tracer.FlushError``).
 
 Payload files (``workers.payloads``): every batch goes to ``ALL_PUBLISH_PAYLOADS_DIR`` before it
 is written, and what is given up to ``FAILED_PUBLISH_PAYLOADS_DIR``, for ``tracer
@@ -33,7 +38,7 @@ from tracer.config import Settings
 from . import log, payloads
 from .queue import Pending, RowQueue
 from .rows import row_size, truncate
-from .store import StoreWriter
+from .store import Refused, StoreWriter
 
 MAX_DELAY = 0.1  # seconds a row waits for its batch to fill
 BACKOFF_BASE = 0.05
@@ -132,6 +137,11 @@ class Uploader:
             attempts += 1
             try:
                 self.sink.write(piece)
+            except Refused as exc:  # the destination refuses us, not these rows: no retry
+                rest = [p for left in reversed(pieces) for p in left]
+                self._lost(piece + rest, exc.reason, str(exc), attempts)
+                failed.append((len(piece) + len(rest), str(exc)))
+                break
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if self.sink.store_failed(exc):
@@ -141,7 +151,12 @@ class Uploader:
                         pieces.append(piece)
                         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (self.settings.num_retries
                                                                       - retries - 1))
-                        self.stopping.wait(delay * random.uniform(0.5, 1.5))
+                        delay *= random.uniform(0.5, 1.5)
+                        asked = self.sink.retry_after(exc)
+                        if asked is not None:  # at least what the server asked, spread out
+                            self.counters["retry_after_waits"] += 1
+                            delay = max(delay, asked * random.uniform(1.0, 1.2))
+                        self.stopping.wait(delay)
                         continue
                     rest = [p for left in reversed(pieces) for p in left]
                     self._lost(piece + rest, "sink_failed", error, attempts)
@@ -169,8 +184,9 @@ class Uploader:
         self.counters[f"dropped_{reason}"] += len(rows)
         if self.settings.failed_payloads_dir:
             self._save(self.settings.failed_payloads_dir, rows, reason, error)
-        what = "a row that cannot be written" if reason == "row_failed" else \
-            f"gave up writing {len(rows)} rows after {attempts} attempts"
+        what = ("a row that cannot be written" if reason == "row_failed"
+                else f"{len(rows)} rows refused" if reason in ("unauthorized", "refused")
+                else f"gave up writing {len(rows)} rows after {attempts} attempts")
         log.log(f"{what}: {error}", key=f"lost-{reason}", every=LOG_EVERY)
 
     def _fit(self, batch: list[Pending]) -> None:

@@ -44,12 +44,17 @@ ERROR_ORDER = (
     "deliberate: the exception's line first, then the traceback, as the reference's current "
     "source (braintrust-sdk-python 0.7.0, whose tests are our specification) writes it; "
     "braintrust 0.48.1 on PyPI writes the traceback first")
+ORIGIN = (
+    "deliberate: every span row records the host and process it came from (`origin`: host, "
+    "pid), set by the aggregator from the record's sender, so that a fleet's trace in one "
+    "server says where each span ran (README, \"Uploading to a trace server\")")
 BYTES = (
     "deliberate: bytes are stored as \"<bytes: N bytes b'...'>\" (their length, and the repr "
     "of the first 64 bytes), not as their whole repr: a row stays small")
 
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     **{(scenario, "context"): CONTEXT for scenario in SCENARIOS},
+    **{(scenario, "origin"): ORIGIN for scenario in SCENARIOS},
     ("traced_method", "input.self"): SELF,
     ("stand_ins", "output.datetime"): DATETIME,
     ("stand_ins", "output.bytes"): BYTES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 from playwright.sync_api import expect
 
@@ -42,6 +43,14 @@ def test_selecting_a_span_shows_its_input_and_output(page):
     expect(panel.get_by_role("region", name="Output")).to_contain_text(
         "Paris is the capital of France.")
     expect(page).to_have_url(re.compile(r"&s=[0-9a-f-]+$"))
+
+
+def test_a_span_shows_the_host_and_process_it_ran_in(page):
+    tree = open_trace(page, "answer question")
+    tree.get_by_role("treeitem", name="retrieve").click()
+    facts = detail(page).locator(".facts > div").filter(has=page.locator("dt", has_text="Ran on"))
+    expect(facts.locator("dd")).to_have_text(
+        re.compile(rf"^{re.escape(socket.gethostname())} · pid \d+$"))
 
 
 def test_llm_span_shows_the_conversation_tool_calls_and_token_metrics(page):

@@ -14,11 +14,11 @@ from typing import Literal, overload
 
 from tracer import config
 
-from .base import RowUpdate, SchemaVersionError, StoreError, StoreReader, StoreWriter
+from .base import Refused, RowUpdate, SchemaVersionError, StoreError, StoreReader, StoreWriter
 from .sqlite import SQLiteReader, SQLiteWriter
 
-__all__ = ["STORE_ERRORS", "RowUpdate", "SchemaVersionError", "StoreError", "StoreReader",
-           "StoreWriter", "open_store"]
+__all__ = ["STORE_ERRORS", "Refused", "RowUpdate", "SchemaVersionError", "StoreError",
+           "StoreReader", "StoreWriter", "open_store"]
 
 #: What a backend raises when its store fails (locked, corrupt, unreachable), as opposed to a
 #: bug: callers that carry on past a failing store catch these.

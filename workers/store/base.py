@@ -81,6 +81,19 @@ class StoreError(Exception):
         self.failed = failed
 
 
+class Refused(Exception):
+    """A remote destination refused the writer itself (HTTP 401/403: a wrong, revoked or
+    limited API key; 404: no trace server at that URL): writing the batch again, or in smaller
+    pieces, would be refused again. The uploader neither retries nor splits it: it counts the
+    batch under ``dropped_<reason>``, sets it aside in the failed payload dir and reports the
+    message (which names the URL and the key by its first characters, never whole) to the
+    flushes waiting for it."""
+
+    def __init__(self, message: str, reason: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class UpgradeRequired(ValueError):
     """The store's schema predates what was asked of it (the trace server's queries need
     version 2): a writer upgrades it when it opens it (``tracer migrate``, or any aggregator)."""
@@ -161,6 +174,11 @@ class StoreWriter(StoreHandle):
         (locked, full, unreachable, corrupt: the same call may succeed later) rather than of
         what was written (a row the store cannot take: writing it again fails again)."""
         return isinstance(exc, OSError)
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        """For a store failure (``store_failed``): the seconds the destination asked to wait
+        before trying again (HTTP ``Retry-After``), if it said; a retry waits at least that."""
+        return None
 
     @abc.abstractmethod
     def write(self, batch: Sequence[RowUpdate]) -> None:

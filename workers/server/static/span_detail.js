@@ -141,6 +141,15 @@ function header(skeleton, row, parentNames, onSelect) {
   fact("Duration", running ? "running" : fmt.duration(end - start));
   fact("Started", fmt.time(start), fmt.iso(start));
   fact("Span id", h("code", { text: (row && row.span_id) || (skeleton && skeleton.span_id) || "" }));
+  // Where it ran: the host and process the aggregator received it from (a fleet's trace
+  // gathers spans of many hosts).
+  const origin = row && row.origin;
+  if (origin && typeof origin === "object") {
+    const host = typeof origin.host === "string" ? origin.host : "";
+    const pid = Number.isInteger(origin.pid) ? `pid ${origin.pid}` : "";
+    fact("Ran on", [host, pid].filter(Boolean).join(" · "),
+      `host ${host || "unknown"}, process ${Number.isInteger(origin.pid) ? origin.pid : "unknown"}`);
+  }
   if (skeleton && skeleton.parents && skeleton.parents.length) {
     const links = skeleton.parents.map((p) => h("button", {
       type: "button", class: "linklike", onclick: () => onSelect(p),
