@@ -16,12 +16,38 @@ Two pieces, stacked as the aggregator builds the sink (``workers.sinks``)::
 
 from __future__ import annotations
 
+import gzip
+import json
+import ssl
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from .otlp_export import exportable
+import httpx
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+import tracer
+from tracer import config
+
+from . import log
+from .http_sink import (
+    CONNECT_TIMEOUT,
+    GZIP_LEVEL,
+    MAX_ERROR_TEXT,
+    READ_TIMEOUT,
+    Rejected,
+    Unavailable,
+    classify,
+)
+from .otlp_export import exportable, to_request
 from .rows import Container, Key, merge, pack_row
 from .store.base import RowUpdate, StoreWriter
+
+PROTOBUF = "application/x-protobuf"
+LOG_EVERY = 10.0
 
 #: Spans still running whose pieces are held (beyond either bound the oldest is let go of:
 #: counted, ``otlp_open_evicted``; its end then exports what arrives with it).
@@ -61,10 +87,10 @@ class SpanAssembler:
     Rows handed in are never changed: what is held is a copy of their dicts.
     """
 
-    def __init__(self, max_open_rows: int = MAX_OPEN_ROWS, max_open_bytes: int = MAX_OPEN_BYTES,
-                 max_ended_rows: int = MAX_ENDED_ROWS,
+    def __init__(self, counters: Counter | None = None, max_open_rows: int = MAX_OPEN_ROWS,
+                 max_open_bytes: int = MAX_OPEN_BYTES, max_ended_rows: int = MAX_ENDED_ROWS,
                  max_ended_bytes: int = MAX_ENDED_BYTES) -> None:
-        self.counters: Counter = Counter()
+        self.counters: Counter = Counter() if counters is None else counters
         self._open: OrderedDict[Key, _Held] = OrderedDict()
         self._ended: OrderedDict[Key, _Held] = OrderedDict()
         self._bounds = {id(self._open): (max_open_rows, max_open_bytes),
@@ -173,3 +199,179 @@ class EndedSpans(StoreWriter):
 
     def import_run(self, run: dict) -> None:
         self.inner.import_run(run)
+
+
+class OtlpWriter(StoreWriter):
+    """Exports rows as OTLP/HTTP protobuf (gzip) to ``<endpoint>/v1/traces`` (see
+    ``config.otlp_traces_url``), with ``headers`` (secrets: never logged, never in a message,
+    which names them by name only). One thread at a time (the uploader, or the spool's drain
+    thread through ``SpoolingWriter``).
+
+    What the receiver answers is classified as ``HttpWriter``'s answers are (``classify``):
+    unreachable, 408/425/429 and 5xx are ``Unavailable`` (retried; spooled), with the
+    receiver's ``Retry-After``; 401/403 (the headers) and 404/405 (no receiver there) are
+    ``Refused`` (neither retried nor split: the flushes raise it, naming the URL); anything
+    else (400, 413) is ``Rejected`` (the batch is split down to the spans refused). Spans a
+    receiver refuses in an accepted request (``partial_success``) are counted as
+    ``dropped_otlp_rejected`` and its message logged; OTLP says not to send them again.
+    """
+
+    def __init__(self, endpoint: str, headers: dict[str, str] | None = None, *,
+                 service_name: str | None = None, ca_bundle: str | None = None,
+                 max_request_size: int = config.BY_NAME["MAX_REQUEST_SIZE"].default,
+                 counters: Counter | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        self.location = config.otlp_traces_url(endpoint)
+        self.service_name = service_name
+        self.max_request_size = max_request_size
+        self.counters: Counter = Counter() if counters is None else counters
+        headers = dict(headers or {})
+        # Named in messages by their names only: their values are credentials.
+        self._credentials = (f"the headers {', '.join(sorted(headers))} (TRACER_OTLP_HEADERS)"
+                             if headers else "no headers (set TRACER_OTLP_HEADERS)")
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=ca_bundle)
+                                         if ca_bundle else True)
+        self._client = httpx.Client(
+            headers={"User-Agent": f"tracer-aggregator/{tracer.__version__}", **headers},
+            verify=verify, timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            follow_redirects=False)
+
+    # -- the StoreWriter interface ------------------------------------------------------------
+
+    def store_failed(self, exc: BaseException) -> bool:
+        return isinstance(exc, Unavailable)
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        return exc.retry_after if isinstance(exc, Unavailable) else None
+
+    def schema_version(self) -> int:
+        return 0  # a receiver has no schema of ours
+
+    def write(self, batch: Sequence[RowUpdate]) -> None:
+        """POST the batch's ended spans (rows that have not ended are not spans: ``EndedSpans``
+        holds them), as one request or, over ``max_request_size``, several in order."""
+        rows = [(u.container, u.row) for u in batch if exportable(u.row)]
+        for request, spans in self._requests(rows):
+            self._export(request, spans)
+
+    def _requests(self, rows: list[tuple[Container, dict]]
+                  ) -> Iterator[tuple[ExportTraceServiceRequest, int]]:
+        pieces = [rows] if rows else []
+        while pieces:  # a stack: halves of a request too large, oldest first
+            piece = pieces.pop()
+            try:
+                request = to_request(piece, self.service_name)
+            except (ValueError, TypeError) as exc:
+                raise Rejected(f"a row cannot be exported to {self.location}: {exc}") from None
+            if len(piece) > 1 and request.ByteSize() > self.max_request_size:
+                middle = len(piece) // 2
+                pieces += [piece[middle:], piece[:middle]]
+                continue
+            yield request, len(piece)
+
+    def _export(self, request: ExportTraceServiceRequest, spans: int) -> None:
+        body = gzip.compress(request.SerializeToString(), GZIP_LEVEL)
+        self.counters["otlp_requests"] += 1
+        try:
+            response = self._client.post(self.location, content=body, headers={
+                "Content-Type": PROTOBUF, "Content-Encoding": "gzip"})
+        except httpx.HTTPError as exc:  # refused, reset, timed out, TLS: may work later
+            raise Unavailable(f"{self.location}: {type(exc).__name__}: "
+                              f"{exc or 'no detail'}") from None
+        self.counters["otlp_bytes_sent"] += len(body)
+        problem = classify(
+            response, self.location, None, credentials=self._credentials,
+            error=_status_message(response),
+            not_found="no OTLP/HTTP traces receiver there; TRACER_OTLP_ENDPOINT is the "
+                      "receiver's base URL (/v1/traces is added) or its traces URL")
+        if problem is not None:
+            raise problem
+        rejected, message = _partial_success(response)
+        rejected = min(max(rejected, 0), spans)
+        self.counters["otlp_spans_exported"] += spans - rejected
+        if rejected:
+            self.counters["dropped_otlp_rejected"] += rejected
+            log.log(f"{self.location} rejected {rejected} of {spans} spans: "
+                    f"{message[:MAX_ERROR_TEXT] or 'no reason given'}",
+                    key="otlp-rejected", every=LOG_EVERY)
+
+    def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False) -> None:
+        """Nothing: an OTLP receiver has no aggregator runs (``tracer stats`` has them)."""
+
+    def record_attachment(self, key: str, *, sha256: str | None, size: int | None,
+                          filename: str | None, content_type: str | None, error: str | None,
+                          source: str, logged: float | None) -> None:
+        """Nothing: OTLP carries no attachments (a row's reference to one is exported as the
+        row has it)."""
+
+    def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
+        raise NotImplementedError(_NOT_OVER_OTLP)
+
+    def import_containers(self, containers: Sequence[dict]) -> None:
+        raise NotImplementedError(_NOT_OVER_OTLP)
+
+    def import_run(self, run: dict) -> None:
+        raise NotImplementedError(_NOT_OVER_OTLP)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+_NOT_OVER_OTLP = "an OTLP receiver takes spans only: tracer import and migrate need a store"
+
+
+def _partial_success(response: httpx.Response) -> tuple[int, str]:
+    """``(rejected spans, message)`` of an accepted export's answer (protobuf or JSON, as the
+    receiver chose); ``(0, "")`` for an empty or unreadable answer."""
+    if not response.content:
+        return 0, ""
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            found = json.loads(response.content)
+            partial = found.get("partialSuccess") or found.get("partial_success") or {}
+            rejected = partial.get("rejectedSpans", partial.get("rejected_spans", 0))
+            message = partial.get("errorMessage", partial.get("error_message", ""))
+            return int(rejected or 0), message if isinstance(message, str) else ""
+        except (ValueError, TypeError, AttributeError):
+            return 0, ""
+    try:
+        answer = ExportTraceServiceResponse.FromString(response.content)
+    except (DecodeError, ValueError):
+        return 0, ""
+    return answer.partial_success.rejected_spans, answer.partial_success.error_message
+
+
+def _status_message(response: httpx.Response) -> str | None:
+    """The message of a refusal's ``google.rpc.Status`` body (protobuf: field 2), as OTLP/HTTP
+    receivers answer errors; None when the body is not one (``classify`` then reads JSON or
+    text)."""
+    if "protobuf" not in response.headers.get("content-type", ""):
+        return None
+    data, at = response.content[:64 * 1024], 0
+    try:
+        while at < len(data):
+            tag, at = _varint(data, at)
+            field, kind = tag >> 3, tag & 7
+            if kind == 0:
+                _, at = _varint(data, at)
+            elif kind == 2:
+                length, at = _varint(data, at)
+                if field == 2:
+                    return data[at:at + length].decode("utf-8", "replace")[:MAX_ERROR_TEXT]
+                at += length
+            else:
+                return None
+    except IndexError:
+        return None
+    return None
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80 or shift > 63:
+            return value, at
+        shift += 7
