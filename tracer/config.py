@@ -441,8 +441,8 @@ VARIABLES: tuple[Variable, ...] = (
              "logs a warning). Certificate checks of `https://` cannot be turned off",
              field="api_insecure_http"),
     Variable("CA_BUNDLE", PemFile(), None, "the CA certificates (PEM) that an `https://` API "
-             "URL's certificate must chain to (default: certifi's)", field="ca_bundle",
-             shown_default="unset"),
+             "URL's (or OTLP endpoint's) certificate must chain to (default: certifi's)",
+             field="ca_bundle", shown_default="unset"),
     Variable("SPOOL_DIR", Directory(), None, "where an uploading aggregator keeps batches the "
              "server could not take yet (created 0700, files 0600): durable, drained in order "
              "when it answers again, by this aggregator or the next one for that server",
