@@ -72,12 +72,19 @@ class Span:
 
 
 class _Held:
-    __slots__ = ("container", "row", "size")
+    __slots__ = ("container", "owned", "row", "size")
 
     def __init__(self, container: Container, row: dict, size: int) -> None:
         self.container = container
         self.row = row
         self.size = size
+        self.owned = False  # ``row`` is the batch's, until a merge needs a copy of its own
+
+    def own(self) -> dict:
+        if not self.owned:
+            self.row = _copy(self.row)
+            self.owned = True
+        return self.row
 
 
 class SpanAssembler:
@@ -107,14 +114,19 @@ class SpanAssembler:
             size = getattr(update, "size", 0) or len(pack_row(update.row))
             held = self._pop(self._ended, key) or self._pop(self._open, key)
             if held is None:
-                held = _Held(update.container, _copy(update.row), size)
+                # Most spans are whole in one batch: held as they are (the batch's rows are not
+                # changed once taken), copied only if a later piece is merged in.
+                held = _Held(update.container, update.row, size)
             else:
-                _merge_copy(held.row, update.row)
+                merge(held.own(), _copy(update.row))
                 held.size += size
             if exportable(held.row):
                 out.append(Span(key, held.row, held.container))
                 self._put(self._ended, key, held)
             elif isinstance(held.row.get("span_id"), str):
+                # A running span's first piece shares dicts with what the aggregator keeps of
+                # it (to mark it if its process dies): held as a copy.
+                held.own()
                 self._put(self._open, key, held)
             else:  # a change (update_span) to a span neither held nor exported lately
                 self.counters["otlp_update_unmatched"] += 1
@@ -144,11 +156,6 @@ class SpanAssembler:
 def _copy(row: dict) -> dict:
     """``row`` with its dicts copied (merges change dicts only: other values are shared)."""
     return {k: _copy(v) if isinstance(v, dict) else v for k, v in row.items()}
-
-
-def _merge_copy(into: dict, update: dict) -> None:
-    """``rows.merge`` of ``update`` into ``into``, copying the dicts it takes from ``update``."""
-    merge(into, _copy(update))
 
 
 class EndedSpans(StoreWriter):
