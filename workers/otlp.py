@@ -249,7 +249,8 @@ def request_rows(request: trace_service_pb2.ExportTraceServiceRequest, *,
                 default_key = _resource_container(resource, container_of)
             except ValueError as exc:
                 problem = str(exc)
-        context = _Context(resource=bounded(resource), resource_dropped=dropped)
+        context = _Context(resource=bounded(resource), resource_dropped=dropped,
+                           origin=_origin(resource))
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope
             context.scope = ({"name": scope.name, **({"version": scope.version}
@@ -278,6 +279,20 @@ class _Context:
     resource: dict
     resource_dropped: int = 0
     scope: dict | None = None
+    origin: dict | None = None
+
+
+def _origin(resource: dict) -> dict | None:
+    """The row's ``origin`` (the host and process it came from, as an uploading aggregator
+    sets it) from the resource's ``host.name`` and ``process.pid``."""
+    host = resource.get("host.name")
+    if not isinstance(host, str) or not host:
+        return None
+    origin: dict[str, Any] = {"host": host[:MAX_KEY]}
+    pid = resource.get("process.pid")
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        origin["pid"] = pid
+    return origin
 
 
 def _resource_container(resource: dict, container_of: Callable[[str, str], str]) -> str:
@@ -339,10 +354,10 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
     if not span.start_time_unix_nano:
         raise SpanRejected(f"span {span_id:016x}: start_time_unix_nano is missing")
     row_span_id, root_span_id = w3c.row_ids(trace_id, span_id)
-    start = span.start_time_unix_nano / 1e9
+    start = seconds(span.start_time_unix_nano)
     metrics: dict[str, Any] = {"start": start}
     if span.end_time_unix_nano:
-        metrics["end"] = span.end_time_unix_nano / 1e9
+        metrics["end"] = seconds(span.end_time_unix_nano)
     attrs, dropped = attributes(span.attributes)
     where = f"span {span_id:016x}"
     row: dict[str, Any] = {
@@ -368,7 +383,7 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
     # The span's own times win over braintrust.metrics' start and end.
     metrics["start"] = start
     if span.end_time_unix_nano:
-        metrics["end"] = span.end_time_unix_nano / 1e9
+        metrics["end"] = seconds(span.end_time_unix_nano)
 
     otel: dict[str, Any] = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}",
                             "kind": _KINDS.get(span.kind, str(span.kind))}
@@ -404,6 +419,8 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
     if lost:
         otel["dropped"] = lost
     metadata["otel"] = otel
+    if context.origin is not None:
+        row["origin"] = context.origin
     row["span_attributes"] = span_attributes
     row["metrics"] = metrics
     row["metadata"] = metadata
@@ -413,6 +430,13 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
     except ValueError as exc:
         raise SpanRejected(f"{where}: {exc}") from None
     return key, row
+
+
+def seconds(nanoseconds: int) -> float:
+    """Unix nanoseconds as the seconds our rows' times are (whole and fraction apart: as
+    exact as a float of today's times can be, where ``ns / 1e9`` is off in the 7th decimal)."""
+    whole, fraction = divmod(nanoseconds, 1_000_000_000)
+    return whole + fraction / 1e9
 
 
 def _id(raw: bytes, size: int, name: str) -> int:
@@ -438,7 +462,7 @@ def _events(events: Iterable[trace_pb2.Span.Event]) -> tuple[str | None, list[di
         if len(kept) < MAX_EVENTS:
             attrs, _ = attributes(item.attributes)
             entry: dict[str, Any] = {"name": item.name[:MAX_KEY],
-                                     "time": item.time_unix_nano / 1e9}
+                                     "time": seconds(item.time_unix_nano)}
             if attrs:
                 entry["attributes"] = bounded(attrs)
             kept.append(entry)
