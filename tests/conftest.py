@@ -302,8 +302,8 @@ class TraceServer(Service):
     once this returns (its viewer, its JSON API and its ingest API)."""
 
     def __init__(self, store: str, log_path: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("tracer serve", [*CLI, "serve", "--store", store, "--port",
                                           str(self.port), *args],
@@ -337,11 +337,14 @@ class TraceServer(Service):
 @pytest.fixture
 def trace_server(tmp_path) -> Iterator[Callable[..., TraceServer]]:
     """Starts ``tracer serve`` over a store with the arguments given (``serve(store, *args,
-    env=...)``); every server started is stopped after the test."""
+    env=..., port=...)``; a free port unless given); every server started is stopped after the
+    test."""
     started: list[TraceServer] = []
 
-    def serve(store: str, *args: str, env: dict[str, str] | None = None) -> TraceServer:
-        server = TraceServer(store, str(tmp_path / f"serve-{len(started)}.log"), *args, env=env)
+    def serve(store: str, *args: str, env: dict[str, str] | None = None,
+              port: int | None = None) -> TraceServer:
+        server = TraceServer(store, str(tmp_path / f"serve-{len(started)}.log"), *args, env=env,
+                             port=port)
         started.append(server)
         return server
 

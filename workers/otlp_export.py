@@ -55,6 +55,8 @@ from .rows import Container, to_json
 
 SCOPE = "tracer"
 _MAX_NS = (1 << 64) - 1
+# A row's arrays: lists, or tuples as the aggregator decodes records (msgpack's use_list=False).
+_ARRAYS = (list, tuple)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 # The type that starts an error as ``tracer.span.error_of`` writes it: ``module.Type: message``.
 _EXCEPTION_TYPE = re.compile(r"[A-Za-z_][\w.]*")
@@ -120,7 +122,7 @@ def span_into(span: Span, container: Container, row: dict) -> None:
     span.trace_id = trace_id.to_bytes(16, "big")
     span.span_id = span_id.to_bytes(8, "big")
     parents = row.get("span_parents")
-    parents = [p for p in parents if isinstance(p, str)] if isinstance(parents, list) else []
+    parents = [p for p in parents if isinstance(p, str)] if isinstance(parents, _ARRAYS) else []
     if parents:
         span.parent_span_id = _span_part(parents[0]).to_bytes(8, "big")
         for other in parents[1:]:
@@ -219,7 +221,7 @@ def _attributes(container: Container, row: dict, span_type: object) -> list[tupl
     if metrics:
         out.append(("braintrust.metrics", to_json(metrics)))
     tags = row.get("tags")
-    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
+    if isinstance(tags, _ARRAYS) and tags and all(isinstance(t, str) for t in tags):
         out.append(("braintrust.tags", list(tags)))
     if span_type == "llm":
         out.extend(gen_ai_attributes(row))
@@ -269,7 +271,7 @@ def _input_messages(value: object) -> list[dict] | None:
     None (a prompt that is not a list of messages is left to ``braintrust.input_json``)."""
     if isinstance(value, str):
         return [{"role": "user", "parts": [{"type": "text", "content": value}]}]
-    if not isinstance(value, list) or not value or not all(
+    if not isinstance(value, _ARRAYS) or not value or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in value):
         return None
     return [_message(m) for m in value]
@@ -282,7 +284,7 @@ def _output_messages(value: object) -> list[dict] | None:
         return [{"role": "assistant", "parts": [{"type": "text", "content": value}]}]
     if isinstance(value, dict) and isinstance(value.get("role"), str):
         return [_message(value)]
-    if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+    if not isinstance(value, _ARRAYS) or not value or not all(isinstance(v, dict) for v in value):
         return None
     out = []
     for item in value:
@@ -305,7 +307,7 @@ def _message(message: dict) -> dict:
                       "response": content})
     elif isinstance(content, str):
         parts.append({"type": "text", "content": content})
-    elif isinstance(content, list):
+    elif isinstance(content, _ARRAYS):
         for part in content:
             if isinstance(part, dict) and part.get("type") == "text":
                 parts.append({"type": "text", "content": part.get("text")})

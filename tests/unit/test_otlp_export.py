@@ -355,3 +355,27 @@ def test_an_update_without_ids_is_not_exportable() -> None:
 def test_a_span_ending_before_it_starts_ends_when_it_starts() -> None:
     span = only_span(ended(0x42, start=10.0, end=5.0))
     assert span.start_time_unix_nano == span.end_time_unix_nano == 10_000_000_000
+
+
+# -- rows as the aggregator has them -----------------------------------------------------------
+
+
+def as_from_the_wire(value: Any) -> Any:
+    """``value`` with its lists as tuples: the aggregator decodes records with msgpack's
+    ``use_list=False``, so a row's arrays are tuples."""
+    if isinstance(value, dict):
+        return {k: as_from_the_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(as_from_the_wire(v) for v in value)
+    return value
+
+
+def test_arrays_decoded_from_the_wire_as_tuples_are_exported_like_lists() -> None:
+    container, row = llm_row()
+    row["tags"] = ["a", "b"]
+    row["span_parents"] = [wire.format_id(TRACE, 7), wire.format_id(TRACE, 8)]
+    expected = attributes(only_span((container, row)))
+    span = only_span((container, as_from_the_wire(row)))
+    assert attributes(span) == expected
+    assert span.parent_span_id == (7).to_bytes(8, "big") and len(span.links) == 1
+    assert expected["braintrust.tags"] == ["a", "b"] and "gen_ai.input.messages" in expected
