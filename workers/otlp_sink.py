@@ -176,6 +176,9 @@ class EndedSpans(StoreWriter):
     def store_failed(self, exc: BaseException) -> bool:
         return self.inner.store_failed(exc)
 
+    def retry_after(self, exc: BaseException) -> float | None:
+        return self.inner.retry_after(exc)
+
     def write(self, batch: Sequence[RowUpdate]) -> None:
         spans = self.assembler.take(batch)
         if spans:

@@ -132,3 +132,29 @@ def test_spans_exported_long_ago_are_forgotten() -> None:
     assert assembler.take([updated(2, scores={"a": 1})]) == []
     assert assembler.counters["otlp_update_unmatched"] == 1
     assert len(assembler.take([updated(3, scores={"a": 1})])) == 1
+
+
+def test_ended_spans_hands_a_sink_only_whole_ended_spans(tmp_path) -> None:
+    from workers.otlp_sink import EndedSpans
+    from workers.store import open_store
+
+    store = str(tmp_path / "s.db")
+    with EndedSpans(open_store(store)) as sink:
+        sink.write([opened(2, inp="q"), ended(3)])
+        with open_store(store, readonly=True) as reader:
+            assert [r["span_id"] for r in reader.rows()] == [wire.format_id(TRACE, 3)]
+        sink.write([ended(2, output="a")])
+        with open_store(store, readonly=True) as reader:
+            [row] = [r for r in reader.rows() if r["span_id"] == wire.format_id(TRACE, 2)]
+    assert (row["input"], row["output"]) == ("q", "a")
+
+
+def test_ended_spans_passes_on_what_its_sink_says_of_a_failure(tmp_path) -> None:
+    from workers.http_sink import Unavailable
+    from workers.otlp_sink import EndedSpans, OtlpWriter
+
+    sink = EndedSpans(OtlpWriter("http://127.0.0.1:9"))
+    busy = Unavailable("429", retry_after=7.0, status=429)
+    assert sink.store_failed(busy) and sink.retry_after(busy) == 7.0
+    assert not sink.store_failed(ValueError("a row"))
+    sink.close()
