@@ -338,11 +338,14 @@ class TraceServer(Service):
 @pytest.fixture
 def trace_server(tmp_path) -> Iterator[Callable[..., TraceServer]]:
     """Starts ``tracer serve`` over a store with the arguments given (``serve(store, *args,
-    env=...)``); every server started is stopped after the test."""
+    env=..., port=...)``; a free port unless given); every server started is stopped after the
+    test."""
     started: list[TraceServer] = []
 
-    def serve(store: str, *args: str, env: dict[str, str] | None = None) -> TraceServer:
-        server = TraceServer(store, str(tmp_path / f"serve-{len(started)}.log"), *args, env=env)
+    def serve(store: str, *args: str, env: dict[str, str] | None = None,
+              port: int | None = None) -> TraceServer:
+        server = TraceServer(store, str(tmp_path / f"serve-{len(started)}.log"), *args, env=env,
+                             port=port)
         started.append(server)
         return server
 

@@ -296,6 +296,83 @@ class PemFile(Kind):
         return "a PEM file path"
 
 
+# An HTTP header name (RFC 9110's token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers an OTLP exporter sets itself (or that the HTTP client does): not the user's to give.
+_OWN_HEADERS = frozenset(("content-type", "content-encoding", "content-length", "host",
+                          "transfer-encoding", "connection"))
+
+
+class Headers(Kind):
+    """HTTP headers as ``OTEL_EXPORTER_OTLP_HEADERS`` has them: ``name=value`` pairs separated
+    by commas, values percent-decoded (a comma or an equals sign in a value is ``%2C``, ``%3D``).
+    Values are secrets (``Authorization=Bearer%20...``): no error quotes one, only the
+    header's name."""
+
+    def parse(self, label: str, text: str) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for number, item in enumerate(text.split(","), 1):
+            if not item.strip():
+                continue
+            name, equals, value = item.partition("=")
+            name = urllib.parse.unquote(name.strip())
+            if not equals or not _TOKEN.fullmatch(name):
+                raise ValueError(f"{label}: item {number} is not name=value with a header name "
+                                 "(values are not shown: they may be secrets)")
+            value = urllib.parse.unquote(value.strip())
+            if not value.isascii() or any(ord(c) < 32 and c != "\t" or ord(c) == 127
+                                          for c in value):
+                raise ValueError(f"{label}: the value of header {name!r} must be printable "
+                                 "ASCII (it is not shown: it may be a secret)")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"{label}: header {name!r} is set by the exporter itself")
+            if name.lower() in (n.lower() for n in headers):
+                raise ValueError(f"{label}: header {name!r} is given twice")
+            headers[name] = value
+        return headers
+
+    def describe(self) -> str:
+        return "`name=value,...` (values percent-encoded)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Kind):
+    """Printable text of at most ``maximum`` characters."""
+
+    maximum: int
+
+    def parse(self, label: str, text: str) -> str:
+        if not text.isprintable() or len(text) > self.maximum:
+            raise refused(label, text, f"expected printable text of at most {self.maximum} "
+                                       "characters")
+        return text
+
+    def describe(self) -> str:
+        return f"text, at most {self.maximum} characters"
+
+
+class OtlpEndpoint(Url):
+    """An OTLP/HTTP receiver's URL: its base (``/v1/traces`` is added) or its traces URL, without
+    credentials in it (they belong in ``TRACER_OTLP_HEADERS``: a URL is shown in logs)."""
+
+    def parse(self, label: str, text: str) -> str:
+        url = super().parse(label, text)
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{label}: a URL with credentials in it (user:password@) is shown "
+                             "in logs and stats: give them in TRACER_OTLP_HEADERS instead")
+        if parts.query or parts.fragment:
+            raise refused(label, url, "an OTLP endpoint has no query or fragment")
+        return url
+
+
+def otlp_traces_url(endpoint: str) -> str:
+    """Where spans are POSTed for ``TRACER_OTLP_ENDPOINT``: the URL itself when it ends with
+    ``/v1/traces``, else that path added to it (as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is read)."""
+    endpoint = endpoint.rstrip("/")
+    return endpoint if endpoint.endswith("/v1/traces") else endpoint + "/v1/traces"
+
+
 def key_label(key: str) -> str:
     """How messages name an API key: its first few characters, never the whole key."""
     shown = key[:min(6, len(key) // 4)]
@@ -364,8 +441,8 @@ VARIABLES: tuple[Variable, ...] = (
              "logs a warning). Certificate checks of `https://` cannot be turned off",
              field="api_insecure_http"),
     Variable("CA_BUNDLE", PemFile(), None, "the CA certificates (PEM) that an `https://` API "
-             "URL's certificate must chain to (default: certifi's)", field="ca_bundle",
-             shown_default="unset"),
+             "URL's (or OTLP endpoint's) certificate must chain to (default: certifi's)",
+             field="ca_bundle", shown_default="unset"),
     Variable("SPOOL_DIR", Directory(), None, "where an uploading aggregator keeps batches the "
              "server could not take yet (created 0700, files 0600): durable, drained in order "
              "when it answers again, by this aggregator or the next one for that server",
@@ -374,6 +451,27 @@ VARIABLES: tuple[Variable, ...] = (
              "batch fails as a store failure (retried, then dropped, counted "
              "`dropped_sink_failed`) and the queue policy applies behind it; `0`: no spool "
              "(batches are retried `NUM_RETRIES` times, then dropped)", field="spool_max_bytes"),
+    Variable("OTLP_ENDPOINT", OtlpEndpoint(), None, "an OpenTelemetry collector or backend the "
+             "aggregator also exports spans to, as OTLP/HTTP protobuf (its base URL: "
+             '`/v1/traces` is added unless it ends so; "Exporting OTLP"), with the same batches, '
+             "retries and spool as uploads. `OTEL_EXPORTER_OTLP_*` variables are not read. "
+             "Plain `http://` to a host other than this one is refused when "
+             "`TRACER_OTLP_HEADERS` is set, unless `TRACER_OTLP_INSECURE_HTTP` is on",
+             field="otlp_endpoint", shown_default="unset"),
+    Variable("OTLP_HEADERS", Headers(), None, "headers sent with every export (credentials: "
+             "`Authorization=Bearer%20KEY,x-tenant=t1`), in `OTEL_EXPORTER_OTLP_HEADERS`' form; "
+             "never logged nor shown, and no error quotes a value", field="otlp_headers",
+             shown_default="unset"),
+    Variable("OTLP_SERVICE_NAME", Text(256), None, "the `service.name` of the spans exported "
+             "(default: each span's project)", field="otlp_service_name",
+             shown_default="the project"),
+    Variable("OTLP_ONLY", Boolean(), False, "on: export to `TRACER_OTLP_ENDPOINT` only: no "
+             "store is written and nothing uploaded (neither `TRACER_STORE` nor "
+             "`TRACER_API_URL` may be set); the aggregator's own files (log, spool) go to "
+             "`~/.tracer/otlp/HOST-PORT/`", field="otlp_only"),
+    Variable("OTLP_INSECURE_HTTP", Boolean(), False, "on: allow a plain `http://` OTLP endpoint "
+             "to a host other than this one with `TRACER_OTLP_HEADERS` set (they travel in "
+             "clear)", field="otlp_insecure_http"),
     Variable("QUEUE_SIZE", Integer(0, MAX_ROWS), 15000, "rows the aggregator holds uncommitted "
              "(`0`: unbounded); it also bounds each process's send buffer and what waits in "
              "ZeroMQ's queues. When full, the calling thread blocks until there is room (never "
@@ -498,6 +596,11 @@ class Settings:
     ca_bundle: str | None
     spool_dir: str | None
     spool_max_bytes: int
+    otlp_endpoint: str | None  # an OTLP/HTTP receiver the aggregator exports spans to
+    otlp_headers: dict[str, str] | None  # secrets: never logged
+    otlp_service_name: str | None
+    otlp_only: bool
+    otlp_insecure_http: bool
 
 
 def load(env: Mapping[str, str] | None = None, lenient: bool = False) -> Settings:
@@ -522,7 +625,35 @@ def load(env: Mapping[str, str] | None = None, lenient: bool = False) -> Setting
         if not lenient:
             label = next(n for n in BY_NAME["API_URL"].names if env.get(n))
             check_api_url(label, fields["api_url"], fields["api_insecure_http"])
+    if not lenient:
+        check_otlp(env, fields)
     return Settings(**fields)
+
+
+def check_otlp(env: Mapping[str, str], fields: dict[str, Any]) -> None:
+    """The OTLP variables together: ``TRACER_OTLP_ONLY`` needs an endpoint and excludes a store
+    and an API URL; plain ``http://`` to another host with headers (credentials, most likely)
+    needs ``TRACER_OTLP_INSECURE_HTTP``. ValueError naming the variables."""
+    url = fields["otlp_endpoint"]
+    if fields["otlp_only"]:
+        if url is None:
+            raise ValueError("TRACER_OTLP_ONLY is on but TRACER_OTLP_ENDPOINT is not set: "
+                             "there is nowhere to export to")
+        for name in ("STORE", "API_URL"):
+            given = next((n for n in BY_NAME[name].names if env.get(n)), None)
+            if given is not None:
+                raise ValueError(f"TRACER_OTLP_ONLY is on and {given} is set: exporting only to "
+                                 "OTLP writes no store and uploads nothing; unset one of them")
+    if url is None:
+        if fields["otlp_headers"]:
+            raise ValueError("TRACER_OTLP_HEADERS is set but TRACER_OTLP_ENDPOINT is not")
+        return
+    host = urllib.parse.urlsplit(url).hostname
+    if (url.startswith("http://") and fields["otlp_headers"] and not fields["otlp_insecure_http"]
+            and not is_loopback_host(host)):
+        raise refused("TRACER_OTLP_ENDPOINT", url, "plain http:// to another host would send "
+                      "TRACER_OTLP_HEADERS in clear: use https://, or set "
+                      "TRACER_OTLP_INSECURE_HTTP=1 to accept that")
 
 
 def check_api_url(label: str, url: str, insecure_http: bool) -> None:
@@ -573,13 +704,28 @@ def api_local_path(api_url: str) -> str:
     ``~/.tracer/api/<host>-<port>[-<path>]/store``, a name never created (as ``local_path``
     for PostgreSQL) whose directory (0700) holds its ``aggregator.log``, ``spool/`` and
     ``store.attachments/`` (attachments on their way to the server)."""
-    parts = urllib.parse.urlsplit(api_url)
+    return _server_local_path(api_url, API_STATE_DIR)
+
+
+#: Where the local files of an aggregator exporting to OTLP only go (``otlp_local_path``).
+OTLP_STATE_DIR = os.path.join("~", ".tracer", "otlp")
+
+
+def otlp_local_path(endpoint: str) -> str:
+    """Where an aggregator exporting only to the OTLP ``endpoint`` (``TRACER_OTLP_ONLY``)
+    anchors its files, as ``api_local_path`` does for a server:
+    ``~/.tracer/otlp/<host>-<port>[-<path>]/store``, never created itself."""
+    return _server_local_path(endpoint, OTLP_STATE_DIR)
+
+
+def _server_local_path(url: str, state_dir: str) -> str:
+    parts = urllib.parse.urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     name = f"{parts.hostname or 'localhost'}-{port}"
     if parts.path.strip("/"):
         name += "-" + parts.path.strip("/")
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
-    return os.path.join(os.path.expanduser(API_STATE_DIR), name, "store")
+    return os.path.join(os.path.expanduser(state_dir), name, "store")
 
 
 def value_or_default(name: str) -> Any:

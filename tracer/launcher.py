@@ -51,7 +51,13 @@ def recorder_for(settings: config.Settings, store: str | None = None,
         return attach(env_endpoint, settings=settings, inherited=True, server_key=key)
     api_url = api_url or settings.api_url
     api_key = api_key or settings.api_key
-    if api_url is not None and store is None and not settings.store:
+    if settings.otlp_only and settings.otlp_endpoint is not None:
+        if store is not None or api_url is not None:
+            raise ValueError("TRACER_OTLP_ONLY is on: exporting only to OTLP writes no store "
+                             "and uploads nothing, so store= and api_url= cannot be given")
+        # The aggregator's files go to a directory of the OTLP receiver's own.
+        label, given = "TRACER_OTLP_ENDPOINT", config.otlp_local_path(settings.otlp_endpoint)
+    elif api_url is not None and store is None and not settings.store:
         # Uploading only: the aggregator's files go to a directory of the server's own.
         label, given = "TRACER_API_URL", config.api_local_path(api_url)
     else:
@@ -161,8 +167,10 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None,
                      api_url: str | None = None) -> int:
     """Start an aggregator for ``store_path`` (a SQLite path or a PostgreSQL URL) listening on
     ``endpoint``; returns its pid. With ``api_url`` it uploads there, and writes to the store
-    only if ``store_path`` is not the server's local directory (``config.api_local_path``); its
-    API key is in the file ``key_file(endpoint)``, if there is one.
+    only if ``store_path`` is not the server's local directory (``config.api_local_path``), nor
+    the OTLP receiver's (``config.otlp_local_path``: ``TRACER_OTLP_ONLY``); its API key is in
+    the file ``key_file(endpoint)``, if there is one. It reads the ``TRACER_OTLP_*`` variables
+    from the environment it inherits.
 
     The aggregator runs in its own session, so a Ctrl-C meant for the application does not kill
     it before it has committed; it exits by itself once ``owner`` and every process that sent
@@ -177,10 +185,12 @@ def start_aggregator(endpoint: str, store_path: str, owner: int | None,
         if password is not None:
             env["PGPASSWORD"] = password
     cmd = [sys.executable, "-m", "workers.aggregator", "--bind", endpoint]
-    if api_url is None or store_path != config.api_local_path(api_url):
-        cmd += ["--store", store_arg]
+    otlp = config.value_or_default("OTLP_ENDPOINT")
+    if (api_url is not None and store_path == config.api_local_path(api_url)
+            or otlp is not None and store_path == config.otlp_local_path(otlp)):
+        env.pop("TRACER_STORE", None)  # uploading or exporting only: no local copy
     else:
-        env.pop("TRACER_STORE", None)  # uploading only: no local copy
+        cmd += ["--store", store_arg]
     if api_url is not None:
         cmd += ["--api-url", api_url]
         if endpoint.startswith("ipc://") and os.path.exists(key_file(endpoint)):

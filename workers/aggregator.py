@@ -80,18 +80,23 @@ class Aggregator:
                  settings: config.Settings | None = None, idle_exit: float = IDLE_EXIT,
                  secret_key: bytes | None = None, api_url: str | None = None,
                  api_key: str | None = None) -> None:
-        if store is None and api_url is None:
-            raise ValueError("an aggregator needs a store, an API URL, or both")
+        self.settings = settings or config.load()
+        otlp = self.settings.otlp_endpoint
+        if store is None and api_url is None and otlp is None:
+            raise ValueError("an aggregator needs a store, an API URL, an OTLP endpoint, or "
+                             "some of them")
         self.bind = bind
         self.secret_key = secret_key  # CURVE (``curve``): only key holders get a frame in
         self.local_store = store  # None: uploading only
         self.api_url = api_url
         self.api_key = api_key
         # Where this aggregator's files on this host are anchored (attachments on their way,
-        # its log): the store, or for an uploading one without a store the server's directory.
-        self.store = store if store is not None else config.api_local_path(str(api_url))
+        # its log): the store, or for an uploading one without a store the server's directory
+        # (exporting to OTLP only: the OTLP receiver's).
+        self.store = (store if store is not None
+                      else config.api_local_path(api_url) if api_url is not None
+                      else config.otlp_local_path(str(otlp)))
         self.owner = owner
-        self.settings = settings or config.load()
         self.this_run = stats.Run(bind, self.store, owner, api_url)
         self.counters: Counter = Counter()
         log.attach(self.counters)
@@ -128,6 +133,7 @@ class Aggregator:
         self._scan_due = 0  # the mover's scan the next commit flushes wait for
         self.uploader: Uploader | None = None  # set by run()
         self.spooling: SpoolingWriter | None = None  # set by run() when uploading with a spool
+        self.otlp_spooling: SpoolingWriter | None = None  # set by run(): the OTLP exporter's
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -139,6 +145,7 @@ class Aggregator:
         sink = sinks.writer
         sink.on_replaced = self._store_replaced
         self.spooling = sinks.spooling
+        self.otlp_spooling = sinks.otlp_spooling
         ctx = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
@@ -168,8 +175,9 @@ class Aggregator:
         uploader = self.uploader = Uploader(self.queue, sink, self.settings, self.counters,
                                             on_done, lambda: self._record_run(sink))
         self._record_run(sink)  # before the uploader starts: one thread at a time in the sink
-        if self.spooling is not None:
-            self.spooling.start()
+        for spooling in (self.spooling, self.otlp_spooling):
+            if spooling is not None:
+                spooling.start()
         uploader.start()
         self.mover.start()
         self._info(f"listening on {self.bind}, " + ", ".join(
@@ -218,8 +226,9 @@ class Aggregator:
         if uploader.thread.is_alive():  # stuck in the sink: leave the connection to it
             log.log(f"exiting with {self.queue.depth()} rows uncommitted: the store does not "
                     "answer")
-            if self.spooling is not None:  # its drain thread may still send what is spooled
-                self._step("closing the spool", self.spooling.close)
+            for spooling in (self.spooling, self.otlp_spooling):
+                if spooling is not None:  # its drain thread may still send what is spooled
+                    self._step("closing the spool", spooling.close)
         else:
             self._record_run(sink, ended=True)
             self._step("closing the store", sink.close)
@@ -539,6 +548,8 @@ class Aggregator:
             parts: dict = {"uploader": self.uploader, "attachments": self.mover}
             if self.spooling is not None:
                 parts["spool"] = self.spooling
+            if self.otlp_spooling is not None:
+                parts["otlp_spool"] = self.otlp_spooling
             revive(parts, self.counters)
         for sender, reason in self.supervisor.dead_senders(self.senders):
             self._abandon(sender, reason)
@@ -558,9 +569,14 @@ class Aggregator:
 
     def stats(self) -> dict:
         """The counters, as ``tracer stats`` shows them (any thread)."""
-        return stats.stats(self.this_run, self.counters, self.queue, self.senders.snapshot(),
-                           self.drop_reason or "block",
-                           self.spooling.spool.state() if self.spooling is not None else None)
+        found = stats.stats(self.this_run, self.counters, self.queue, self.senders.snapshot(),
+                            self.drop_reason or "block",
+                            self.spooling.spool.state() if self.spooling is not None else None)
+        if self.settings.otlp_endpoint is not None:  # the URL only: its headers are secrets
+            found["otlp"] = config.otlp_traces_url(self.settings.otlp_endpoint)
+            found["otlp_spool"] = (self.otlp_spooling.spool.state()
+                                   if self.otlp_spooling is not None else None)
+        return found
 
 
 def parser() -> argparse.ArgumentParser:
@@ -647,7 +663,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load()
         api_url, api_key = check_api(args.api_url, args.api_key_file, settings)
         store: str | None
-        if args.store is not None:
+        if settings.otlp_only:
+            if args.store is not None or api_url is not None:
+                raise ValueError("TRACER_OTLP_ONLY is on: exporting only to OTLP writes no "
+                                 "store (--store) and uploads nothing (--api-url)")
+            store = None
+        elif args.store is not None:
             store = config.store_path(args.store, "--store")
         elif settings.store is not None or api_url is None:
             store = config.store_path(settings.store, "TRACER_STORE")

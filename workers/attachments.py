@@ -293,6 +293,9 @@ class AttachmentMover:
     def _upload(self, key: str, meta: dict, error: str | None, source: str,
                 data_path: str | None) -> None:
         """The server gets the bytes (unless it has them: content addressed) and the record."""
+        if self._make_remote is None:  # exporting to OTLP only: attachments have nowhere to go
+            self.counters["attachments_not_exported"] += 1
+            return
         remote = self._remote_blobs()
         sha = meta.get("sha256") if error is None else None
         if sha is not None:
@@ -396,7 +399,10 @@ class AttachmentMover:
             meta = {"filename": filename, "content_type": content_type, "size": len(content),
                     "logged": time.time()}
             if not self.local:
-                self._spool_adopted(key, content, meta)
+                if self._make_remote is None:  # exporting to OTLP only: nowhere to go
+                    self.counters["attachments_not_exported"] += 1
+                else:
+                    self._spool_adopted(key, content, meta)
                 continue
             for attempt in range(self.settings.num_retries + 1):
                 try:

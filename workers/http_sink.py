@@ -111,23 +111,31 @@ def _server_error(response: httpx.Response) -> tuple[str, dict]:
     return text or response.reason_phrase, body if isinstance(body, dict) else {}
 
 
-def classify(response: httpx.Response, url: str, api_key: str | None) -> Exception | None:
+def classify(response: httpx.Response, url: str, api_key: str | None, *,
+             credentials: str | None = None, not_found: str | None = None,
+             error: str | None = None) -> Exception | None:
     """What a response means to a remote sink: None for success (2xx), else the exception to
     raise (``Unavailable``, ``Refused`` or ``Rejected``; see the module). ``url`` is the
-    request's, for messages; ``api_key`` is named by its first characters only."""
+    request's, for messages; ``api_key`` is named by its first characters only.
+
+    Another kind of remote sink (the OTLP exporter) says what it presented instead of an API
+    key (``credentials``, e.g. the names of its headers), what a 404/405 means for it
+    (``not_found``), and the server's message when it reads it itself (``error``)."""
     status = response.status_code
     if 200 <= status < 300:
         return None
-    error, body = _server_error(response)
-    said = f"{url} answered {status} ({error})"
+    found, body = _server_error(response)
+    said = f"{url} answered {status} ({found if error is None else error})"
     if status in (401, 403):
-        key = (f"the API key {config.key_label(api_key)}" if api_key
-               else "no API key (set TRACER_API_KEY or init_logger(api_key=...))")
+        if credentials is None:
+            credentials = (f"the API key {config.key_label(api_key)}" if api_key
+                           else "no API key (set TRACER_API_KEY or init_logger(api_key=...))")
         what = "refused" if status == 401 else "does not allow"
-        return Refused(f"{said}: the server {what} {key}", "unauthorized")
+        return Refused(f"{said}: the server {what} {credentials}", "unauthorized")
     if status in (404, 405):
-        return Refused(f"{said}: no ingest API there; is TRACER_API_URL the base URL of a "
-                       "`tracer serve` of this version?", "refused")
+        return Refused(f"{said}: " + (not_found or "no ingest API there; is TRACER_API_URL the "
+                                                   "base URL of a `tracer serve` of this "
+                                                   "version?"), "refused")
     if status in (408, 425, 429) or status >= 500:
         return Unavailable(said, parse_retry_after(response.headers.get("retry-after")), status)
     row = body.get("row")

@@ -6,8 +6,12 @@
 - both (an API URL and ``TRACER_STORE``/``--store``): ``TeeWriter(store, server)``: a batch
   counts as committed once both have it (a failure of either fails the write, which the
   uploader retries whole: merges are idempotent, so the one that had it changes nothing).
+- and, with ``TRACER_OTLP_ENDPOINT``, an OTLP receiver as well (``TeeWriter(<the above>,
+  otlp)``), or alone (``TRACER_OTLP_ONLY``): ``EndedSpans(SpoolingWriter(OtlpWriter))``
+  (``workers.otlp_sink``), the spool of its own (``otlp_spool_dir``).
 
-httpx is imported only here, and only when an API URL is given.
+httpx is imported only here, and only when an API URL or an OTLP endpoint is given;
+opentelemetry-proto only for an OTLP endpoint.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class Sinks:
     writer: StoreWriter
     spooling: SpoolingWriter | None
     local: StoreWriter | None
+    #: the OTLP exporter's spool (``TRACER_OTLP_ENDPOINT`` with a spool), drained by its thread
+    otlp_spooling: SpoolingWriter | None = None
 
 
 def http_writer(api_url: str, api_key: str | None, settings: Settings) -> HttpWriter:
@@ -55,24 +61,59 @@ def spool_dir(api_url: str, settings: Settings) -> str:
     return os.path.join(os.path.dirname(config.api_local_path(api_url)), "spool")
 
 
-def open_sinks(store: str | None, api_url: str | None, api_key: str | None, settings: Settings,
-               counters: Counter) -> Sinks:
-    """The sinks for a store (None: none), a server (None: none), or both."""
-    local = open_store(store) if store is not None else None
-    if api_url is None:
-        if local is None:
-            raise ValueError("an aggregator needs a store, an API URL, or both")
-        return Sinks(local, None, local)
-    remote: StoreWriter = http_writer(api_url, api_key, settings)
+def otlp_spool_dir(endpoint: str, settings: Settings) -> str:
+    """The OTLP exporter's spool: ``TRACER_SPOOL_DIR`` (its segments name their destination,
+    so that each destination drains only its own), else ``spool/`` in the receiver's
+    directory, ``~/.tracer/otlp/<host>-<port>/`` (``config.otlp_local_path``)."""
+    if settings.spool_dir:
+        return settings.spool_dir
+    return os.path.join(os.path.dirname(config.otlp_local_path(endpoint)), "spool")
+
+
+def otlp_sink(settings: Settings, counters: Counter) -> tuple[StoreWriter, SpoolingWriter | None]:
+    """The OTLP exporter for ``TRACER_OTLP_ENDPOINT``: ``EndedSpans(SpoolingWriter(OtlpWriter))``
+    (no spool with ``TRACER_SPOOL_MAX_BYTES=0``), and its spooling writer."""
+    from .otlp_sink import EndedSpans, OtlpWriter, SpanAssembler  # httpx, opentelemetry-proto
+
+    endpoint = settings.otlp_endpoint
+    assert endpoint is not None
+    exporter: StoreWriter = OtlpWriter(
+        endpoint, settings.otlp_headers, service_name=settings.otlp_service_name,
+        ca_bundle=settings.ca_bundle, max_request_size=settings.max_request_size,
+        counters=counters)
     spooling = None
     if settings.spool_max_bytes:
-        spooling = SpoolingWriter(remote, Spool(spool_dir(api_url, settings), api_url,
-                                                settings.spool_max_bytes),
+        spooling = SpoolingWriter(exporter, Spool(otlp_spool_dir(endpoint, settings),
+                                                  config.otlp_traces_url(endpoint),
+                                                  settings.spool_max_bytes),
                                   counters, settings.failed_payloads_dir)
-        remote = spooling
-    if local is None:
-        return Sinks(remote, spooling, None)
-    return Sinks(TeeWriter(local, remote), spooling, local)
+        exporter = spooling
+    return EndedSpans(exporter, SpanAssembler(counters)), spooling
+
+
+def open_sinks(store: str | None, api_url: str | None, api_key: str | None, settings: Settings,
+               counters: Counter) -> Sinks:
+    """The sinks for a store (None: none), a server (None: none), or both; and an OTLP
+    receiver besides (or alone) when ``settings.otlp_endpoint`` is set."""
+    local = open_store(store) if store is not None else None
+    writer: StoreWriter | None = local
+    spooling = None
+    if api_url is not None:
+        remote: StoreWriter = http_writer(api_url, api_key, settings)
+        if settings.spool_max_bytes:
+            spooling = SpoolingWriter(remote, Spool(spool_dir(api_url, settings), api_url,
+                                                    settings.spool_max_bytes),
+                                      counters, settings.failed_payloads_dir)
+            remote = spooling
+        writer = remote if writer is None else TeeWriter(writer, remote)
+    otlp_spooling = None
+    if settings.otlp_endpoint is not None:
+        otlp, otlp_spooling = otlp_sink(settings, counters)
+        writer = otlp if writer is None else TeeWriter(writer, otlp)
+    if writer is None:
+        raise ValueError("an aggregator needs a store, an API URL, an OTLP endpoint, or some "
+                         "of them")
+    return Sinks(writer, spooling, local, otlp_spooling)
 
 
 class TeeWriter(StoreWriter):

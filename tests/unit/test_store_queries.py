@@ -154,6 +154,71 @@ def test_a_span_updated_before_it_arrives_joins_its_trace_once_it_does(store):
     assert summaries(store)[0]["spans"] == 3
 
 
+# -- traces begun elsewhere (OpenTelemetry): no row's span_id is the root_span_id -------------
+
+
+def foreign_trace(container: Container, start: float, name: str = "GET /") -> tuple[
+        str, str, list[Pending]]:
+    """A trace begun by another system (docs/interop.md): its first span has no parents but a
+    span_id other than the root_span_id. Returns (root_span_id, first span's id, rows)."""
+    n = next(_ids)
+    root, first = f"foreign{n:06d}", f"foreign{n:06d}-first"
+    rows = [span(container, root, first, name=name, type="task", start=start, end=start + 4),
+            span(container, root, f"{first}-c", [first], start=start + 1, end=start + 2)]
+    return root, first, rows
+
+
+def test_a_trace_begun_elsewhere_has_its_span_without_parents_as_root(store):
+    root, first, rows = foreign_trace(logs(), T0)
+    store.write(rows)
+
+    [listed] = summaries(store)
+    assert listed == {"root_span_id": root, "row_id": first, "name": "GET /", "type": "task",
+                      "start": T0, "end": T0 + 4, "duration": 4.0, "spans": 2, "errors": 0,
+                      "running": False, "scores": {}, "tokens": None}
+
+
+def test_a_parentless_root_stored_after_its_children_and_then_ended_completes_its_trace(store):
+    root, first, rows = foreign_trace(logs(), T0)
+    store.write([rows[1]])
+    store.write([span(logs(), root, first, name="GET /", start=T0)])  # still running
+    [running] = summaries(store)
+    assert (running["row_id"], running["running"]) == (first, True)
+
+    store.write([span(logs(), root, first, end=T0 + 7)])
+    [ended] = summaries(store)
+    assert (ended["row_id"], ended["end"], ended["duration"], ended["spans"]) == (
+        first, T0 + 7, 7.0, 2)
+
+
+@pytest.mark.parametrize("order", ["root_first", "parentless_first", "one_batch"])
+def test_a_root_by_id_wins_over_a_span_without_parents_whatever_the_order(store, order):
+    root, rows = trace(logs(), T0, children=0, name="ours")
+    stray = span(logs(), root, "stray", name="stray", start=T0 - 1, end=T0 + 1)
+    if order == "root_first":
+        store.write(rows)
+        store.write([stray])
+    elif order == "parentless_first":
+        store.write([stray])
+        store.write(rows)
+    else:
+        store.write([stray, *rows])
+
+    [listed] = summaries(store)
+    assert (listed["row_id"], listed["name"], listed["spans"]) == (root, "ours", 2)
+
+
+def test_of_two_spans_without_parents_the_first_stored_stays_the_root(store):
+    root, first, rows = foreign_trace(logs(), T0, name="first")
+    store.write(rows)
+    store.write([span(logs(), root, "second", name="second", start=T0 - 5, end=T0 + 9)])
+    store.write([span(logs(), root, first, name="first", metadata={"again": True})])  # merged
+
+    [listed] = summaries(store)
+    assert (listed["row_id"], listed["name"], listed["spans"], listed["start"]) == (
+        first, "first", 3, T0 - 5)
+
+
 # -- pages -----------------------------------------------------------------------------------
 
 
@@ -547,6 +612,18 @@ def test_search_mode_roots_indexes_root_and_llm_spans_only(tmp_path):
     assert found_by(path, "helper") == []
 
 
+def test_search_mode_roots_indexes_the_parentless_root_of_a_trace_begun_elsewhere(tmp_path):
+    path = str(tmp_path / "traces.db")
+    root, first, rows = foreign_trace(logs(), T0)
+    rows[0].row["input"] = "question"
+    rows[1].row["input"] = "helper"
+    with search_store(path, "roots") as writer:
+        writer.write(rows)
+
+    assert found_by(path, "question") == [root]
+    assert found_by(path, "helper") == []
+
+
 def test_search_mode_off_makes_text_search_an_error_saying_how_to_turn_it_on(tmp_path):
     path = str(tmp_path / "traces.db")
     with search_store(path, "off") as writer:
@@ -592,9 +669,10 @@ def test_search_mode_roots_follows_a_span_that_becomes_llm_in_a_later_merge(tmp_
     with search_store(path, "roots") as writer:
         root, rows = trace(logs(), T0, children=1)
         writer.write(rows)
-        writer.write([span(logs(), root, f"{root}-c0", output="generated")])
+        # (each partial row of a span carries its parents, as the aggregator's do)
+        writer.write([span(logs(), root, f"{root}-c0", [root], output="generated")])
         assert found_by(path, "generated") == []
-        writer.write([span(logs(), root, f"{root}-c0", type="llm")])
+        writer.write([span(logs(), root, f"{root}-c0", [root], type="llm")])
 
     assert found_by(path, "generated") == [root]
 

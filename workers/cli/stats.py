@@ -49,12 +49,16 @@ def _print_stats(all_stats: list[dict], as_json: bool, what: str) -> None:
         print(f"  store: {stats.get('store')}")
         if stats.get("upload"):
             print(f"  uploading to: {stats['upload']}")
-        spool = stats.get("spool")
-        if isinstance(spool, dict):
-            age = spool.get("oldest_age")
-            print(f"  spool: {spool.get('bytes')} bytes in {spool.get('batches')} batches"
-                  + (f", the oldest {age:.1f} s old" if isinstance(age, (int, float)) else "")
-                  + f" ({spool.get('directory')}, at most {spool.get('max_bytes')} bytes)")
+        if stats.get("otlp"):
+            print(f"  exporting OTLP to: {stats['otlp']}")
+        for name in ("spool", "otlp_spool"):
+            spool = stats.get(name)
+            if isinstance(spool, dict):
+                age = spool.get("oldest_age")
+                print(f"  {name.replace('_', ' ')}: {spool.get('bytes')} bytes in "
+                      f"{spool.get('batches')} batches"
+                      + (f", the oldest {age:.1f} s old" if isinstance(age, (int, float)) else "")
+                      + f" ({spool.get('directory')}, at most {spool.get('max_bytes')} bytes)")
         counters = stats.get("counters", {})
         for name in sorted(counters):
             print(f"  {name:28} {counters[name]}")

@@ -21,7 +21,9 @@ Security (docs/server.md):
 - The ingest API (``/api/v1/``: ``ingest_api``, writing through ``ingest``) takes only
   ``Authorization: Bearer <key>``, checked by its routes (``ingest_auth``): never the session
   cookie, so a web page cannot post rows with a signed-in user's cookie; and no loopback
-  ``Host`` is asked of it (the key is what a rebinding page cannot have).
+  ``Host`` is asked of it (the key is what a rebinding page cannot have). OTLP in
+  (``POST /v1/traces``: ``otlp_api``) is guarded the same way (its key may also come as
+  ``x-api-key``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from starlette.staticfiles import StaticFiles
 from tracer import config
 
 from ..store import StoreReader, open_store
-from . import api, ingest_api
+from . import api, ingest_api, otlp_api
 from .ingest import DEFAULT_QUEUE_ROWS, Ingest
 from .ingest_auth import KeyRing
 
@@ -184,8 +186,8 @@ class Guard:
 
     def _refusal(self, request: Request) -> Response | None:
         path = request.url.path
-        if path.startswith(INGEST_PREFIX):
-            return None  # Bearer keys only: ingest_api checks them, and never the cookie
+        if path.startswith(INGEST_PREFIX) or path == otlp_api.PATH:
+            return None  # their keys only: their routes check them, and never the cookie
         if self.check_host:
             host = (request.headers.get("host") or "").lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -311,6 +313,7 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         Route("/api/v1/blobs/{sha256}", ingest_api.head_blob, methods=["HEAD"]),
         Route("/api/v1/blobs/{sha256}", ingest_api.put_blob, methods=["PUT"]),
         Route("/api/v1/ping", ingest_api.ping, methods=["GET"]),
+        Route(otlp_api.PATH, otlp_api.post_traces, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -197,6 +197,19 @@ ON CONFLICT (container, root_span_id) DO UPDATE SET
     metadata = CASE WHEN excluded.row_id IS NULL THEN t.metadata ELSE excluded.metadata END
 """
 
+# As SQLite's summary._ADD_PARENTLESS: a parentless root's columns, only where the trace's are
+# empty or its own.
+_ADD_PARENTLESS = """
+UPDATE traces SET row_id = %s, name = %s, type = %s, "end" = %s, metadata = %s::jsonb
+WHERE container = %s AND root_span_id = %s AND (row_id IS NULL OR row_id = %s)
+"""
+
+
+def _root_params(root: tuple) -> tuple:
+    """A trace's root columns ``(row_id, name, type, end, metadata)`` as query parameters."""
+    return (_text(root[0]), _text(root[1]), _text(root[2]), root[3], _json_text(root[4]))
+
+
 # A key already recorded as stored stays so (StoreWriter.record_attachment).
 _RECORD_ATTACHMENT = """
 INSERT INTO attachments AS a VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
@@ -482,9 +495,15 @@ class PostgresWriter(StoreWriter):
         with conn.cursor() as cur:
             cur.executemany(_ADD_TRACE, [
                 (c, r, d.start if d.start is not None else now, d.spans, d.errors, d.tokens,
-                 d.types, _text(d.root[0]), _text(d.root[1]), _text(d.root[2]), d.root[3],
-                 _json_text(d.root[4]))
+                 d.types, *_root_params(d.root))
                 for (c, r), d in ordered])
+            # A trace begun elsewhere: its first parentless root, where no root by id is
+            # stored (summary.root_kind).
+            parentless = [(*_root_params(d.parentless), c, r, _text(d.parentless[0]))
+                          for (c, r), d in ordered
+                          if d.root is summary.NO_ROOT and d.parentless is not summary.NO_ROOT]
+            if parentless:
+                cur.executemany(_ADD_PARENTLESS, parentless)
         scored = [(key, d.scores) for key, d in ordered if d.scores]
         if not scored:
             return

@@ -13,6 +13,10 @@ what the logs page lists and filters on without reading the rows:
 - taken from the root row (the row whose ``span_id`` is its ``root_span_id``), once it is
   stored: ``row_id``, ``name``, ``type``, ``end`` (None while the root runs) and ``metadata``
   (its top-level keys with scalar values, each as text: what ``meta=key=value`` compares).
+  A trace begun elsewhere (OpenTelemetry, docs/interop.md) has no such row: its root is then
+  a row with no ``span_parents`` (a *parentless root*), the first one stored; a row whose
+  ``span_id`` is the ``root_span_id`` replaces it whenever it comes, and a parentless root
+  never replaces one (``root_kind``).
 
 The writer knows, for each key of a batch, the row before the batch (None for a new row: the
 merge function records what it merged) and the row after it; the summary moves by the
@@ -100,7 +104,28 @@ ON CONFLICT (container, root_span_id) DO UPDATE SET
     metadata = iif(excluded.row_id IS NULL, traces.metadata, excluded.metadata)
 """
 
-_NO_ROOT = (None, None, None, None, None)
+# A parentless root's columns, for a trace whose root columns are empty or its own: the
+# root-by-id's (``_ADD``) always replace them, they never replace another row's.
+_ADD_PARENTLESS = """
+UPDATE traces SET row_id = ?, name = ?, type = ?, end = ?, metadata = ?
+WHERE container = ? AND root_span_id = ? AND (row_id IS NULL OR row_id = ?)
+"""
+
+NO_ROOT = (None, None, None, None, None)
+
+BY_ID, PARENTLESS = 1, 2  # what makes a row its trace's root (``root_kind``)
+
+
+def root_kind(row: dict) -> int:
+    """``BY_ID`` if ``row`` is its trace's root by id (its ``span_id`` is its
+    ``root_span_id``), ``PARENTLESS`` if it is a span with no ``span_parents`` (the root of a
+    trace begun elsewhere, when no row is root by id), else 0."""
+    span_id = row.get("span_id")
+    if span_id is None:
+        return 0
+    if span_id == row.get("root_span_id"):
+        return BY_ID
+    return 0 if row.get("span_parents") else PARENTLESS
 
 
 class Part(NamedTuple):
@@ -200,7 +225,8 @@ class Delta:
     types: int = 0
     start: float | None = None
     scores: dict[str, list[float]] = field(default_factory=dict)
-    root: tuple = _NO_ROOT  # (row_id, name, type, end, metadata) of the root row, if written
+    root: tuple = NO_ROOT  # (row_id, name, type, end, metadata) of the root row, if written
+    parentless: tuple = NO_ROOT  # the same of the batch's first parentless root, if any
 
     def add(self, p: Part, sign: int) -> None:
         self.spans += sign
@@ -241,8 +267,12 @@ def _add_change(deltas: dict[tuple[str, str], Delta], change: Change) -> Part:
         if delta is None:
             delta = deltas[key] = Delta()
         delta.add(after, 1)
-        if change.after.get("span_id") == after.root:
-            delta.root = root_columns(change.row_id, change.after)
+        row = change.after
+        if row.get("span_id") == after.root:
+            delta.root = root_columns(change.row_id, row)
+        elif (not row.get("span_parents") and delta.parentless is NO_ROOT
+              and row.get("span_id") is not None):
+            delta.parentless = root_columns(change.row_id, row)
     return after
 
 
@@ -264,6 +294,7 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
     # (container, root) -> [start, spans, errors, tokens, types, root columns, score sums]: a
     # list, not an object: a fan-in of one-span traces makes one per row.
     deltas: dict[tuple[str, str], list] = {}
+    parentless: dict[tuple[str, str], tuple] = {}  # the first parentless root of a trace
     texts: list[tuple[int, str]] = []
     replaced: list[tuple[int, str]] = []
     for change in changes:
@@ -272,7 +303,7 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
             key = (change.container, before.root)
             delta = deltas.get(key)
             if delta is None:
-                delta = deltas[key] = [None, 0, 0, 0.0, 0, _NO_ROOT, None]
+                delta = deltas[key] = [None, 0, 0, 0.0, 0, NO_ROOT, None]
             delta[1] -= 1
             delta[2] -= before.error
             delta[3] -= before.tokens
@@ -286,7 +317,7 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
             delta = deltas.get(key)
             if delta is None:
                 delta = deltas[key] = [after.start, 1, after.error, after.tokens,
-                                       after.type_bit, _NO_ROOT, None]
+                                       after.type_bit, NO_ROOT, None]
             else:
                 start = after.start
                 if start is not None and (delta[0] is None or start < delta[0]):
@@ -299,6 +330,9 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
                 _sum_scores(delta, after.scores, 1)
             if row.get("span_id") == root:
                 delta[5] = root_columns(change.row_id, row)
+            elif (not row.get("span_parents") and row.get("span_id") is not None
+                  and key not in parentless):
+                parentless[key] = root_columns(change.row_id, row)
         if change.text_changed and change.rowid is not None:
             text = indexed_text(row, mode)
             if text != change.old_text:  # else the index holds these words already
@@ -310,6 +344,10 @@ def apply(conn: sqlite3.Connection, changes: Iterable[Change], now: float,
         _many(conn, _ADD_HEAD, "(?,?,?,?,?,?,?,?,?,?,?,?)", _ADD_TAIL, _ADD_ROWS, [
             (c, r, d[0] if d[0] is not None else now, d[1], d[2], d[3], d[4], *d[5])
             for (c, r), d in deltas.items()])
+        if parentless:  # traces begun elsewhere (rare): their root when none is root by id
+            conn.executemany(_ADD_PARENTLESS, [
+                (*columns, c, r, columns[0]) for (c, r), columns in parentless.items()
+                if deltas[(c, r)][5] is NO_ROOT])
         scored = [(key, d[6]) for key, d in deltas.items() if d[6]]
         if scored:
             _add_scores(conn, scored)
@@ -406,21 +444,22 @@ def search_text(row: dict) -> str:
 def indexed_text(row: dict, mode: str) -> str:
     """What the text index holds for a row in search mode ``mode``: ``search_text`` of every
     row (``all``), of root and llm spans only (``roots``), of none (``off``). A function of the
-    row and the mode alone, as ``search_text`` is of the row."""
+    row and the mode alone, as ``search_text`` is of the row. A root is either kind of root
+    (``root_kind``): a parentless span is indexed even where a root by id exists."""
     if mode == "all":
         return search_text(row)
     if mode == "off":
         return ""
     attrs = row.get("span_attributes")
-    if ((type(attrs) is dict and attrs.get("type") == "llm")
-            or (row.get("span_id") is not None and row.get("span_id") == row.get("root_span_id"))):
+    if (type(attrs) is dict and attrs.get("type") == "llm") or root_kind(row):
         return search_text(row)
     return ""
 
 
 # The fields of a row that its indexed text depends on, in each mode.
 _TEXT_FIELDS = {"all": ("input", "output"),
-                "roots": ("input", "output", "span_attributes", "span_id", "root_span_id"),
+                "roots": ("input", "output", "span_attributes", "span_id", "root_span_id",
+                          "span_parents"),
                 "off": ()}
 
 

@@ -29,7 +29,8 @@ export class TraceView {
   /** Show trace `rootId` with span `spanId` selected (the root when none is given). */
   async open(rootId, spanId) {
     if (rootId === this.rootId && this.data) {
-      this.select(spanId || this.rootId, false);
+      const root = rootOf(this.data.spans || [], rootId);
+      this.select(spanId || (root ? root.span_id : rootId), false);
       return;
     }
     this.destroyTree();
@@ -54,8 +55,7 @@ export class TraceView {
 
   render(spanId) {
     const spans = this.data.spans || [];
-    const rootIdx = spans.findIndex((s) => s.span_id === this.data.root_span_id);
-    const root = spans[rootIdx >= 0 ? rootIdx : 0];
+    const root = rootOf(spans, this.data.root_span_id);
     this.parentNames = new Map();
     this.tree = new TraceTree(spans, {
       onSelect: (idx) => this.showSpan(spans[idx], true),
@@ -85,7 +85,7 @@ export class TraceView {
     this.el.replaceChildren(head, h("div", { class: "trace-body" }, this.tree.el, this.detail.el));
     this.tree.render();
     performance.mark("trace-rendered"); // the benchmark (scripts/bench/viewer.py) reads it
-    const wanted = spanId || this.data.root_span_id;
+    const wanted = spanId || (root ? root.span_id : this.data.root_span_id);
     if (!this.select(wanted, false) && spanId) {
       this.detail.el.replaceChildren(notice(`Span not found: ${spanId} is not a span of this trace.`, "error"));
     }
@@ -135,4 +135,15 @@ export function notFoundOr(err, backHref, backLabel, what, id) {
   return h("div", { class: "not-found" },
     h("h1", { text: `Could not load the ${what.toLowerCase()}` }),
     notice(err.message, "error"), h("p", {}, back));
+}
+
+/**
+ * The root of a trace's spans (in start order): the span whose id is the trace's
+ * root_span_id; else, for a trace begun elsewhere (OpenTelemetry: docs/interop.md), the first
+ * span with no parents; else the first span.
+ */
+export function rootOf(spans, rootSpanId) {
+  const byId = spans.find((s) => s.span_id === rootSpanId);
+  if (byId) return byId;
+  return spans.find((s) => !s.parents || s.parents.length === 0) || spans[0];
 }
