@@ -43,8 +43,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tracer import event, w3c, wire
 
-from .rows import Container
-
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 ENCODINGS = (PROTOBUF, JSON)
@@ -425,10 +423,6 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
     row["metrics"] = metrics
     row["metadata"] = metadata
     row.update(fields)
-    try:
-        Container(key)
-    except ValueError as exc:
-        raise SpanRejected(f"{where}: {exc}") from None
     return key, row
 
 
