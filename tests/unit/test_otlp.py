@@ -492,6 +492,43 @@ def test_a_body_that_is_no_request_is_a_request_error(body, encoding):
         otlp.decode_request(body, encoding)
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    size, out = len(payload), bytearray()
+    while True:
+        low, size = size & 0x7F, size >> 7
+        out.append(low | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([number << 3 | 2]) + bytes(out) + payload
+
+
+def deep_protobuf(levels: int) -> bytes:
+    """A request whose one attribute is an array nested ``levels`` deep (written by hand:
+    protobuf would not serialise it)."""
+    value = b""
+    for _ in range(levels):
+        value = _field(5, _field(1, value))  # AnyValue.array_value -> ArrayValue.values
+    span = (_field(1, TRACE_ID.to_bytes(16, "big")) + _field(2, ROOT_SPAN.to_bytes(8, "big"))
+            + b"\x39" + T0.to_bytes(8, "little")  # start_time_unix_nano (fixed64)
+            + _field(9, _field(1, b"deep") + _field(2, value)))  # Span.attributes
+    return _field(1, _field(2, _field(2, span)))  # resource_spans.scope_spans.spans
+
+
+def test_a_protobuf_nested_deeper_than_protobuf_reads_is_a_request_error():
+    with pytest.raises(otlp.RequestError, match="malformed OTLP protobuf"):
+        otlp.decode_request(deep_protobuf(5000), otlp.PROTOBUF)
+
+
+def test_a_protobuf_nested_as_deep_as_protobuf_reads_is_kept_to_the_bound():
+    request = otlp.decode_request(deep_protobuf(40), otlp.PROTOBUF)
+    [(_, row)] = otlp.request_rows(request).rows
+    level = row["metadata"]["otel"]["attributes"]["deep"]
+    for _ in range(otlp.MAX_DEPTH):
+        level = level[0]
+    assert level == f"<nested deeper than {otlp.MAX_DEPTH} levels>"
+
+
 def test_the_response_carries_partial_success_in_the_requests_encoding():
     assert otlp.encode_response(0, "", otlp.PROTOBUF) == b""
     assert json.loads(otlp.encode_response(0, "", otlp.JSON)) == {}
