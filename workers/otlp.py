@@ -217,9 +217,10 @@ def request_rows(request: trace_service_pb2.ExportTraceServiceRequest, *,
 
     The container of a span: its ``braintrust.parent`` attribute, else the request's
     ``parent`` (the ``x-bt-parent`` header) or ``project`` (``x-tracer-project``), else the
-    resource's ``tracer.project`` or ``braintrust.parent``, else its ``service.name``, else
-    ``default``. ``check`` is run on each row (the ingest path's checks), so that a row the
-    write would refuse rejects its span alone."""
+    resource's ``tracer.project`` (or OpenInference's ``openinference.project.name``) or
+    ``braintrust.parent``, else its ``service.name``, else ``default``. ``check`` is run on
+    each row (the ingest path's checks), so that a row the write would refuse rejects its span
+    alone."""
     mapped = Mapped()
     resolved: dict[str, str] = {}  # braintrust.parent values resolved in this request
 
@@ -293,10 +294,15 @@ def _origin(resource: dict) -> dict | None:
     return origin
 
 
+# Resource attributes naming the project: ours, and OpenInference's (what Phoenix reads).
+PROJECT_ATTRIBUTES = ("tracer.project", "openinference.project.name")
+
+
 def _resource_container(resource: dict, container_of: Callable[[str, str], str]) -> str:
-    project = resource.get("tracer.project")
-    if project is not None:
-        return wire.logs_container(project_name(project, "resource attribute tracer.project"))
+    for name in PROJECT_ATTRIBUTES:
+        project = resource.get(name)
+        if project is not None:
+            return wire.logs_container(project_name(project, f"resource attribute {name}"))
     value = resource.get("braintrust.parent")
     if value is not None:
         if not isinstance(value, str):

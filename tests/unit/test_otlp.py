@@ -343,6 +343,11 @@ def test_a_resources_tracer_project_or_braintrust_parent_wins_over_its_service_n
         "braintrust.parent": "project_name:shop2"})) == wire.logs_container("shop2")
 
 
+def test_openinferences_project_attribute_names_the_project_as_phoenix_reads_it():
+    req = request(make_span(), resource={"openinference.project.name": "agents"})
+    assert container_of(req) == wire.logs_container("agents")
+
+
 def test_the_request_header_wins_over_the_resource():
     req = request(make_span(), resource={"tracer.project": "shop"})
     assert container_of(req, project="from-header") == wire.logs_container("from-header")
