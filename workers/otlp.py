@@ -411,10 +411,11 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         otel["links"] = links
     if attrs:
         otel["attributes"] = bounded(attrs)
+    # Copies: rows merge in place (rows.merge), and a row must never share a dict with another.
     if context.resource:
-        otel["resource"] = context.resource
+        otel["resource"] = _copy(context.resource)
     if context.scope:
-        otel["scope"] = context.scope
+        otel["scope"] = dict(context.scope)
     lost = {name: count for name, count in (
         ("attributes", dropped + span.dropped_attributes_count),
         ("events", span.dropped_events_count + events_dropped),
@@ -424,12 +425,21 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         otel["dropped"] = lost
     metadata["otel"] = otel
     if context.origin is not None:
-        row["origin"] = context.origin
+        row["origin"] = dict(context.origin)
     row["span_attributes"] = span_attributes
     row["metrics"] = metrics
     row["metadata"] = metadata
     row.update(fields)
     return key, row
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a plain value's dicts and lists (the resource's attributes, for each row)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 def seconds(nanoseconds: int) -> float:

@@ -150,6 +150,16 @@ def test_events_and_links_are_kept_under_metadata_otel():
                               "row_span_id": span_id, "row_root_span_id": root_span_id}]
 
 
+def test_rows_of_one_resource_share_no_dict_that_a_merge_could_change():
+    [(_, first), (_, second)] = rows_of(request(make_span(), make_span(CHILD_SPAN),
+                                                resource={"host.name": "web-1",
+                                                          "labels": {"team": "a"}}))
+    first["metadata"]["otel"]["resource"]["labels"]["team"] = "changed"
+    first["origin"]["host"] = "changed"
+    assert second["metadata"]["otel"]["resource"]["labels"] == {"team": "a"}
+    assert second["origin"] == {"host": "web-1"}
+
+
 def test_the_resources_host_becomes_the_rows_origin():
     [(_, row)] = rows_of(request(make_span(), resource={"host.name": "web-1",
                                                         "process.pid": 4242}))
