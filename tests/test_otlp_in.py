@@ -32,7 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 from tracer import w3c, wire
 from workers.store import open_store
 
-from .conftest import ROOT, TraceServer, clean_env, run_python
+from .conftest import ROOT, TraceServer, clean_env, run_cli, run_python
 from .helpers import wait_until
 
 KEY = "otlp-test-key"
@@ -84,8 +84,9 @@ def by_name(spans: Spans, name: str) -> ReadableSpan:
     return span
 
 
-def listed(server: TraceServer, project: str) -> list[dict]:
-    answer = server.get(f"/api/projects/{project}/traces", headers=AUTH)
+def listed(server: TraceServer, project: str, key: str = KEY) -> list[dict]:
+    answer = server.get(f"/api/projects/{project}/traces",
+                        headers={"Authorization": f"Bearer {key}"})
     assert answer.status_code == 200, answer.text
     return answer.json()["traces"]
 
@@ -416,6 +417,35 @@ def test_without_a_valid_key_it_is_401_and_nothing_is_written(server, headers):
     assert listed_or_none(server, "checkout") is None
 
 
+def test_a_key_limited_to_projects_writes_their_spans_and_has_the_others_rejected(
+        trace_server, tmp_path):
+    store = str(tmp_path / "traces.db")
+    done = run_cli("keys", "create", "--name", "checkout-team", "--project", "checkout",
+                   "--store", store)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    server = trace_server(store)  # no --api-key: the store's keys only
+    spans = Spans()
+    with spans.tracer.start_as_current_span("mine"), \
+            spans.tracer.start_as_current_span("theirs") as span:
+        span.set_attribute("braintrust.parent", "project_name:payments")
+    headers = {**PROTOBUF, "Authorization": f"Bearer {key}"}
+
+    answer = post(server, export_request(spans).SerializeToString(), headers)
+
+    assert answer.status_code == 200, answer.text
+    response = trace_service_pb2.ExportTraceServiceResponse.FromString(answer.content)
+    assert response.partial_success.rejected_spans == 1
+    assert "may not write to project 'payments'" in response.partial_success.error_message
+    assert [t["name"] for t in listed(server, "checkout", key)] == ["mine"]
+    only_theirs = Spans(service="payments")
+    with only_theirs.tracer.start_as_current_span("theirs"):
+        pass
+    answer = post(server, export_request(only_theirs).SerializeToString(), headers)
+    assert answer.status_code == 403
+    assert "payments" in status_message(answer)
+
+
 def test_a_browser_session_cookie_is_not_a_key_for_otlp(server):
     signed_in = httpx.post(f"{server.url}/login", data={"key": KEY, "next": "/"}, timeout=30)
     cookies = dict(signed_in.cookies) or dict(signed_in.history[0].cookies
@@ -459,6 +489,20 @@ def test_malformed_json_is_400_in_json(server):
 
     assert answer.status_code == 400
     assert answer.json()["code"] == 3 and "malformed JSON" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"[" * 200_000, "application/json"),
+    (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": 5}]}]}]}', "application/json"),
+    (b"\x0a\xff\xff\xff\xff\x0f", "application/x-protobuf"),
+], ids=["deep-json", "json-id-of-the-wrong-type", "protobuf-length-past-the-end"])
+def test_hostile_bodies_are_400_and_the_server_goes_on(server, body, content_type):
+    answer = post(server, body, {**AUTH, "Content-Type": content_type})
+    assert answer.status_code == 400
+
+    spans = Spans()
+    a_request_trace(spans)
+    assert spans.export(server) == SpanExportResult.SUCCESS
 
 
 def test_another_content_type_is_415(server):

@@ -43,8 +43,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tracer import event, w3c, wire
 
-from .rows import Container
-
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 ENCODINGS = (PROTOBUF, JSON)
@@ -219,9 +217,10 @@ def request_rows(request: trace_service_pb2.ExportTraceServiceRequest, *,
 
     The container of a span: its ``braintrust.parent`` attribute, else the request's
     ``parent`` (the ``x-bt-parent`` header) or ``project`` (``x-tracer-project``), else the
-    resource's ``tracer.project`` or ``braintrust.parent``, else its ``service.name``, else
-    ``default``. ``check`` is run on each row (the ingest path's checks), so that a row the
-    write would refuse rejects its span alone."""
+    resource's ``tracer.project`` (or OpenInference's ``openinference.project.name``) or
+    ``braintrust.parent``, else its ``service.name``, else ``default``. ``check`` is run on
+    each row (the ingest path's checks), so that a row the write would refuse rejects its span
+    alone."""
     mapped = Mapped()
     resolved: dict[str, str] = {}  # braintrust.parent values resolved in this request
 
@@ -295,10 +294,15 @@ def _origin(resource: dict) -> dict | None:
     return origin
 
 
+# Resource attributes naming the project: ours, and OpenInference's (what Phoenix reads).
+PROJECT_ATTRIBUTES = ("tracer.project", "openinference.project.name")
+
+
 def _resource_container(resource: dict, container_of: Callable[[str, str], str]) -> str:
-    project = resource.get("tracer.project")
-    if project is not None:
-        return wire.logs_container(project_name(project, "resource attribute tracer.project"))
+    for name in PROJECT_ATTRIBUTES:
+        project = resource.get(name)
+        if project is not None:
+            return wire.logs_container(project_name(project, f"resource attribute {name}"))
     value = resource.get("braintrust.parent")
     if value is not None:
         if not isinstance(value, str):
@@ -407,10 +411,11 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         otel["links"] = links
     if attrs:
         otel["attributes"] = bounded(attrs)
+    # Copies: rows merge in place (rows.merge), and a row must never share a dict with another.
     if context.resource:
-        otel["resource"] = context.resource
+        otel["resource"] = _copy(context.resource)
     if context.scope:
-        otel["scope"] = context.scope
+        otel["scope"] = dict(context.scope)
     lost = {name: count for name, count in (
         ("attributes", dropped + span.dropped_attributes_count),
         ("events", span.dropped_events_count + events_dropped),
@@ -420,16 +425,21 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         otel["dropped"] = lost
     metadata["otel"] = otel
     if context.origin is not None:
-        row["origin"] = context.origin
+        row["origin"] = dict(context.origin)
     row["span_attributes"] = span_attributes
     row["metrics"] = metrics
     row["metadata"] = metadata
     row.update(fields)
-    try:
-        Container(key)
-    except ValueError as exc:
-        raise SpanRejected(f"{where}: {exc}") from None
     return key, row
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a plain value's dicts and lists (the resource's attributes, for each row)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 def seconds(nanoseconds: int) -> float:

@@ -150,6 +150,16 @@ def test_events_and_links_are_kept_under_metadata_otel():
                               "row_span_id": span_id, "row_root_span_id": root_span_id}]
 
 
+def test_rows_of_one_resource_share_no_dict_that_a_merge_could_change():
+    [(_, first), (_, second)] = rows_of(request(make_span(), make_span(CHILD_SPAN),
+                                                resource={"host.name": "web-1",
+                                                          "labels": {"team": "a"}}))
+    first["metadata"]["otel"]["resource"]["labels"]["team"] = "changed"
+    first["origin"]["host"] = "changed"
+    assert second["metadata"]["otel"]["resource"]["labels"] == {"team": "a"}
+    assert second["origin"] == {"host": "web-1"}
+
+
 def test_the_resources_host_becomes_the_rows_origin():
     [(_, row)] = rows_of(request(make_span(), resource={"host.name": "web-1",
                                                         "process.pid": 4242}))
@@ -343,6 +353,11 @@ def test_a_resources_tracer_project_or_braintrust_parent_wins_over_its_service_n
         "braintrust.parent": "project_name:shop2"})) == wire.logs_container("shop2")
 
 
+def test_openinferences_project_attribute_names_the_project_as_phoenix_reads_it():
+    req = request(make_span(), resource={"openinference.project.name": "agents"})
+    assert container_of(req) == wire.logs_container("agents")
+
+
 def test_the_request_header_wins_over_the_resource():
     req = request(make_span(), resource={"tracer.project": "shop"})
     assert container_of(req, project="from-header") == wire.logs_container("from-header")
@@ -490,6 +505,43 @@ def test_otlp_json_takes_enums_as_numbers_and_ignores_unknown_fields():
 def test_a_body_that_is_no_request_is_a_request_error(body, encoding):
     with pytest.raises(otlp.RequestError):
         otlp.decode_request(body, encoding)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    size, out = len(payload), bytearray()
+    while True:
+        low, size = size & 0x7F, size >> 7
+        out.append(low | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([number << 3 | 2]) + bytes(out) + payload
+
+
+def deep_protobuf(levels: int) -> bytes:
+    """A request whose one attribute is an array nested ``levels`` deep (written by hand:
+    protobuf would not serialise it)."""
+    value = b""
+    for _ in range(levels):
+        value = _field(5, _field(1, value))  # AnyValue.array_value -> ArrayValue.values
+    span = (_field(1, TRACE_ID.to_bytes(16, "big")) + _field(2, ROOT_SPAN.to_bytes(8, "big"))
+            + b"\x39" + T0.to_bytes(8, "little")  # start_time_unix_nano (fixed64)
+            + _field(9, _field(1, b"deep") + _field(2, value)))  # Span.attributes
+    return _field(1, _field(2, _field(2, span)))  # resource_spans.scope_spans.spans
+
+
+def test_a_protobuf_nested_deeper_than_protobuf_reads_is_a_request_error():
+    with pytest.raises(otlp.RequestError, match="malformed OTLP protobuf"):
+        otlp.decode_request(deep_protobuf(5000), otlp.PROTOBUF)
+
+
+def test_a_protobuf_nested_as_deep_as_protobuf_reads_is_kept_to_the_bound():
+    request = otlp.decode_request(deep_protobuf(40), otlp.PROTOBUF)
+    [(_, row)] = otlp.request_rows(request).rows
+    level = row["metadata"]["otel"]["attributes"]["deep"]
+    for _ in range(otlp.MAX_DEPTH):
+        level = level[0]
+    assert level == f"<nested deeper than {otlp.MAX_DEPTH} levels>"
 
 
 def test_the_response_carries_partial_success_in_the_requests_encoding():

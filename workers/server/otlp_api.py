@@ -26,7 +26,7 @@ from starlette.responses import Response
 from tracer import wire
 
 from .. import otlp
-from ..rows import BadRecord, check_row
+from ..rows import BadRecord, Container, check_row
 from .api import error
 from .bodies import BodyError, content_encoding, decompress, media_type, read_body
 from .ingest import (
@@ -129,9 +129,10 @@ async def post_traces(request: Request) -> Response:
     except BodyError as exc:
         return status(exc.status, exc.message, encoding)
     forbidden: list[str] = []
+    containers: dict[str, Container] = {}
 
     def check(key: str, row: dict) -> None:
-        container = container_of(key)
+        container = container_of(key, containers)
         if principal.projects is not None and container.project_name not in principal.projects:
             forbidden.append(container.project_name)
             raise ValueError(f"this key may not write to project {container.project_name!r:.200}")
