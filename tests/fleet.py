@@ -246,6 +246,11 @@ class Fleet:
 
         return poll(complete, timeout, interval=0.5) or self.rows(root)
 
+    def throttled(self) -> int:
+        """How many batches the server refused with 429 since it started (its ingest
+        counters, ``/api/stats``)."""
+        return int(server_get(self, "/api/stats")["ingest"]["counters"].get("refused_full", 0))
+
     def close(self) -> None:
         for name, worker in self.workers.items():
             if worker.poll() is None:

@@ -151,6 +151,14 @@ class Network:
     def restore(self, host: Host) -> None:
         _ip("link", "set", host.switch_end, "up", netns=self.switch)
 
+    def block(self, host: Host, other: Host) -> None:
+        """Make ``other`` unreachable from ``host`` (a blackhole route: packets vanish, as on a
+        cut link), while ``host`` still reaches every other host."""
+        _ip("route", "add", "blackhole", f"{other.address}/32", netns=host.netns)
+
+    def unblock(self, host: Host, other: Host) -> None:
+        _ip("route", "del", "blackhole", f"{other.address}/32", netns=host.netns)
+
     def namespaces(self) -> list[str]:
         return [self.switch, *(host.netns for host in self.hosts.values())]
 

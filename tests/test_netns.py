@@ -41,6 +41,19 @@ def test_a_cut_cable_stops_traffic_until_restored() -> None:
         wait_until(lambda: _echoed(worker, server), timeout=30)
 
 
+def test_a_blocked_host_is_unreachable_from_one_host_only() -> None:
+    with netns.Network() as net:
+        server, worker, other = (net.add_host(n) for n in ("server", "worker-1", "worker-2"))
+        for host in (server, other):
+            host.popen([sys.executable, "-c", ECHO])
+        wait_until(lambda: _echoed(worker, server) and _echoed(worker, other), timeout=30)
+        net.block(worker, server)
+        assert not _echoed(worker, server)
+        assert _echoed(worker, other)
+        net.unblock(worker, server)
+        wait_until(lambda: _echoed(worker, server), timeout=30)
+
+
 def test_closing_the_network_removes_every_namespace_and_process() -> None:
     net = netns.Network()
     host = net.add_host("server")
