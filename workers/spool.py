@@ -59,7 +59,8 @@ DESTINATION = "destination"
 BACKOFF_BASE = 0.1  # seconds after the first failure to drain, doubling
 BACKOFF_MAX = 5.0
 ORPHAN_SCAN = 10.0  # seconds between looks for segments left by aggregators that are gone
-EXIT_DRAIN = 30.0  # seconds an exiting aggregator keeps draining, while the destination takes
+EXIT_DRAIN_MAX = 600.0  # seconds an exiting aggregator drains at most, however it goes
+EXIT_DRAIN = 30.0  # seconds an exiting aggregator drains without a batch getting through
 ERROR_PAUSE = 0.1
 IDLE_WAIT = 1.0  # seconds the drain thread sleeps with nothing to send (a write wakes it)
 LOG_EVERY = 10.0
@@ -323,6 +324,7 @@ class SpoolingWriter(StoreWriter):
         self._refused: Refused | None = None  # the destination refused us while draining
         self._closing = False
         self._failures = 0  # drain attempts failed in a row
+        self._asked_to_wait = False  # the last failed attempt was a busy server (Retry-After)
         self._next_scan = time.monotonic() + ORPHAN_SCAN
         self.stopping = threading.Event()  # cuts waits short at close
         self.thread = self._new_thread()
@@ -409,13 +411,15 @@ class SpoolingWriter(StoreWriter):
         self.inner.import_run(run)
 
     def close(self) -> None:
-        """Drain for at most ``EXIT_DRAIN`` seconds while the destination takes batches, send
-        the last run record, then stop; what is still spooled waits for the next aggregator."""
+        """Drain while the destination takes batches or asks to be waited for (429/503 with
+        ``Retry-After``: a busy server, not a gone one), until ``EXIT_DRAIN`` seconds pass
+        without a batch getting through (``EXIT_DRAIN_MAX`` in all); send the last run record,
+        then stop. What is still spooled then waits for the next aggregator."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         if self.thread.ident is not None:
-            self.thread.join(EXIT_DRAIN)
+            self.thread.join(EXIT_DRAIN_MAX)
             self.stopping.set()
             self.thread.join(5)
         if not self.thread.is_alive():
@@ -431,8 +435,12 @@ class SpoolingWriter(StoreWriter):
             try:
                 if self._closing and deadline == math.inf:
                     deadline = time.monotonic() + EXIT_DRAIN
+                self._asked_to_wait = False
                 progressed = self._turn()
-                if self._closing and (not progressed or time.monotonic() > deadline
+                if self._closing and progressed:
+                    deadline = time.monotonic() + EXIT_DRAIN  # it takes batches: go on
+                if self._closing and ((not progressed and not self._asked_to_wait)
+                                      or time.monotonic() > deadline
                                       or not self.spool.batches):
                     return
                 if not progressed:
@@ -479,11 +487,13 @@ class SpoolingWriter(StoreWriter):
             self.counters["spool_retries"] += 1
             log.log(f"spool: {len(rows)} rows wait for {self.location}: {exc}",
                     key="spool-retry", every=LOG_EVERY)
-            if self._closing:
-                return False
+            asked = self.inner.retry_after(exc)
+            if self._closing and asked is None:
+                return False  # gone, not busy: the next aggregator drains what is left
+            self._asked_to_wait = asked is not None
             delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(self._failures - 1, 16))
             delay = delay * random.uniform(0.5, 1.5)
-            self.stopping.wait(max(delay, self.inner.retry_after(exc) or 0.0))
+            self.stopping.wait(max(delay, asked or 0.0))
             return False
         self._failures = 0
         self.spool.remove(file)
