@@ -23,6 +23,7 @@ than raise, and reads a bounded amount of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from . import slug, w3c, wire
 from .api import current_logger
@@ -43,7 +44,7 @@ MAX_INCOMING_TRACESTATE = 8192
 DEFAULT_PROJECT = "default"
 
 
-def inject(headers: MutableMapping[str, str], span: Span | NoopSpan | None = None) -> None:
+def inject(headers: MutableMapping[str, Any], span: Span | NoopSpan | None = None) -> None:
     """Write the trace context of ``span`` (default: the current span) into ``headers``:
     ``traceparent``, and our entry in ``tracestate`` (other vendors' entries are kept, ours
     first, within tracestate's 32 entries and 512 characters). With no span (nothing traced),
@@ -71,7 +72,7 @@ def inject(headers: MutableMapping[str, str], span: Span | NoopSpan | None = Non
         _delete(headers, TRACESTATE)
 
 
-def extract(headers: Mapping[str, str]) -> str | None:
+def extract(headers: Mapping[str, Any]) -> str | None:
     """What ``start_span(parent=...)`` accepts for the trace context in ``headers`` (an export
     slug), or None when they hold none, or none that is valid. Never raises.
 
@@ -148,7 +149,7 @@ def _within_limits(members: list[str]) -> str:
     return ",".join(ours + rest)
 
 
-def _get(headers: Mapping[str, str], name: str) -> str | None:
+def _get(headers: Mapping[str, Any], name: str) -> Any:
     """A header's value by its lowercase name, whatever the case of the mapping's keys (a plain
     dict is case-sensitive; httpx's, requests' and Starlette's headers are not)."""
     value = headers.get(name)
@@ -161,12 +162,12 @@ def _get(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _set(headers: MutableMapping[str, str], name: str, value: str) -> None:
+def _set(headers: MutableMapping[str, Any], name: str, value: str) -> None:
     _delete(headers, name)
     headers[name] = value
 
 
-def _delete(headers: MutableMapping[str, str], name: str) -> None:
+def _delete(headers: MutableMapping[str, Any], name: str) -> None:
     if isinstance(headers, dict):
         for key in [k for k in headers if isinstance(k, str) and k.lower() == name]:
             del headers[key]
