@@ -210,7 +210,7 @@ def test_a_bad_tracestate_is_ignored_and_traceparent_still_read(tracestate: obje
                                                                  no_logger: None) -> None:
     parent = propagation.extract(
         {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-         "tracestate": tracestate})  # type: ignore[dict-item]
+         "tracestate": tracestate})
     assert parent is not None
     assert slug.decode(parent).container == wire.logs_container("default")
 
