@@ -78,9 +78,26 @@ class MappedSpan(NamedTuple):
     project: str | None
 
 
+# Names already worked out, by kind or status code (enum members, names, numbers): the enum's
+# ``name`` is a slow property, asked for every span.
+_kind_names: dict[object, str] = {}
+_status_names: dict[object, str] = {}
+
+
 def kind_name(kind: object) -> str:
     """``"server"`` for ``SpanKind.SERVER`` (OpenTelemetry's API: 1; OTLP's 2), ``"SERVER"`` or
     ``"SPAN_KIND_SERVER"``; ``"internal"`` for anything unknown."""
+    try:
+        return _kind_names[kind]
+    except (KeyError, TypeError):
+        pass
+    text = _kind_name(kind)
+    if len(_kind_names) < 64 and not isinstance(kind, (int, float)):  # 1 == True == 1.0
+        _kind_names[kind] = text
+    return text
+
+
+def _kind_name(kind: object) -> str:
     name = getattr(kind, "name", kind)
     if isinstance(name, int) and not isinstance(name, bool):
         name = _KINDS.get(name)
@@ -92,6 +109,17 @@ def kind_name(kind: object) -> str:
 
 def status_name(code: object) -> str:
     """``"UNSET"``, ``"OK"`` or ``"ERROR"`` for a ``StatusCode``, its name or number."""
+    try:
+        return _status_names[code]
+    except (KeyError, TypeError):
+        pass
+    text = _status_name(code)
+    if len(_status_names) < 64 and not isinstance(code, (int, float)):
+        _status_names[code] = text
+    return text
+
+
+def _status_name(code: object) -> str:
     name = getattr(code, "name", code)
     if isinstance(name, int) and not isinstance(name, bool):
         return _STATUS.get(name, str(name))
@@ -117,9 +145,10 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
     span_attributes: dict[str, Any] = {"name": name or None}
 
     # gen_ai.* first: braintrust.* then replaces what both set.
-    span_type = _genai(attrs, fields, metadata, metrics)
-    if span_type is not None:
-        span_attributes["type"] = span_type
+    if any(key.startswith(_GENAI_PREFIXES) for key in attrs):
+        span_type = _genai(attrs, fields, metadata, metrics)
+        if span_type is not None:
+            span_attributes["type"] = span_type
     problem = None
     parent_value = None
     if any(key.startswith(_BT) for key in attrs):
@@ -340,6 +369,7 @@ def _link(link: Link) -> dict:
 
 # -- the GenAI semantic conventions -------------------------------------------------------------
 
+_GENAI_PREFIXES = ("gen_ai.", "llm.usage.")  # what _genai reads
 _PROMPT, _COMPLETION = "gen_ai.prompt.", "gen_ai.completion."
 # Token counts: the current names, then the older ones, then OpenLLMetry's (``llm.usage.*``).
 _PROMPT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",

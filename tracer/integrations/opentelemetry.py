@@ -43,7 +43,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-from .. import api, otel_mapping, serialize, slug, w3c, wire
+from .. import api, otel_mapping, serialize, w3c, wire
 from ..context import current
 from ..recorder import FlushError, Recorder
 from ..span import RemoteSpan, Span
@@ -101,25 +101,63 @@ def _span_end(finished: _Finished, mapped: bool = True) -> tuple:
                 start, end, {"metadata": {"otel": {"error": "the span could not be mapped"}}},
                 None)
     status = span.status
-    scope = span.instrumentation_scope
+    attributes = span.attributes
+    events = span.events
+    links = span.links
     result = otel_mapping.map_span(
         name=span.name, kind=span.kind, trace_id=trace_id, span_id=span_id,
-        parent_span_id=parents, attributes=span.attributes or {},
+        parent_span_id=parents,
+        # A plain copy (BoundedAttributes.copy), much cheaper to walk than the mapping.
+        attributes=attributes.copy() if hasattr(attributes, "copy") else attributes or {},
         status_code=status.status_code, status_message=status.description or "",
         trace_state=context.trace_state.to_header() if context.trace_state else "",
         events=[otel_mapping.Event(e.name, otel_mapping.seconds(e.timestamp), e.attributes or {})
-                for e in span.events],
+                for e in events] if events else (),
         links=[otel_mapping.Link(link.context.trace_id, link.context.span_id,
-                                 link.attributes or {}) for link in span.links],
-        resource=span.resource.attributes if span.resource is not None else None,
-        scope={"name": scope.name, "version": scope.version or ""} if scope else None,
+                                 link.attributes or {}) for link in links] if links else (),
         dropped={"attributes": span.dropped_attributes, "events": span.dropped_events,
                  "links": span.dropped_links})
+    otel = result.fields["metadata"]["otel"]
+    _add_shared(otel, span.resource, span.instrumentation_scope)
     if result.project is not None:
         container = wire.logs_container(result.project)
     span_type = result.type or otel_mapping.default_type(span.kind, parents is not None)
     return (wire.SPAN_END, container, trace_int, span_int, parents, root, None, result.name,
             span_type, start, end, result.fields, None)
+
+
+# What every span of a resource (or instrumentation scope) shares, mapped once: the resource's
+# attributes packed once (a snapshot, unpacked in place by the aggregator), and the number of
+# them dropped; the scope's dict. Keyed by id, the object held so that its id stays its own.
+_resources: dict[int, tuple[Any, Any, int]] = {}
+_scopes: dict[int, tuple[Any, dict | None]] = {}
+_MAX_SHARED = 256
+
+
+def _add_shared(otel: dict, resource: Any, scope: Any) -> None:
+    """Put a span's resource and scope under its ``metadata.otel``, as ``map_span`` would."""
+    if resource is not None:
+        known = _resources.get(id(resource))
+        if known is None or known[0] is not resource:
+            plain, dropped = otel_mapping.plain_attributes(resource.attributes)
+            packed = serialize.snapshot(otel_mapping.bounded(plain)) if plain else None
+            if len(_resources) >= _MAX_SHARED:
+                _resources.clear()
+            known = _resources[id(resource)] = (resource, packed, dropped)
+        if known[1] is not None:
+            otel["resource"] = known[1]
+        if known[2]:
+            otel.setdefault("dropped", {})["resource_attributes"] = known[2]
+    if scope is not None:
+        shared = _scopes.get(id(scope))
+        if shared is None or shared[0] is not scope:
+            mapped = ({"name": scope.name, **({"version": scope.version} if scope.version
+                                              else {})} if scope.name else None)
+            if len(_scopes) >= _MAX_SHARED:
+                _scopes.clear()
+            shared = _scopes[id(scope)] = (scope, mapped)
+        if shared[1] is not None:
+            otel["scope"] = dict(shared[1])
 
 
 serialize.register_late_record(_Finished, _record)
@@ -186,13 +224,11 @@ class _StandIn(NonRecordingSpan):
 
 class _OTelParent(RemoteSpan):
     """What we see as the current span while an OpenTelemetry span is innermost: spans of ours
-    started inside are its children; what is logged to it is merged into its row."""
+    started inside are its children; what is logged to it is merged into its row. Made by
+    ``_parent_for`` (one per OpenTelemetry span made current: kept cheap)."""
 
     __slots__ = ("otel_span",)
-
-    def __init__(self, rec: Recorder, ref: slug.SpanRef, otel_span: Any) -> None:
-        super().__init__(rec, ref)
-        self.otel_span = otel_span
+    otel_span: Any
 
     def __repr__(self) -> str:
         return f"<OpenTelemetry span span_id={self.span_id}>"
@@ -211,9 +247,6 @@ def _stand_in(ours: Span) -> _StandIn:
 def _parent_for(otel_span: Any, cur: Any) -> _OTelParent | None:
     """Our stand-in for an OpenTelemetry span made current, in the container of the span
     current before it (else the current logger's); None when nothing is traced here."""
-    context = otel_span.get_span_context()
-    if not context.is_valid:
-        return None
     if cur is not None:
         container, rec = cur.container, cur._rec
     else:
@@ -221,10 +254,20 @@ def _parent_for(otel_span: Any, cur: Any) -> _OTelParent | None:
         if target is None:
             return None
         container, rec = target.container, target.recorder
-    trace_int, span_int, root = w3c.from_w3c(context.trace_id, context.span_id)
-    if not (trace_int and root):  # a 64-bit trace id: no id of ours to continue it under
+    context = otel_span.get_span_context()
+    trace_id, span_id = context.trace_id, context.span_id
+    trace_int, root = trace_id >> 64, trace_id & w3c.MASK
+    if not (trace_int and root and span_id):  # invalid, or a 64-bit trace id: none of ours
         return None
-    return _OTelParent(rec, slug.SpanRef(container, trace_int, span_int, root, None), otel_span)
+    # RemoteSpan's fields, set here rather than through its __init__ (and Span's).
+    parent = _OTelParent.__new__(_OTelParent)
+    parent._rec, parent.container, parent.trace_int, parent.span_int = (rec, container,
+                                                                        trace_int, span_id)
+    parent.parents, parent.root_int, parent.row_id, parent.name, parent.type = (None, root,
+                                                                              None, None, None)
+    parent.start, parent.end_time, parent._input, parent._token = 0.0, None, None, None
+    parent.otel_span = otel_span
+    return parent
 
 
 class _Token:
@@ -243,7 +286,8 @@ class BridgedRuntimeContext(otel_context._RuntimeContext):
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         # (our span, OpenTelemetry's context) -> the context OpenTelemetry is shown: made once.
-        self._shown: dict[tuple[int, int], tuple[Span, Context, Context]] = {}
+        self._shown: dict[tuple[int, int], tuple[Any, Any, Context]] = {}
+        self._last: tuple[Any, Any, Any] = (None, None, None)
 
     def attach(self, context: Context) -> Any:
         token = self._inner.attach(context)
@@ -261,18 +305,21 @@ class BridgedRuntimeContext(otel_context._RuntimeContext):
         cur = current.get()
         if cur is None or type(cur) is _OTelParent:
             return context  # OpenTelemetry's own span is innermost (or nothing of ours is)
+        last = self._last  # the answer to the last such question: most often this one
+        if last[0] is cur and last[1] is context:
+            return last[2]
         span = context.get(_SPAN_KEY)
         if type(span) is _StandIn and span.ours is cur:
             return context
         key = (id(cur), id(context))
         shown = self._shown.get(key)
-        if shown is not None and shown[0] is cur and shown[1] is context:
-            return shown[2]
-        made = Context({**context, _SPAN_KEY: _stand_in(cur)})
-        if len(self._shown) >= 1024:
-            self._shown.clear()
-        self._shown[key] = (cur, context, made)
-        return made
+        if shown is None or shown[0] is not cur or shown[1] is not context:
+            shown = (cur, context, Context({**context, _SPAN_KEY: _stand_in(cur)}))
+            if len(self._shown) >= 1024:
+                self._shown.clear()
+            self._shown[key] = shown
+        self._last = shown
+        return shown[2]
 
     def detach(self, token: Any) -> None:
         if type(token) is not _Token:
