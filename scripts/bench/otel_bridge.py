@@ -176,6 +176,7 @@ def flusher_cost(otel: object) -> dict:
     from the finished span (``tracer.otel_mapping``), then packed."""
     from opentelemetry.sdk.trace import TracerProvider
 
+    import tracer
     from tracer import wire
     from tracer.integrations.opentelemetry import TracerSpanProcessor, _Finished, _record
     from tracer.serialize import pack_records
@@ -193,10 +194,12 @@ def flusher_cost(otel: object) -> dict:
         with tracer_.start_as_current_span("work") as span:
             span.set_attribute("item", item)
     container = wire.logs_container(PROJECT)
+    logger = tracer.current_logger()
+    assert logger is not None
     builds, packs = [], []
     for _ in range(5):
         cpu = time.thread_time_ns()
-        records = [_record(_Finished(s, container)) for s in finished]
+        records = [_record(_Finished(s, container, logger.recorder)) for s in finished]
         built = time.thread_time_ns()
         pack_records(records)
         builds.append((built - cpu) / len(finished) / 1000)

@@ -62,15 +62,12 @@ class _Finished:
     """A finished OpenTelemetry span handed to the recorder as it is; its record is made on the
     flusher's thread (``_record``). An SDK span cannot change once ended."""
 
-    __slots__ = ("span", "container")
+    __slots__ = ("span", "container", "recorder")
 
-    def __init__(self, span: ReadableSpan, container: str) -> None:
+    def __init__(self, span: ReadableSpan, container: str, recorder: Recorder) -> None:
         self.span = span
         self.container = container
-
-
-# Records the flusher could not make (the span itself was malformed): counted, never raised.
-lost: Counter = Counter()
+        self.recorder = recorder
 
 
 def _record(finished: _Finished) -> tuple | bytes:
@@ -82,8 +79,10 @@ def _record(finished: _Finished) -> tuple | bytes:
     try:  # the mapping failed on something odd: the span's ids, name and times at least
         return _span_end(finished, mapped=False)
     except Exception:
-        lost["malformed_otel_span"] += 1
-        return b""  # no record at all
+        # No record at all. Counted where this sender's losses are (on the flusher's thread,
+        # the only one that writes them): the aggregator's counters, `tracer stats`.
+        finished.recorder.counters["lost_unreadable_otel_span"] += 1
+        return b""
 
 
 def _span_end(finished: _Finished, mapped: bool = True) -> tuple:
@@ -197,7 +196,7 @@ class TracerSpanProcessor(SpanProcessor):
         if home is None:
             self.counts["untraced"] += 1
             return
-        home[1].add(_Finished(span, home[0]))
+        home[1].add(_Finished(span, home[0], home[1]))
 
     def shutdown(self) -> None:
         self.force_flush()
