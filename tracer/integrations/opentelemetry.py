@@ -199,7 +199,8 @@ class TracerSpanProcessor(SpanProcessor):
         home[1].add(_Finished(span, home[0], home[1]))
 
     def shutdown(self) -> None:
-        self.force_flush()
+        """Nothing to do: tracer delivers what its recorders hold when the process exits (the
+        provider's own exit handler calls this too, in an order we do not choose)."""
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until every span recorded so far is committed (``tracer.flush``)."""
