@@ -7,6 +7,7 @@ trace. See README.md for the guide; the docstrings here are the API reference.
 __version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
 from . import config as _config
+from . import propagation as propagation
 from .api import (
     current_experiment,
     current_logger,

@@ -192,10 +192,11 @@ class Recorder:
 
     # -- the caller's side -------------------------------------------------------------------
 
-    def add(self, record: bytes | tuple) -> None:
+    def add(self, record: bytes | tuple | object) -> None:
         """Queue one record: packed, or a tuple of values that cannot change, which the flusher
-        packs (``serialize.pack_records``). This is the hot path: keep it to a few attribute
-        reads."""
+        packs (``serialize.pack_records``), or an object of a type registered with
+        ``serialize.register_late_record``, which the flusher makes into a record first. This
+        is the hot path: keep it to a few attribute reads."""
         buffer = self._buffer
         buffer.append(record)
         queued = len(buffer)

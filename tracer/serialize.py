@@ -143,13 +143,39 @@ def set_masker(masker: Callable[[list], list] | None) -> None:
     _masker = masker
 
 
+# Records made on the flusher's thread from what a caller handed the recorder as it was (an
+# OpenTelemetry span, finished: ``tracer.integrations.opentelemetry``): the type of such an
+# object -> the function that makes its record (a tuple or bytes). Registered by the module that
+# knows the type; empty, packing costs one check per frame and nothing per record.
+_late: dict[type, Callable[[Any], object]] = {}
+
+
+def register_late_record(cls: type, build: Callable[[Any], object]) -> None:
+    """Let a recorder take objects of type ``cls`` as records, made into records (tuples or
+    bytes) by ``build`` when they are packed, on the flusher's thread. ``build`` must not raise
+    (a failure would cost the whole frame)."""
+    _late[cls] = build
+
+
+def _build_late(records: list) -> list:
+    late = _late
+    built = []
+    for record in records:
+        build = late.get(type(record))
+        built.append(record if build is None else build(record))
+    return built
+
+
 def pack_records(records: list) -> bytes:
-    """One DATA body from records: packed ones (bytes) as they are, tuples packed here; with a
-    masking function set, each record's user fields masked first (``tracer.masking``).
+    """One DATA body from records: packed ones (bytes) as they are, tuples packed here, objects
+    of a type registered with ``register_late_record`` made into records first; with a masking
+    function set, each record's user fields masked first (``tracer.masking``).
 
     Runs of tuples are packed as one msgpack array whose header is then cut off, which leaves
     the records back to back at about half the cost of packing them one by one.
     """
+    if _late:
+        records = _build_late(records)
     if _masker is not None:
         records = _masker(records)
     try:
