@@ -11,6 +11,7 @@ tests import them from here: when one moves, this is the one place to change.
 from __future__ import annotations
 
 import gc
+import http.client
 import itertools
 import json
 import os
@@ -22,8 +23,9 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import httpx
 import psutil
 import pytest
 
@@ -35,7 +37,7 @@ from workers.store.sqlite import SQLiteWriter as SQLiteSink  # noqa: F401 (for t
 from workers.store.sqlite import lookup_attachments as lookup_attachments
 
 from . import postgres
-from .helpers import poll
+from .helpers import poll, wait_until
 from .postgres import PostgresServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,6 +295,59 @@ class Service:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class TraceServer(Service):
+    """``tracer serve --store STORE --port PORT [ARGS...]`` on a free loopback port, answering
+    once this returns (its viewer, its JSON API and its ingest API)."""
+
+    def __init__(self, store: str, log_path: str, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("tracer serve", [*CLI, "serve", "--store", store, "--port",
+                                          str(self.port), *args],
+                         log_path, clean_env(**(env or {})))
+        wait_until(self._answers, 30, lambda: f"tracer serve did not answer:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tracer serve exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            httpx.get(self.url + "/login", timeout=2)
+        except httpx.TransportError:
+            return False
+        return True
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kwargs)
+
+    def raw(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+        """GET ``path`` exactly as written (no normalisation of ``..`` or escapes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return response.status, headers, response.read()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def trace_server(tmp_path) -> Iterator[Callable[..., TraceServer]]:
+    """Starts ``tracer serve`` over a store with the arguments given (``serve(store, *args,
+    env=...)``); every server started is stopped after the test."""
+    started: list[TraceServer] = []
+
+    def serve(store: str, *args: str, env: dict[str, str] | None = None) -> TraceServer:
+        server = TraceServer(store, str(tmp_path / f"serve-{len(started)}.log"), *args, env=env)
+        started.append(server)
+        return server
+
+    yield serve
+    for server in started:
+        server.stop()
 
 
 class StandaloneAggregator(Service):

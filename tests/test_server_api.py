@@ -4,7 +4,6 @@ attachments, hostile input, the API key, the bind rule and the security headers.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -23,8 +22,8 @@ from workers.rows import Container
 from workers.server.app import ATTACHMENT_HEADERS, CSP
 from workers.store.sqlite import SQLiteWriter
 
-from .conftest import CLI, Service, clean_env, free_port, run_cli, run_function
-from .helpers import wait_until
+from .conftest import TraceServer as Server
+from .conftest import clean_env, free_port, run_cli, run_function
 from .server_programs import PNG, TRACES, write_api_store
 
 PROJECT = "api-test"
@@ -38,42 +37,6 @@ ATTACHMENT_CSP = dict(ATTACHMENT_HEADERS)[b"content-security-policy"].decode()
 
 def expected_csp(path: str) -> str:
     return ATTACHMENT_CSP if path.startswith("/api/attachments/") else CSP
-
-
-class Server(Service):
-    """``tracer serve --store STORE --port PORT [ARGS...]``, answering once this returns."""
-
-    def __init__(self, store: str, log_path: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__("tracer serve", [*CLI, "serve", "--store", store, "--port",
-                                          str(self.port), *args],
-                         log_path, clean_env(**(env or {})))
-        wait_until(self._answers, 30, lambda: f"tracer serve did not answer:\n{self.log()}")
-
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"tracer serve exited {self.proc.returncode}:\n{self.log()}")
-        try:
-            httpx.get(self.url + "/login", timeout=2)
-        except httpx.TransportError:
-            return False
-        return True
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30, **kwargs)
-
-    def raw(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
-        """GET ``path`` exactly as written (no normalisation of ``..`` or escapes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", path, headers=headers or {})
-            response = conn.getresponse()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return response.status, headers, response.read()
-        finally:
-            conn.close()
 
 
 @dataclass

@@ -260,6 +260,89 @@ _SPAN_FIELDS.update(metrics=_metrics_problem, scores=_scores_problem,
 _UPDATE_FIELDS = {**_SPAN_FIELDS, "span_attributes": _attributes_problem}
 
 
+# -- rows in the underlying format sent by another program (the trace server's ingest API) ---
+
+#: Characters of an id (``id``, ``span_id``, ``root_span_id``, a parent) a row may have.
+MAX_ID_CHARS = 1024
+
+
+def _id_problem(value: object) -> str | None:
+    if type(value) is not str:
+        return "must be a string"
+    if len(value) > MAX_ID_CHARS:
+        return f"at most {MAX_ID_CHARS} characters"
+    return None
+
+
+def _parents_problem(value: object) -> str | None:
+    if not isinstance(value, (tuple, list)):
+        return "must be a list of span ids"
+    for parent in value:
+        problem = _id_problem(parent)
+        if problem:
+            return f"each parent {problem}"
+    return None
+
+
+def _text_problem(value: object) -> str | None:
+    return None if type(value) is str else "must be a string"
+
+
+def _map_problem(value: object) -> str | None:
+    return None if type(value) is dict else "must be a map"
+
+
+def _row_attributes_problem(value: object) -> str | None:
+    # Rows may carry span attributes beyond the ones our API sets (an imported or converted
+    # row): string keys; the name and type the store reads must be strings.
+    if type(value) is not dict:
+        return "must be a map"
+    for key, attribute in value.items():
+        if type(key) is not str:
+            return "keys must be strings"
+        if key in ("name", "type") and attribute is not None and type(attribute) is not str:
+            return f"{key} must be a string"
+    return None
+
+
+#: The fields a row in the underlying format may have, each with its check (None: anything):
+#: what the aggregator makes of records (``record_to_row``, ``media``, the uploader's
+#: truncation), and ``origin`` (the host and process an uploading aggregator got it from).
+ROW_FIELDS: dict[str, Callable[[Any], str | None] | None] = {
+    **_SPAN_FIELDS,
+    "id": _id_problem, "span_id": _id_problem, "root_span_id": _id_problem,
+    "span_parents": _parents_problem, "span_attributes": _row_attributes_problem,
+    "created": _text_problem, "project_id": _text_problem, "log_id": _text_problem,
+    "experiment_id": _text_problem, "_images": _map_problem, "origin": _map_problem,
+}
+
+
+def check_row(row: object) -> dict:
+    """``row`` if it is a partial row in the underlying format the store can take: a map with a
+    non-empty string ``id``, only ``ROW_FIELDS``, each of the right type (``metrics`` numbers,
+    ``scores`` numbers in [0, 1], ``tags`` strings, ...), nested no deeper than the store packs
+    (``check_depth``). Raises BadRecord naming the field."""
+    if type(row) is not dict:
+        raise BadRecord("shape", f"a row must be a map, not {type(row).__name__}")
+    row_id = row.get("id")
+    if type(row_id) is not str or not row_id:
+        raise BadRecord("row_id", "id: must be a non-empty string")
+    for name, value in row.items():
+        if type(name) is not str:
+            raise BadRecord("fields", f"field names must be strings, not {name!r:.40}")
+        check = ROW_FIELDS.get(name, _not_a_row_field)
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise BadRecord("fields", f"{name!r:.60}: {problem}")
+    check_depth(row)
+    return row
+
+
+def _not_a_row_field(_value: object) -> str:
+    return "not a field of a row"
+
+
 # msgpack packs (and unpacks) at most 1,024 levels of nesting: a row deeper than that fails the
 # store's write, and with it its whole batch. Each level takes at least a byte on the wire, and
 # a row nests no deeper than its record, so only records of this size or more need the check.

@@ -28,12 +28,27 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve anywhere
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """A size in bytes: ``1048576``, ``512K``, ``32M``, ``1G``."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in ("K", "M", "G") else ""
+    number = value[:len(value) - len(unit)]
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size in bytes (1048576, 512K, 32M, 1G)")
+    return int(number) * _UNITS[unit]
+
+
 def add_arguments(commands: argparse._SubParsersAction) -> None:
     """``tracer serve`` and ``tracer migrate``'s arguments."""
     serve = commands.add_parser(
         "serve", help="serve the trace viewer and its JSON API over a store",
-        description="Serve the trace viewer (the pages permalinks open) and a read-only JSON "
-                    "API over the store, at http://HOST:PORT/. It binds 127.0.0.1 by default; "
+        description="Serve the trace viewer (the pages permalinks open), its read-only JSON "
+                    "API over the store, and the ingest API (/api/v1/: aggregators on other "
+                    "hosts upload rows, with an API key: Authorization: Bearer KEY), at "
+                    "http://HOST:PORT/. It binds 127.0.0.1 by default; "
                     "another address needs an API key (--api-key or TRACER_API_KEY), which "
                     "every page and API call must then present (Authorization: Bearer KEY, or "
                     "the browser's sign-in form). Needs the server extra: pip install "
@@ -46,6 +61,14 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:
                        help="port to bind (default: %(default)s)")
     serve.add_argument("--api-key", metavar="KEY",
                        help="require this key on every request (default: TRACER_API_KEY)")
+    serve.add_argument("--max-body", type=_size, default=32 * 1024 * 1024, metavar="BYTES",
+                       help="the ingest API's limit on a request body as sent (413 above it; "
+                            "a body may decompress to 4 times this, no more); a number of "
+                            "bytes, or with K, M, G (default: 32M)")
+    serve.add_argument("--ingest-queue", type=int, default=100_000, metavar="ROWS",
+                       help="rows the ingest API's write queue holds, waiting and being "
+                            "written; a batch that does not fit is answered 429 with "
+                            "Retry-After (default: %(default)s)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback address without an API key (anyone who can "
                             "reach it reads every trace)")
@@ -71,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = args.api_key or os.environ.get("TRACER_API_KEY") or None
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: not a port")
+    if args.ingest_queue < 1:
+        raise ValueError(f"--ingest-queue {args.ingest_queue}: at least 1 row")
     if not is_loopback(args.host) and key is None:
         if not args.insecure:
             raise ValueError(
@@ -97,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError(f"the server's dependencies are missing ({exc.name}): "
                          "pip install 'tracer[server]'") from None
-    app = make_app(args.store, key)
+    app = make_app(args.store, key, max_body=args.max_body, ingest_queue=args.ingest_queue)
     host = f"[{args.host}]" if ":" in args.host else args.host
     shown = tracer_config.without_password(args.store)
     print(f"tracer serve: {shown} at http://{host}:{args.port}/ (Ctrl-C stops it)",

@@ -18,6 +18,10 @@ Security (docs/server.md):
 - Every response carries ``CSP`` and ``X-Content-Type-Options: nosniff`` (and does not let
   itself be framed, or send a referrer); API answers are not cached.
 - Any failure is answered ``{"error": "internal error"}`` with 500: no traceback leaves.
+- The ingest API (``/api/v1/``: ``ingest_api``, writing through ``ingest``) takes only
+  ``Authorization: Bearer <key>``, checked by its routes (``ingest_auth``): never the session
+  cookie, so a web page cannot post rows with a signed-in user's cookie; and no loopback
+  ``Host`` is asked of it (the key is what a rebinding page cannot have).
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from starlette.staticfiles import StaticFiles
 from tracer import config
 
 from ..store import StoreReader, open_store
-from . import api
+from . import api, ingest_api
+from .ingest import DEFAULT_QUEUE_ROWS, Ingest
+from .ingest_auth import KeyRing
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -69,6 +75,7 @@ COOKIE = "tracer_session"
 PUBLIC_PATHS = frozenset(("/login", "/static/login.css"))
 WRONG_KEY = '<p class="error" role="alert">That is not the key.</p>'
 LOOPBACK_HOSTS = frozenset(("127.0.0.1", "localhost", "[::1]", "::1"))
+INGEST_PREFIX = "/api/v1/"  # the ingest API: Bearer keys only, checked by its routes
 MAX_LOGIN_BODY = 4096
 
 Scope = MutableMapping[str, Any]
@@ -174,6 +181,8 @@ class Guard:
 
     def _refusal(self, request: Request) -> Response | None:
         path = request.url.path
+        if path.startswith(INGEST_PREFIX):
+            return None  # Bearer keys only: ingest_api checks them, and never the cookie
         if self.check_host:
             host = (request.headers.get("host") or "").lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -224,13 +233,18 @@ def _local_target(value: str | None) -> str:
     return value
 
 
-def make_app(store: str, api_key: str | None = None, *, check_host: bool | None = None
-             ) -> Guard:
-    """The trace server over the store at ``store`` (a path), read-only: an ASGI application
-    (the Starlette app, ``.app``, inside the ``Guard``, so that even an answer to a failure
-    carries the headers). With ``api_key``, every route needs it. ``check_host`` (default:
-    without a key) refuses requests that do not name a loopback host."""
+def make_app(store: str, api_key: str | None = None, *, check_host: bool | None = None,
+             max_body: int = ingest_api.DEFAULT_MAX_BODY,
+             ingest_queue: int = DEFAULT_QUEUE_ROWS) -> Guard:
+    """The trace server over the store at ``store`` (a path or a PostgreSQL URL): an ASGI
+    application (the Starlette app, ``.app``, inside the ``Guard``, so that even an answer to a
+    failure carries the headers). With ``api_key``, every route needs it. ``check_host``
+    (default: without a key) refuses requests that do not name a loopback host. The viewer's
+    routes only read; the ingest API (``/api/v1/``) writes through one writer thread
+    (``ingest.Ingest``, its queue bounded to ``ingest_queue`` rows, bodies to ``max_body``
+    bytes), which opens the store only once something is written."""
     stores = Stores(store)
+    ingest = Ingest(store, ingest_queue)
     token = session_token(api_key) if api_key else None
     digest = key_digest(api_key) if api_key else None
 
@@ -279,6 +293,7 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         Route("/api/compare", api.compare),
         Route("/api/attachments/{key}", api.attachment),
         Route("/api/stats", api.stats),
+        Route("/api/v1/rows", ingest_api.post_rows, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
@@ -300,11 +315,15 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        ingest.close()
         stores.close()
 
     app = Starlette(routes=routes,
                     exception_handlers={HTTPException: http_error, Exception: internal_error},
                     lifespan=lifespan)
     app.state.stores = stores
+    app.state.ingest = ingest
+    app.state.keys = KeyRing(api_key)
+    app.state.limits = ingest_api.Limits(max_body)
     app.router.redirect_slashes = False  # one URL per resource; anything else is not found
     return Guard(app, api_key, (api_key is None) if check_host is None else check_host)

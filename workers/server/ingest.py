@@ -1,0 +1,373 @@
+"""The trace server's write path: batches of rows from uploading aggregators (and the other
+ingest routes: OpenTelemetry, the reference's HTTP API) merged into the server's store.
+
+One ``Ingest`` per server. It owns one ``StoreWriter`` (``open_store`` of the server's store:
+a SQLite path, made if missing, or a PostgreSQL URL), used by one thread only, the *writer
+thread*, which applies what was submitted in order, one job at a time: a batch of rows is one
+``StoreWriter.write`` (one transaction: all of it or none), and its submitter is answered
+once it is committed. Between the endpoints and that thread is a queue bounded in rows
+(``max_rows``: the batches waiting plus the one being written): a batch that would overflow
+it is refused at once (``IngestFull``) rather than waited for, so a slow store turns into
+``429 Retry-After`` for the uploaders, which back off, never into unbounded memory here.
+
+The Python API (every method blocks its caller until the writer thread is done with its job,
+at most ``timeout`` seconds; an async endpoint runs it in a worker thread, never on the event
+loop: ``await run_in_threadpool(ingest.submit, entries)``):
+
+- ``submit(entries, timeout, projects)``: ``(container, row)`` pairs (a ``rows.Container`` or a
+  container key as on the wire) checked (``check_batch``) then written whole; returns how many
+  rows were committed. Raises ``BadBatch`` (a row that is not one, with its index: nothing is
+  written), ``NotAllowed`` (a row of a project the key may not write), ``IngestFull`` (the
+  queue is full: try again after ``retry_after`` seconds), ``IngestUnavailable`` (the store
+  failed, or the write took longer than ``timeout``, or the server is stopping: try again after
+  ``retry_after``).
+- ``record_run(run_id, info, counters, ended)``, ``record_attachment(key, ...)``: the
+  ``StoreWriter`` calls of the same names, through the same thread (same exceptions).
+
+Every batch refused is counted by reason (``counters``: ``refused_full``,
+``refused_unavailable``, ``refused_bad``, ``refused_timeout``, ...) alongside
+``rows_committed`` and ``batches_committed``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from tracer import threads
+
+from ..rows import BadRecord, Container, Key, check_row
+from ..store import STORE_ERRORS, StoreError, StoreWriter, open_store
+
+#: Rows the queue holds (waiting, and being written) by default: ``tracer serve --ingest-queue``.
+DEFAULT_QUEUE_ROWS = 100_000
+#: How long a submitter waits for its batch to be committed by default (seconds). Below the
+#: uploaders' read timeout (30 s), so that they hear why rather than time out.
+DEFAULT_WAIT = 25.0
+#: ``Retry-After`` seconds for a full queue, and for a store that failed.
+RETRY_FULL = 1
+RETRY_UNAVAILABLE = 2
+#: Characters of a container key.
+MAX_CONTAINER_KEY = 4096
+
+
+class IngestError(Exception):
+    """What keeps a job of the write path from being done; ``status`` is its HTTP status."""
+
+    status = 500
+
+
+class BadBatch(IngestError):
+    """A row that cannot be stored (``index``: its place in the batch; None when the store
+    refused the batch as a whole for what it holds). Nothing of the batch was written."""
+
+    status = 400
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+
+class NotAllowed(IngestError):
+    """A row of a project the key may not write (``index``: the first such row). Nothing of
+    the batch was written."""
+
+    status = 403
+
+    def __init__(self, project: str, index: int) -> None:
+        super().__init__(f"row {index}: this key may not write to project {project!r:.200}")
+        self.project = project
+        self.index = index
+
+
+class IngestFull(IngestError):
+    """The write queue has no room for the batch: nothing was written; try again after
+    ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, retry_after: int, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IngestUnavailable(IngestError):
+    """The store failed (locked, unreachable, full), the write took too long, or the server is
+    stopping; try again after ``retry_after`` seconds. Nothing was written, except after a
+    timeout while the batch was being written (``maybe_applied``): it may have been committed
+    since, and writing it again changes nothing."""
+
+    status = 503
+
+    def __init__(self, retry_after: int, message: str, maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.maybe_applied = maybe_applied
+
+
+class Update:
+    """One row of a batch for ``StoreWriter.write`` (a ``RowUpdate``)."""
+
+    __slots__ = ("container", "key", "row")
+
+    def __init__(self, container: Container, row: dict) -> None:
+        self.container = container
+        self.key: Key = (container.id, row["id"])
+        self.row = row
+
+
+def container_of(key: object, cache: dict[str, Container] | None = None) -> Container:
+    """The container a key names (as ``rows.Container`` parses it); ValueError saying why
+    not."""
+    if isinstance(key, Container):
+        return key
+    if type(key) is not str:
+        raise ValueError("container: must be a container key (a string)")
+    if cache is not None and key in cache:
+        return cache[key]
+    if len(key) > MAX_CONTAINER_KEY:
+        raise ValueError(f"container: at most {MAX_CONTAINER_KEY} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("container: not valid text") from None
+    try:
+        container = Container(key)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"container: {exc}") from None
+    if cache is not None:
+        cache[key] = container
+    return container
+
+
+def check_batch(entries: Iterable[tuple[Container | str, object]],
+                projects: Collection[str] | None = None) -> list[Update]:
+    """The batch as the store writes it: each ``(container, row)`` checked (the container key
+    parses, the row is one: ``rows.check_row``), the row's container columns
+    (``project_id``, ``log_id`` / ``experiment_id``) set from its container, as the aggregator
+    sets them. ``projects``: the project names the rows may belong to (None: any). Raises
+    ``BadBatch`` or ``NotAllowed`` for the first row that fails."""
+    cache: dict[str, Container] = {}
+    batch = []
+    for index, (key, row) in enumerate(entries):
+        try:
+            container = container_of(key, cache)
+            check_row(row)
+        except (BadRecord, ValueError) as exc:
+            raise BadBatch(f"row {index}: {exc}", index) from None
+        assert isinstance(row, dict)
+        if projects is not None and container.project_name not in projects:
+            raise NotAllowed(container.project_name, index)
+        row.update(container.columns)
+        batch.append(Update(container, row))
+    return batch
+
+
+Work = Callable[[StoreWriter], Any]
+
+
+class _Job:
+    """One call for the writer thread, and its outcome."""
+
+    __slots__ = ("rows", "work", "what", "state", "done", "result", "error")
+
+    def __init__(self, rows: int, work: Work, what: str) -> None:
+        self.rows = rows  # its weight in the queue's bound
+        self.work = work
+        self.what = what  # for messages: "a batch of 12 rows"
+        self.state = "queued"  # then "running", "done"; or "cancelled" while queued
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: IngestError | None = None
+
+
+class Ingest:
+    """The server's write path over the store at ``store`` (see the module)."""
+
+    def __init__(self, store: str, max_rows: int = DEFAULT_QUEUE_ROWS, *,
+                 opener: Callable[[str], StoreWriter] = open_store) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows}: at least 1")
+        self.store = store
+        self.max_rows = max_rows
+        self.counters: Counter = Counter()
+        self._opener = opener
+        self._cond = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._held = 0  # rows of the jobs queued and running
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._writer: StoreWriter | None = None  # the writer thread's only
+        self._last_log: dict[str, float] = {}
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def submit(self, entries: Iterable[tuple[Container | str, object]],
+               timeout: float = DEFAULT_WAIT,
+               projects: Collection[str] | None = None) -> int:
+        """Check the ``(container, row)`` pairs and write them whole; how many rows were
+        committed (see the module for what it raises)."""
+        try:
+            batch = check_batch(entries, projects)
+        except BadBatch:
+            self.counters["refused_bad"] += 1
+            raise
+        except NotAllowed:
+            self.counters["refused_forbidden"] += 1
+            raise
+        if not batch:
+            return 0
+        self._call(len(batch), lambda writer: writer.write(batch),
+                   f"a batch of {len(batch)} rows", timeout)
+        self.counters["batches_committed"] += 1
+        self.counters["rows_committed"] += len(batch)
+        return len(batch)
+
+    def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False,
+                   timeout: float = DEFAULT_WAIT) -> None:
+        """``StoreWriter.record_run`` on the writer thread."""
+        self._call(1, lambda writer: writer.record_run(run_id, info, counters, ended),
+                   f"run {run_id!r:.80}", timeout)
+
+    def record_attachment(self, key: str, *, sha256: str | None, size: int | None,
+                          filename: str | None, content_type: str | None, error: str | None,
+                          source: str, logged: float | None,
+                          timeout: float = DEFAULT_WAIT) -> None:
+        """``StoreWriter.record_attachment`` on the writer thread."""
+        self._call(1, lambda writer: writer.record_attachment(
+            key, sha256=sha256, size=size, filename=filename, content_type=content_type,
+            error=error, source=source, logged=logged), f"attachment {key!r:.80}", timeout)
+
+    def held(self) -> int:
+        """Rows queued and being written now."""
+        with self._cond:
+            return self._held
+
+    def close(self, timeout: float = 30) -> None:
+        """Stop: the job being written is finished (``timeout`` seconds at most), the queued
+        ones are answered ``IngestUnavailable``, the store is let go of."""
+        with self._cond:
+            self._closed = True
+            while self._jobs:
+                job = self._jobs.popleft()
+                self._held -= job.rows
+                self._finish(job, error=IngestUnavailable(
+                    RETRY_UNAVAILABLE, "the trace server is stopping"))
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:  # closing at exit: nothing left to tell
+                    pass
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def _call(self, rows: int, work: Work, what: str, timeout: float) -> Any:
+        job = _Job(rows, work, what)
+        with self._cond:
+            if self._closed:
+                self.counters["refused_stopping"] += 1
+                raise IngestUnavailable(RETRY_UNAVAILABLE, "the trace server is stopping")
+            # A batch larger than the whole queue is taken when the queue is empty: refusing it
+            # would refuse it forever.
+            if self._held and self._held + rows > self.max_rows:
+                self.counters["refused_full"] += 1
+                raise IngestFull(RETRY_FULL, f"the server's write queue is full ({self._held} "
+                                             f"rows waiting; --ingest-queue {self.max_rows})")
+            self._jobs.append(job)
+            self._held += rows
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tracer-ingest-writer",
+                                                daemon=True)
+                threads.start(self._thread)
+            self._cond.notify_all()
+        if not job.done.wait(timeout):
+            with self._cond:
+                if job.state == "queued":  # never started: taken back, nothing written
+                    job.state = "cancelled"
+                    self._jobs.remove(job)
+                    self._held -= job.rows
+                    self._cond.notify_all()
+            if job.state == "cancelled":
+                self.counters["refused_timeout"] += 1
+                raise IngestUnavailable(RETRY_UNAVAILABLE, f"{what} waited {timeout:g}s for "
+                                        "the store and was not written")
+            if not job.done.is_set():
+                self.counters["refused_timeout"] += 1
+                raise IngestUnavailable(
+                    RETRY_UNAVAILABLE, f"{what} was still being written after {timeout:g}s: it "
+                    "may be committed; writing it again changes nothing", maybe_applied=True)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:
+                    return  # closed
+                job = self._jobs.popleft()
+                job.state = "running"
+            result: Any = None
+            error: IngestError | None = None
+            try:
+                result = job.work(self._open())
+            except Exception as exc:  # answered to its submitter, whatever it is
+                error = self._failure(job, exc)
+            with self._cond:
+                self._held -= job.rows
+                self._finish(job, result, error)
+                self._cond.notify_all()
+
+    def _open(self) -> StoreWriter:
+        if self._writer is None:
+            self._writer = self._opener(self.store)
+        return self._writer
+
+    def _failure(self, job: _Job, exc: Exception) -> IngestError:
+        """What to answer for a job that raised ``exc``: the store failing as a whole is
+        ``IngestUnavailable``; anything else is in what was written (``BadBatch``)."""
+        writer = self._writer
+        failed = (writer is None or isinstance(exc, OSError)
+                  or (isinstance(exc, StoreError) and exc.failed)
+                  or writer.store_failed(exc))
+        if failed:
+            self.counters["refused_unavailable"] += 1
+            self._log("store", f"the store failed writing {job.what}: "
+                               f"{type(exc).__name__}: {exc}")
+            return IngestUnavailable(RETRY_UNAVAILABLE, f"the store failed: "
+                                     f"{type(exc).__name__}: {exc}")
+        self.counters["refused_by_store"] += 1
+        self._log("refused", f"the store refused {job.what}: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, STORE_ERRORS + (ValueError, TypeError, OverflowError)):
+            self.counters["ingest_internal_errors"] += 1
+        return BadBatch(f"the store refused {job.what}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _finish(job: _Job, result: Any = None, error: IngestError | None = None) -> None:
+        job.result, job.error, job.state = result, error, "done"
+        job.done.set()
+
+    def _log(self, key: str, message: str, every: float = 10.0) -> None:
+        """One line on stderr, at most once per ``every`` seconds for a ``key``."""
+        now = time.monotonic()
+        if now - self._last_log.get(key, -every) < every:
+            self.counters["log_lines_suppressed"] += 1
+            return
+        self._last_log[key] = now
+        try:
+            print(f"tracer serve: {message}", file=sys.stderr, flush=True)
+        except Exception:  # a log must never stop the writer
+            pass
