@@ -18,6 +18,9 @@ Security (docs/server.md):
 - Every response carries ``CSP`` and ``X-Content-Type-Options: nosniff`` (and does not let
   itself be framed, or send a referrer); API answers are not cached.
 - Any failure is answered ``{"error": "internal error"}`` with 500: no traceback leaves.
+- The reference SDK's API (``braintrust_api``: ``/logs3``, ``/v1/...``, the paths its
+  ``handles`` names) is left to its routes as the ingest API is: Bearer keys, or for the
+  uploads to its signed URLs, their tokens.
 - The ingest API (``/api/v1/``: ``ingest_api``, writing through ``ingest``) takes only
   ``Authorization: Bearer <key>``, checked by its routes (``ingest_auth``): never the session
   cookie, so a web page cannot post rows with a signed-in user's cookie; and no loopback
@@ -46,7 +49,7 @@ from starlette.staticfiles import StaticFiles
 from tracer import config
 
 from ..store import StoreReader, open_store
-from . import api, ingest_api
+from . import api, braintrust_api, ingest_api
 from .ingest import DEFAULT_QUEUE_ROWS, Ingest
 from .ingest_auth import KeyRing
 
@@ -181,8 +184,8 @@ class Guard:
 
     def _refusal(self, request: Request) -> Response | None:
         path = request.url.path
-        if path.startswith(INGEST_PREFIX):
-            return None  # Bearer keys only: ingest_api checks them, and never the cookie
+        if path.startswith(INGEST_PREFIX) or braintrust_api.handles(path):
+            return None  # Bearer keys only: their routes check them, and never the cookie
         if self.check_host:
             host = (request.headers.get("host") or "").lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -294,6 +297,7 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         Route("/api/attachments/{key}", api.attachment),
         Route("/api/stats", api.stats),
         Route("/api/v1/rows", ingest_api.post_rows, methods=["POST"]),
+        *braintrust_api.routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
@@ -325,5 +329,6 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     app.state.ingest = ingest
     app.state.keys = KeyRing(api_key)
     app.state.limits = ingest_api.Limits(max_body)
+    app.state.braintrust = braintrust_api.BraintrustAPI(store, ingest, app.state.limits)
     app.router.redirect_slashes = False  # one URL per resource; anything else is not found
     return Guard(app, api_key, (api_key is None) if check_host is None else check_host)

@@ -31,6 +31,7 @@ Every batch refused is counted by reason (``counters``: ``refused_full``,
 
 from __future__ import annotations
 
+import datetime
 import sys
 import threading
 import time
@@ -111,14 +112,20 @@ class IngestUnavailable(IngestError):
 
 
 class Update:
-    """One row of a batch for ``StoreWriter.write`` (a ``RowUpdate``)."""
+    """One row of a batch for ``StoreWriter.write`` (a ``RowUpdate``); ``replace``: it
+    replaces the stored row whole rather than merging into it."""
 
-    __slots__ = ("container", "key", "row")
+    __slots__ = ("container", "key", "replace", "row")
 
-    def __init__(self, container: Container, row: dict) -> None:
+    def __init__(self, container: Container, row: dict, replace: bool = False) -> None:
         self.container = container
         self.key: Key = (container.id, row["id"])
         self.row = row
+        self.replace = replace
+
+
+#: What ``submit`` takes: ``(container, row)``, or ``(container, row, replace)``.
+Entry = tuple[Container | str, object] | tuple[Container | str, object, bool]
 
 
 def container_of(key: object, cache: dict[str, Container] | None = None) -> Container:
@@ -145,16 +152,19 @@ def container_of(key: object, cache: dict[str, Container] | None = None) -> Cont
     return container
 
 
-def check_batch(entries: Iterable[tuple[Container | str, object]],
-                projects: Collection[str] | None = None) -> list[Update]:
-    """The batch as the store writes it: each ``(container, row)`` checked (the container key
-    parses, the row is one: ``rows.check_row``), the row's container columns
+def check_batch(entries: Iterable[Entry], projects: Collection[str] | None = None
+                ) -> list[Update]:
+    """The batch as the store writes it: each ``(container, row)`` (or ``(container, row,
+    replace)``: the row replaces the stored one whole, ``StoreWriter.write``) checked (the
+    container key parses, the row is one: ``rows.check_row``), the row's container columns
     (``project_id``, ``log_id`` / ``experiment_id``) set from its container, as the aggregator
     sets them. ``projects``: the project names the rows may belong to (None: any). Raises
     ``BadBatch`` or ``NotAllowed`` for the first row that fails."""
     cache: dict[str, Container] = {}
     batch = []
-    for index, (key, row) in enumerate(entries):
+    for index, entry in enumerate(entries):
+        key, row = entry[0], entry[1]
+        replace = len(entry) > 2 and bool(entry[2])
         try:
             container = container_of(key, cache)
             check_row(row)
@@ -164,7 +174,7 @@ def check_batch(entries: Iterable[tuple[Container | str, object]],
         if projects is not None and container.project_name not in projects:
             raise NotAllowed(container.project_name, index)
         row.update(container.columns)
-        batch.append(Update(container, row))
+        batch.append(Update(container, row, replace))
     return batch
 
 
@@ -207,7 +217,7 @@ class Ingest:
 
     # -- the API ---------------------------------------------------------------------------
 
-    def submit(self, entries: Iterable[tuple[Container | str, object]],
+    def submit(self, entries: Iterable[Entry],
                timeout: float = DEFAULT_WAIT,
                projects: Collection[str] | None = None) -> int:
         """Check the ``(container, row)`` pairs and write them whole; how many rows were
@@ -242,6 +252,19 @@ class Ingest:
         self._call(1, lambda writer: writer.record_attachment(
             key, sha256=sha256, size=size, filename=filename, content_type=content_type,
             error=error, source=source, logged=logged), f"attachment {key!r:.80}", timeout)
+
+    def record_containers(self, containers: Collection[Container],
+                          timeout: float = DEFAULT_WAIT) -> None:
+        """Record containers that may have no row yet (``StoreWriter.import_containers``:
+        one recorded already stays as it is), on the writer thread: the reference SDK's
+        project and experiment registrations (``braintrust_api``)."""
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        records = [{"id": c.id, "kind": "project_logs" if c.experiment_id is None
+                    else "experiment", "project_id": c.project_id,
+                    "project_name": c.project_name, "experiment_id": c.experiment_id,
+                    "experiment_name": c.experiment_name, "created": now} for c in containers]
+        self._call(len(records), lambda writer: writer.import_containers(records),
+                   f"{len(records)} containers", timeout)
 
     def held(self) -> int:
         """Rows queued and being written now."""
@@ -359,6 +382,11 @@ class Ingest:
     def _finish(job: _Job, result: Any = None, error: IngestError | None = None) -> None:
         job.result, job.error, job.state = result, error, "done"
         job.done.set()
+
+    def log(self, key: str, message: str, every: float = 10.0) -> None:
+        """One line on the server's stderr, at most once per ``every`` seconds for a ``key``
+        (the other routes of the write path tell of what they refuse or leave out here)."""
+        self._log(key, message, every)
 
     def _log(self, key: str, message: str, every: float = 10.0) -> None:
         """One line on stderr, at most once per ``every`` seconds for a ``key``."""
