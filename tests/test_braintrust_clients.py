@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -284,3 +286,38 @@ def test_the_sdks_rows_through_tracer_serve_differ_from_tracers_only_as_the_refe
                   if (s, p) not in KNOWN_DIFFERENCES]
     assert not unexpected, "\n".join(unexpected)
     assert set(found) == set(KNOWN_DIFFERENCES)
+
+
+# -- the TypeScript SDK --------------------------------------------------------------------------
+
+TS_SDK_DIR = os.environ.get("TRACER_TS_SDK_DIR")  # where `npm install braintrust` was run
+
+
+@pytest.mark.skipif(not TS_SDK_DIR or shutil.which("node") is None,
+                    reason="needs node and TRACER_TS_SDK_DIR (a directory where `npm install "
+                           "braintrust` was run): the README says how this was last run")
+def test_the_typescript_sdk_logs_spans_errors_attachments_and_an_experiment(server, tmp_path):
+    assert TS_SDK_DIR is not None
+    project = "bt-typescript"
+    program = os.path.join(str(tmp_path), "log_to_tracer.mjs")  # resolves braintrust there
+    shutil.copy(os.path.join(os.path.dirname(__file__), "typescript", "log_to_tracer.mjs"),
+                program)
+    os.symlink(os.path.join(TS_SDK_DIR, "node_modules"), os.path.join(str(tmp_path),
+                                                                     "node_modules"))
+    proc = subprocess.run(["node", program, project], env=sdk_env(server), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    rows = stored(server, project)
+    assert set(rows) == {"outer", "inner", "fails", "files", "case"}
+    assert rows["inner"]["span_parents"] == [rows["outer"]["span_id"]]
+    assert (rows["outer"]["input"], rows["outer"]["output"], rows["outer"]["scores"]) == (
+        {"q": "hi"}, 2, {"s": 1})
+    assert "boom" in rows["fails"]["error"]
+    assert rows["files"]["input"]["file"]["key"] == found["key"]
+    served = server.get(f"/api/attachments/{found['key']}",
+                        headers={"Authorization": f"Bearer {KEY}"})
+    assert served.content == b"hello from ts"
+    assert rows["case"]["experiment_name"] == "ts-experiment"
+    assert found["scores"]["acc"]["score"] == 1

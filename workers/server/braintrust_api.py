@@ -249,6 +249,46 @@ def checked_name(value: object, what: str) -> str:
     return value
 
 
+@authenticated
+async def base_experiment(request: Request, principal: Principal) -> Response:
+    """``POST /api/base_experiment/get_id`` ``{"id"}`` (the TypeScript SDK's
+    ``summarize()``, the Python SDK's ``fetch_base_experiment()``): the experiment it is
+    compared with, the project's previous one (400 when there is none, as the reference
+    answers)."""
+    body = _map(await _json_body(request))
+    eid = body.get("id")
+    if not isinstance(eid, str):
+        raise _bad("id: must be an experiment's id")
+    reader = await run_in_threadpool(_reader, request)
+    found = None if reader is None else await run_in_threadpool(
+        _state(request).registry.experiment, eid, reader)
+    if found is None or reader is None:
+        raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
+    _allowed(principal, found.project_name)
+    previous = await run_in_threadpool(previous_experiment, reader, found)
+    if previous is None:
+        raise _bad("this experiment has no base experiment")
+    return JSON({"base_exp_id": previous["id"], "base_exp_name": previous["name"],
+                 "base_exp_project_id": found.project_id})
+
+
+@authenticated
+async def experiment_comparison(request: Request, principal: Principal) -> Response:
+    """``GET /experiment-comparison2?experiment_id=&base_experiment_id=`` (the TypeScript
+    SDK's ``summarize()``): the scores and metrics as ``/v1/experiment/{id}/summarize`` has
+    them, compared with ``base_experiment_id`` when given."""
+    eid = request.query_params.get("experiment_id", "")
+    reader = await run_in_threadpool(_reader, request)
+    found = None if reader is None else await run_in_threadpool(
+        _state(request).registry.experiment, eid, reader)
+    if found is None or reader is None:
+        raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
+    _allowed(principal, found.project_name)
+    summary = await run_in_threadpool(_summary, reader, found, True,
+                                      request.query_params.get("base_experiment_id"), False)
+    return JSON({"scores": summary["scores"], "metrics": summary["metrics"]})
+
+
 # -- rows ---------------------------------------------------------------------------------------
 
 
@@ -615,19 +655,29 @@ async def summarize(request: Request, principal: Principal) -> Response:
     return JSON(await run_in_threadpool(_summary, reader, container, scores_too, asked))
 
 
+def previous_experiment(reader: StoreReader, container: Container) -> dict[str, Any] | None:
+    """The experiment of the same project started before this one, if any (what the
+    reference compares an experiment with when not told otherwise): ``id``, ``name``..."""
+    listed = reader.experiments(container.project_name) or []  # newest first
+    ids = [e["id"] for e in listed]
+    if container.experiment_id not in ids:
+        return None
+    older = listed[ids.index(container.experiment_id) + 1:]
+    return older[0] if older else None
+
+
 def _summary(reader: StoreReader, container: Container, scores_too: bool,
-             asked: str | None) -> dict[str, Any]:
+             asked: str | None, pick: bool = True) -> dict[str, Any]:
+    """The summary of an experiment, compared with ``asked`` (an experiment id), or, without
+    one and with ``pick``, with the previous experiment of its project."""
     assert container.experiment_id is not None and container.experiment_name is not None
     rows = list(reader.rows(experiment=container.experiment_id))
     summary = summarize_rows(rows, container.project_name, container.experiment_name,
                              container.experiment_id, reader.location, scores_too)
     base: dict | None = None
-    if asked is None:
-        listed = reader.experiments(container.project_name) or []
-        ids = [e["id"] for e in listed]
-        if container.experiment_id in ids:
-            older = ids[ids.index(container.experiment_id) + 1:]
-            asked = older[0] if older else None
+    if asked is None and pick:
+        previous = previous_experiment(reader, container)
+        asked = previous["id"] if previous is not None else None
     if asked is not None and scores_too:
         base = reader.compare_experiments(asked, container.experiment_id)
     scores = {}
@@ -903,7 +953,8 @@ async def attachment_status(request: Request, principal: Principal) -> Response:
 #: for uploads, the signed URL's token) themselves.
 EXACT_PATHS = frozenset(("/api/apikey/login", "/api/project/register",
                          "/api/experiment/register", "/api/project", "/version", "/logs3",
-                         "/logs3/overflow", "/attachment", "/attachment/status"))
+                         "/logs3/overflow", "/attachment", "/attachment/status",
+                         "/api/base_experiment/get_id", "/experiment-comparison2"))
 PREFIXES = ("/v1/", "/logs3/overflow/", "/attachment/upload/")
 
 
@@ -926,6 +977,8 @@ def routes() -> list[Route]:
         Route("/v1/experiment/{experiment_id}", get_experiment, methods=["GET"]),
         Route("/v1/experiment/{experiment_id}/summarize", summarize, methods=["GET"]),
         Route("/api/experiment/register", register_experiment, methods=["POST"]),
+        Route("/api/base_experiment/get_id", base_experiment, methods=["POST"]),
+        Route("/experiment-comparison2", experiment_comparison, methods=["GET"]),
         Route("/logs3", logs3, methods=["POST"]),
         Route("/logs3/overflow", request_overflow, methods=["POST"]),
         Route("/logs3/overflow/{token}", upload_overflow, methods=["PUT"]),
