@@ -172,6 +172,14 @@ def test_an_experiment_name_given_twice_starts_two_experiments_of_that_name(serv
     assert first["name"] == second["name"] == "again"
 
 
+def test_the_urls_summarize_prints_open_the_viewers_pages(server):
+    response = server.get("/app/tracer/p/bt-experiments/experiments/candidate",
+                          headers={"Authorization": f"Bearer {KEY}"}, follow_redirects=False)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == "/p/bt-experiments/experiments/candidate"
+
+
 # -- attachments and large payloads ------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ import re
 import secrets
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 import tracer
@@ -947,6 +948,19 @@ async def attachment_status(request: Request, principal: Principal) -> Response:
     return JSON({})
 
 
+# -- links --------------------------------------------------------------------------------------
+
+
+async def app_page(request: Request) -> Response:
+    """``GET /app/{org}/p/{project}/...``: the hosted app's page of a project or experiment
+    (the URL ``summarize()`` prints), sent to the viewer's page of the same path. A page of
+    the viewer, not of this API: the Guard asks for the key as for any page."""
+    rest = request.path_params["rest"]
+    if not rest or rest.startswith("/") or "\\" in rest or any(ord(c) < 0x20 for c in rest):
+        return error(404, "not a page of this server")
+    return RedirectResponse("/p/" + urllib.parse.quote(rest, safe="/"), 303)
+
+
 # -- routes -------------------------------------------------------------------------------------
 
 #: Paths of this API: the Guard leaves them to these routes, which check the Bearer key (or,
@@ -985,5 +999,6 @@ def routes() -> list[Route]:
         Route("/attachment", request_attachment, methods=["POST"]),
         Route("/attachment/upload/{token}", upload_attachment, methods=["PUT"]),
         Route("/attachment/status", attachment_status, methods=["POST"]),
+        Route("/app/{org}/p/{rest:path}", app_page, methods=["GET"]),
     ]
 
