@@ -251,6 +251,48 @@ def test_every_call_of_the_sdks_api_needs_the_key(server):
             assert "error" in response.json()
 
 
+HOSTILE = [
+    ("/logs3", b"not json", 400, "not JSON"),
+    ("/logs3", b'{"rows": {"a": 1}, "api_version": 2}', 400, "rows"),
+    ("/logs3", b'{"rows": [], "api_version": 1}', 400, "api_version"),
+    ("/logs3", b'{"rows": [[1, 2]]}', 400, "row 0"),
+    ("/logs3", b'{"rows": [{"id": "a", "project_id": "nope", "log_id": "g"}]}', 400,
+     "no such project"),
+    ("/logs3", b'{"rows": [{"id": "a", "experiment_id": "nope"}]}', 400, "no such experiment"),
+    ("/logs3", b'{"rows": [{"id": "a", "dataset_id": "d"}]}', 400, "dataset_id"),
+    ("/logs3", b'{"rows": [{"id": "a", "_object_delete": true}]}', 400, "deleting"),
+    ("/logs3", b'{"rows": {"type": "logs3_overflow", "key": "../../etc/passwd"}}', 400,
+     "overflow key"),
+    ("/logs3", b'{"rows": {"type": "logs3_overflow", "key": "' + b"0" * 32 + b'"}}', 400,
+     "never uploaded"),
+    ("/v1/project", br'{"name": "a\u001fb"}', 400, "control character"),
+    ("/v1/project", b'{"name": 7}', 400, "name"),
+    ("/v1/project", b'{"name": "' + b"p" * 2000 + b'"}', 400, "at most"),
+    ("/v1/project", b"[1]", 400, "object"),
+    ("/v1/experiment", b'{"project_id": "unknown"}', 404, "no such project"),
+    ("/attachment", b'{"key": "../x", "filename": "f", "content_type": "t"}', 400, "key"),
+    ("/logs3/overflow", b'{"size_bytes": -1}', 400, "size_bytes"),
+    ("/logs3/overflow", b'{"size_bytes": 99999999999}', 413, "at most"),
+    ("/api/base_experiment/get_id", b'{"id": 3}', 400, "id"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, says", HOSTILE)
+def test_bodies_the_api_cannot_take_get_a_json_error_saying_why(server, path, body, status,
+                                                                 says):
+    response = httpx.post(server.url + path, content=body, timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}"})
+
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+
+
+def test_a_path_of_the_api_that_does_not_exist_is_a_json_404(server):
+    response = httpx.get(server.url + "/v1/nothing-here", timeout=30)
+
+    assert (response.status_code, response.json()) == (404, {"error": "Not Found"})
+
+
 def test_an_upload_url_works_only_as_this_server_signed_it(server):
     made = httpx.post(server.url + "/attachment", timeout=30,
                       headers={"Authorization": f"Bearer {KEY}"},

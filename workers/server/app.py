@@ -304,7 +304,8 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if (exc.status_code == 404 and request.method in ("GET", "HEAD")
-                and not request.url.path.startswith(("/api/", "/static/"))):
+                and not request.url.path.startswith(("/api/", "/static/"))
+                and not braintrust_api.handles(request.url.path)):
             # A page that does not exist: the viewer says so (its own "not found" page).
             return FileResponse(os.path.join(STATIC_DIR, "index.html"), status_code=404,
                                 headers={"Cache-Control": "no-cache"})
