@@ -23,7 +23,7 @@ from . import braintrust_programs as programs
 from .compat.differential import compare, describe, run_sides
 from .compat.scenarios import SCENARIOS
 from .compat.test_differential import KNOWN_DIFFERENCES
-from .conftest import TraceServer, clean_env, python_command, run_function
+from .conftest import TraceServer, clean_env, python_command, run_cli, run_function
 from .server_programs import PNG
 
 KEY = "bt-key-for-tracer-serve-tests"
@@ -237,6 +237,24 @@ def test_a_wrong_key_gets_the_sdks_login_error_and_nothing_is_stored(server):
     assert "401" in found["raised"]
     with SQLiteReader(server_store(server)) as reader:
         assert project not in {c["project_name"] for c in reader.containers()}
+
+
+def test_a_key_of_tracer_keys_create_limited_to_a_project_logs_there_and_nowhere_else(
+        trace_server, tmp_path):
+    store = str(tmp_path / "traces.db")
+    made = run_cli("keys", "create", "--name", "team", "--project", "bt-scoped", "--store",
+                   store)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    served = trace_server(store)  # no --api-key: the store's keys only
+
+    run_sdk(served, programs.log_twice_by_id, "bt-scoped", key=key)
+    elsewhere = run_sdk(served, programs.log_with_wrong_key, "not-theirs", key=key)
+
+    with SQLiteReader(store) as reader:
+        assert [r["id"] for r in reader.rows(project="bt-scoped")] == ["fixed"]
+        assert "not-theirs" not in {c["project_name"] for c in reader.containers()}
+    assert elsewhere["raised"] is not None and "403" in elsewhere["raised"], elsewhere
 
 
 def test_every_call_of_the_sdks_api_needs_the_key(server):

@@ -5,8 +5,11 @@ API and through the store itself."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,10 +19,12 @@ import msgpack
 import pytest
 import zstandard
 
+import tracer
+from tracer import attachments as tracer_attachments
 from tracer import wire
 from workers.store import open_store
 
-from .conftest import TraceServer
+from .conftest import TraceServer, run_cli
 from .helpers import wait_until
 
 KEY = "tr_ingest-test-key"
@@ -397,3 +402,280 @@ def test_a_store_that_cannot_be_made_is_503(trace_server, tmp_path):
     response = post_rows(server)
     assert response.status_code == 503, response.text
     assert "retry-after" in response.headers
+
+
+# -- API keys kept in the store (tracer keys) -------------------------------------------------
+
+
+def make_key(store: str, name: str, *projects: str) -> str:
+    """``tracer keys create --name NAME [--project P ...] --store STORE``: the key printed."""
+    args = [arg for project in projects for arg in ("--project", project)]
+    done = run_cli("keys", "create", "--name", name, *args, "--store", store)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key.startswith("tr_") and len(key) == 46  # tr_ and 32 bytes of URL-safe base64
+    return key
+
+
+def ping(server: TraceServer, key: str) -> httpx.Response:
+    return server.get("/api/v1/ping", headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+def keyless(trace_server, store_url) -> TraceServer:
+    """``tracer serve`` without --api-key over a store of each backend (not made yet): only the
+    store's keys are taken."""
+    served: TraceServer = trace_server(store_url)
+    return served
+
+
+def test_a_key_made_with_tracer_keys_create_is_taken(keyless, store_url):
+    key = make_key(store_url, "uploader")
+    wait_until(lambda: ping(keyless, key).status_code == 200, 30, "the key made was never taken")
+    response = ping(keyless, key)
+    assert response.json() == {"ok": True, "version": tracer.__version__, "key": "uploader"}
+    committed = post_rows(keyless, key=key)
+    assert committed.status_code == 200, committed.text
+    assert len(stored(store_url)) == 3
+
+
+def test_a_batch_delivered_twice_changes_nothing_on_either_backend(keyless, store_url):
+    key = make_key(store_url, "uploader")
+    assert post_rows(keyless, key=key).status_code == 200
+    first = stored(store_url)
+    assert post_rows(keyless, key=key).status_code == 200
+    assert stored(store_url) == first and len(first) == 3
+
+
+def test_a_revoked_key_is_refused_within_seconds(keyless, store_url):
+    key = make_key(store_url, "leaving")
+    wait_until(lambda: ping(keyless, key).status_code == 200, 30)
+    done = run_cli("keys", "revoke", "leaving", "--store", store_url)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: ping(keyless, key).status_code == 401, 30,
+               "the revoked key was still taken after 30 s")
+    assert post_rows(keyless, key=key).status_code == 401
+
+
+def test_a_key_limited_to_projects_is_403_for_a_row_of_another(keyless, store_url):
+    key = make_key(store_url, "team-a", PROJECT, "other")
+    wait_until(lambda: ping(keyless, key).status_code == 200, 30)
+    elsewhere = {"container": wire.logs_container("not-theirs"), "row": span_row(7, "x")}
+    response = post_rows(keyless, [*trace_batch(), elsewhere], key=key)
+    assert response.status_code == 403, response.text
+    assert response.json()["row"] == 3 and "not-theirs" in response.json()["error"]
+    assert stored(store_url) == []  # the whole batch refused
+    assert post_rows(keyless, key=key).status_code == 200  # its own projects: taken
+
+
+def test_the_store_keeps_only_a_hash_of_the_key(store):
+    key = make_key(store, "hashed")
+    with open(store, "rb") as f:
+        assert key.encode() not in f.read()
+    with open_store(store, readonly=True) as reader:
+        [record] = reader.api_keys()
+    assert record["hash"] == hashlib.sha256(key.encode()).hexdigest()
+    assert (record["name"], record["projects"], record["revoked"]) == ("hashed", None, None)
+
+
+def test_tracer_keys_list_shows_names_and_projects_never_a_key(store):
+    key = make_key(store, "listed", "p1")
+    run_cli("keys", "revoke", "listed", "--store", store)
+    make_key(store, "other")
+    listing = run_cli("keys", "list", "--store", store)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "CREATED", "REVOKED", "PROJECTS"]
+    assert lines[1].startswith("listed ") and lines[1].endswith("p1")
+    assert lines[2].startswith("other ") and lines[2].endswith("(any)")
+    assert key not in listing.stdout + listing.stderr
+
+
+def test_a_key_name_is_made_once(store):
+    make_key(store, "once")
+    again = run_cli("keys", "create", "--name", "once", "--store", store)
+    assert again.returncode == 2 and "exists already" in again.stderr
+    assert again.stdout == ""
+
+
+def test_revoking_an_unknown_key_is_an_error(store):
+    make_key(store, "known")
+    done = run_cli("keys", "revoke", "unknown", "--store", store)
+    assert done.returncode == 2 and "no API key named 'unknown'" in done.stderr
+
+
+@pytest.mark.parametrize("action", ["create", "list", "revoke", "curve"])
+def test_every_keys_subcommand_has_help(action):
+    done = run_cli("keys", action, "--help")
+    assert done.returncode == 0 and f"tracer keys {action}" in done.stdout
+
+
+def test_tracer_keys_name_still_makes_a_curve_key_pair(tmp_path):
+    done = run_cli("keys", str(tmp_path / "pair"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pair.key").exists() and (tmp_path / "pair.key_secret").exists()
+    done = run_cli("keys", "curve", str(tmp_path / "second"))
+    assert done.returncode == 0 and (tmp_path / "second.key").exists()
+
+
+def test_no_key_is_written_to_the_servers_log(server, store):
+    assert post_rows(server, key="tr_not-a-real-key-but-secret").status_code == 401
+    assert post_rows(server).status_code == 200
+    server.stop()
+    log = server.log()
+    assert KEY not in log and "tr_not-a-real-key-but-secret" not in log
+
+
+# -- runs, ping ---------------------------------------------------------------------------
+
+
+RUN = {"run_id": "run-on-host-b", "info": {"pid": 4242, "host": "host-b",
+                                           "endpoint": "ipc:///tmp/x", "started": "2026-01-01"},
+       "counters": {"counters": {"rows_committed": 12}}, "ended": False}
+
+
+def post_json(server: TraceServer, path: str, document: Any, key: str = KEY) -> httpx.Response:
+    return httpx.post(server.url + path, json=document, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def test_an_uploading_aggregators_run_is_listed_by_api_stats(server, store):
+    assert post_json(server, "/api/v1/runs", RUN).status_code == 200
+    ended = {**RUN, "counters": {"counters": {"rows_committed": 20}}, "ended": True}
+    assert post_json(server, "/api/v1/runs", ended).status_code == 200
+    stats = api_get(server, "/api/stats")
+    [run] = stats["runs"]
+    assert (run["run_id"], run["host"], run["pid"]) == ("run-on-host-b", "host-b", 4242)
+    assert run["counters"] == {"counters": {"rows_committed": 20}} and run["ended"]
+    assert stats["ingest"]["queue_max_rows"] == 100_000
+
+
+@pytest.mark.parametrize("document", [
+    [], {"info": RUN["info"]}, {**RUN, "info": {"pid": "x"}}, {**RUN, "ended": "yes"},
+    {**RUN, "counters": [1]},
+])
+def test_a_run_of_another_shape_is_400(server, store, document):
+    assert post_json(server, "/api/v1/runs", document).status_code == 400
+    assert api_get(server, "/api/stats")["runs"] == []
+
+
+def test_ping_names_the_key_and_writes_nothing(server, store):
+    response = ping(server, KEY)
+    assert response.json() == {"ok": True, "version": tracer.__version__, "key": "server"}
+    assert ping(server, "wrong").status_code == 401
+    assert not os.path.exists(store)
+
+
+def test_the_ingest_counters_count_refusals_by_reason(server, store):
+    post_rows(server, [{"container": LOGS, "row": {"no": "id"}}])
+    post_rows(server)
+    counters = api_get(server, "/api/stats")["ingest"]["counters"]
+    assert counters["refused_bad"] == 1 and counters["rows_committed"] == 3
+
+
+# -- blobs and attachment records -------------------------------------------------------------
+
+BLOB = b"\x89PNG not really, but bytes all the same" * 100
+BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
+ATTACHMENT_KEY = "0123456789abcdef0123456789abcdef"
+
+
+def blob(server: TraceServer, method: str, sha: str = BLOB_SHA, content: bytes | None = None,
+         key: str = KEY) -> httpx.Response:
+    return httpx.request(method, f"{server.url}/api/v1/blobs/{sha}", content=content,
+                         timeout=60, headers={"Authorization": f"Bearer {key}",
+                                              "Content-Type": "application/octet-stream"})
+
+
+def test_a_blob_is_asked_for_then_put_then_had(server, store):
+    assert blob(server, "HEAD").status_code == 404
+    put = blob(server, "PUT", content=BLOB)
+    assert put.status_code == 201, put.text
+    assert blob(server, "HEAD").status_code == 200
+    assert blob(server, "PUT", content=BLOB).status_code == 200  # had it already
+    path = tracer_attachments.blob_path(store, BLOB_SHA)
+    with open(path, "rb") as f:
+        assert f.read() == BLOB
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert os.listdir(os.path.dirname(path)) == [BLOB_SHA]  # nothing left aside
+
+
+def test_a_blob_whose_bytes_do_not_match_its_digest_is_400(server, store):
+    response = blob(server, "PUT", content=BLOB + b"!")
+    assert response.status_code == 400 and BLOB_SHA in response.json()["error"]
+    assert blob(server, "HEAD").status_code == 404
+    blobs = os.path.dirname(tracer_attachments.blob_path(store, BLOB_SHA))
+    assert os.listdir(blobs) == []  # the bytes set aside are gone
+
+
+@pytest.mark.parametrize("name", ["ABC", "0" * 63, "../" + "0" * 61, "g" * 64])
+def test_a_blob_name_that_is_not_a_digest_is_400(server, store, name):
+    assert blob(server, "PUT", sha=name, content=b"x").status_code in (400, 404)
+    assert blob(server, "HEAD", sha=name).status_code in (400, 404)
+
+
+def test_a_blob_over_max_blob_is_413(trace_server, store):
+    server = trace_server(store, "--api-key", KEY, "--max-blob", "1K")
+    response = blob(server, "PUT", content=BLOB)
+    assert response.status_code == 413 and response.json()["limit"] == 1024
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: found out while reading
+        for start in range(0, len(BLOB), 500):
+            yield BLOB[start:start + 500]
+
+    chunked = httpx.put(f"{server.url}/api/v1/blobs/{BLOB_SHA}", content=chunks(), timeout=60,
+                        headers={"Authorization": f"Bearer {KEY}"})
+    assert chunked.status_code == 413
+    assert blob(server, "HEAD").status_code == 404
+
+
+def test_blobs_need_a_key(server, store):
+    assert blob(server, "PUT", content=BLOB, key="wrong").status_code == 401
+    assert blob(server, "HEAD", key="wrong").status_code == 401
+
+
+def attachment_record(**changes: Any) -> dict:
+    record = {"key": ATTACHMENT_KEY, "sha256": BLOB_SHA, "size": len(BLOB),
+              "filename": "pixel.png", "content_type": "image/png", "error": None,
+              "source": "logged", "logged": 1_700_000_000.0}
+    record.update(changes)
+    return record
+
+
+def test_an_attachment_recorded_before_its_blob_is_409(server, store):
+    response = post_json(server, "/api/v1/attachments", {"attachments": [attachment_record()]})
+    assert response.status_code == 409, response.text
+    assert response.json()["sha256"] == BLOB_SHA
+
+
+def test_an_attachment_recorded_after_its_blob_is_served_by_the_viewer(server, store):
+    assert blob(server, "PUT", content=BLOB).status_code == 201
+    failed = attachment_record(key="f" * 32, sha256=None, error="the file was unreadable")
+    response = post_json(server, "/api/v1/attachments",
+                         {"attachments": [attachment_record(), failed]})
+    assert response.status_code == 200 and response.json() == {"recorded": 2}
+    got = server.get(f"/api/attachments/{ATTACHMENT_KEY}",
+                     headers={"Authorization": f"Bearer {KEY}"})
+    assert got.status_code == 200 and got.content == BLOB
+    assert got.headers["content-type"] == "image/png"
+    with open_store(store, readonly=True) as reader:
+        recorded = reader.attachments([ATTACHMENT_KEY, "f" * 32])
+    assert recorded["f" * 32]["status"] == "error"
+
+
+@pytest.mark.parametrize("record", [
+    attachment_record(key="not-a-key"), attachment_record(sha256="abc"),
+    attachment_record(size=-1), attachment_record(extra=1), "a string",
+])
+def test_an_attachment_record_of_another_shape_is_400(server, store, record):
+    assert blob(server, "PUT", content=BLOB).status_code == 201
+    response = post_json(server, "/api/v1/attachments", {"attachments": [record]})
+    assert response.status_code == 400, response.text
+
+
+def test_tracer_serve_help_documents_the_ingest_limits():
+    done = run_cli("serve", "--help")
+    assert done.returncode == 0
+    for option in ("--max-body", "--max-blob", "--ingest-queue"):
+        assert option in done.stdout

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         from ..aggregator import main as aggregator_main
 
         return aggregator_main(argv[1:])
-    args = parser().parse_args(argv)
+    args = parser().parse_args(keys.legacy(argv))
     name = f"tracer {args.command}"
-    if args.command == "attachment":
+    if args.command in ("attachment", "keys"):
         name += f" {args.action}"
     try:
         if hasattr(args, "store"):  # every command here has --store: a path, sqlite:///path
@@ -172,17 +172,7 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _store_arg(get)
 
-    make_keys = commands.add_parser(
-        "keys", help="make a key pair for a tcp:// aggregator (ZeroMQ CURVE)",
-        description="Write a new CURVE key pair (files mode 0600): NAME.key_secret for `tracer "
-                    "aggregator --secret-key`, and NAME.key, whose public key senders are given "
-                    "(TRACER_AGGREGATOR_KEY or init_logger(aggregator_key=...)). Only senders "
-                    "that know it can connect; the traffic is encrypted.")
-    make_keys.add_argument("name", nargs="?", default="aggregator", metavar="NAME",
-                           help="path and name of the files, without suffix (default: "
-                                "%(default)s)")
-    make_keys.add_argument("--force", action="store_true", help="replace existing files")
-
+    keys.add_arguments(commands)
     serve.add_arguments(commands)
 
     commands.add_parser("aggregator", add_help=False,

@@ -65,6 +65,10 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:
                        help="the ingest API's limit on a request body as sent (413 above it; "
                             "a body may decompress to 4 times this, no more); a number of "
                             "bytes, or with K, M, G (default: 32M)")
+    serve.add_argument("--max-blob", type=_size, default=512 * 1024 * 1024, metavar="BYTES",
+                       help="the ingest API's limit on one attachment blob (PUT "
+                            "/api/v1/blobs/SHA256; 413 above it), as --max-body (default: "
+                            "512M)")
     serve.add_argument("--ingest-queue", type=int, default=100_000, metavar="ROWS",
                        help="rows the ingest API's write queue holds, waiting and being "
                             "written; a batch that does not fit is answered 429 with "
@@ -105,16 +109,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tracer serve: warning: serving {args.host} without an API key (--insecure): "
               "anyone who reaches it reads every trace", file=sys.stderr)
     database = args.store.startswith(tracer_config.POSTGRES_SCHEMES)
+    found = None
     if os.path.exists(args.store) or database:
-        with open_store(args.store, readonly=True) as reader:
-            found = reader.schema_version()
-        if not database and found < SUMMARIES_VERSION:  # (PostgreSQL's version 1 has them)
-            raise ValueError(
+        try:
+            with open_store(args.store, readonly=True) as reader:
+                found = reader.schema_version()
+        except FileNotFoundError:
+            if not database:
+                raise
+            # A database without a store's tables yet: the first upload makes them.
+        if found is not None and not database and found < SUMMARIES_VERSION:
+            raise ValueError(  # (PostgreSQL's version 1 has them)
                 f"store {reader.location} has schema version {found}; the trace server needs "
                 f"version {SUMMARIES_VERSION}: run `tracer migrate --store {args.store}` first")
-    else:
-        print(f"tracer serve: no store at {args.store} yet: its traces appear once a traced "
-              "program writes there", file=sys.stderr)
+    if found is None:
+        print(f"tracer serve: no store at {tracer_config.without_password(args.store)} yet: "
+              "its traces appear once a traced program writes there (or uploads here)",
+              file=sys.stderr)
     try:
         import uvicorn
 
@@ -122,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError(f"the server's dependencies are missing ({exc.name}): "
                          "pip install 'tracer[server]'") from None
-    app = make_app(args.store, key, max_body=args.max_body, ingest_queue=args.ingest_queue)
+    app = make_app(args.store, key, max_body=args.max_body, max_blob=args.max_blob,
+                   ingest_queue=args.ingest_queue)
     host = f"[{args.host}]" if ":" in args.host else args.host
     shown = tracer_config.without_password(args.store)
     print(f"tracer serve: {shown} at http://{host}:{args.port}/ (Ctrl-C stops it)",

@@ -85,7 +85,8 @@ def _reader(request: Request) -> StoreReader | None:
 Endpoint = Callable[[Request, StoreReader], Any]
 
 
-def endpoint(empty: dict | None = None) -> Callable[[Endpoint], Callable[[Request], Response]]:
+def endpoint(empty: dict | Callable[[Request], dict] | None = None
+             ) -> Callable[[Endpoint], Callable[[Request], Response]]:
     """An API endpoint: ``fn(request, reader)`` returns what to answer as JSON (or a
     Response); ``BadRequest`` and ``NotFound`` become 400 and 404. While there is no store yet
     the answer is ``empty``, or without one a 404."""
@@ -96,7 +97,7 @@ def endpoint(empty: dict | None = None) -> Callable[[Endpoint], Callable[[Reques
                 reader = _reader(request)
                 if reader is None:
                     if empty is not None:
-                        return JSON(empty)
+                        return JSON(empty(request) if callable(empty) else empty)
                     raise NotFound(f"no store yet at {request.app.state.stores.path}")
                 result = fn(request, reader)
             except (BadRequest, SearchOff) as exc:
@@ -339,9 +340,16 @@ def compare(request: Request, reader: StoreReader) -> dict:
     return found
 
 
-@endpoint(empty={"runs": []})
+def _ingest(request: Request) -> dict:
+    ingest = getattr(request.app.state, "ingest", None)
+    return {} if ingest is None else dict(ingest.snapshot())
+
+
+@endpoint(empty=lambda request: {"runs": [], "ingest": _ingest(request)})
 def stats(request: Request, reader: StoreReader) -> dict:
-    """``GET /api/stats``: the aggregator runs recorded in the store, with their counters."""
+    """``GET /api/stats``: the aggregator runs recorded in the store (those of aggregators
+    uploading to this server too), with their counters; and ``ingest``, this server's
+    ingest counters and write queue (``workers.server.ingest.Ingest.snapshot``)."""
     runs = []
     for run in reader.runs():
         run = dict(run)
@@ -350,7 +358,7 @@ def stats(request: Request, reader: StoreReader) -> dict:
         except ValueError:
             run["counters"] = {}
         runs.append(run)
-    return {"runs": runs}
+    return {"runs": runs, "ingest": _ingest(request)}
 
 
 # Attachment content types that a browser would run or apply if a page of ours loaded them:

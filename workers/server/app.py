@@ -114,7 +114,10 @@ class Stores:
             return held[1]
         if held is not None:
             self._close(held[1])
-        reader = open_store(self.path, readonly=True)
+        try:
+            reader = open_store(self.path, readonly=True)
+        except FileNotFoundError:  # removed meanwhile; a database without a store's tables
+            return None
         self._local.held = (identity, reader)
         with self._lock:
             self._all.append(reader)
@@ -238,6 +241,7 @@ def _local_target(value: str | None) -> str:
 
 def make_app(store: str, api_key: str | None = None, *, check_host: bool | None = None,
              max_body: int = ingest_api.DEFAULT_MAX_BODY,
+             max_blob: int = ingest_api.DEFAULT_MAX_BLOB,
              ingest_queue: int = DEFAULT_QUEUE_ROWS) -> Guard:
     """The trace server over the store at ``store`` (a path or a PostgreSQL URL): an ASGI
     application (the Starlette app, ``.app``, inside the ``Guard``, so that even an answer to a
@@ -245,9 +249,17 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     (default: without a key) refuses requests that do not name a loopback host. The viewer's
     routes only read; the ingest API (``/api/v1/``) writes through one writer thread
     (``ingest.Ingest``, its queue bounded to ``ingest_queue`` rows, bodies to ``max_body``
-    bytes), which opens the store only once something is written."""
+    bytes, blobs to ``max_blob``), which opens the store only once something is written; it
+    takes ``api_key`` and the keys recorded in the store (``tracer keys create``)."""
     stores = Stores(store)
     ingest = Ingest(store, ingest_queue)
+
+    def store_keys() -> list[dict]:
+        try:
+            reader = stores.reader()
+        except FileNotFoundError:  # (a database without a store's tables yet)
+            return []
+        return [] if reader is None else reader.api_keys()
     token = session_token(api_key) if api_key else None
     digest = key_digest(api_key) if api_key else None
 
@@ -298,6 +310,11 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         Route("/api/stats", api.stats),
         Route("/api/v1/rows", ingest_api.post_rows, methods=["POST"]),
         *braintrust_api.routes(),
+        Route("/api/v1/runs", ingest_api.post_run, methods=["POST"]),
+        Route("/api/v1/attachments", ingest_api.post_attachments, methods=["POST"]),
+        Route("/api/v1/blobs/{sha256}", ingest_api.head_blob, methods=["HEAD"]),
+        Route("/api/v1/blobs/{sha256}", ingest_api.put_blob, methods=["PUT"]),
+        Route("/api/v1/ping", ingest_api.ping, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
@@ -328,8 +345,8 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
                     lifespan=lifespan)
     app.state.stores = stores
     app.state.ingest = ingest
-    app.state.keys = KeyRing(api_key)
-    app.state.limits = ingest_api.Limits(max_body)
+    app.state.keys = KeyRing(api_key, store_keys)
+    app.state.limits = ingest_api.Limits(max_body, max_blob)
     app.state.braintrust = braintrust_api.BraintrustAPI(store, ingest, app.state.limits)
     app.router.redirect_slashes = False  # one URL per resource; anything else is not found
     return Guard(app, api_key, (api_key is None) if check_host is None else check_host)

@@ -880,8 +880,8 @@ async def request_attachment(request: Request, principal: Principal) -> Response
 
 async def upload_attachment(request: Request) -> Response:
     """``PUT /attachment/upload/{token}``: an attachment's bytes (the token, not a key, allows
-    it), stored as ours: content addressed in the store's attachment area, recorded in the
-    store under the SDK's key."""
+    it; at most ``--max-blob``), stored as ours: content addressed in the store's attachment
+    area, recorded in the store under the SDK's key."""
     state = _state(request)
     payload = state.signer.verify(request.path_params["token"], "a")
     if payload is None:
@@ -889,7 +889,7 @@ async def upload_attachment(request: Request) -> Response:
     digest = hashlib.sha256()
     incoming = os.path.join(state.area("incoming"), secrets.token_hex(16))
     try:
-        size = await _receive(request, incoming, tracer_attachments.max_size(), digest)
+        size = await _receive(request, incoming, state.limits.max_blob, digest)
         sha = digest.hexdigest()
         await run_in_threadpool(_store_blob, state, incoming, sha)
         await run_in_threadpool(lambda: state.ingest.record_attachment(

@@ -22,7 +22,15 @@ loop: ``await run_in_threadpool(ingest.submit, entries)``):
   failed, or the write took longer than ``timeout``, or the server is stopping: try again after
   ``retry_after``).
 - ``record_run(run_id, info, counters, ended)``, ``record_attachment(key, ...)``: the
-  ``StoreWriter`` calls of the same names, through the same thread (same exceptions).
+  ``StoreWriter`` calls of the same names, through the same thread (same exceptions);
+  ``record_attachments(records)``: several in one job, each a dict of ``record_attachment``'s
+  arguments, every stored one naming a blob the server has (``MissingBlob`` otherwise).
+- ``has_blob(sha256)``, ``put_blob(sha256, chunks, max_bytes)`` (or ``blob_writer`` for a body
+  that arrives in pieces): the store's content-addressed blob area
+  (``tracer.attachments.blob_path``: beside a SQLite store, in ``config.local_path``'s
+  directory for a PostgreSQL one), written 0600 aside, fsync'd, then renamed into place, once
+  its SHA-256 is checked (``BlobRefused`` 400 on a mismatch, 413 over ``max_bytes``). Files,
+  not the store: these run on the caller's thread.
 
 Every batch refused is counted by reason (``counters``: ``refused_full``,
 ``refused_unavailable``, ``refused_bad``, ``refused_timeout``, ...) alongside
@@ -32,6 +40,10 @@ Every batch refused is counted by reason (``counters``: ``refused_full``,
 from __future__ import annotations
 
 import datetime
+import hashlib
+import os
+import re
+import secrets
 import sys
 import threading
 import time
@@ -39,7 +51,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from tracer import threads
+from tracer import attachments, config, threads
 
 from ..rows import BadRecord, Container, Key, check_row
 from ..store import STORE_ERRORS, StoreError, StoreWriter, open_store
@@ -109,6 +121,96 @@ class IngestUnavailable(IngestError):
         super().__init__(message)
         self.retry_after = retry_after
         self.maybe_applied = maybe_applied
+
+
+class MissingBlob(IngestError):
+    """An attachment recorded as stored names a blob the server does not have: nothing of the
+    request was recorded; upload the blob first (``PUT /api/v1/blobs/{sha256}``)."""
+
+    status = 409
+
+    def __init__(self, sha256: str, index: int) -> None:
+        super().__init__(f"attachment {index}: no blob {sha256} on this server: PUT it to "
+                         f"/api/v1/blobs/{sha256} first")
+        self.sha256 = sha256
+        self.index = index
+
+
+class BlobRefused(IngestError):
+    """A blob not stored: its bytes do not have the digest named (400), or are over the limit
+    (413, ``limit``)."""
+
+    def __init__(self, status: int, message: str, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.limit = limit
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class BlobWriter:
+    """One blob arriving in pieces: ``write`` each, then ``commit`` (or ``abort``). The bytes go
+    to a private temporary file beside where the blob belongs, hashed as they come; ``commit``
+    checks the digest, fsyncs and renames the file into place."""
+
+    def __init__(self, path: str, sha256: str, max_bytes: int) -> None:
+        self.path = path
+        self.sha256 = sha256
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._hash = hashlib.sha256()
+        directory = os.path.dirname(path)
+        attachments.make_private(directory)
+        self._temporary = os.path.join(directory, f".{sha256}.{secrets.token_hex(8)}.tmp")
+        self._file = os.fdopen(config.open_private(
+            self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+
+    def write(self, data: bytes) -> None:
+        """Add ``data``; ``BlobRefused`` (413) once the blob is over ``max_bytes`` (the
+        temporary file is removed)."""
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise BlobRefused(413, f"the blob is over {self.max_bytes} bytes, the most this "
+                                   "server takes (--max-blob)", self.max_bytes)
+        self._hash.update(data)
+        self._file.write(data)
+
+    def commit(self) -> bool:
+        """Check the digest (``BlobRefused`` 400) and put the blob in place: True if it is new,
+        False if the server had it already."""
+        try:
+            if self._hash.hexdigest() != self.sha256:
+                raise BlobRefused(400, f"the body's SHA-256 is {self._hash.hexdigest()}, not "
+                                       f"{self.sha256}")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if os.path.exists(self.path):
+                return False
+            os.replace(self._temporary, self.path)
+            _fsync_directory(os.path.dirname(self.path))
+            return True
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Let go of the temporary file (nothing stored)."""
+        if not self._file.closed:
+            self._file.close()
+        try:
+            os.unlink(self._temporary)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Update:
@@ -206,6 +308,7 @@ class Ingest:
         self.store = store
         self.max_rows = max_rows
         self.counters: Counter = Counter()
+        self._count_lock = threading.Lock()
         self._opener = opener
         self._cond = threading.Condition()
         self._jobs: deque[_Job] = deque()
@@ -225,17 +328,17 @@ class Ingest:
         try:
             batch = check_batch(entries, projects)
         except BadBatch:
-            self.counters["refused_bad"] += 1
+            self.count("refused_bad", 1)
             raise
         except NotAllowed:
-            self.counters["refused_forbidden"] += 1
+            self.count("refused_forbidden", 1)
             raise
         if not batch:
             return 0
         self._call(len(batch), lambda writer: writer.write(batch),
                    f"a batch of {len(batch)} rows", timeout)
-        self.counters["batches_committed"] += 1
-        self.counters["rows_committed"] += len(batch)
+        self.count("batches_committed", 1)
+        self.count("rows_committed", len(batch))
         return len(batch)
 
     def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False,
@@ -265,6 +368,69 @@ class Ingest:
                     "experiment_name": c.experiment_name, "created": now} for c in containers]
         self._call(len(records), lambda writer: writer.import_containers(records),
                    f"{len(records)} containers", timeout)
+    def record_attachments(self, records: list[dict], timeout: float = DEFAULT_WAIT) -> int:
+        """``record_attachment`` for each record (a dict of its arguments), in one job; a record
+        without ``error`` must name a blob the server has (``MissingBlob`` for the first that
+        does not, and nothing is recorded). Returns how many were recorded."""
+        for index, record in enumerate(records):
+            if record.get("error") is None and not self.has_blob(str(record.get("sha256"))):
+                self.count("refused_missing_blob", 1)
+                raise MissingBlob(str(record.get("sha256")), index)
+
+        def work(writer: StoreWriter) -> None:
+            for record in records:
+                writer.record_attachment(**record)
+
+        self._call(max(1, len(records)), work, f"{len(records)} attachment records", timeout)
+        self.count("attachments_recorded", len(records))
+        return len(records)
+
+    def blob_path(self, sha256: str) -> str:
+        """Where the blob of this SHA-256 (64 lower-case hex digits) is, or would be;
+        ValueError for anything that is not a digest (no path comes from a client)."""
+        if not SHA256.fullmatch(sha256):
+            raise ValueError(f"{sha256[:80]!r}: not a SHA-256 (64 lower-case hex digits)")
+        return attachments.blob_path(self.store, sha256)
+
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the server has the blob of this SHA-256 (False for what is not one)."""
+        try:
+            return os.path.isfile(self.blob_path(sha256))
+        except ValueError:
+            return False
+
+    def blob_writer(self, sha256: str, max_bytes: int) -> BlobWriter:
+        """A ``BlobWriter`` for the blob ``sha256`` (ValueError if it is not a digest)."""
+        return BlobWriter(self.blob_path(sha256), sha256, max_bytes)
+
+    def put_blob(self, sha256: str, chunks: Iterable[bytes], max_bytes: int) -> bool:
+        """Store the blob whose bytes ``chunks`` are; True if new, False if the server had it
+        (see ``BlobWriter``)."""
+        if self.has_blob(sha256):
+            return False
+        writer = self.blob_writer(sha256, max_bytes)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        created = writer.commit()
+        self.count("blobs_stored" if created else "blobs_deduplicated")
+        return created
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (any thread)."""
+        with self._count_lock:
+            self.counters[name] += n
+
+    def snapshot(self) -> dict:
+        """The counters, and the rows held now (``queue_rows``) and its bound
+        (``queue_max_rows``): what ``/api/stats`` shows as ``ingest``."""
+        with self._count_lock:
+            counters = dict(self.counters)
+        return {"counters": counters, "queue_rows": self.held(),
+                "queue_max_rows": self.max_rows}
 
     def held(self) -> int:
         """Rows queued and being written now."""
@@ -299,12 +465,12 @@ class Ingest:
         job = _Job(rows, work, what)
         with self._cond:
             if self._closed:
-                self.counters["refused_stopping"] += 1
+                self.count("refused_stopping", 1)
                 raise IngestUnavailable(RETRY_UNAVAILABLE, "the trace server is stopping")
             # A batch larger than the whole queue is taken when the queue is empty: refusing it
             # would refuse it forever.
             if self._held and self._held + rows > self.max_rows:
-                self.counters["refused_full"] += 1
+                self.count("refused_full", 1)
                 raise IngestFull(RETRY_FULL, f"the server's write queue is full ({self._held} "
                                              f"rows waiting; --ingest-queue {self.max_rows})")
             self._jobs.append(job)
@@ -322,11 +488,11 @@ class Ingest:
                     self._held -= job.rows
                     self._cond.notify_all()
             if job.state == "cancelled":
-                self.counters["refused_timeout"] += 1
+                self.count("refused_timeout", 1)
                 raise IngestUnavailable(RETRY_UNAVAILABLE, f"{what} waited {timeout:g}s for "
                                         "the store and was not written")
             if not job.done.is_set():
-                self.counters["refused_timeout"] += 1
+                self.count("refused_timeout", 1)
                 raise IngestUnavailable(
                     RETRY_UNAVAILABLE, f"{what} was still being written after {timeout:g}s: it "
                     "may be committed; writing it again changes nothing", maybe_applied=True)
@@ -367,15 +533,15 @@ class Ingest:
                   or (isinstance(exc, StoreError) and exc.failed)
                   or writer.store_failed(exc))
         if failed:
-            self.counters["refused_unavailable"] += 1
+            self.count("refused_unavailable", 1)
             self._log("store", f"the store failed writing {job.what}: "
                                f"{type(exc).__name__}: {exc}")
             return IngestUnavailable(RETRY_UNAVAILABLE, f"the store failed: "
                                      f"{type(exc).__name__}: {exc}")
-        self.counters["refused_by_store"] += 1
+        self.count("refused_by_store", 1)
         self._log("refused", f"the store refused {job.what}: {type(exc).__name__}: {exc}")
         if not isinstance(exc, STORE_ERRORS + (ValueError, TypeError, OverflowError)):
-            self.counters["ingest_internal_errors"] += 1
+            self.count("ingest_internal_errors", 1)
         return BadBatch(f"the store refused {job.what}: {type(exc).__name__}: {exc}")
 
     @staticmethod
@@ -392,7 +558,7 @@ class Ingest:
         """One line on stderr, at most once per ``every`` seconds for a ``key``."""
         now = time.monotonic()
         if now - self._last_log.get(key, -every) < every:
-            self.counters["log_lines_suppressed"] += 1
+            self.count("log_lines_suppressed", 1)
             return
         self._last_log[key] = now
         try:

@@ -100,6 +100,15 @@ class StoreError(Exception):
         self.failed = failed
 
 
+class KeyExists(ValueError):
+    """An API key of that name is in the store already (``StoreWriter.add_api_key``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an API key named {name!r} exists already (tracer keys list): give "
+                         "another --name")
+        self.name = name
+
+
 class UpgradeRequired(ValueError):
     """The store's schema predates what was asked of it (the trace server's queries need
     version 2): a writer upgrades it when it opens it (``tracer migrate``, or any aggregator)."""
@@ -218,6 +227,20 @@ class StoreWriter(StoreHandle):
         the first succeeded.
         """
 
+    # -- API keys of the trace server's ingest API (``tracer keys create``) ------------------
+    # Not abstract: a writer that is no store (an uploading sink) keeps no keys.
+
+    def add_api_key(self, name: str, digest: str, projects: Sequence[str] | None) -> None:
+        """Record the API key ``name`` by ``digest`` (the SHA-256 of the key, 64 hex digits:
+        the key itself is never stored), allowed to write to ``projects`` (None: any).
+        ``KeyExists`` if a key of that name is recorded, revoked or not."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no API keys")
+
+    def revoke_api_key(self, name: str) -> bool:
+        """Revoke the API key ``name``: True if it is revoked now, False if it was already;
+        ``KeyError`` if there is no such key."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no API keys")
+
     @abc.abstractmethod
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
@@ -318,6 +341,13 @@ class StoreReader(StoreHandle):
     def attachment_records(self) -> list[dict]:
         """Every attachment record, by key: the fields of ``attachments`` and ``source``,
         ``logged``, ``stored``."""
+
+    def api_keys(self) -> list[dict]:
+        """The API keys recorded (``StoreWriter.add_api_key``), oldest first: ``name``,
+        ``hash`` (the key's SHA-256, hex), ``projects`` (a list, or None: any), ``created``
+        and ``revoked`` (ISO times; ``revoked`` None while valid). A store of a schema from
+        before keys has none."""
+        return []
 
     @abc.abstractmethod
     def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -60,6 +60,7 @@ from ..rows import Key, load_row, merge, pack_row
 from . import summary
 from .base import (
     Cursor,
+    KeyExists,
     RowUpdate,
     SchemaVersionError,
     StoreError,
@@ -72,7 +73,8 @@ from .queries import SharedQueries
 SCHEMES = ("postgresql://", "postgres://")
 
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n, in one transaction. Version 1
-# is the whole schema as SQLite's version 2 has it (summaries and text index included).
+# is the whole schema as SQLite's version 2 has it (summaries and text index included);
+# version 2 adds the API keys (SQLite's version 4).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE rows (
@@ -141,6 +143,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             metadata jsonb,
             PRIMARY KEY (container, root_span_id))""",
         "CREATE INDEX traces_by_start ON traces (container, start, root_span_id)",
+    ),
+    # 2: the trace server's API keys (tracer keys create), hashed (as SQLite's version 4).
+    (
+        """CREATE TABLE api_keys (
+            name text COLLATE "C" PRIMARY KEY,
+            hash text NOT NULL UNIQUE,
+            projects jsonb,
+            created text COLLATE "C" NOT NULL,
+            revoked text)""",
     ),
 )
 
@@ -556,6 +567,31 @@ class PostgresWriter(StoreWriter):
             tuple(run[f] for f in ("run_id", "pid", "host", "endpoint", "started", "updated",
                                    "ended", "counters"))))
 
+    def add_api_key(self, name: str, digest: str, projects: Sequence[str] | None) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            found = conn.execute(
+                "INSERT INTO api_keys (name, hash, projects, created) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING name",
+                (name, digest, None if projects is None else Jsonb(list(projects)),
+                 _iso(time.time()))).fetchone()
+            if found is None:
+                raise KeyExists(name)
+        self._call(work)
+
+    def revoke_api_key(self, name: str) -> bool:
+        def work(conn: psycopg.Connection) -> bool:
+            with conn.transaction():
+                found = conn.execute("SELECT revoked FROM api_keys WHERE name = %s FOR UPDATE",
+                                     (name,)).fetchone()
+                if found is None:
+                    raise KeyError(name)
+                if found[0] is not None:
+                    return False
+                conn.execute("UPDATE api_keys SET revoked = %s WHERE name = %s",
+                             (_iso(time.time()), name))
+                return True
+        return bool(self._call(work))
+
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         found = self._call(lambda conn: conn.execute(
             "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND "
@@ -634,6 +670,13 @@ class PostgresReader(SharedQueries):
 
     def runs(self) -> list[dict]:
         return self._dicts("SELECT * FROM aggregator_runs ORDER BY started DESC NULLS LAST")
+
+    def api_keys(self) -> list[dict]:
+        found = self._one("SELECT to_regclass('api_keys')")
+        if found is None or found[0] is None:
+            return []  # (a store from before version 2)
+        return self._dicts("SELECT name, hash, projects, created, revoked FROM api_keys "
+                           "ORDER BY created, name")
 
     def stored_rows(self) -> Iterator[tuple[str, dict]]:
         # As stored (not load_row's JSON view), in the order first stored.

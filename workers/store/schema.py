@@ -20,6 +20,9 @@ Tables:
   ``rows.parents`` (version 2) is ``span_parents`` as JSON text, for a trace's skeleton.
 - ``settings`` (version 3): ``search_index``, what the text index covers (``all``, ``roots``,
   ``off``: ``workers.store.summary.SEARCH_MODES``).
+- ``api_keys`` (version 4): the trace server's ingest API keys (``tracer keys create``): a
+  name, the key's SHA-256 (hex; never the key), the projects it may write (JSON list, NULL:
+  any), when it was made and revoked.
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ CREATE TABLE IF NOT EXISTS aggregator_runs (
     updated TEXT,
     ended TEXT,
     counters TEXT
+)"""
+
+API_KEYS = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    projects TEXT,
+    created TEXT NOT NULL,
+    revoked TEXT
 )"""
 
 ATTACHMENTS = """
@@ -129,6 +141,8 @@ MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], None], ...], ...] =
         summary.SETTINGS,
         "INSERT OR IGNORE INTO settings (key, value) VALUES ('search_index', 'all')",
     ),
+    # 4: the trace server's API keys (tracer keys create), hashed.
+    (API_KEYS,),
 )
 
 VERSION = len(MIGRATIONS)  # the schema version this code writes

@@ -34,6 +34,7 @@ from ..rows import Key, load_row, merge, pack_row
 from . import schema, summary
 from .base import (
     Cursor,
+    KeyExists,
     RowUpdate,
     SchemaVersionError,
     SearchOff,
@@ -512,6 +513,28 @@ class SQLiteWriter(StoreWriter):
             self.conn.execute("INSERT OR IGNORE INTO aggregator_runs VALUES (?,?,?,?,?,?,?,?)",
                               tuple(run[f] for f in _RUN_FIELDS))
 
+    def add_api_key(self, name: str, digest: str, projects: Sequence[str] | None) -> None:
+        with self._lock:
+            try:
+                self.conn.execute(
+                    "INSERT INTO api_keys (name, hash, projects, created) VALUES (?,?,?,?)",
+                    (name, digest, None if projects is None else json.dumps(list(projects)),
+                     _iso(time.time())))
+            except sqlite3.IntegrityError:
+                raise KeyExists(name) from None
+
+    def revoke_api_key(self, name: str) -> bool:
+        with self._lock:
+            found = self.conn.execute("SELECT revoked FROM api_keys WHERE name = ?",
+                                      (name,)).fetchone()
+            if found is None:
+                raise KeyError(name)
+            if found[0] is not None:
+                return False
+            self.conn.execute("UPDATE api_keys SET revoked = ? WHERE name = ?",
+                              (_iso(time.time()), name))
+            return True
+
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         with self._lock:
             found = self.conn.execute(
@@ -618,6 +641,17 @@ class SQLiteReader(SharedQueries):
 
     def attachments(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         return lookup_attachments(self.conn, keys)
+
+    def api_keys(self) -> list[dict]:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'api_keys'").fetchone() is None:
+            return []  # (a store from before version 4)
+        return [{"name": name, "hash": digest,
+                 "projects": None if projects is None else json.loads(projects),
+                 "created": created, "revoked": revoked}
+                for name, digest, projects, created, revoked in self.conn.execute(
+                    "SELECT name, hash, projects, created, revoked FROM api_keys "
+                    "ORDER BY created, name")]
 
     def schema_version(self) -> int:
         return schema.version(self.conn)
