@@ -131,3 +131,14 @@ def log_with_wrong_key(project: str) -> None:
         print(json.dumps({"raised": f"{type(exc).__name__}: {exc}"}))
         return
     print(json.dumps({"raised": None}))
+
+
+def log_unknown_field(project: str) -> None:
+    """``span.log(foo=...)``: a field the reference's Python SDK lets through, which no row
+    has."""
+    bt = _braintrust()
+    logger = bt.init_logger(project=project)
+    with logger.start_span(name="odd") as span:
+        span.log(input="kept", foo={"not": "a field"})
+    bt.flush()
+    print(json.dumps({"span": span.id}))

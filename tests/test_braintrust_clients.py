@@ -134,6 +134,20 @@ def test_a_row_logged_again_without_merge_replaces_the_stored_row_whole(server):
     assert "metadata" not in row and "tags" not in row
 
 
+def test_a_field_no_row_has_is_left_out_counted_and_the_row_kept(server):
+    project = "bt-unknown-field"
+    before = get(server, "/api/stats")["ingest"]["counters"].get("braintrust_fields_dropped", 0)
+
+    run_sdk(server, programs.log_unknown_field, project)
+
+    [row] = stored(server, project).values()
+    assert row["input"] == "kept" and "foo" not in row
+    counters = get(server, "/api/stats")["ingest"]["counters"]
+    assert counters["braintrust_fields_dropped"] == before + 1
+    assert counters["braintrust_rows"] >= 1
+    assert "left out fields that no row has: foo" in server.log()
+
+
 # -- experiments -------------------------------------------------------------------------------
 
 

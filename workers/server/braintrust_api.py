@@ -391,7 +391,7 @@ def _container(row: dict, registry: Registry, reader: StoreReader | None) -> Con
 class BraintrustAPI:
     """This API's state in one server: the registry, the signer, where overflow payloads and
     incoming attachments wait; its counters (``braintrust_*``) are the write path's
-    (``Ingest.counters``)."""
+    (``Ingest.count``: ``/api/stats`` shows them as ``ingest``)."""
 
     def __init__(self, store: str, ingest: Ingest, limits: Limits) -> None:
         self.store = store
@@ -399,7 +399,6 @@ class BraintrustAPI:
         self.limits = limits
         self.registry = Registry(ingest)
         self.signer = Signer()
-        self.counters: Counter = ingest.counters  # one set of the write path's counters
         #: base64 strings longer than this become attachments, as the aggregator's setting
         self.inline_limit: int = config.value_or_default("MAX_INLINE_BASE64")
         self._swept = 0.0
@@ -427,7 +426,7 @@ class BraintrustAPI:
             try:
                 if now - entry.stat().st_mtime > OVERFLOW_AGE:
                     os.unlink(entry.path)
-                    self.counters["braintrust_overflow_expired"] += 1
+                    self.ingest.count("braintrust_overflow_expired", 1)
             except OSError:
                 pass
 
@@ -761,12 +760,12 @@ def _write(state: BraintrustAPI, principal: Principal, rows: object, data: bytes
         mapped = to_entries(rows, state.registry, reader, media.may_hold_images(data),
                             limit if large else 0, adopt if large else None)
     except BadBatch:
-        state.counters["braintrust_batches_refused"] += 1
+        state.ingest.count("braintrust_batches_refused", 1)
         raise
     for reason, count in mapped.skipped.items():
-        state.counters[f"braintrust_rows_skipped_{reason}"] += count
+        state.ingest.count(f"braintrust_rows_skipped_{reason}", count)
     if mapped.dropped:
-        state.counters["braintrust_fields_dropped"] += len(mapped.dropped)
+        state.ingest.count("braintrust_fields_dropped", len(mapped.dropped))
         state.ingest.log("braintrust_fields", f"/logs3: left out fields that no row has: "
                          f"{', '.join(sorted(set(mapped.dropped))[:5])!s:.300} "
                          f"({len(mapped.dropped)} so far in this request)")
@@ -774,9 +773,9 @@ def _write(state: BraintrustAPI, principal: Principal, rows: object, data: bytes
         state.ingest.record_attachment(key, sha256=sha, size=size, filename=filename,
                                        content_type=content_type, error=None, source="base64",
                                        logged=time.time())
-        state.counters["braintrust_attachments_extracted"] += 1
+        state.ingest.count("braintrust_attachments_extracted", 1)
     committed = state.ingest.submit(mapped.entries, projects=principal.projects)
-    state.counters["braintrust_rows"] += committed
+    state.ingest.count("braintrust_rows", committed)
     return committed
 
 
@@ -823,7 +822,7 @@ async def upload_overflow(request: Request) -> Response:
         await _receive(request, path, int(payload["size"]))
     except BodyError as exc:
         return ingest_error(exc)
-    state.counters["braintrust_overflow_payloads"] += 1
+    state.ingest.count("braintrust_overflow_payloads", 1)
     return JSON({})
 
 
@@ -900,7 +899,7 @@ async def upload_attachment(request: Request) -> Response:
         return ingest_error(exc)
     finally:
         _unlink(incoming)
-    state.counters["braintrust_attachments"] += 1
+    state.ingest.count("braintrust_attachments", 1)
     return JSON({})
 
 
@@ -923,7 +922,7 @@ def _store_blob(state: BraintrustAPI, incoming: str, sha: str) -> None:
     """Move a received file into the blob area (once per content: a blob there stays)."""
     blob = tracer_attachments.blob_path(state.store, sha)
     if os.path.exists(blob):
-        state.counters["braintrust_attachments_deduplicated"] += 1
+        state.ingest.count("braintrust_attachments_deduplicated", 1)
         return
     tracer_attachments.make_private(os.path.dirname(blob))
     os.replace(incoming, blob)
@@ -944,7 +943,7 @@ async def attachment_status(request: Request, principal: Principal) -> Response:
         await run_in_threadpool(lambda: state.ingest.record_attachment(
             key, sha256=None, size=None, filename=None, content_type=None,
             error=f"upload failed: {message}", source="reference-sdk", logged=time.time()))
-        state.counters["braintrust_attachments_failed"] += 1
+        state.ingest.count("braintrust_attachments_failed", 1)
     return JSON({})
 
 
