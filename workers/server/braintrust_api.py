@@ -43,8 +43,8 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -77,6 +77,7 @@ API_VERSION = 2  #: the ``api_version`` of ``/logs3`` bodies
 #: What the SDK names an attachment by: a UUID (its ``uuid4()``), or our 32 hex digits.
 ATTACHMENT_KEY = REFERENCE_KEY
 OVERFLOW_KEY = re.compile(r"[0-9a-f]{32}")
+T = TypeVar("T")
 
 # The fields of a /logs3 row, by what becomes of them (docs/interop.md, "As built"):
 #: where the row belongs (read, then set again from its container: ``ingest.check_batch``)
@@ -260,17 +261,12 @@ async def base_experiment(request: Request, principal: Principal) -> Response:
     eid = body.get("id")
     if not isinstance(eid, str):
         raise _bad("id: must be an experiment's id")
-    reader = await run_in_threadpool(_reader, request)
-    found = None if reader is None else await run_in_threadpool(
-        _state(request).registry.experiment, eid, reader)
-    if found is None or reader is None:
-        raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
-    _allowed(principal, found.project_name)
-    previous = await run_in_threadpool(previous_experiment, reader, found)
-    if previous is None:
+    found = await _with_experiment(request, principal, eid, lambda reader, found: (
+        found, previous_experiment(reader, found)))
+    if found[1] is None:
         raise _bad("this experiment has no base experiment")
-    return JSON({"base_exp_id": previous["id"], "base_exp_name": previous["name"],
-                 "base_exp_project_id": found.project_id})
+    return JSON({"base_exp_id": found[1]["id"], "base_exp_name": found[1]["name"],
+                 "base_exp_project_id": found[0].project_id})
 
 
 @authenticated
@@ -278,15 +274,10 @@ async def experiment_comparison(request: Request, principal: Principal) -> Respo
     """``GET /experiment-comparison2?experiment_id=&base_experiment_id=`` (the TypeScript
     SDK's ``summarize()``): the scores and metrics as ``/v1/experiment/{id}/summarize`` has
     them, compared with ``base_experiment_id`` when given."""
-    eid = request.query_params.get("experiment_id", "")
-    reader = await run_in_threadpool(_reader, request)
-    found = None if reader is None else await run_in_threadpool(
-        _state(request).registry.experiment, eid, reader)
-    if found is None or reader is None:
-        raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
-    _allowed(principal, found.project_name)
-    summary = await run_in_threadpool(_summary, reader, found, True,
-                                      request.query_params.get("base_experiment_id"), False)
+    base = request.query_params.get("base_experiment_id")
+    summary = await _with_experiment(
+        request, principal, request.query_params.get("experiment_id", ""),
+        lambda reader, found: _summary(reader, found, True, base, False))
     return JSON({"scores": summary["scores"], "metrics": summary["metrics"]})
 
 
@@ -626,22 +617,27 @@ async def list_experiments(request: Request, principal: Principal) -> Response:
     return JSON({"objects": await run_in_threadpool(find)})
 
 
-async def _experiment(request: Request, principal: Principal) -> tuple[Container, StoreReader]:
-    eid = request.path_params["experiment_id"]
-    reader = await run_in_threadpool(_reader, request)
-    found = None if reader is None else await run_in_threadpool(
-        _state(request).registry.experiment, eid, reader)
-    if found is None or reader is None:
-        raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
-    _allowed(principal, found.project_name)
-    return found, reader
+async def _with_experiment(request: Request, principal: Principal, eid: str,
+                           work: Callable[[StoreReader, Container], T]) -> T:
+    """``work(reader, experiment)`` in a worker thread, for the experiment with this id (404
+    if there is none, 403 for a key not allowed its project). One thread for all of it: a
+    store reader belongs to the thread that opened it."""
+    def run() -> T:
+        reader = _reader(request)
+        found = None if reader is None else _state(request).registry.experiment(eid, reader)
+        if found is None or reader is None:
+            raise BodyError(404, f"experiment {eid!r:.80}: no such experiment here")
+        _allowed(principal, found.project_name)
+        return work(reader, found)
+
+    return await run_in_threadpool(run)
 
 
 @authenticated
 async def get_experiment(request: Request, principal: Principal) -> Response:
     """``GET /v1/experiment/{id}``: the experiment."""
-    container, _ = await _experiment(request, principal)
-    return JSON(experiment_object(container))
+    return JSON(await _with_experiment(request, principal, request.path_params["experiment_id"],
+                                       lambda reader, found: experiment_object(found)))
 
 
 @authenticated
@@ -649,10 +645,11 @@ async def summarize(request: Request, principal: Principal) -> Response:
     """``GET /v1/experiment/{id}/summarize``: each score's mean and each metric's mean over
     the experiment's spans, compared with ``comparison_experiment_id`` or else the project's
     previous experiment (``diff``, rows that improved and regressed)."""
-    container, reader = await _experiment(request, principal)
     scores_too = request.query_params.get("summarize_scores", "true").lower() != "false"
     asked = request.query_params.get("comparison_experiment_id")
-    return JSON(await run_in_threadpool(_summary, reader, container, scores_too, asked))
+    return JSON(await _with_experiment(
+        request, principal, request.path_params["experiment_id"],
+        lambda reader, found: _summary(reader, found, scores_too, asked)))
 
 
 def previous_experiment(reader: StoreReader, container: Container) -> dict[str, Any] | None:
