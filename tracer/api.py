@@ -19,17 +19,15 @@ import functools
 import inspect
 import logging
 import os
-import secrets
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from . import config, event, launcher, wire
 from . import slug as _slug
 from .context import current, state
-from .experiment import Experiment
+from .experiment import Experiment, experiment_id, generated_name
 from .ids import new_id, new_trace_id
 from .logger import Logger, SpanContainer
 from .registry import sync_all
@@ -144,8 +142,7 @@ def init(project: str | None = None, experiment: str | None = None, *,
     if experiment is None:
         if update:
             raise ValueError("init: update=True needs the experiment's name")
-        experiment = (f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
-                      f"{secrets.token_hex(2)}")
+        experiment = generated_name()
     experiment = _check_name("experiment", experiment, "init")
     if tags is not None:
         if isinstance(tags, (list, tuple)):  # a tag given twice is a mistake, as in the reference
@@ -163,9 +160,7 @@ def init(project: str | None = None, experiment: str | None = None, *,
                                                                 api_url, api_key)
     rec = launcher.recorder_for(settings, store, endpoint,
                                 config.keyword("aggregator_key", aggregator_key), *api)
-    experiment_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, f"tracer:{project}{wire.SEP}{experiment}"))
-                     if update else str(uuid.uuid4()))
-    exp = Experiment(project, experiment, experiment_id, rec)
+    exp = Experiment(project, experiment, experiment_id(project, experiment, bool(update)), rec)
     exp.tags, exp.metadata, exp.description = tags, metadata, description
     _make_current(exp, app_url, set_current)
     return exp

@@ -17,12 +17,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import secrets
 import sqlite3
+import time
+import uuid
 from typing import TypeGuard, cast
 
 from . import config, wire
 from .logger import SpanContainer
 from .recorder import Recorder
+
+
+def generated_name() -> str:
+    """The name of an experiment started without one: ``experiment-<UTC time>-<4 hex>``."""
+    return f"experiment-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def experiment_id(project: str, name: str, update: bool) -> str:
+    """The id of an experiment started as ``init(project, name, update=update)`` starts it (and
+    as ``tracer serve`` registers the reference SDK's): new for every start, or, to continue
+    one (``update``), derived from the project and experiment names, so that every start with
+    ``update`` and the same names, from any process, continues the same experiment."""
+    if update:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tracer:{project}{wire.SEP}{name}"))
+    return str(uuid.uuid4())
 
 
 @dataclasses.dataclass(frozen=True)

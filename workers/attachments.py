@@ -56,7 +56,11 @@ BACKOFF_BASE = 0.05
 BACKOFF_MAX = 5.0
 ORPHAN_AGE = 3600.0  # a data file with no metadata this old was left by a writer that died
 MAX_META_BYTES = 1 << 16
-KEY = re.compile(r"[0-9a-f]{32}")
+KEY = re.compile(r"[0-9a-f]{32}")  # our keys (attachments.new_key)
+#: What a stored attachment may be named by: our keys, or the reference SDK's (a UUID), which
+#: its own clients give the attachments they upload to ``tracer serve``.
+REFERENCE_KEY = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                           r"[0-9a-f]{12}")
 # What storing an attachment may fail with (the file system, the store) and is retried.
 _FAILURES: tuple[type[Exception], ...] = (OSError, *STORE_ERRORS)
 SHA256 = re.compile(r"[0-9a-f]{64}")

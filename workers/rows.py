@@ -307,13 +307,16 @@ def _row_attributes_problem(value: object) -> str | None:
 
 #: The fields a row in the underlying format may have, each with its check (None: anything):
 #: what the aggregator makes of records (``record_to_row``, ``media``, the uploader's
-#: truncation), and ``origin`` (the host and process an uploading aggregator got it from).
+#: truncation), ``origin`` (the host and process an uploading aggregator got it from), and
+#: ``context`` (where the reference SDK's span started: caller_filename... and span_origin,
+#: sent by its own clients to ``tracer serve``'s /logs3).
 ROW_FIELDS: dict[str, Callable[[Any], str | None] | None] = {
     **_SPAN_FIELDS,
     "id": _id_problem, "span_id": _id_problem, "root_span_id": _id_problem,
     "span_parents": _parents_problem, "span_attributes": _row_attributes_problem,
     "created": _text_problem, "project_id": _text_problem, "log_id": _text_problem,
     "experiment_id": _text_problem, "_images": _map_problem, "origin": _map_problem,
+    "context": _map_problem,
 }
 
 

@@ -59,6 +59,9 @@ def run_side(side: str, out_path: str, store: str) -> None:
     if side == "reference":
         _forbid_network(network)
         runner = _reference_runner()
+    elif side == "reference-http":
+        _forbid_network(network, allow_loopback=True)
+        runner = _reference_http_runner(store)
     else:
         runner = _tracer_runner(store)
     results: dict[str, dict[str, Any]] = {}
@@ -72,8 +75,10 @@ def run_side(side: str, out_path: str, store: str) -> None:
         json.dump({"scenarios": results, "network": network}, f)
 
 
-def _forbid_network(attempts: list[str]) -> None:
-    """Make every connection of this process fail, noting where it was going.
+def _forbid_network(attempts: list[str], allow_loopback: bool = False) -> None:
+    """Make every connection of this process fail, noting where it was going (with
+    ``allow_loopback``, every connection but to 127.0.0.1: the reference's HTTP side talks to
+    ``tracer serve`` there).
 
     Only for the reference's interpreter (ours talks to its aggregator over a socket): its
     in-memory logger must keep everything in the process, and a connection it tries anyway
@@ -82,12 +87,24 @@ def _forbid_network(attempts: list[str]) -> None:
     """
     import socket
 
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def allowed(address: Any) -> bool:
+        return allow_loopback and isinstance(address, tuple) and address[0] == "127.0.0.1"
+
     def refuse(sock: socket.socket, address: Any) -> Any:
+        if allowed(address):
+            return connect(sock, address)
         attempts.append(repr(address))
         raise OSError(f"the differential test's reference side tried to connect to {address!r}")
 
+    def refuse_ex(sock: socket.socket, address: Any) -> Any:
+        if allowed(address):
+            return connect_ex(sock, address)
+        return refuse(sock, address)
+
     socket.socket.connect = refuse  # type: ignore[method-assign, assignment]
-    socket.socket.connect_ex = refuse  # type: ignore[method-assign, assignment]
+    socket.socket.connect_ex = refuse_ex  # type: ignore[method-assign, assignment]
 
 
 Runner = Callable[[str, Callable[[Any], None]], list[dict]]
@@ -122,6 +139,34 @@ def _reference_runner() -> Runner:
     return run
 
 
+def _reference_http_runner(store: str) -> Runner:
+    """The reference SDK's own HTTP logger, logging into ``tracer serve`` (``BRAINTRUST_*``
+    in the environment point at it); the rows read back from the server's SQLite store
+    (``store``) once the SDK's flush returned (the server answers once they are committed)."""
+    # Without orjson, as _reference_runner says why.
+    sys.modules["orjson"] = None  # type: ignore[assignment]
+    import braintrust
+    from braintrust import logger as bt_logger
+
+    from workers.store.sqlite import SQLiteReader
+
+    def stored(project: str) -> list[dict]:
+        braintrust.flush()
+        with SQLiteReader(store) as reader:
+            return list(reader.rows(project=project))
+
+    def run(project: str, program: Callable[[Any], None]) -> list[dict]:
+        bt_logger._state.reset_parent_state()
+        side = _Side(braintrust, braintrust.init_logger(project=project),
+                     lambda: stored(project))
+        program(side)
+        rows = stored(project)
+        bt_logger._state.reset_parent_state()
+        return rows if side.snapshot_rows is None else side.snapshot_rows
+
+    return run
+
+
 def _tracer_runner(store: str) -> Runner:
     import tracer
     from workers.store.sqlite import SQLiteReader
@@ -146,10 +191,22 @@ def run_both(workdir: str, command: Callable[..., list[str]], env: dict[str, str
     ``tests/conftest.py``'s ``python_command``); returns (reference results, tracer results),
     each ``{scenario: {"rows": [...]} or {"raised": "..."}}``. Fails if the reference side
     tried to reach the network."""
+    store = os.path.join(workdir, "traces.db")
+    results = run_sides(workdir, command, {"reference": (env, store), "tracer": (env, store)},
+                        timeout)
+    return results["reference"], results["tracer"]
+
+
+def run_sides(workdir: str, command: Callable[..., list[str]],
+              sides: dict[str, tuple[dict[str, str], str]], timeout: float = 60
+              ) -> dict[str, dict]:
+    """Run the sides named (``run_side``'s: ``{side: (environment, store)}``) at once, each in
+    a fresh interpreter; returns each side's results. Fails if a side tried to reach the
+    network it may not."""
     procs = {}
-    for side in ("reference", "tracer"):
+    for side, (env, store) in sides.items():
         out = os.path.join(workdir, f"{side}.json")
-        cmd = command(run_side, side, out, os.path.join(workdir, "traces.db"))
+        cmd = command(run_side, side, out, store)
         procs[side] = (out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE, text=True))
     results = {}
@@ -167,7 +224,7 @@ def run_both(workdir: str, command: Callable[..., list[str]], env: dict[str, str
             raise AssertionError(f"the {side} side tried to reach the network: "
                                  f"{written['network']}")
         results[side] = written["scenarios"]
-    return results["reference"], results["tracer"]
+    return results
 
 
 # -- normalising ------------------------------------------------------------------------------

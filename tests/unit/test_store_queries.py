@@ -16,7 +16,7 @@ from tracer import wire
 from workers.queue import Pending
 from workers.rows import Container, project_id
 from workers.store import open_store, schema
-from workers.store.base import SearchOff, StoreReader, TraceFilter, UpgradeRequired
+from workers.store.base import SearchOff, StoreReader, TraceFilter, UpgradeRequired, Write
 from workers.store.sqlite import SQLiteWriter
 
 T0 = 1_800_000_000.0
@@ -698,3 +698,66 @@ def test_rewriting_the_same_text_keeps_one_index_entry(store):
 
     assert roots(store, filters=TraceFilter(text="same")) == []
     assert roots(store, filters=TraceFilter(text="other")) == [root]
+
+
+# -- replacing writes (the reference SDK's writes without _is_merge, through tracer serve) ----
+
+
+def replacing(update: Pending) -> Write:
+    """``update`` as a write that replaces the stored row whole."""
+    return Write(update.container, update.row, replace=True)
+
+
+def test_a_replacing_write_takes_the_stored_rows_place_whole(store):
+    root, rows = trace(logs(), T0, input={"q": "hi"}, metadata={"kept": 1})
+    store.write(rows)
+
+    store.write([replacing(span(logs(), root, root, name="again", start=T0, end=T0 + 1,
+                                output="new", created="2030-01-01T00:00:00+00:00"))])
+
+    with store.reader() as reader:
+        row = reader.span_row(root, root)
+    assert row is not None
+    assert "input" not in row and "metadata" not in row
+    assert (row["output"], row["span_attributes"]["name"], row["created"]) == (
+        "new", "again", "2030-01-01T00:00:00+00:00")
+
+
+def test_merges_after_a_replacing_write_in_one_batch_merge_into_the_replacement(store):
+    root, rows = trace(logs(), T0, metadata={"old": 1})
+    store.write(rows)
+
+    store.write([span(logs(), root, root, metadata={"before": 1}),
+                 replacing(span(logs(), root, root, name="r", start=T0, end=T0 + 1,
+                                metadata={"new": 1})),
+                 span(logs(), root, root, metadata={"after": 1})])
+
+    with store.reader() as reader:
+        row = reader.span_row(root, root)
+    assert row is not None and row["metadata"] == {"new": 1, "after": 1}
+
+
+def test_a_replacing_write_moves_the_traces_summary_and_its_text(store):
+    root, rows = trace(logs(), T0, children=1)
+    child = f"{root}-c0"
+    store.write(rows)
+    store.write([span(logs(), root, child, error="boom", output="forgotten words",
+                      metrics={"tokens": 7})])
+    [before] = summaries(store)
+    assert (before["errors"], before["tokens"]) == (1, 7)
+
+    store.write([replacing(span(logs(), root, child, [root], start=T0 + 1, end=T0 + 2,
+                                output="kept words"))])
+
+    [after] = summaries(store)
+    assert (after["spans"], after["errors"], after["tokens"]) == (2, 0, None)
+    assert roots(store, filters=TraceFilter(text="kept")) == [root]
+    assert roots(store, filters=TraceFilter(text="forgotten")) == []
+
+
+def test_a_replacing_write_of_a_new_row_stores_it_as_it_is(store):
+    root = "fresh"
+    store.write([replacing(span(logs(), root, root, start=T0, end=T0 + 1, output=1))])
+
+    [listed] = summaries(store)
+    assert (listed["row_id"], listed["spans"], listed["running"]) == (root, 1, False)

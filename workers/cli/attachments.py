@@ -11,14 +11,14 @@ from collections.abc import Iterable, Iterator
 
 from tracer import attachments
 
-from ..attachments import KEY, references, status
+from ..attachments import REFERENCE_KEY, references, status
 from ..store import StoreReader, open_store
 
 
 def cmd_attachment(args: argparse.Namespace) -> int:
     """``tracer attachment get``: 0, or 1 if the attachment is not stored."""
-    if not KEY.fullmatch(args.key):
-        raise ValueError(f"not an attachment key: {args.key!r} (expected 32 hex digits)")
+    if not REFERENCE_KEY.fullmatch(args.key):
+        raise ValueError(f"not an attachment key: {args.key!r} (expected 32 hex digits, or a UUID)")
     path = args.store
     with open_store(path, readonly=True) as store:
         recorded = store.attachments([args.key]).get(args.key)

@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, Response
 
 from tracer import attachments as tracer_attachments
 
-from ..attachments import KEY, references, status
+from ..attachments import REFERENCE_KEY, references, status
 from ..store import SchemaVersionError, StoreReader
 from ..store.base import Cursor, SearchOff, TraceFilter, UpgradeRequired
 from ..store.summary import TYPE_BITS
@@ -374,11 +374,11 @@ _REFUSED_DESTINATIONS = frozenset(("script", "style", "worker", "sharedworker", 
 def attachment(request: Request, reader: StoreReader) -> Response:
     """``GET /api/attachments/{key}``: an attachment's bytes with its recorded content type
     (``?download=1``: as a download under its recorded file name). The key must be 32 hex
-    digits and the blob is found by the sha256 the store recorded: no path comes from the
-    request."""
+    digits (or a UUID: the reference SDK's keys) and the blob is found by the sha256 the store
+    recorded: no path comes from the request."""
     key = str(request.path_params["key"])
-    if not KEY.fullmatch(key):
-        raise NotFound("not an attachment key (32 hex digits)")
+    if not REFERENCE_KEY.fullmatch(key):
+        raise NotFound("not an attachment key (32 hex digits, or a UUID)")
     if request.headers.get("sec-fetch-dest", "") in _REFUSED_DESTINATIONS:
         raise BadRequest("attachments are not scripts or style sheets")
     recorded = reader.attachments([key]).get(key)

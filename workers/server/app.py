@@ -18,6 +18,9 @@ Security (docs/server.md):
 - Every response carries ``CSP`` and ``X-Content-Type-Options: nosniff`` (and does not let
   itself be framed, or send a referrer); API answers are not cached.
 - Any failure is answered ``{"error": "internal error"}`` with 500: no traceback leaves.
+- The reference SDK's API (``braintrust_api``: ``/logs3``, ``/v1/...``, the paths its
+  ``handles`` names) is left to its routes as the ingest API is: Bearer keys, or for the
+  uploads to its signed URLs, their tokens.
 - The ingest API (``/api/v1/``: ``ingest_api``, writing through ``ingest``) takes only
   ``Authorization: Bearer <key>``, checked by its routes (``ingest_auth``): never the session
   cookie, so a web page cannot post rows with a signed-in user's cookie; and no loopback
@@ -48,7 +51,7 @@ from starlette.staticfiles import StaticFiles
 from tracer import config
 
 from ..store import StoreReader, open_store
-from . import api, ingest_api, otlp_api
+from . import api, braintrust_api, ingest_api, otlp_api
 from .ingest import DEFAULT_QUEUE_ROWS, Ingest
 from .ingest_auth import KeyRing
 
@@ -186,7 +189,8 @@ class Guard:
 
     def _refusal(self, request: Request) -> Response | None:
         path = request.url.path
-        if path.startswith(INGEST_PREFIX) or path == otlp_api.PATH:
+        if (path.startswith(INGEST_PREFIX) or path == otlp_api.PATH
+                or braintrust_api.handles(path)):
             return None  # their keys only: their routes check them, and never the cookie
         if self.check_host:
             host = (request.headers.get("host") or "").lower()
@@ -308,6 +312,7 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
         Route("/api/attachments/{key}", api.attachment),
         Route("/api/stats", api.stats),
         Route("/api/v1/rows", ingest_api.post_rows, methods=["POST"]),
+        *braintrust_api.routes(),
         Route("/api/v1/runs", ingest_api.post_run, methods=["POST"]),
         Route("/api/v1/attachments", ingest_api.post_attachments, methods=["POST"]),
         Route("/api/v1/blobs/{sha256}", ingest_api.head_blob, methods=["HEAD"]),
@@ -320,7 +325,8 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if (exc.status_code == 404 and request.method in ("GET", "HEAD")
-                and not request.url.path.startswith(("/api/", "/static/"))):
+                and not request.url.path.startswith(("/api/", "/static/"))
+                and not braintrust_api.handles(request.url.path)):
             # A page that does not exist: the viewer says so (its own "not found" page).
             return FileResponse(os.path.join(STATIC_DIR, "index.html"), status_code=404,
                                 headers={"Cache-Control": "no-cache"})
@@ -345,5 +351,6 @@ def make_app(store: str, api_key: str | None = None, *, check_host: bool | None 
     app.state.ingest = ingest
     app.state.keys = KeyRing(api_key, store_keys)
     app.state.limits = ingest_api.Limits(max_body, max_blob)
+    app.state.braintrust = braintrust_api.BraintrustAPI(store, ingest, app.state.limits)
     app.router.redirect_slashes = False  # one URL per resource; anything else is not found
     return Guard(app, api_key, (api_key is None) if check_host is None else check_host)

@@ -45,6 +45,7 @@ Every batch refused is counted by reason (``counters``: ``refused_full``,
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import os
 import re
@@ -221,14 +222,20 @@ def _fsync_directory(path: str) -> None:
 
 
 class Update:
-    """One row of a batch for ``StoreWriter.write`` (a ``RowUpdate``)."""
+    """One row of a batch for ``StoreWriter.write`` (a ``RowUpdate``); ``replace``: it
+    replaces the stored row whole rather than merging into it."""
 
-    __slots__ = ("container", "key", "row")
+    __slots__ = ("container", "key", "replace", "row")
 
-    def __init__(self, container: Container, row: dict) -> None:
+    def __init__(self, container: Container, row: dict, replace: bool = False) -> None:
         self.container = container
         self.key: Key = (container.id, row["id"])
         self.row = row
+        self.replace = replace
+
+
+#: What ``submit`` takes: ``(container, row)``, or ``(container, row, replace)``.
+Entry = tuple[Container | str, object] | tuple[Container | str, object, bool]
 
 
 def container_of(key: object, cache: dict[str, Container] | None = None) -> Container:
@@ -255,16 +262,19 @@ def container_of(key: object, cache: dict[str, Container] | None = None) -> Cont
     return container
 
 
-def check_batch(entries: Iterable[tuple[Container | str, object]],
-                projects: Collection[str] | None = None) -> list[Update]:
-    """The batch as the store writes it: each ``(container, row)`` checked (the container key
-    parses, the row is one: ``rows.check_row``), the row's container columns
+def check_batch(entries: Iterable[Entry], projects: Collection[str] | None = None
+                ) -> list[Update]:
+    """The batch as the store writes it: each ``(container, row)`` (or ``(container, row,
+    replace)``: the row replaces the stored one whole, ``StoreWriter.write``) checked (the
+    container key parses, the row is one: ``rows.check_row``), the row's container columns
     (``project_id``, ``log_id`` / ``experiment_id``) set from its container, as the aggregator
     sets them. ``projects``: the project names the rows may belong to (None: any). Raises
     ``BadBatch`` or ``NotAllowed`` for the first row that fails."""
     cache: dict[str, Container] = {}
     batch = []
-    for index, (key, row) in enumerate(entries):
+    for index, entry in enumerate(entries):
+        key, row = entry[0], entry[1]
+        replace = len(entry) > 2 and bool(entry[2])
         try:
             container = container_of(key, cache)
             check_row(row)
@@ -274,7 +284,7 @@ def check_batch(entries: Iterable[tuple[Container | str, object]],
         if projects is not None and container.project_name not in projects:
             raise NotAllowed(container.project_name, index)
         row.update(container.columns)
-        batch.append(Update(container, row))
+        batch.append(Update(container, row, replace))
     return batch
 
 
@@ -333,7 +343,7 @@ class Ingest:
 
     # -- the API ---------------------------------------------------------------------------
 
-    def submit(self, entries: Iterable[tuple[Container | str, object]],
+    def submit(self, entries: Iterable[Entry],
                timeout: float = DEFAULT_WAIT,
                projects: Collection[str] | None = None) -> int:
         """Check the ``(container, row)`` pairs and write them whole; how many rows were
@@ -347,7 +357,7 @@ class Ingest:
         self.count("rows_committed", len(batch))
         return len(batch)
 
-    def check(self, entries: Iterable[tuple[Container | str, object]],
+    def check(self, entries: Iterable[Entry],
               projects: Collection[str] | None = None) -> list[Update]:
         """``check_batch``, counting what it refuses (CPU work: off the event loop)."""
         try:
@@ -372,7 +382,7 @@ class Ingest:
         self.count("rows_committed", len(batch))
         return len(batch)
 
-    async def submit_async(self, entries: Iterable[tuple[Container | str, object]],
+    async def submit_async(self, entries: Iterable[Entry],
                            timeout: float = DEFAULT_WAIT,
                            projects: Collection[str] | None = None) -> int:
         """``submit`` for an async endpoint: the rows checked in a worker thread, the commit
@@ -400,6 +410,19 @@ class Ingest:
         """``record_run``, waiting on the event loop."""
         await self._call_async(1, lambda writer: writer.record_run(run_id, info, counters, ended),
                                f"run {run_id!r:.80}", timeout)
+
+    def record_containers(self, containers: Collection[Container],
+                          timeout: float = DEFAULT_WAIT) -> None:
+        """Record containers that may have no row yet (``StoreWriter.import_containers``:
+        one recorded already stays as it is), on the writer thread: the reference SDK's
+        project and experiment registrations (``braintrust_api``)."""
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        records = [{"id": c.id, "kind": "project_logs" if c.experiment_id is None
+                    else "experiment", "project_id": c.project_id,
+                    "project_name": c.project_name, "experiment_id": c.experiment_id,
+                    "experiment_name": c.experiment_name, "created": now} for c in containers]
+        self._call(len(records), lambda writer: writer.import_containers(records),
+                   f"{len(records)} containers", timeout)
 
     def record_attachments(self, records: list[dict], timeout: float = DEFAULT_WAIT) -> int:
         """``record_attachment`` for each record (a dict of its arguments), in one job; a record
@@ -634,6 +657,11 @@ class Ingest:
                 job.wake()
             except RuntimeError:  # the waiting loop is closed: nobody to answer
                 pass
+
+    def log(self, key: str, message: str, every: float = 10.0) -> None:
+        """One line on the server's stderr, at most once per ``every`` seconds for a ``key``
+        (the other routes of the write path tell of what they refuse or leave out here)."""
+        self._log(key, message, every)
 
     def _log(self, key: str, message: str, every: float = 10.0) -> None:
         """One line on stderr, at most once per ``every`` seconds for a ``key``."""

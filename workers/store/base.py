@@ -45,6 +45,25 @@ class RowUpdate(Protocol):
     key: Key  # (container id, row id)
     row: dict  # the partial row, in the underlying format
     container: Container  # where the row belongs
+    # An update may also have ``replace`` (read with ``getattr``, default False): true when it
+    # replaces the stored row whole rather than merging into it (``StoreWriter.write``).
+
+
+class Write:
+    """A ``RowUpdate`` made outside the aggregator's queue (which hands the writer its own
+    ``workers.queue.Pending``): one partial row of a container, merged into the stored row or,
+    with ``replace``, replacing it whole."""
+
+    __slots__ = ("container", "key", "replace", "row")
+
+    def __init__(self, container: Container, row: dict, replace: bool = False) -> None:
+        self.container = container
+        self.row = row
+        self.key: Key = (container.id, row["id"])
+        self.replace = replace
+
+    def __repr__(self) -> str:
+        return f"<Write {self.key!r} replace={self.replace}>"
 
 
 class SchemaVersionError(ValueError):
@@ -199,6 +218,11 @@ class StoreWriter(StoreHandle):
         ``created`` of a row stays. A batch may hold a key more than once: its partial rows
         merge in order. The containers of the batch are recorded (``StoreReader.containers``).
         Writing the same batch again changes nothing (retries and replays rely on it).
+
+        An update whose ``replace`` attribute is true (the reference SDK's writes without
+        ``_is_merge``, taken in by ``tracer serve``'s ``/logs3``) is not merged: it takes the
+        stored row's place whole, given a ``created`` time if it has none, as a new row would
+        be; later updates of the batch merge into it.
         """
 
     @abc.abstractmethod

@@ -174,7 +174,8 @@ ORDER BY ord
 ON CONFLICT (container, id) DO UPDATE SET
     span_id = excluded.span_id, root_span_id = excluded.root_span_id, name = excluded.name,
     type = excluded.type, start = excluded.start, "end" = excluded."end",
-    has_error = excluded.has_error, updated = excluded.updated, data = excluded.data,
+    has_error = excluded.has_error, created = excluded.created, updated = excluded.updated,
+    data = excluded.data,
     parents = excluded.parents, search = coalesce(excluded.search, rows.search)
 """
 
@@ -364,6 +365,13 @@ def _merged(row: object, update: dict) -> dict:
     return row
 
 
+def _fresh(update: dict, created: str) -> dict:
+    """A row as a first (or replacing) write leaves it: given ``created`` if it has none."""
+    row = dict(update)
+    row.setdefault("created", created)
+    return row
+
+
 class PostgresWriter(StoreWriter):
     """Writes to a PostgreSQL store; connects on first use and again after a failure (see
     ``StoreWriter``)."""
@@ -436,21 +444,25 @@ class PostgresWriter(StoreWriter):
             text_changed: set[Key] = set()
             for p in batch:
                 key = (_text(p.key[0]) or "", _text(p.key[1]) or "")
-                if "input" in p.row or "output" in p.row:
+                # A replacing write (StoreWriter.write) may take away the text's fields.
+                replace = getattr(p, "replace", False)
+                if replace or "input" in p.row or "output" in p.row:
                     text_changed.add(key)
                 row = rows.get(key)
                 if row is not None:
-                    _merged(row, p.row)
+                    if replace:
+                        rows[key] = _fresh(p.row, created)
+                    else:
+                        _merged(row, p.row)
                     continue
                 data = stored.get(key)
                 if data is None:
-                    row = dict(p.row)
-                    row.setdefault("created", created)
+                    row = _fresh(p.row, created)
                     before[key] = None
                 else:
                     old = wire.unpack_stored(data)
                     before[key] = summary.part(old) if isinstance(old, dict) else None
-                    row = _merged(old, p.row)
+                    row = _fresh(p.row, created) if replace else _merged(old, p.row)
                 rows[key] = row
             self._upsert(conn, rows, text_changed, now)
             changes = [summary.Change(c, i, before[(c, i)], row)

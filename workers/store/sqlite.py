@@ -66,12 +66,32 @@ ON CONFLICT (container, id) DO UPDATE SET
     parents = coalesce(excluded.parents, rows.parents)
 """
 
+# A replacing write (``RowUpdate.replace``: the reference's write without ``_is_merge``): the
+# new row and its columns take the stored row's place whole; ``tracer_replace`` notes the
+# change for the summaries as ``tracer_merge`` does.
+UPSERT_REPLACE = f"""
+INSERT INTO rows ({_COLUMNS}) VALUES {_VALUES}
+ON CONFLICT (container, id) DO UPDATE SET
+    data = tracer_replace(rows.data, excluded.data, rows.container, rows.id, rows.rowid),
+    span_id = excluded.span_id,
+    root_span_id = excluded.root_span_id,
+    name = excluded.name,
+    type = excluded.type,
+    start = excluded.start,
+    end = excluded.end,
+    has_error = excluded.has_error,
+    created = excluded.created,
+    updated = excluded.updated,
+    parents = excluded.parents
+"""
+
 # Rows per INSERT statement. sqlite3 lets go of the GIL for each step of a statement: with one
 # row per step (executemany), the uploader took the GIL back from the receiving thread once per
 # row. 71 rows x 14 values stay under SQLite's oldest limit on variables (999).
 ROWS_PER_STATEMENT = 71
 _UPSERT_HEAD, _UPSERT_TAIL = UPSERT.split(f"VALUES {_VALUES}")
-_upserts: dict[int, str] = {}
+_REPLACE_HEAD, _REPLACE_TAIL = UPSERT_REPLACE.split(f"VALUES {_VALUES}")
+_upserts: dict[tuple[int, bool], str] = {}
 
 # A key already recorded as stored stays so (StoreWriter.record_attachment).
 RECORD_ATTACHMENT = """
@@ -86,12 +106,14 @@ _RUN_FIELDS = ("run_id", "pid", "host", "endpoint", "started", "updated", "ended
 _ATTACHMENT_FIELDS = ("key", "sha256", "size", "filename", "content_type", "status", "error")
 
 
-def _upsert(rows: int) -> str:
-    """The upsert of ``rows`` rows in one statement (cached by row count)."""
-    sql = _upserts.get(rows)
+def _upsert(rows: int, replace: bool = False) -> str:
+    """The upsert of ``rows`` rows in one statement, merging or (``replace``) replacing
+    (cached by row count and kind)."""
+    sql = _upserts.get((rows, replace))
     if sql is None:
         values = ",".join([_VALUES] * rows)
-        sql = _upserts[rows] = f"{_UPSERT_HEAD}VALUES {values}{_UPSERT_TAIL}"
+        head, tail = (_REPLACE_HEAD, _REPLACE_TAIL) if replace else (_UPSERT_HEAD, _UPSERT_TAIL)
+        sql = _upserts[(rows, replace)] = f"{head}VALUES {values}{tail}"
     return sql
 
 
@@ -127,15 +149,24 @@ class _Merges:
 
     def __call__(self, stored: bytes | str, update: bytes, container: str, row_id: str,
                  rowid: int) -> bytes:
+        return self._write(stored, update, container, row_id, rowid, False)
+
+    def replace(self, stored: bytes | str, update: bytes, container: str, row_id: str,
+                rowid: int) -> bytes:
+        """``tracer_replace``: as ``tracer_merge``, but the update takes the row's place."""
+        return self._write(stored, update, container, row_id, rowid, True)
+
+    def _write(self, stored: bytes | str, update: bytes, container: str, row_id: str,
+               rowid: int, replace: bool) -> bytes:
         key = (container, row_id)
         entry = self.seen.get(key)
         if entry is not None:  # merged into again in this batch: the stored row is entry[1]
             new = wire.unpack_stored(update)
-            if entry[3] is None and isinstance(new, dict) and summary.touches_text(new,
-                                                                                   self.mode):
+            if entry[3] is None and (replace or isinstance(new, dict) and summary.touches_text(
+                    new, self.mode)):
                 # The merges before this one left the indexed text as it was before the batch.
                 entry[3] = summary.indexed_text(entry[1], self.mode)
-            entry[1] = _merged(entry[1], new)
+            entry[1] = _replacing(new) if replace else _merged(entry[1], new)
             entry[2] += 1
             return pack_row(entry[1])
         row = wire.unpack_stored(stored)
@@ -143,11 +174,18 @@ class _Merges:
         before = old_text = None
         if isinstance(row, dict):
             before = summary.part(row)
-            if isinstance(new, dict) and summary.touches_text(new, self.mode):
+            if replace or isinstance(new, dict) and summary.touches_text(new, self.mode):
                 old_text = summary.indexed_text(row, self.mode)
-        after = _merged(row, new)
+        after = _replacing(new) if replace else _merged(row, new)
         self.seen[key] = [before, after, 1, old_text, rowid]
         return pack_row(after)
+
+
+def _replacing(new: object) -> dict:
+    """The row a replacing write leaves: the update itself."""
+    if not isinstance(new, dict):  # only rows are written to `data`
+        raise ValueError("tracer_replace: a row is not a map")
+    return new
 
 
 def _create(path: str) -> None:
@@ -267,6 +305,7 @@ class SQLiteWriter(StoreWriter):
             if self._conn is None:
                 self._conn = connect(self.path)
                 self._conn.create_function("tracer_merge", 5, self._merges)
+                self._conn.create_function("tracer_replace", 5, self._merges.replace)
                 self._set_search_mode(self._conn)
                 self._identity = _identity(self.path)
                 self._committed = 0
@@ -315,9 +354,13 @@ class SQLiteWriter(StoreWriter):
                 rowids.setdefault(p.key, first + len(rowids))
             rows = [_columns(rowids[p.key], p.key, p.row, now, created) for p in batch]
             self._merges.seen.clear()
-            for i in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[i:i + ROWS_PER_STATEMENT]
-                conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
+            # Runs of merging and of replacing writes, in the batch's order, each in
+            # statements of up to ROWS_PER_STATEMENT rows.
+            for replace, run in _runs(batch, rows):
+                for i in range(0, len(run), ROWS_PER_STATEMENT):
+                    chunk = run[i:i + ROWS_PER_STATEMENT]
+                    conn.execute(_upsert(len(chunk), replace),
+                                 [value for row in chunk for value in row])
             summary.apply(conn, self._changes(batch, rowids, mode), now, mode)
             conn.execute("COMMIT")
         except BaseException:
@@ -341,7 +384,8 @@ class SQLiteWriter(StoreWriter):
         counts: dict[Key, list] = {}  # key -> [occurrences, last partial row, wrote text]
         for p in batch:
             entry = counts.get(p.key)
-            text = touches(p.row, mode)
+            # A replacing write may take away the fields the text was made of.
+            text = touches(p.row, mode) or getattr(p, "replace", False)
             if entry is None:
                 counts[p.key] = [1, p.row, text]
             else:
@@ -520,6 +564,17 @@ def _no_space_left(path: str) -> bool:
         return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
     except OSError:
         return False
+
+
+def _runs(batch: Sequence[RowUpdate], rows: list[tuple]) -> Iterator[tuple[bool, list[tuple]]]:
+    """``rows`` (the columns of ``batch``'s updates) in runs of one kind, in order:
+    ``(replace, run)``."""
+    start = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or (getattr(batch[i], "replace", False)
+                               != getattr(batch[start], "replace", False)):
+            yield bool(getattr(batch[start], "replace", False)), rows[start:i]
+            start = i
 
 
 def _columns(rowid: int, key: Key, row: dict, now: float, created: str) -> tuple:
