@@ -238,6 +238,7 @@ def test_a_bad_container_key_is_400_naming_the_row(server, store, container):
     b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"rows": "many"}),
     msgpack.packb({"rows": [], "extra": 1}), msgpack.packb({"rows": []}) + b"\x00",
     msgpack.packb({"rows": [msgpack.ExtType(5, b"x")]}),
+    msgpack.packb({"rows": [], "batch": 5}), msgpack.packb({"rows": [], "batch": "b" * 201}),
 ])
 def test_a_body_that_is_not_a_batch_is_400(server, store, body):
     response = post_rows(server, body=body)
@@ -437,6 +438,8 @@ def test_a_key_made_with_tracer_keys_create_is_taken(keyless, store_url):
     committed = post_rows(keyless, key=key)
     assert committed.status_code == 200, committed.text
     assert len(stored(store_url)) == 3
+    traces = keyless.get(f"/api/projects/{PROJECT}/traces").json()["traces"]  # the viewer's
+    assert [(t["name"], t["spans"]) for t in traces] == [("request", 3)]
 
 
 def test_a_batch_delivered_twice_changes_nothing_on_either_backend(keyless, store_url):

@@ -83,7 +83,7 @@ def init_logger(project: str | None = None, project_id: str | None = None, *,
     ``TRACER_STORE`` or ``.tracer/traces.db``); later calls, and child processes, attach to it.
     ``endpoint`` attaches to a running aggregator instead (``tracer aggregator --bind ...``);
     ``aggregator_key`` (default ``TRACER_AGGREGATOR_KEY``) is the public key of a tcp://
-    aggregator started with ``--secret-key`` (``tracer keys`` makes the pair).
+    aggregator started with ``--secret-key`` (``tracer keys curve`` makes the pair).
     ``api_key`` is accepted for compatibility with the reference SDK and not used.
     Nothing here blocks: the aggregator starts in the background. Every ``TRACER_*`` variable
     and the arguments are checked first: a bad one raises ValueError (TypeError for a wrong

@@ -244,7 +244,7 @@ class Url(Kind):
 
 
 class CurveKey(Kind):
-    """An aggregator's CURVE public key as ``tracer keys`` prints it: 40 Z85 characters."""
+    """An aggregator's CURVE public key as ``tracer keys curve`` prints it: 40 Z85 characters."""
 
     def parse(self, label: str, text: str) -> str:
         try:
@@ -252,8 +252,8 @@ class CurveKey(Kind):
         except Exception:  # z85 raises KeyError, ValueError or struct.error for what is not Z85
             valid = False
         if not valid:
-            raise refused(label, text, "not a CURVE public key (40 characters, as `tracer keys` "
-                                       "prints it)")
+            raise refused(label, text, "not a CURVE public key (40 characters, as "
+                                       "`tracer keys curve` prints it)")
         return text
 
     def describe(self) -> str:
@@ -379,7 +379,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEBUG", Boolean(), False, "on: an aggregator started by `init_logger` also logs "
              "its start and exit", field="debug"),
     Variable("AGGREGATOR_KEY", CurveKey(), None, "the public key of a `tcp://` aggregator "
-             "started with `--secret-key` (`tracer keys` prints it); passed on to child "
+             "started with `--secret-key` (`tracer keys curve` prints it); passed on to child "
              "processes. Used for `tcp://` endpoints only", field="aggregator_key",
              keyword="aggregator_key", shown_default="unset"),
     Variable("MAX_GENERATOR_ITEMS", Integer(-1, MAX_ROWS), 1000, "items of a traced generator "

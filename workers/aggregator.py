@@ -545,9 +545,9 @@ def parser() -> argparse.ArgumentParser:
                         "TRACER_STORE or "
                         ".tracer/traces.db)")
     p.add_argument("--secret-key", metavar="FILE",
-                   help="the aggregator's secret key file (mode 0600, from `tracer keys`): only "
-                        "senders given its public key (TRACER_AGGREGATOR_KEY) can connect, and "
-                        "the traffic is encrypted (ZeroMQ CURVE). tcp:// only")
+                   help="the aggregator's secret key file (mode 0600, from `tracer keys "
+                        "curve`): only senders given its public key (TRACER_AGGREGATOR_KEY) "
+                        "can connect, and the traffic is encrypted (ZeroMQ CURVE). tcp:// only")
     p.add_argument("--insecure", action="store_true",
                    help="allow a bind beyond loopback without --secret-key: anyone who can "
                         "reach the port can write rows into any project")
@@ -571,7 +571,8 @@ def check_bind(bind: str, secret_key_file: str | None, insecure: bool) -> bytes 
         if not insecure:
             raise ValueError(f"--bind {bind} is reachable from other hosts: anyone who can "
                              "connect could write rows into any project. Give --secret-key "
-                             "FILE (make one with `tracer keys`), or --insecure to accept that")
+                             "FILE (make one with `tracer keys curve`), or --insecure to accept "
+                             "that")
         log.log(f"WARNING: listening on {bind} without a secret key (--insecure): anyone who "
                 "can reach it can send spans into any project, and traffic is not encrypted")
     return None

@@ -10,21 +10,26 @@ once it is committed. Between the endpoints and that thread is a queue bounded i
 it is refused at once (``IngestFull``) rather than waited for, so a slow store turns into
 ``429 Retry-After`` for the uploaders, which back off, never into unbounded memory here.
 
-The Python API (every method blocks its caller until the writer thread is done with its job,
-at most ``timeout`` seconds; an async endpoint runs it in a worker thread, never on the event
-loop: ``await run_in_threadpool(ingest.submit, entries)``):
+The Python API. Each call waits until the writer thread is done with its job, at most
+``timeout`` seconds. The plain methods block their thread (for a sync caller, or one in a worker
+thread); an async endpoint uses the ``*_async`` ones, which check the rows in a worker thread
+(``run_in_threadpool``) and wait for the commit on the event loop without holding a thread (so
+many uploads waiting on a slow store never take the thread pool from the viewer's endpoints):
 
-- ``submit(entries, timeout, projects)``: ``(container, row)`` pairs (a ``rows.Container`` or a
-  container key as on the wire) checked (``check_batch``) then written whole; returns how many
-  rows were committed. Raises ``BadBatch`` (a row that is not one, with its index: nothing is
-  written), ``NotAllowed`` (a row of a project the key may not write), ``IngestFull`` (the
-  queue is full: try again after ``retry_after`` seconds), ``IngestUnavailable`` (the store
-  failed, or the write took longer than ``timeout``, or the server is stopping: try again after
-  ``retry_after``).
-- ``record_run(run_id, info, counters, ended)``, ``record_attachment(key, ...)``: the
-  ``StoreWriter`` calls of the same names, through the same thread (same exceptions);
-  ``record_attachments(records)``: several in one job, each a dict of ``record_attachment``'s
-  arguments, every stored one naming a blob the server has (``MissingBlob`` otherwise).
+- ``submit(entries, timeout, projects)`` / ``await submit_async(...)`` (or in two steps:
+  ``check(entries, projects)`` in a worker thread, then ``await write_async(batch)``):
+  ``(container, row)`` pairs (a ``rows.Container`` or a container key as on the wire) checked
+  (``check_batch``), then written whole; returns how many rows were committed. Raises
+  ``BadBatch`` (a row that is not one, with its index: nothing is written), ``NotAllowed`` (a
+  row of a project the key may not write), ``IngestFull`` (the queue is full: try again after
+  ``retry_after`` seconds), ``IngestUnavailable`` (the store failed, or the write took longer
+  than ``timeout``, or the server is stopping: try again after ``retry_after``).
+- ``record_run(run_id, info, counters, ended)`` (``record_run_async``) and
+  ``record_attachment(key, ...)``: the ``StoreWriter`` calls of the same names, through the
+  same thread (same exceptions); ``record_attachments(records)``
+  (``record_attachments_async``): several in one job, each a dict of
+  ``record_attachment``'s arguments, every stored one naming a blob the server has
+  (``MissingBlob`` otherwise).
 - ``has_blob(sha256)``, ``put_blob(sha256, chunks, max_bytes)`` (or ``blob_writer`` for a body
   that arrives in pieces): the store's content-addressed blob area
   (``tracer.attachments.blob_path``: beside a SQLite store, in ``config.local_path``'s
@@ -39,6 +44,7 @@ Every batch refused is counted by reason (``counters``: ``refused_full``,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -49,6 +55,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
 
 from tracer import attachments, config, threads
 
@@ -273,15 +281,30 @@ def check_batch(entries: Iterable[tuple[Container | str, object]],
 Work = Callable[[StoreWriter], Any]
 
 
+def _recorder(records: list[dict]) -> Work:
+    """The writer thread's job for attachment records."""
+    def work(writer: StoreWriter) -> None:
+        for record in records:
+            writer.record_attachment(**record)
+    return work
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _Job:
     """One call for the writer thread, and its outcome."""
 
-    __slots__ = ("rows", "work", "what", "state", "done", "result", "error")
+    __slots__ = ("rows", "work", "what", "wake", "state", "done", "result", "error")
 
-    def __init__(self, rows: int, work: Work, what: str) -> None:
+    def __init__(self, rows: int, work: Work, what: str,
+                 wake: Callable[[], None] | None = None) -> None:
         self.rows = rows  # its weight in the queue's bound
         self.work = work
         self.what = what  # for messages: "a batch of 12 rows"
+        self.wake = wake  # called once it is done (an async waiter's loop woken)
         self.state = "queued"  # then "running", "done"; or "cancelled" while queued
         self.done = threading.Event()
         self.result: Any = None
@@ -315,14 +338,7 @@ class Ingest:
                projects: Collection[str] | None = None) -> int:
         """Check the ``(container, row)`` pairs and write them whole; how many rows were
         committed (see the module for what it raises)."""
-        try:
-            batch = check_batch(entries, projects)
-        except BadBatch:
-            self.count("refused_bad", 1)
-            raise
-        except NotAllowed:
-            self.count("refused_forbidden", 1)
-            raise
+        batch = self.check(entries, projects)
         if not batch:
             return 0
         self._call(len(batch), lambda writer: writer.write(batch),
@@ -330,6 +346,39 @@ class Ingest:
         self.count("batches_committed", 1)
         self.count("rows_committed", len(batch))
         return len(batch)
+
+    def check(self, entries: Iterable[tuple[Container | str, object]],
+              projects: Collection[str] | None = None) -> list[Update]:
+        """``check_batch``, counting what it refuses (CPU work: off the event loop)."""
+        try:
+            return check_batch(entries, projects)
+        except BadBatch:
+            self.count("refused_bad")
+            raise
+        except NotAllowed:
+            self.count("refused_forbidden")
+            raise
+
+    async def write_async(self, batch: list[Update], timeout: float = DEFAULT_WAIT,
+                          what: str | None = None) -> int:
+        """Write a batch ``check`` made, whole, waiting on the event loop (no thread held)
+        until it is committed; how many rows (``what``: the batch for messages). Raises as
+        ``submit`` does."""
+        if not batch:
+            return 0
+        await self._call_async(len(batch), lambda writer: writer.write(batch),
+                               what or f"a batch of {len(batch)} rows", timeout)
+        self.count("batches_committed")
+        self.count("rows_committed", len(batch))
+        return len(batch)
+
+    async def submit_async(self, entries: Iterable[tuple[Container | str, object]],
+                           timeout: float = DEFAULT_WAIT,
+                           projects: Collection[str] | None = None) -> int:
+        """``submit`` for an async endpoint: the rows checked in a worker thread, the commit
+        waited for on the event loop."""
+        batch = await run_in_threadpool(self.check, entries, projects)
+        return await self.write_async(batch, timeout)
 
     def record_run(self, run_id: str, info: dict, counters: dict, ended: bool = False,
                    timeout: float = DEFAULT_WAIT) -> None:
@@ -346,22 +395,36 @@ class Ingest:
             key, sha256=sha256, size=size, filename=filename, content_type=content_type,
             error=error, source=source, logged=logged), f"attachment {key!r:.80}", timeout)
 
+    async def record_run_async(self, run_id: str, info: dict, counters: dict,
+                               ended: bool = False, timeout: float = DEFAULT_WAIT) -> None:
+        """``record_run``, waiting on the event loop."""
+        await self._call_async(1, lambda writer: writer.record_run(run_id, info, counters, ended),
+                               f"run {run_id!r:.80}", timeout)
+
     def record_attachments(self, records: list[dict], timeout: float = DEFAULT_WAIT) -> int:
         """``record_attachment`` for each record (a dict of its arguments), in one job; a record
         without ``error`` must name a blob the server has (``MissingBlob`` for the first that
         does not, and nothing is recorded). Returns how many were recorded."""
-        for index, record in enumerate(records):
-            if record.get("error") is None and not self.has_blob(str(record.get("sha256"))):
-                self.count("refused_missing_blob", 1)
-                raise MissingBlob(str(record.get("sha256")), index)
-
-        def work(writer: StoreWriter) -> None:
-            for record in records:
-                writer.record_attachment(**record)
-
-        self._call(max(1, len(records)), work, f"{len(records)} attachment records", timeout)
+        self._check_blobs(records)
+        self._call(max(1, len(records)), _recorder(records),
+                   f"{len(records)} attachment records", timeout)
         self.count("attachments_recorded", len(records))
         return len(records)
+
+    async def record_attachments_async(self, records: list[dict],
+                                       timeout: float = DEFAULT_WAIT) -> int:
+        """``record_attachments``, waiting on the event loop."""
+        await run_in_threadpool(self._check_blobs, records)
+        await self._call_async(max(1, len(records)), _recorder(records),
+                               f"{len(records)} attachment records", timeout)
+        self.count("attachments_recorded", len(records))
+        return len(records)
+
+    def _check_blobs(self, records: list[dict]) -> None:
+        for index, record in enumerate(records):
+            if record.get("error") is None and not self.has_blob(str(record.get("sha256"))):
+                self.count("refused_missing_blob")
+                raise MissingBlob(str(record.get("sha256")), index)
 
     def blob_path(self, sha256: str) -> str:
         """Where the blob of this SHA-256 (64 lower-case hex digits) is, or would be;
@@ -440,15 +503,38 @@ class Ingest:
     # -- the queue -------------------------------------------------------------------------
 
     def _call(self, rows: int, work: Work, what: str, timeout: float) -> Any:
-        job = _Job(rows, work, what)
+        job = self._enqueue(rows, work, what)
+        if not job.done.wait(timeout):
+            self._timed_out(job, timeout)
+        return self._outcome(job)
+
+    async def _call_async(self, rows: int, work: Work, what: str, timeout: float) -> Any:
+        """``_call`` for the event loop: the wait holds no thread (the writer thread wakes the
+        loop when the job is done)."""
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def wake() -> None:  # on the writer thread (or a closing one)
+            loop.call_soon_threadsafe(_resolve, finished)
+
+        job = self._enqueue(rows, work, what, wake)
+        try:
+            await asyncio.wait_for(asyncio.shield(finished), timeout)
+        except asyncio.TimeoutError:
+            self._timed_out(job, timeout)
+        return self._outcome(job)
+
+    def _enqueue(self, rows: int, work: Work, what: str,
+                 wake: Callable[[], None] | None = None) -> _Job:
+        job = _Job(rows, work, what, wake)
         with self._cond:
             if self._closed:
-                self.count("refused_stopping", 1)
+                self.count("refused_stopping")
                 raise IngestUnavailable(RETRY_UNAVAILABLE, "the trace server is stopping")
             # A batch larger than the whole queue is taken when the queue is empty: refusing it
             # would refuse it forever.
             if self._held and self._held + rows > self.max_rows:
-                self.count("refused_full", 1)
+                self.count("refused_full")
                 raise IngestFull(RETRY_FULL, f"the server's write queue is full ({self._held} "
                                              f"rows waiting; --ingest-queue {self.max_rows})")
             self._jobs.append(job)
@@ -458,22 +544,30 @@ class Ingest:
                                                 daemon=True)
                 threads.start(self._thread)
             self._cond.notify_all()
-        if not job.done.wait(timeout):
-            with self._cond:
-                if job.state == "queued":  # never started: taken back, nothing written
-                    job.state = "cancelled"
-                    self._jobs.remove(job)
-                    self._held -= job.rows
-                    self._cond.notify_all()
-            if job.state == "cancelled":
-                self.count("refused_timeout", 1)
-                raise IngestUnavailable(RETRY_UNAVAILABLE, f"{what} waited {timeout:g}s for "
-                                        "the store and was not written")
-            if not job.done.is_set():
-                self.count("refused_timeout", 1)
-                raise IngestUnavailable(
-                    RETRY_UNAVAILABLE, f"{what} was still being written after {timeout:g}s: it "
-                    "may be committed; writing it again changes nothing", maybe_applied=True)
+        return job
+
+    def _timed_out(self, job: _Job, timeout: float) -> None:
+        """A job not done within ``timeout``: taken back if it has not started (nothing
+        written), and either way answered ``IngestUnavailable``; unless it finished just now."""
+        with self._cond:
+            if job.state == "queued":  # never started: taken back, nothing written
+                job.state = "cancelled"
+                self._jobs.remove(job)
+                self._held -= job.rows
+                self._cond.notify_all()
+            state = job.state
+        if state == "done":
+            return
+        self.count("refused_timeout")
+        if state == "cancelled":
+            raise IngestUnavailable(RETRY_UNAVAILABLE, f"{job.what} waited {timeout:g}s for the "
+                                    "store and was not written")
+        raise IngestUnavailable(
+            RETRY_UNAVAILABLE, f"{job.what} was still being written after {timeout:g}s: it may "
+            "be committed; writing it again changes nothing", maybe_applied=True)
+
+    @staticmethod
+    def _outcome(job: _Job) -> Any:
         if job.error is not None:
             raise job.error
         return job.result
@@ -501,7 +595,16 @@ class Ingest:
     def _open(self) -> StoreWriter:
         if self._writer is None:
             self._writer = self._opener(self.store)
+            self._writer.on_replaced = self._replaced
         return self._writer
+
+    def _replaced(self, why: str, committed: int) -> None:
+        """The store file was removed or replaced under the server (what it had committed
+        there went with it): counted and said; the next write makes a new store."""
+        self.count("store_replaced")
+        where = config.without_password(self.store)
+        self._log("replaced", f"the store at {where} was {why}: the {committed} rows and "
+                              "records this server had written there went with it", every=0.0)
 
     def _failure(self, job: _Job, exc: Exception) -> IngestError:
         """What to answer for a job that raised ``exc``: the store failing as a whole is
@@ -526,6 +629,11 @@ class Ingest:
     def _finish(job: _Job, result: Any = None, error: IngestError | None = None) -> None:
         job.result, job.error, job.state = result, error, "done"
         job.done.set()
+        if job.wake is not None:
+            try:
+                job.wake()
+            except RuntimeError:  # the waiting loop is closed: nobody to answer
+                pass
 
     def _log(self, key: str, message: str, every: float = 10.0) -> None:
         """One line on stderr, at most once per ``every`` seconds for a ``key``."""

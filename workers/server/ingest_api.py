@@ -44,6 +44,7 @@ from .ingest import (
     IngestUnavailable,
     MissingBlob,
     NotAllowed,
+    Update,
 )
 from .ingest_auth import Principal, bearer
 
@@ -53,6 +54,7 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 DEFAULT_MAX_BLOB = 512 * 1024 * 1024
 #: A body may decompress to this many times ``--max-body``, no more (zip bombs).
 INFLATION = 4
+MAX_BATCH_ID = 200  # characters of a batch's id (for logs)
 MAX_ATTACHMENTS = 10_000  # attachment records in one request
 MAX_TEXT = 10_000  # characters of a text field of a run or an attachment record
 BLOB_WRITE = 1024 * 1024  # bytes of a blob gathered before they are written out
@@ -127,6 +129,10 @@ def _entries(document: Any) -> list[tuple[Any, Any]]:
     if unknown:
         raise BadBatch(f"unknown field {sorted(map(str, unknown))[0]!r:.60} in the body: rows, "
                        "batch")
+    batch = document.get("batch")
+    if batch is not None and (type(batch) is not str or len(batch) > MAX_BATCH_ID):
+        raise BadBatch(f"batch: a string of at most {MAX_BATCH_ID} characters (the batch's id, "
+                       "for logs)")
     entries = []
     for index, entry in enumerate(rows):
         if type(entry) is not dict or set(entry) != {"container", "row"}:
@@ -145,11 +151,16 @@ async def post_rows(request: Request, principal: Principal) -> Response:
     encoding = content_encoding(request)
     body = await read_body(request, limits.max_body)
 
-    def work() -> int:
-        data = decompress(body, encoding, INFLATION * limits.max_body)
-        return ingest.submit(_entries(decode(data, kind)), projects=principal.projects)
+    def prepare() -> tuple[list[Update], str]:  # CPU work: in a worker thread
+        document = decode(decompress(body, encoding, INFLATION * limits.max_body), kind)
+        batch = ingest.check(_entries(document), principal.projects)
+        label = f"batch {document.get('batch')!r} of {len(batch)} rows from key " \
+                f"{principal.name!r}"
+        return batch, label
 
-    committed = await run_in_threadpool(work)
+    batch, label = await run_in_threadpool(prepare)
+    # The wait for the commit holds no thread: the viewer's endpoints keep the thread pool.
+    committed = await ingest.write_async(batch, what=label)
     return JSON({"committed": committed})
 
 
@@ -223,7 +234,7 @@ async def post_run(request: Request, principal: Principal) -> Response:
     except (TypeError, ValueError, RecursionError):
         raise BadBatch("counters: must be JSON values") from None
     assert run_id is not None
-    await run_in_threadpool(ingest.record_run, run_id, checked, counters, ended)
+    await ingest.record_run_async(run_id, checked, counters, ended)
     return JSON({"ok": True})
 
 
@@ -271,7 +282,7 @@ async def post_attachments(request: Request, principal: Principal) -> Response:
     if not isinstance(records, (list, tuple)) or len(records) > MAX_ATTACHMENTS:
         raise BadBatch(f'the body must be {{"attachments": [...]}}, at most {MAX_ATTACHMENTS}')
     checked = [_attachment(record, index) for index, record in enumerate(records)]
-    recorded = await run_in_threadpool(ingest.record_attachments, checked)
+    recorded = await ingest.record_attachments_async(checked)
     return JSON({"recorded": recorded})
 
 
