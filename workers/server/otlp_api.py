@@ -146,8 +146,9 @@ async def post_traces(request: Request) -> Response:
         export = otlp.decode_request(data, encoding)
         mapped = otlp.request_rows(export, project=project, parent=parent,
                                    resolve=resolver(request), check=check)
-        if mapped.rows:
-            ingest.submit(mapped.rows, projects=principal.projects)
+        if mapped.rows:  # the containers parsed once: check() made them
+            ingest.submit([(containers[key], row) for key, row in mapped.rows],
+                          projects=principal.projects)
         return mapped
 
     try:
