@@ -111,7 +111,7 @@ def test_four_aggregators_writing_overlapping_rows_lose_no_merge_duplicate_nothi
     # Nothing duplicated: one row per span and per shared id.
     ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids)) == LONG_SPANS + SHARED_ROWS
-    long_rows = {(row.get("span_attributes") or {}).get("name"): row for row in rows
+    long_rows = {str((row.get("span_attributes") or {}).get("name")): row for row in rows
                  if not row["id"].startswith("shared-")}
     assert sorted(long_rows) == [f"long-{k:03d}" for k in range(LONG_SPANS)]
     # Every merge present: the owner's end and every updater's fields, in every long span.
