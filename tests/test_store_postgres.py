@@ -74,6 +74,28 @@ def test_writers_opening_a_new_database_at_once_migrate_it_once(postgres_url):
         assert conn.execute("SELECT count(*) FROM rows").fetchone() == (4,)
 
 
+def test_a_version_1_database_is_upgraded_by_a_writer_and_lists_its_traces_as_before(
+        postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # what version 1 made
+        for statement in postgres.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE tracer_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO tracer_schema VALUES (1)")
+    with open_store(postgres_url) as writer:
+        writer.write([pending("v1", f"r{n}", metrics={"start": float(n)},
+                              span_attributes={"type": "llm" if n % 2 else "task"})
+                      for n in range(6)])
+
+    with open_store(postgres_url, readonly=True) as reader:
+        assert reader.schema_version() == postgres.VERSION
+        page = reader.trace_summaries(project="v1", filters=TraceFilter(span_type="llm"))
+    assert page is not None and [t["root_span_id"] for t in page.traces] == ["r5", "r3", "r1"]
+    with psycopg.connect(postgres_url) as conn:
+        indexes = {name for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'traces'")}
+    assert "traces_by_start_keys" in indexes and "traces_by_start" not in indexes
+
+
 def test_a_database_of_a_newer_schema_is_refused_with_the_usual_message(postgres_url):
     with open_store(postgres_url) as writer:
         writer.write([pending("p", "a")])
