@@ -28,6 +28,9 @@ A write is one transaction of a few statements whatever the batch's size (none p
 2. one ``INSERT ... SELECT ... ORDER BY container, id ON CONFLICT DO NOTHING RETURNING`` stores
    the keys that are new (the common case: a span's row written once, at its end) and says
    which;
+   (When the writer's last batch mostly merged into stored rows, it first asks which keys are
+   stored, without a lock, and offers only the others to the insert: a hint, which step 3 and
+   the next round correct when it is out of date.)
 3. the other keys' stored rows are read ``FOR UPDATE`` (in key order), the partials merged into
    them in Python (``workers.rows.merge``, the reference's merge: dicts recursively, anything
    else replaces; the first ``created`` stays), copied into the stage again and written by one
@@ -454,6 +457,7 @@ class PostgresWriter(StoreWriter):
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()  # one connection, used by one call at a time
         self._known_containers: set[str] = set()
+        self._merging = False  # the last batch mostly merged into stored rows (``_write``)
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -507,15 +511,24 @@ class PostgresWriter(StoreWriter):
         with conn.transaction():
             conn.execute(_STAGE_TABLES)
             pending = list(partials)
-            for round_ in range(_ROUNDS):
-                if round_:
-                    conn.execute("DELETE FROM tracer_rows_stage")
-                new = {key: _new_row(partials[key], created) for key in pending}
-                (seqs,) = zip(*conn.execute(_RESERVE_SEQ, (len(new),)), strict=True)
-                self._stage(conn, new, text_changed, seqs)
-                for key in conn.execute(_INSERT_NEW, (now,)):
-                    rows[key] = new[key]
-                    before[key] = None
+            # When the last batch mostly merged into stored rows, which keys are stored is asked
+            # first (without a lock: a hint), so that a stored key is not made into a new row
+            # and offered to the insert in vain. Either way the insert comes before the locks.
+            hint = self._stored(conn, pending) if self._merging else set()
+            staged = False
+            merges = 0
+            for _ in range(_ROUNDS):
+                new = {key: _new_row(partials[key], created) for key in pending
+                       if key not in hint}
+                if new:
+                    if staged:
+                        conn.execute("DELETE FROM tracer_rows_stage")
+                    (seqs,) = zip(*conn.execute(_RESERVE_SEQ, (len(new),)), strict=True)
+                    self._stage(conn, new, text_changed, seqs)
+                    staged = True
+                    for key in conn.execute(_INSERT_NEW, (now,)):
+                        rows[key] = new[key]
+                        before[key] = None
                 left = sorted(key for key in pending if key not in rows)
                 if not left:
                     break
@@ -530,24 +543,36 @@ class PostgresWriter(StoreWriter):
                         _merged(row, part)
                     merged[(c, i)] = row
                 if merged:
-                    conn.execute("DELETE FROM tracer_rows_stage")
+                    if staged:
+                        conn.execute("DELETE FROM tracer_rows_stage")
                     self._stage(conn, merged, text_changed, None)
+                    staged = True
                     conn.execute(_UPDATE_MERGED, (now,))
                     rows.update(merged)
-                # A key that was stored when the insert met it and deleted (pruned) before the
-                # lock: inserted in the next round.
+                    merges += len(merged)
+                # A key that was stored when the insert met it (or the hint was taken) and
+                # deleted (pruned) before the lock: inserted in the next round.
                 pending = [key for key in left if key not in merged]
+                hint = set()
                 if not pending:
                     break
             else:
                 raise psycopg.errors.SerializationFailure(
                     f"{len(pending)} rows were deleted each time they were about to be merged "
                     "into")
+            self._merging = merges * 2 > len(partials)
             changes = [summary.Change(c, i, before[(c, i)], row)
                        for (c, i), row in rows.items()]
             self._apply(conn, summary.deltas_of(changes), now)
             added = self._add_containers(conn, batch, created)
         self._known_containers.update(added)  # only once they are committed
+
+    def _stored(self, conn: psycopg.Connection, keys: Sequence[Key]) -> set[Key]:
+        """Which of ``keys`` are stored now (no lock taken: a hint, which may be out of date
+        by the time it is used)."""
+        return {(c, i) for c, i in conn.execute(
+            "SELECT container, id FROM rows WHERE (container, id) IN (SELECT * FROM "
+            "unnest(%s::text[], %s::text[]))", ([k[0] for k in keys], [k[1] for k in keys]))}
 
     def _stage(self, conn: psycopg.Connection, rows: dict[Key, dict], text_changed: set[Key],
                seqs: Sequence[int] | None) -> None:
