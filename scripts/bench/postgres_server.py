@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ def postgres_for_bench(url: str | None) -> Iterator[str]:
         raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql); "
                          "or give --store postgresql://...")
     server = PostgresServer(bin_dir, _free_port())
+    # Stopped on SIGTERM too (the default handler would leave the server running).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with psycopg.connect(server.admin, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET fsync = on")
@@ -47,6 +50,11 @@ def postgres_for_bench(url: str | None) -> Iterator[str]:
         yield server.admin.replace("postgres@", "tracer:" + _password() + "@", 1)
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _password() -> str:
