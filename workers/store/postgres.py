@@ -46,7 +46,7 @@ first's commit, finds the key stored and merges into it (step 3). No deadlock: i
 step 3 are taken in key order, on rows whose inserters have committed; the summaries' in key
 order after every row lock is held. A key deleted between steps 2
 and 3 (``tracer prune``) goes round again. No advisory lock is taken: the server's lock table
-(``max_locks_per_transaction`` x connections, 6,400 by default, shared by every session) would
+(``max_locks_per_transaction`` x processes, 7,808 by default, shared by every session) would
 bound the batch's size and the number of writers; row locks live in the rows.
 
 Why merge in Python rather than in SQL with a jsonb merge function: the stored row is msgpack
@@ -843,8 +843,12 @@ class PostgresReader(SharedQueries):
                          f"(t.scores ->> %s)::float8 {'>' if op == 'gt' else '<'} %s")
             args += [_text(name), _text(name), threshold]
         for key, wanted in f.metadata:
-            where.append("t.metadata ->> %s = %s")
-            args += [_text(key), _text(wanted)]
+            # Containment, not ``->> key = value`` (the same here: every value the summary
+            # keeps is a string): the planner estimates it from the column's statistics, where
+            # it took each ``->>`` equality for 0.5% of the traces and, for two of them, read
+            # every trace rather than the newest (140 ms against 15 at 1,000,000 rows).
+            where.append("t.metadata @> %s::jsonb")
+            args.append(json.dumps({_text(key): _text(wanted)}, ensure_ascii=False))
         words = _words(f.text) if f.text else None
         if words is not None:
             # Traces with a span whose input or output has every word (the GIN index finds
