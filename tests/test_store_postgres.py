@@ -16,6 +16,7 @@ from tracer import wire
 from workers.queue import Pending
 from workers.rows import Container
 from workers.store import STORE_ERRORS, SchemaVersionError, StoreError, open_store, postgres
+from workers.store.base import TraceFilter
 from workers.store.postgres import PostgresReader, PostgresWriter
 
 from .conftest import CLI, Service, clean_env, free_port, python_command, run_cli
@@ -71,6 +72,28 @@ def test_writers_opening_a_new_database_at_once_migrate_it_once(postgres_url):
         assert conn.execute("SELECT version FROM tracer_schema").fetchall() == [
             (postgres.VERSION,)]
         assert conn.execute("SELECT count(*) FROM rows").fetchone() == (4,)
+
+
+def test_a_version_1_database_is_upgraded_by_a_writer_and_lists_its_traces_as_before(
+        postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # what version 1 made
+        for statement in postgres.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE tracer_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO tracer_schema VALUES (1)")
+    with open_store(postgres_url) as writer:
+        writer.write([pending("v1", f"r{n}", metrics={"start": float(n)},
+                              span_attributes={"type": "llm" if n % 2 else "task"})
+                      for n in range(6)])
+
+    with open_store(postgres_url, readonly=True) as reader:
+        assert reader.schema_version() == postgres.VERSION
+        page = reader.trace_summaries(project="v1", filters=TraceFilter(span_type="llm"))
+    assert page is not None and [t["root_span_id"] for t in page.traces] == ["r5", "r3", "r1"]
+    with psycopg.connect(postgres_url) as conn:
+        indexes = {name for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'traces'")}
+    assert "traces_by_start_keys" in indexes and "traces_by_start" not in indexes
 
 
 def test_a_database_of_a_newer_schema_is_refused_with_the_usual_message(postgres_url):
@@ -192,3 +215,90 @@ def test_tracer_serve_answers_its_api_from_a_postgres_store(postgres_url, tmp_pa
         == ["served"]
     assert root in str(traces) and root in str(skeleton)
     assert PASSWORD not in server.log()
+
+
+# -- the write statement ---------------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_servers_lock_table_is_written(postgres_url):
+    # The test server's lock table holds about 64 locks x 222 processes: a writer that
+    # took a lock per key (an advisory lock, as the first writer did) failed this batch with
+    # "out of shared memory" for ever, each retry alike.
+    rows = [pending("big", f"r{n:05d}", output=n) for n in range(30_000)]
+    with open_store(postgres_url) as writer:
+        writer.write(rows)
+        writer.write(rows)  # and again, every key stored: merged under its row lock
+
+    with open_store(postgres_url, readonly=True) as reader:
+        assert sum(1 for _ in reader.rows(project="big")) == 30_000
+
+
+def test_a_batch_holding_a_stored_row_twice_merges_its_parts_in_the_batchs_order(postgres_url):
+    # merge(merge(row, a), b) differs from merge(row, merge(a, b)) when a replaces a map
+    # that b merges into: each part is merged into the stored row in turn.
+    with open_store(postgres_url) as writer:
+        writer.write([pending("twice", "a", metadata={"m": {"kept": 1}})])
+        writer.write([pending("twice", "a", metadata={"m": 5}),
+                      pending("twice", "a", metadata={"m": {"new": 2}}, output="b")])
+        writer.write([pending("twice", "n", metadata={"m": 5}),
+                      pending("twice", "n", metadata={"m": {"new": 2}})])
+
+    with open_store(postgres_url, readonly=True) as reader:
+        rows = {row["id"]: row for row in reader.rows(project="twice")}
+    assert rows["a"]["metadata"] == {"m": {"new": 2}}
+    assert rows["a"]["output"] == "b"
+    assert rows["n"]["metadata"] == {"m": {"new": 2}}
+
+
+def test_a_batchs_new_rows_are_read_back_in_the_order_they_were_written(postgres_url):
+    ids = [f"row-{n:02d}" for n in range(20)]
+    random.Random(3).shuffle(ids)
+    with open_store(postgres_url) as writer:
+        writer.write([pending("order", row_id) for row_id in ids])
+        writer.write([pending("order", row_id, output=1) for row_id in sorted(ids)])
+
+    with open_store(postgres_url, readonly=True) as reader:
+        assert [row["id"] for _, row in reader.stored_rows()] == ids
+        assert reader.last_root() == ids[-1]
+
+
+def test_a_merge_keeps_the_first_created_and_reindexes_the_text_it_changed(postgres_url):
+    with open_store(postgres_url) as writer:
+        writer.write([pending("text", "a", input="alpha question", created="2026-01-01")])
+        writer.write([pending("text", "a", output="omega answer", created="2027-01-01")])
+
+    with open_store(postgres_url, readonly=True) as reader:
+        [row] = list(reader.rows(project="text"))
+        found = {word: reader.trace_summaries(project="text",
+                                              filters=TraceFilter(text=word))
+                 for word in ("alpha", "omega")}
+    assert row["created"] == "2026-01-01"
+    assert (row["input"], row["output"]) == ("alpha question", "omega answer")
+    assert all(page is not None and [t["root_span_id"] for t in page.traces] == ["a"]
+               for page in found.values())
+
+
+def test_four_writer_threads_lose_no_merge_and_duplicate_nothing(postgres_url):
+    # No row stored first: the writers race on inserting new keys as well as on merging.
+    errors: list[BaseException] = []
+
+    def guarded(w: int) -> None:
+        try:
+            write_overlapping(postgres_url, w, 100 + w)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+
+    with open_store(postgres_url, readonly=True) as reader:
+        rows = list(reader.rows(project="many"))
+        page = reader.trace_summaries(project="many", limit=1000)
+    assert sorted(row["id"] for row in rows) == [f"k{k:03d}" for k in range(KEYS)]
+    for row in rows:
+        assert row["metadata"] == {f"w{w}": ROUNDS - 1 for w in range(4)}, row["id"]
+    assert page is not None and sorted(t["spans"] for t in page.traces) == [1] * KEYS

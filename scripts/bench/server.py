@@ -1,6 +1,7 @@
 """The trace server's queries on a large store: request times through the real HTTP server.
 
-    python scripts/bench/server.py [--rows 1000000] [--repeat 30] [--store PATH] [--json FILE]
+    python scripts/bench/server.py [--rows 1000000] [--repeat 30] [--store sqlite,postgresql]
+                                   [--json FILE]
 
 1. Builds a store of ``--rows`` rows (default 1,000,000) through the store writer, in batches
    of 1,000 rows, as the aggregator writes them: traces of 5 to 15 spans (about 10), a root
@@ -15,6 +16,13 @@
    client's, from sending the request to the last byte of the answer (loopback: the server's
    time plus well under a millisecond). Prints p50, p95 and the largest, and how many traces
    each page held.
+
+``--store`` names the stores, measured one after the other on the same rows (the generator is
+deterministic), with a table of each beside the others at the end: ``sqlite`` (a temporary
+file, the default), a path (a SQLite store, built there if it does not exist, kept),
+``postgresql`` (a PostgreSQL server started for the run with ``tests/postgres.py``'s helper,
+``fsync`` on, its settings the defaults), or a ``postgresql://`` URL of a database (built there
+if it has no store yet, kept; an existing one is used as it is).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from common import child_env, machine, percentile  # noqa: E402
 from tracer import wire  # noqa: E402
 from workers.queue import Pending  # noqa: E402
 from workers.rows import Container  # noqa: E402
-from workers.store.sqlite import SQLiteWriter  # noqa: E402
+from workers.store import open_store  # noqa: E402
+from workers.store.postgres import SCHEMES  # noqa: E402
 
 PROJECT = "bench"
 BATCH = 1000
@@ -141,9 +150,10 @@ class Generator:
 
 
 def build(path: str, rows: int) -> dict:
-    """Write the store; returns what the queries need (ids, words, times)."""
+    """Write the store (a SQLite path or a PostgreSQL URL); returns what the queries need (ids,
+    words, times)."""
     gen = Generator()
-    writer = SQLiteWriter(path)
+    writer = open_store(path)
     written = traces = 0
     pending: list[Pending] = []
     began = time.perf_counter()
@@ -175,13 +185,51 @@ def build(path: str, rows: int) -> dict:
         print(f"  a trace of {spans:,} spans", flush=True)
     writer.close()
     elapsed = time.perf_counter() - began
+    size = store_size(path)
     print(f"built {written:,} rows ({traces:,} traces) + 110,000 in two big traces in "
           f"{elapsed:.0f} s ({(written + 110_000) / elapsed:,.0f} rows/s); "
-          f"{os.path.getsize(path) / 2**20:,.0f} MiB", flush=True)
-    info = {"rows": written, "traces": traces, "big": big, "build_s": elapsed}
-    with open(path + ".bench.json", "w") as f:
-        json.dump(info, f)
+          f"{size / 2**20:,.0f} MiB", flush=True)
+    info = {"rows": written, "traces": traces, "big": big, "build_s": elapsed,
+            "size_mib": size / 2**20}
+    if not path.startswith(SCHEMES):
+        with open(path + ".bench.json", "w") as f:
+            json.dump(info, f)
     return info
+
+
+def store_size(path: str) -> int:
+    """Bytes the store takes: the SQLite file, or the PostgreSQL database."""
+    if not path.startswith(SCHEMES):
+        return os.path.getsize(path)
+    import psycopg
+
+    with psycopg.connect(path) as conn:
+        found = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(found[0]) if found else 0
+
+
+def existing(path: str) -> dict | None:
+    """What ``build`` returned for a store built before, or None if there is none at ``path``:
+    the saved file beside a SQLite store; read from a PostgreSQL one (its two big traces are
+    the traces of 10,000 and 100,000 spans)."""
+    if not path.startswith(SCHEMES):
+        if os.path.exists(path) and os.path.exists(path + ".bench.json"):
+            with open(path + ".bench.json") as f:
+                return dict(json.load(f))
+        return None
+    import psycopg
+
+    with psycopg.connect(path) as conn:
+        if conn.execute("SELECT to_regclass('traces')").fetchone() in (None, (None,)):
+            return None
+        big = {str(spans): root for root, spans in conn.execute(
+            "SELECT root_span_id, spans FROM traces WHERE spans IN (10000, 100000)")}
+        counted = conn.execute("SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM "
+                               "traces)").fetchone()
+    if len(big) != 2 or counted is None:
+        return None
+    return {"rows": counted[0] - 110_000, "traces": counted[1] - 2, "big": big,
+            "build_s": None, "size_mib": store_size(path) / 2**20}
 
 
 @dataclass
@@ -274,63 +322,106 @@ def queries(client: httpx.Client, info: dict) -> list[tuple[str, str]]:
     ]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=1_000_000,
-                   help="rows of ~10-span traces to write (default: 1,000,000)")
-    p.add_argument("--repeat", type=int, default=30, help="timed requests per query "
-                                                          "(default: 30)")
-    p.add_argument("--store", help="use this store (built there if it does not exist; kept)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = p.parse_args()
-
-    info_machine = machine()
-    print(f"server: {info_machine['cpu']}, {info_machine['cores']} cores, "
-          f"{info_machine['python']}, source {info_machine['source']}", flush=True)
-    workdir = None
-    if args.store:
-        store = os.path.abspath(args.store)
+def measure(store: str, rows: int, repeat: int) -> tuple[dict, list[Timing]]:
+    """Build (or reuse) the store, serve it, time every query."""
+    info = existing(store)
+    if info is not None:
+        print(f"using {display(store)}: {info['rows']:,} rows", flush=True)
     else:
-        workdir = tempfile.mkdtemp(prefix="server-bench-")
-        store = os.path.join(workdir, "traces.db")
-    if os.path.exists(store) and os.path.exists(store + ".bench.json"):
-        with open(store + ".bench.json") as f:
-            info = json.load(f)
-        print(f"using {store}: {info['rows']:,} rows", flush=True)
-    else:
-        print(f"building {store}: {args.rows:,} rows", flush=True)
-        info = build(store, args.rows)
+        print(f"building {display(store)}: {rows:,} rows", flush=True)
+        info = build(store, rows)
         info = json.loads(json.dumps(info))  # keys as the saved file has them
     proc, url = serve(store)
     results = []
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             for name, path in queries(client, info):
-                timing = time_request(client, name, path, args.repeat)
+                timing = time_request(client, name, path, repeat)
                 results.append(timing)
                 print(f"  {name}: p95 {percentile(timing.times, 95) * 1000:.1f} ms", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
-    print(f"\n{info['rows']:,} rows ({info['traces']:,} traces) + two traces of 10,000 and "
-          f"100,000 spans; {args.repeat} requests each after 2 warm-up requests\n")
-    print("| request | p50 | p95 | max | traces or spans answered |")
-    print("|---|---:|---:|---:|---:|")
-    for t in results:
-        print(f"| {t.name} | {percentile(t.times, 50) * 1000:.1f} ms | "
-              f"{percentile(t.times, 95) * 1000:.1f} ms | {t.times[-1] * 1000:.1f} ms | "
-              f"{'' if t.found is None else f'{t.found:,}'} |")
+    return info, results
+
+
+def display(store: str) -> str:
+    from workers.store.postgres import redact
+
+    return redact(store) if store.startswith(SCHEMES) else store
+
+
+def backend(store: str) -> str:
+    return "PostgreSQL" if store.startswith(SCHEMES) else "SQLite"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000,
+                   help="rows of ~10-span traces to write (default: 1,000,000)")
+    p.add_argument("--repeat", type=int, default=30, help="timed requests per query "
+                                                          "(default: 30)")
+    p.add_argument("--store", default="sqlite", help="stores, comma-separated: sqlite, a "
+                   "SQLite path (kept), postgresql, or a postgresql:// URL (kept) "
+                   "(default: sqlite)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args()
+
+    info_machine = machine()
+    print(f"server: {info_machine['cpu']}, {info_machine['cores']} cores, "
+          f"{info_machine['python']}, source {info_machine['source']}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    import contextlib
+    import shutil
+
+    from postgres_server import new_database, postgres_for_bench
+
+    measured: list[tuple[str, dict, list[Timing], tuple[float, ...]]] = []
+    with contextlib.ExitStack() as stack:
+        for spec in args.store.split(","):
+            workdir = None
+            if spec == "sqlite":
+                workdir = tempfile.mkdtemp(prefix="server-bench-")
+                store = os.path.join(workdir, "traces.db")
+            elif spec == "postgresql":
+                store = new_database(stack.enter_context(postgres_for_bench(None)))
+            elif spec.startswith(SCHEMES):
+                store = spec
+            else:
+                store = os.path.abspath(spec)
+            info, results = measure(store, args.rows, args.repeat)
+            measured.append((backend(store), info, results, os.getloadavg()))
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+    for name, info, results, load in measured:
+        built = (f"built in {info['build_s']:.0f} s, " if info.get("build_s") else "") + \
+            f"{info['size_mib']:,.0f} MiB"
+        print(f"\n{name}: {info['rows']:,} rows ({info['traces']:,} traces) + two traces of "
+              f"10,000 and 100,000 spans ({built}); {args.repeat} requests each after 2 warm-up "
+              f"requests; load average after {' '.join(f'{x:.2f}' for x in load)}\n")
+        print("| request | p50 | p95 | max | traces or spans answered |")
+        print("|---|---:|---:|---:|---:|")
+        for t in results:
+            print(f"| {t.name} | {percentile(t.times, 50) * 1000:.1f} ms | "
+                  f"{percentile(t.times, 95) * 1000:.1f} ms | {t.times[-1] * 1000:.1f} ms | "
+                  f"{'' if t.found is None else f'{t.found:,}'} |")
+    if len(measured) > 1:
+        print("\n| request | " + " | ".join(f"{name} p50 | {name} p95" for name, *_ in measured)
+              + " |")
+        print("|---|" + "---:|---:|" * len(measured))
+        for i, t in enumerate(measured[0][2]):
+            cells = " | ".join(f"{percentile(m[2][i].times, 50) * 1000:.1f} ms | "
+                               f"{percentile(m[2][i].times, 95) * 1000:.1f} ms"
+                               for m in measured)
+            print(f"| {t.name} | {cells} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info_machine, "store": info, "results": [
-                {"name": t.name, "path": t.path, "found": t.found,
-                 "p50_ms": percentile(t.times, 50) * 1000,
-                 "p95_ms": percentile(t.times, 95) * 1000, "max_ms": t.times[-1] * 1000}
-                for t in results]}, f, indent=2)
-    if workdir is not None:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+            json.dump({"machine": info_machine, "stores": [
+                {"backend": name, "store": info, "load_after": load, "results": [
+                    {"name": t.name, "path": t.path, "found": t.found,
+                     "p50_ms": percentile(t.times, 50) * 1000,
+                     "p95_ms": percentile(t.times, 95) * 1000, "max_ms": t.times[-1] * 1000}
+                    for t in results]} for name, info, results, load in measured]}, f, indent=2)
     return 0
 
 

@@ -20,19 +20,42 @@ advisory lock, so two aggregators opening one new database migrate it once):
 - ``traces``: the per-trace summaries of ``workers.store.summary``, kept by the writer in the
   same transaction as the rows; ``scores``, ``score_sums`` and ``metadata`` are ``jsonb``.
 
-A write is one transaction. It first takes a transaction-scoped advisory lock per key of the
-batch, in the order of the keys' hashes (every writer takes them in that one order: no
-deadlock), then reads the stored rows of those keys, merges in Python (``workers.rows.merge``,
-the reference's merge: dicts recursively, anything else replaces; the first ``created``
-stays), and upserts the merged rows. Each key's lock is held from before the read to the
-commit, so two writers merging into one row take turns: none loses the other's merge. The
-trace summaries then move by the difference (upserts in key order, under the rows' locks),
-and the batch's containers are recorded last (a fixed order of lock kinds: advisory, traces,
-containers, so no two writers wait on each other in a cycle).
+A write is one transaction of a few statements whatever the batch's size (none per row):
+
+1. the batch, each key's partial rows made into a new row, is copied (COPY, binary) into a
+   temporary table of the session (``tracer_rows_stage``, made by the session's first batch,
+   emptied at each commit), with ``seq`` values drawn in the batch's order;
+2. one ``INSERT ... SELECT ... ORDER BY container, id ON CONFLICT DO NOTHING RETURNING`` stores
+   the keys that are new (the common case: a span's row written once, at its end) and says
+   which;
+   (When the writer's last batch mostly merged into stored rows, it first asks which keys are
+   stored, without a lock, and offers only the others to the insert: a hint, which step 3 and
+   the next round correct when it is out of date.)
+3. the other keys' stored rows are read ``FOR UPDATE`` (in key order), the partials merged into
+   them in Python (``workers.rows.merge``, the reference's merge: dicts recursively, anything
+   else replaces; the first ``created`` stays), copied into the stage again and written by one
+   ``UPDATE ... FROM``;
+4. the trace summaries move by the difference between each row before and after (COPY into
+   ``tracer_traces_stage``, one ``INSERT ... ON CONFLICT DO UPDATE`` in key order), and the
+   batch's new containers are recorded.
+
+Two writers merging into one row take turns on its row lock, held from the read to the commit:
+none loses the other's merge. Two inserting one new key: the second's insert waits for the
+first's commit, finds the key stored and merges into it (step 3). No deadlock: inserts (step
+2) wait only on a key's inserter or updater, and meet other inserters in key order; the locks of
+step 3 are taken in key order, on rows whose inserters have committed; the summaries' in key
+order after every row lock is held. A key deleted between steps 2
+and 3 (``tracer prune``) goes round again. No advisory lock is taken: the server's lock table
+(``max_locks_per_transaction`` x processes, 7,808 by default, shared by every session) would
+bound the batch's size and the number of writers; row locks live in the rows.
 
 Why merge in Python rather than in SQL with a jsonb merge function: the stored row is msgpack
-(jsonb cannot hold what rows may hold), and the summaries need each row as it was before the
-batch, which the read gives; the read and the upsert are one round trip each per batch.
+(jsonb cannot hold what rows may hold: bytes, NaN, NUL characters), the summaries and the text
+index need each row as it was before and as it is after, and measured, the jsonb merge was the
+slowest way (``docs/benchmarks.md``, "PostgreSQL": ``scripts/bench/store_write.py``).
+
+The writer needs the ``TEMP`` privilege on the database (PostgreSQL grants it to every user by
+default).
 
 Text columns cannot hold NUL in PostgreSQL: a NUL in an id, a name or the text indexed is
 written as U+FFFD there (``data`` keeps the row exactly).
@@ -41,8 +64,8 @@ written as U+FFFD there (``data`` keeps the row exactly).
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
-import hashlib
 import json
 import threading
 import time
@@ -153,6 +176,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created text COLLATE "C" NOT NULL,
             revoked text)""",
     ),
+    # Version 3: the logs page's index covers the filters on span types and errors, so that a
+    # page filtered on them reads the index alone (a filter no trace passes read every
+    # trace's row: 1 s for 100,000 traces, against 24 ms; docs/benchmarks.md, "PostgreSQL").
+    (
+        "CREATE INDEX traces_by_start_keys ON traces (container, start, root_span_id) "
+        "INCLUDE (types, errors)",
+        "DROP INDEX traces_by_start",
+    ),
 )
 
 VERSION = len(MIGRATIONS)  # the schema version this code writes
@@ -161,30 +192,69 @@ VERSION = len(MIGRATIONS)  # the schema version this code writes
 # writer migrates.
 _MIGRATION_LOCK = (0x7472, 0x6163)  # "tr", "ac"
 
-_UPSERT = """
-INSERT INTO rows (container, id, span_id, root_span_id, name, type, start, "end", has_error,
-                  created, updated, data, parents, search)
-SELECT c, i, s, r, n, t, st, en, e, cr, %(now)s, d, p::jsonb,
+# A batch is staged in two temporary tables of the writer's session (COPY, binary), then moved
+# into ``rows`` and ``traces`` by one statement each. They are made by the first batch of a
+# session (``_STAGE_TABLES``), emptied at each commit.
+_STAGE_TABLES = """
+DO $$BEGIN
+IF to_regclass('pg_temp.tracer_rows_stage') IS NULL THEN
+    CREATE TEMP TABLE tracer_rows_stage (
+        seq bigint, c text COLLATE "C", i text COLLATE "C", s text, r text, n text, t text,
+        st float8, en float8, e bool, cr text, d bytea, p text, x text) ON COMMIT DELETE ROWS;
+END IF;
+IF to_regclass('pg_temp.tracer_traces_stage') IS NULL THEN
+    CREATE TEMP TABLE tracer_traces_stage (
+        c text COLLATE "C", r text COLLATE "C", st float8, spans integer, errors integer,
+        tokens float8, types bigint, row_id text, n text, t text, en float8, m text)
+        ON COMMIT DELETE ROWS;
+END IF;
+END$$"""
+
+_COPY_ROWS = "COPY tracer_rows_stage FROM STDIN (FORMAT BINARY)"
+_ROWS_STAGE_TYPES = ("int8", "text", "text", "text", "text", "text", "text", "float8", "float8",
+                     "bool", "text", "bytea", "text", "text")
+_COPY_TRACES = "COPY tracer_traces_stage FROM STDIN (FORMAT BINARY)"
+_TRACES_STAGE_TYPES = ("text", "text", "float8", "int4", "int4", "float8", "int8", "text",
+                       "text", "text", "float8", "text")
+
+# ``seq`` values for the batch's rows, in the batch's order (a row keeps the first it is given).
+_RESERVE_SEQ = ("SELECT nextval(pg_get_serial_sequence('rows', 'seq')) "
+                "FROM generate_series(1, %s) ORDER BY 1")
+
+# The batch's keys not stored yet, inserted whole; the keys already stored are left to the
+# merge. In key order: two writers inserting overlapping new keys meet on them in one order.
+_INSERT_NEW = """
+INSERT INTO rows (seq, container, id, span_id, root_span_id, name, type, start, "end",
+                  has_error, created, updated, data, parents, search)
+SELECT seq, c, i, s, r, n, t, st, en, e, cr, %s, d, p::jsonb,
        CASE WHEN x IS NULL THEN NULL ELSE to_tsvector('simple', x) END
-FROM unnest(%(c)s::text[], %(i)s::text[], %(s)s::text[], %(r)s::text[], %(n)s::text[],
-            %(t)s::text[], %(st)s::float8[], %(en)s::float8[], %(e)s::bool[], %(cr)s::text[],
-            %(d)s::bytea[], %(p)s::text[], %(x)s::text[])
-     WITH ORDINALITY AS u(c, i, s, r, n, t, st, en, e, cr, d, p, x, ord)
-ORDER BY ord
-ON CONFLICT (container, id) DO UPDATE SET
-    span_id = excluded.span_id, root_span_id = excluded.root_span_id, name = excluded.name,
-    type = excluded.type, start = excluded.start, "end" = excluded."end",
-    has_error = excluded.has_error, created = excluded.created, updated = excluded.updated,
-    data = excluded.data,
-    parents = excluded.parents, search = coalesce(excluded.search, rows.search)
+FROM tracer_rows_stage ORDER BY c, i
+ON CONFLICT (container, id) DO NOTHING
+RETURNING container, id
 """
 
-# As SQLite's summary._ADD: a missing start never lowers ``start``; the root's columns come
-# with its row.
-_ADD_TRACE = """
+# The stored rows of the keys the insert left, locked (in key order) until the commit.
+_LOCK_STORED = """
+SELECT container, id, data FROM rows
+WHERE (container, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+ORDER BY container, id FOR UPDATE
+"""
+
+# The merged rows, staged again (the stage emptied first), written over the locked ones.
+_UPDATE_MERGED = """
+UPDATE rows SET span_id = s.s, root_span_id = s.r, name = s.n, type = s.t, start = s.st,
+    "end" = s.en, has_error = s.e, updated = %s, data = s.d, parents = s.p::jsonb,
+    search = CASE WHEN s.x IS NULL THEN rows.search ELSE to_tsvector('simple', s.x) END
+FROM tracer_rows_stage s WHERE rows.container = s.c AND rows.id = s.i
+"""
+
+# The summaries moved by the batch's differences, in key order (as SQLite's summary._ADD: a
+# missing start never lowers ``start``; the root's columns come with its row).
+_ADD_TRACES = """
 INSERT INTO traces AS t (container, root_span_id, start, spans, errors, tokens, types, row_id,
                          name, type, "end", metadata)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
+SELECT c, r, st, spans, errors, tokens, types, row_id, n, t, en, m::jsonb
+FROM tracer_traces_stage ORDER BY c, r
 ON CONFLICT (container, root_span_id) DO UPDATE SET
     start = least(t.start, excluded.start),
     spans = t.spans + excluded.spans,
@@ -210,6 +280,17 @@ def _root_params(root: tuple) -> tuple:
     """A trace's root columns ``(row_id, name, type, end, metadata)`` as query parameters."""
     return (_text(root[0]), _text(root[1]), _text(root[2]), root[3], _json_text(root[4]))
 
+
+# Score sums: read under the summaries' row locks (the upsert above took them), written back.
+_READ_SCORES = """
+SELECT container, root_span_id, score_sums FROM traces
+WHERE (container, root_span_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+_WRITE_SCORES = """
+UPDATE traces SET scores = u.m::jsonb, score_sums = u.s::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(c, r, m, s)
+WHERE traces.container = u.c AND traces.root_span_id = u.r
+"""
 
 # A key already recorded as stored stays so (StoreWriter.record_attachment).
 _RECORD_ATTACHMENT = """
@@ -287,14 +368,6 @@ def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
 
 
-def _lock_key(key: Key) -> int:
-    """A row's advisory lock: 64 bits of a hash of its key, signed as PostgreSQL's bigint (two
-    keys sharing one only take turns)."""
-    digest = hashlib.blake2b(f"{key[0]}\x1f{key[1]}".encode("utf-8", "surrogatepass"),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 @contextlib.contextmanager
 def _translated(location: str) -> Iterator[None]:
     """psycopg's errors as ``StoreError`` (what callers catch without importing psycopg),
@@ -365,9 +438,42 @@ def _merged(row: object, update: dict) -> dict:
     return row
 
 
-def _fresh(update: dict, created: str) -> dict:
-    """A row as a first (or replacing) write leaves it: given ``created`` if it has none."""
-    row = dict(update)
+# Rounds of insert-or-lock a batch gets (each round is for the keys deleted between the two).
+_ROUNDS = 5
+
+
+def _partials(batch: Sequence[RowUpdate]) -> tuple[dict[Key, list[dict]], set[Key]]:
+    """The batch's partial rows by key (as the text columns hold it: NUL as U+FFFD), in the
+    batch's order, and the keys a replacing write (``StoreWriter.write``) replaced: what came
+    before that write is dropped. A key's partials are copied when it has several, so that
+    merging them into a row never changes the batch (a retry writes the same)."""
+    partials: dict[Key, list[dict]] = {}
+    replaced: set[Key] = set()
+    for p in batch:
+        key = (_text(p.key[0]) or "", _text(p.key[1]) or "")
+        if getattr(p, "replace", False):
+            partials[key] = [p.row]
+            replaced.add(key)
+            continue
+        parts = partials.get(key)
+        if parts is None:
+            partials[key] = [p.row]
+        else:
+            if len(parts) == 1:
+                parts[0] = copy.deepcopy(parts[0])
+            parts.append(copy.deepcopy(p.row))
+    return partials, replaced
+
+
+def _new_row(parts: list[dict], created: str) -> dict:
+    """A new row of a key's partials: the first as it is, the others merged into it in
+    order; ``created`` unless the row brings its own."""
+    if len(parts) == 1:
+        row = dict(parts[0])
+    else:  # merged into a copy: the partials stay as they were, for a stored row's merge
+        row = copy.deepcopy(parts[0])
+        for part in parts[1:]:
+            _merged(row, copy.deepcopy(part))
     row.setdefault("created", created)
     return row
 
@@ -382,6 +488,7 @@ class PostgresWriter(StoreWriter):
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()  # one connection, used by one call at a time
         self._known_containers: set[str] = set()
+        self._merging = False  # the last batch mostly merged into stored rows (``_write``)
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -427,112 +534,142 @@ class PostgresWriter(StoreWriter):
     def _write(self, conn: psycopg.Connection, batch: Sequence[RowUpdate]) -> None:
         now = time.time()
         created = _iso(now)
-        keys = list(dict.fromkeys(p.key for p in batch))  # first appearance order
-        added: set[str] = set()
+        partials, replaced = _partials(batch)
+        # (a replacing write may take the text's fields away)
+        text_changed = replaced | {key for key, parts in partials.items()
+                                   if any("input" in part or "output" in part for part in parts)}
+        rows: dict[Key, dict] = {}
+        before: dict[Key, summary.Part | None] = {}
         with conn.transaction():
-            locks = sorted({_lock_key(k) for k in keys})
-            conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
-                         (locks,))
-            stored: dict[Key, bytes] = {}
-            for c, i, d in conn.execute(
-                    "SELECT r.container, r.id, r.data FROM rows r JOIN unnest(%s::text[], "
-                    "%s::text[]) k(c, i) ON r.container = k.c AND r.id = k.i",
-                    ([_text(k[0]) for k in keys], [_text(k[1]) for k in keys])):
-                stored[(c, i)] = d
-            rows: dict[Key, dict] = {}
-            before: dict[Key, summary.Part | None] = {}
-            text_changed: set[Key] = set()
-            for p in batch:
-                key = (_text(p.key[0]) or "", _text(p.key[1]) or "")
-                # A replacing write (StoreWriter.write) may take away the text's fields.
-                replace = getattr(p, "replace", False)
-                if replace or "input" in p.row or "output" in p.row:
-                    text_changed.add(key)
-                row = rows.get(key)
-                if row is not None:
-                    if replace:
-                        rows[key] = _fresh(p.row, created)
+            conn.execute(_STAGE_TABLES)
+            pending = list(partials)
+            # When the last batch mostly merged into stored rows, which keys are stored is asked
+            # first (without a lock: a hint), so that a stored key is not made into a new row
+            # and offered to the insert in vain. Either way the insert comes before the locks.
+            hint = self._stored(conn, pending) if self._merging else set()
+            staged = False
+            merges = 0
+            for _ in range(_ROUNDS):
+                new = {key: _new_row(partials[key], created) for key in pending
+                       if key not in hint}
+                if new:
+                    if staged:
+                        conn.execute("DELETE FROM tracer_rows_stage")
+                    (seqs,) = zip(*conn.execute(_RESERVE_SEQ, (len(new),)), strict=True)
+                    self._stage(conn, new, text_changed, seqs)
+                    staged = True
+                    for key in conn.execute(_INSERT_NEW, (now,)):
+                        rows[key] = new[key]
+                        before[key] = None
+                left = sorted(key for key in pending if key not in rows)
+                if not left:
+                    break
+                merged: dict[Key, dict] = {}
+                for c, i, data in conn.execute(_LOCK_STORED, ([k[0] for k in left],
+                                                              [k[1] for k in left])):
+                    stored = wire.unpack_stored(data)
+                    before[(c, i)] = summary.part(stored) if isinstance(stored, dict) else None
+                    parts = partials[(c, i)]
+                    if (c, i) in replaced:  # the stored row is replaced, not merged into
+                        row = _new_row(parts, created)
                     else:
-                        _merged(row, p.row)
-                    continue
-                data = stored.get(key)
-                if data is None:
-                    row = _fresh(p.row, created)
-                    before[key] = None
-                else:
-                    old = wire.unpack_stored(data)
-                    before[key] = summary.part(old) if isinstance(old, dict) else None
-                    row = _fresh(p.row, created) if replace else _merged(old, p.row)
-                rows[key] = row
-            self._upsert(conn, rows, text_changed, now)
+                        row = _merged(stored, parts[0])
+                        for part in parts[1:]:
+                            _merged(row, part)
+                    merged[(c, i)] = row
+                if merged:
+                    if staged:
+                        conn.execute("DELETE FROM tracer_rows_stage")
+                    self._stage(conn, merged, text_changed, None)
+                    staged = True
+                    conn.execute(_UPDATE_MERGED, (now,))
+                    rows.update(merged)
+                    merges += len(merged)
+                # A key that was stored when the insert met it (or the hint was taken) and
+                # deleted (pruned) before the lock: inserted in the next round.
+                pending = [key for key in left if key not in merged]
+                hint = set()
+                if not pending:
+                    break
+            else:
+                raise psycopg.errors.SerializationFailure(
+                    f"{len(pending)} rows were deleted each time they were about to be merged "
+                    "into")
+            self._merging = merges * 2 > len(partials)
             changes = [summary.Change(c, i, before[(c, i)], row)
                        for (c, i), row in rows.items()]
             self._apply(conn, summary.deltas_of(changes), now)
             added = self._add_containers(conn, batch, created)
         self._known_containers.update(added)  # only once they are committed
 
-    def _upsert(self, conn: psycopg.Connection, rows: dict[Key, dict], text_changed: set[Key],
-                now: float) -> None:
-        cols: dict[str, list[Any]] = {name: [] for name in
-                                      ("c", "i", "s", "r", "n", "t", "st", "en", "e", "cr", "d",
-                                       "p", "x")}
-        for key, row in rows.items():
-            attrs = row.get("span_attributes")
-            attrs = attrs if isinstance(attrs, dict) else {}
-            metrics = row.get("metrics")
-            metrics = metrics if isinstance(metrics, dict) else {}
-            cols["c"].append(key[0])
-            cols["i"].append(key[1])
-            cols["s"].append(_text(row.get("span_id")))
-            cols["r"].append(_text(row.get("root_span_id")))
-            cols["n"].append(_text(attrs.get("name")))
-            cols["t"].append(_text(attrs.get("type")))
-            cols["st"].append(_number(metrics.get("start")))
-            cols["en"].append(_number(metrics.get("end")))
-            cols["e"].append(bool(row.get("error")))
-            cols["cr"].append(_text(row.get("created")) or "")
-            cols["d"].append(pack_row(row))
-            cols["p"].append(_json_text(summary.parents_text(row)))
-            cols["x"].append(_text(_folded(summary.search_text(row))) if key in text_changed
-                            else None)
-        conn.execute(_UPSERT, {**cols, "now": now})
+    def _stored(self, conn: psycopg.Connection, keys: Sequence[Key]) -> set[Key]:
+        """Which of ``keys`` are stored now (no lock taken: a hint, which may be out of date
+        by the time it is used)."""
+        return {(c, i) for c, i in conn.execute(
+            "SELECT container, id FROM rows WHERE (container, id) IN (SELECT * FROM "
+            "unnest(%s::text[], %s::text[]))", ([k[0] for k in keys], [k[1] for k in keys]))}
+
+    def _stage(self, conn: psycopg.Connection, rows: dict[Key, dict], text_changed: set[Key],
+               seqs: Sequence[int] | None) -> None:
+        """COPY ``rows`` (whole rows, by key) into the rows' stage: the columns the queries
+        read, the row packed, the text to index (only where the batch wrote input or
+        output); ``seqs`` in the rows' order, for new rows."""
+        with conn.cursor().copy(_COPY_ROWS) as copy:
+            copy.set_types(_ROWS_STAGE_TYPES)
+            write = copy.write_row
+            for n, (key, row) in enumerate(rows.items()):
+                attrs = row.get("span_attributes")
+                attrs = attrs if isinstance(attrs, dict) else {}
+                metrics = row.get("metrics")
+                metrics = metrics if isinstance(metrics, dict) else {}
+                write((seqs[n] if seqs is not None else None, key[0], key[1],
+                       _text(row.get("span_id")), _text(row.get("root_span_id")),
+                       _text(attrs.get("name")), _text(attrs.get("type")),
+                       _number(metrics.get("start")), _number(metrics.get("end")),
+                       bool(row.get("error")), _text(row.get("created")) or "",
+                       pack_row(row), _json_text(summary.parents_text(row)),
+                       _text(_folded(summary.search_text(row))) if key in text_changed
+                       else None))
 
     def _apply(self, conn: psycopg.Connection, deltas: dict[tuple[str, str], summary.Delta],
                now: float) -> None:
-        """Move the trace summaries by ``deltas``, in key order (no deadlock between
-        writers); the score sums read and rewritten under the row locks the upserts took."""
+        """Move the trace summaries by ``deltas`` (one statement, in key order: no deadlock
+        between writers); the score sums read and rewritten under the summaries' row locks
+        that statement took."""
         if not deltas:
             return
-        ordered = sorted(deltas.items())
-        with conn.cursor() as cur:
-            cur.executemany(_ADD_TRACE, [
-                (c, r, d.start if d.start is not None else now, d.spans, d.errors, d.tokens,
-                 d.types, *_root_params(d.root))
-                for (c, r), d in ordered])
-            # A trace begun elsewhere: its first parentless root, where no root by id is
-            # stored (summary.root_kind).
-            parentless = [(*_root_params(d.parentless), c, r, _text(d.parentless[0]))
-                          for (c, r), d in ordered
-                          if d.root is summary.NO_ROOT and d.parentless is not summary.NO_ROOT]
-            if parentless:
+        with conn.cursor().copy(_COPY_TRACES) as copy:
+            copy.set_types(_TRACES_STAGE_TYPES)
+            for (c, r), d in deltas.items():
+                copy.write_row((c, r, d.start if d.start is not None else now, d.spans,
+                                d.errors, d.tokens, d.types, _text(d.root[0]),
+                                _text(d.root[1]), _text(d.root[2]), d.root[3],
+                                _json_text(d.root[4])))
+        conn.execute(_ADD_TRACES)
+        # A trace begun elsewhere: its first parentless root, where no root by id is stored
+        # (summary.root_kind).
+        parentless = [(*_root_params(d.parentless), c, r, _text(d.parentless[0]))
+                      for (c, r), d in sorted(deltas.items())
+                      if d.root is summary.NO_ROOT and d.parentless is not summary.NO_ROOT]
+        if parentless:
+            with conn.cursor() as cur:
                 cur.executemany(_ADD_PARENTLESS, parentless)
-        scored = [(key, d.scores) for key, d in ordered if d.scores]
+        scored = sorted((key, d.scores) for key, d in deltas.items() if d.scores)
         if not scored:
             return
         found = {(c, r): s for c, r, s in conn.execute(
-            "SELECT container, root_span_id, score_sums FROM traces WHERE (container, "
-            "root_span_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            ([k[0] for k, _ in scored], [k[1] for k, _ in scored]))}
-        updates = []
+            _READ_SCORES, ([k[0] for k, _ in scored], [k[1] for k, _ in scored]))}
+        columns: tuple[list[str], list[str], list[str | None], list[str | None]] = (
+            [], [], [], [])
         for key, delta in scored:
             sums: dict[str, list[float]] = dict(found.get(key) or {})
             summary.add_scores(sums, delta)
             means = {name: s / n for name, (s, n) in sums.items()}
-            updates.append((Jsonb(_no_nul(means)) if means else None,
-                            Jsonb(_no_nul(sums)) if sums else None, key[0], key[1]))
-        with conn.cursor() as cur:
-            cur.executemany("UPDATE traces SET scores = %s, score_sums = %s WHERE container = %s"
-                            " AND root_span_id = %s", updates)
+            columns[0].append(key[0])
+            columns[1].append(key[1])
+            columns[2].append(json.dumps(_no_nul(means)) if means else None)
+            columns[3].append(json.dumps(_no_nul(sums)) if sums else None)
+        conn.execute(_WRITE_SCORES, columns)
 
     def _add_containers(self, conn: psycopg.Connection, batch: Sequence[RowUpdate],
                         created: str) -> set[str]:
@@ -781,8 +918,12 @@ class PostgresReader(SharedQueries):
                          f"(t.scores ->> %s)::float8 {'>' if op == 'gt' else '<'} %s")
             args += [_text(name), _text(name), threshold]
         for key, wanted in f.metadata:
-            where.append("t.metadata ->> %s = %s")
-            args += [_text(key), _text(wanted)]
+            # Containment, not ``->> key = value`` (the same here: every value the summary
+            # keeps is a string): the planner estimates it from the column's statistics, where
+            # it took each ``->>`` equality for 0.5% of the traces and, for two of them, read
+            # every trace rather than the newest (140 ms against 15 at 1,000,000 rows).
+            where.append("t.metadata @> %s::jsonb")
+            args.append(json.dumps({_text(key): _text(wanted)}, ensure_ascii=False))
         words = _words(f.text) if f.text else None
         if words is not None:
             # Traces with a span whose input or output has every word (the GIN index finds
@@ -791,10 +932,14 @@ class PostgresReader(SharedQueries):
                          "AND r.container = t.container AND "
                          "r.search @@ plainto_tsquery('simple', %s))")
             args.append(words)
+        # The keys first, the rest of the summaries for those kept: filters on types and
+        # errors read traces_by_start_keys alone.
         found = self._all(
-            f"SELECT t.root_span_id, t.row_id, t.name, t.type, t.start, t.\"end\", t.spans, "
-            f"t.errors, t.scores, t.tokens FROM traces t WHERE {' AND '.join(where)} "
-            "ORDER BY t.start DESC, t.root_span_id DESC LIMIT %s", [*args, limit + 1])
+            "SELECT t.root_span_id, t.row_id, t.name, t.type, t.start, t.\"end\", t.spans, "
+            "t.errors, t.scores, t.tokens FROM (SELECT t.container AS kc, t.root_span_id AS kr, "
+            f"t.start AS ks FROM traces t WHERE {' AND '.join(where)} ORDER BY t.start DESC, "
+            "t.root_span_id DESC LIMIT %s) k JOIN traces t ON t.container = k.kc AND "
+            "t.root_span_id = k.kr ORDER BY k.ks DESC, k.kr DESC", [*args, limit + 1])
         traces = [_summary(row) for row in found[:limit]]
         more = len(found) > limit
         last = traces[-1] if traces and more else None
@@ -821,6 +966,17 @@ class PostgresReader(SharedQueries):
         return {"root_span_id": root_span_id, "container": self._describe(container),
                 "spans": spans}
 
+    def trace_skeleton_json(self, root_span_id: str) -> str | None:
+        # PostgreSQL writes the spans' JSON itself (as SQLite does): a 100,000-span trace
+        # without a Python dict per span.
+        container = self._trace_container(root_span_id)
+        if container is None:
+            return None
+        found = self._one(_SKELETON_JSON, (_text(root_span_id), container))
+        head = json.dumps({"root_span_id": root_span_id,
+                           "container": self._describe(container)}, ensure_ascii=False)
+        return f'{head[:-1]},"spans":{found[0] if found else "[]"}}}'
+
     def _describe(self, container: str) -> dict:
         c = self._one("SELECT kind, project_name, experiment_id, experiment_name FROM "
                               "containers WHERE id = %s", (container,))
@@ -841,6 +997,17 @@ class PostgresReader(SharedQueries):
         if found[2] is not None:
             row["experiment_name"] = found[2]
         return row
+
+
+# The skeleton's spans as JSON, as ``trace_skeleton`` has them (float8 as JSON numbers, in
+# their shortest exact form).
+_SKELETON_JSON = """
+SELECT coalesce(json_agg(json_build_object(
+    'row_id', id, 'span_id', span_id, 'parents', coalesce(parents, '[]'::jsonb), 'name', name,
+    'type', type, 'start', start, 'end', "end", 'error', has_error, 'running', "end" IS NULL)
+    ORDER BY start NULLS FIRST, seq), '[]')::text
+FROM rows WHERE root_span_id = %s AND container = %s
+"""
 
 
 def _words(text: str) -> str | None:
