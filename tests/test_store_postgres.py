@@ -192,3 +192,51 @@ def test_tracer_serve_answers_its_api_from_a_postgres_store(postgres_url, tmp_pa
         == ["served"]
     assert root in str(traces) and root in str(skeleton)
     assert PASSWORD not in server.log()
+
+
+def test_a_reader_fails_while_its_database_is_away_and_reads_again_once_it_is_back(
+        own_postgres_server):
+    url = own_postgres_server.database()
+    with open_store(url) as writer:
+        writer.write([pending("p", "a", output=1)])
+    reader = open_store(url, readonly=True)
+    assert [row["output"] for row in reader.rows(project="p")] == [1]
+
+    own_postgres_server.shut_down()
+    with pytest.raises(StoreError) as raised:
+        list(reader.rows(project="p"))
+    own_postgres_server.start()
+
+    assert raised.value.failed and PASSWORD not in str(raised.value)
+    assert [row["output"] for row in reader.rows(project="p")] == [1]
+    reader.close()
+
+
+def test_tracer_serve_answers_503_while_its_database_is_away_and_serves_again_after(
+        own_postgres_server, tmp_path):
+    import httpx
+
+    url = own_postgres_server.database()
+    with open_store(url) as writer:
+        writer.write([pending("served", "root", metrics={"start": 5.0})])
+    port = free_port()
+
+    def get() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/projects", timeout=5)
+        except httpx.TransportError:
+            return None
+
+    with Service("tracer serve", [*CLI, "serve", "--store", url, "--port", str(port)],
+                 str(tmp_path / "serve.log"), clean_env()) as server:
+        assert wait_until(get, 30, server.log).status_code == 200
+        own_postgres_server.shut_down()
+        away = get()
+        own_postgres_server.start()
+        back = get()
+
+    assert away is not None and away.status_code == 503
+    assert "PostgreSQL store postgresql://" in away.json()["error"]
+    assert PASSWORD not in away.text and PASSWORD not in server.log()
+    assert back is not None and back.status_code == 200
+    assert [p["name"] for p in back.json()["projects"]] == ["served"]

@@ -47,8 +47,8 @@ import json
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -70,6 +70,8 @@ from .base import (
 from .queries import SharedQueries
 
 SCHEMES = ("postgresql://", "postgres://")
+
+_T = TypeVar("_T")
 
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n, in one transaction. Version 1
 # is the whole schema as SQLite's version 2 has it (summaries and text index included).
@@ -563,7 +565,11 @@ class PostgresWriter(StoreWriter):
 
 class PostgresReader(SharedQueries):
     """Reads a PostgreSQL store (see ``StoreReader``): connects now; the database must have a
-    store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file)."""
+    store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file).
+
+    A connection the database ended (a restart, an administrator, a network cut) is replaced:
+    a query that finds it broken connects again and runs once more (reads can be repeated), so
+    a long-lived reader (one of ``tracer serve``'s) fails only while the database is away."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -583,20 +589,30 @@ class PostgresReader(SharedQueries):
         self._version = found
 
     def schema_version(self) -> int:
-        with _translated(self.location):
-            found = _version(self.conn)
+        found = self._read(_version)
         return 0 if found is None else found
 
     def close(self) -> None:
         self.conn.close()
 
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, work: Callable[[psycopg.Connection], _T]) -> _T:
+        """``work(connection)``, its errors as ``StoreError``; a connection found broken is
+        replaced and ``work`` run once more on the new one."""
         with _translated(self.location):
-            return self.conn.execute(sql, args).fetchall()
+            try:
+                return work(self.conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if not (self.conn.broken or self.conn.closed):
+                    raise  # (the query failed, not the connection)
+                self.conn.close()
+                self.conn = _connect(self.url)  # (fails again while the database is away)
+                return work(self.conn)
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self._read(lambda conn: conn.execute(sql, args).fetchall())
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
-        with _translated(self.location):
-            return self.conn.execute(sql, args).fetchone()
+        return self._read(lambda conn: conn.execute(sql, args).fetchone())
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> Iterable[tuple]:
         # The shared queries' placeholders, and their text arguments as a text column holds
@@ -608,9 +624,10 @@ class PostgresReader(SharedQueries):
         return value  # jsonb: psycopg decodes it
 
     def _dicts(self, sql: str) -> list[dict]:
-        with _translated(self.location), \
-                self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            return cur.execute(sql).fetchall()
+        def work(conn: psycopg.Connection) -> list[dict]:
+            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                return cur.execute(sql).fetchall()
+        return self._read(work)
 
     def containers(self) -> list[dict]:
         return self._dicts("SELECT * FROM containers ORDER BY created, id")
