@@ -732,3 +732,24 @@ def logs_while_its_database_goes_away(project: str, n: int) -> None:
         pass
     tracer.flush(timeout=60)
     print(json.dumps({"counters": aggregator_counters()}), flush=True)
+
+
+def summarizes_an_experiment(store: str) -> None:
+    """Log two traces into an experiment in ``store`` (scores 1.0 and 0.5, 30 and 12 tokens,
+    one error) and print its ``summarize()`` as a JSON line: spans, traces, errors, score
+    means, the token total, the store named and the summary's text."""
+    experiment = tracer.init("summarized", "exp", store=store)
+    with experiment.start_span("first") as root:
+        root.log(scores={"accuracy": 1.0})
+        with root.start_span("llm") as llm:
+            llm.log(metrics={"tokens": 30})
+    with experiment.start_span("second") as root:
+        root.log(scores={"accuracy": 0.5})
+        with root.start_span("failing llm") as llm:
+            llm.log(metrics={"tokens": 12}, error="rate limited")
+    summary = experiment.summarize()
+    print(json.dumps({"spans": summary.spans, "traces": summary.traces,
+                      "errors": summary.errors,
+                      "scores": {k: v.score for k, v in summary.scores.items()},
+                      "tokens": summary.metrics["tokens"].total, "store": summary.store,
+                      "text": str(summary)}))
