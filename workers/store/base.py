@@ -27,16 +27,84 @@ backend is ``workers.store.sqlite``.
 from __future__ import annotations
 
 import abc
+import datetime
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from tracer import attachments as tracer_attachments
 from tracer import wire
 
 from ..rows import Container, Key
 
 _Handle = TypeVar("_Handle", bound="StoreHandle")
+
+
+#: Traces removed per transaction by ``StoreWriter.prune``: a transaction of a few hundred
+#: traces takes a fraction of a second, shorter than a SQLite writer waits for the lock.
+PRUNE_BATCH = 200
+
+#: What a stored row holds where it refers to a stored attachment (the reference's ``type``):
+#: a row whose data lacks these bytes refers to none (the backends' scans skip it unread).
+ATTACHMENT_MARK = tracer_attachments.BRAINTRUST_ATTACHMENT.encode()
+
+
+#: Seconds a prune rests between two batches, so that writers waiting for the store get in
+#: (SQLite's busy handler polls: a prune that took the lock again at once could starve them).
+PRUNE_PAUSE = 0.02
+
+#: A project's containers, in the SQL of both backends (``?``: the project's name).
+PROJECT_CONTAINERS = "SELECT id FROM containers WHERE project_name = ?"
+
+
+def created_epoch(created: object) -> float | None:
+    """A row's ``created`` (ISO 8601 text, UTC unless it says otherwise) in epoch seconds;
+    None if it is not one."""
+    if not isinstance(created, str):
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+class Gone:
+    """The rows with no trace that a prune would remove (``collect_attachments``'s
+    ``pruned``): ``(before, project)``, and the ids of the project's containers."""
+
+    def __init__(self, pruned: tuple[float, str | None] | None,
+                 containers: Collection[str] | None) -> None:
+        self.before = None if pruned is None else pruned[0]
+        self.containers = containers
+
+    def loose(self, root: object, created: object, container: str) -> bool:
+        """Whether the row (``root_span_id``, ``created``, container id) would go."""
+        if self.before is None or root is not None:
+            return False
+        if self.containers is not None and container not in self.containers:
+            return False
+        when = created_epoch(created)
+        return when is not None and when < self.before
+
+
+def attachment_keys(value: Any) -> Iterator[str]:
+    """The key of every stored attachment a row (or any value in it) refers to."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == tracer_attachments.BRAINTRUST_ATTACHMENT:
+                key = item.get("key")
+                if isinstance(key, str):
+                    yield key
+                continue
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):  # (a stored row's arrays unpack as tuples)
+            stack.extend(item)
 
 
 class RowUpdate(Protocol):
@@ -198,6 +266,44 @@ class StoreWriter(StoreHandle):
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
         ``tracer import --experiment`` adds to)."""
+
+    # -- retention (``tracer prune``, ``tracer serve --prune-older-than``) ---------------------
+
+    @abc.abstractmethod
+    def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
+              batch: int = PRUNE_BATCH,
+              progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        """Remove every trace that started before ``before`` (epoch seconds): its rows, its
+        summary and its rows' text index entries; with ``project``, only the traces of that
+        project's logs and experiments (ValueError if the store has no such project).
+
+        A trace's start is its summary's (``trace_summaries``: the earliest start of its
+        spans); a row with no trace (no ``root_span_id``) goes by its ``created`` time (one
+        that cannot be read as a time is kept). Whole traces go, ``batch`` traces a
+        transaction, so that a large prune never holds the store for long: writers go on
+        between batches. ``progress`` is told the counts so far after each batch. With
+        ``dry_run`` nothing is removed: the counts are what would be. Returns ``traces`` and
+        ``rows`` (removed, or that would be). Containers stay, even when no row is left in
+        them. Attachments are ``collect_attachments``'s."""
+
+    @abc.abstractmethod
+    def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
+                            dry_run: bool = False,
+                            pruned: tuple[float, str | None] | None = None
+                            ) -> tuple[int, set[str]]:
+        """Remove the attachment records that no stored row refers to, recorded before
+        ``stored_before`` (epoch seconds: a younger record may belong to a row that has not
+        landed yet) and whose key is not in ``keep`` (keys still in the spool). Returns how
+        many were removed (with ``dry_run``: would be) and the sha256 of every blob a record
+        that stays names (``workers.retention`` removes the other blobs). Finding the rows'
+        references reads every row that holds one (the rows with none are passed over in
+        the database). ``pruned``: the ``(before, project)`` of a prune that did not happen
+        (a dry run's): the rows it would remove count as gone."""
+
+    @abc.abstractmethod
+    def recorded_blobs(self, sha256s: Collection[str]) -> set[str]:
+        """Which of these sha256s an attachment record names now (a last look before their
+        blobs are removed)."""
 
     # -- copying a whole store (``tracer migrate --from --to``) ------------------------------
 

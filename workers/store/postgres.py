@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,13 +60,20 @@ from tracer import wire
 from ..rows import Key, load_row, merge, pack_row
 from . import summary
 from .base import (
+    ATTACHMENT_MARK,
+    PROJECT_CONTAINERS,
+    PRUNE_BATCH,
+    PRUNE_PAUSE,
     Cursor,
+    Gone,
     RowUpdate,
     SchemaVersionError,
     StoreError,
     StoreWriter,
     TraceFilter,
     TracePage,
+    attachment_keys,
+    created_epoch,
 )
 from .queries import SharedQueries
 
@@ -262,6 +270,11 @@ def _number(value: Any) -> float | None:
 
 def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
+
+
+def _pg(sql: str) -> str:
+    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
+    return sql.replace("?", "%s")
 
 
 def _lock_key(key: Key) -> int:
@@ -545,6 +558,177 @@ class PostgresWriter(StoreWriter):
             "ON CONFLICT (run_id) DO NOTHING",
             tuple(run[f] for f in ("run_id", "pid", "host", "endpoint", "started", "updated",
                                    "ended", "counters"))))
+
+    # -- retention ---------------------------------------------------------------------------
+    #
+    # A prune batch takes the advisory locks of the rows it removes, in the writers' order, so
+    # that no write merges into a row as it goes; then it removes the traces' summaries before
+    # their rows: a writer adding a new row to one of these traces meanwhile waits for the
+    # summary and then starts it anew, with its row, once the prune commits. A deadlock with a
+    # writer (a row added between the prune's look and its locks) costs one of them a retry.
+
+    def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
+              batch: int = PRUNE_BATCH,
+              progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        if batch < 1:
+            raise ValueError(f"batch={batch}: expected at least 1")
+        where = "t.start < %s"
+        args: list[object] = [before]
+        if project is not None:
+            if self._call(lambda conn: conn.execute(
+                    _pg(PROJECT_CONTAINERS), (_text(project),)).fetchone()) is None:
+                raise ValueError(f"no project {project!r} in store {self.location}")
+            where += f" AND t.container IN ({_pg(PROJECT_CONTAINERS)})"
+            args.append(_text(project))
+        counts = {"traces": 0, "rows": 0}
+        if dry_run:
+            traces, rows = self._call(lambda conn: conn.execute(
+                "SELECT count(*), coalesce(sum((SELECT count(*) FROM rows r WHERE "
+                "r.root_span_id = t.root_span_id AND r.container = t.container)), 0) "
+                f"FROM traces t WHERE {where}", args).fetchone())
+            counts.update(traces=traces, rows=int(rows) + len(self._rows_without_trace(
+                before, project)))
+            return counts
+        # Container by container, each from its oldest trace on (as SQLite's prune does).
+        containers = [c for (c,) in self._call(lambda conn: conn.execute(
+            "SELECT id FROM containers" + (" WHERE project_name = %s" if project else "")
+            + " ORDER BY id", (_text(project),) if project else ()).fetchall())]
+        for container in containers:
+            position: tuple[float, str] | None = None
+            while True:
+                position = self._retried(functools.partial(
+                    self._prune_traces, container=container, before=before, position=position,
+                    batch=batch, counts=counts))
+                if progress is not None:
+                    progress(dict(counts))
+                if position is None:
+                    break
+                time.sleep(PRUNE_PAUSE)
+        loose = self._rows_without_trace(before, project)
+        step = batch * 10
+        for start in range(0, len(loose), step):
+            keys = loose[start:start + step]
+            counts["rows"] += self._retried(functools.partial(self._prune_rows, keys=keys))
+            if progress is not None:
+                progress(dict(counts))
+            time.sleep(PRUNE_PAUSE)
+        return counts
+
+    def _retried(self, work: Callable[[psycopg.Connection], _T], attempts: int = 5) -> _T:
+        """``work`` in ``_call``, run again (a few times) when the database rolled it back for
+        a deadlock or a serialization failure."""
+        for attempt in range(attempts):
+            try:
+                return self._call(work)
+            except StoreError as exc:
+                if attempt == attempts - 1 or not isinstance(
+                        exc.__cause__, psycopg.errors.TransactionRollback):
+                    raise
+                time.sleep(PRUNE_PAUSE * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _prune_traces(self, conn: psycopg.Connection, container: str, before: float,
+                      position: tuple[float, str] | None, batch: int,
+                      counts: dict[str, int]) -> tuple[float, str] | None:
+        """Remove up to ``batch`` traces of ``container`` that started before ``before``,
+        after ``position`` (``(start, root_span_id)``), in one transaction (counted into
+        ``counts`` once committed); the position of the last one, or None once none is
+        left."""
+        sql = "SELECT root_span_id, start FROM traces WHERE container = %s AND start < %s"
+        args: list[object] = [container, before]
+        if position is not None:
+            sql += " AND (start, root_span_id) > (%s, %s)"
+            args += position
+        with conn.transaction():
+            traces = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT %s",
+                                  [*args, batch]).fetchall()
+            if not traces:
+                return None
+            roots = [r for r, _ in traces]
+            keys = conn.execute("SELECT id FROM rows WHERE container = %s AND root_span_id = "
+                                "ANY(%s)", (container, roots)).fetchall()
+            conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
+                         (sorted({_lock_key((container, i)) for (i,) in keys}),))
+            # (a trace's start only ever moves earlier: old when selected, old now)
+            gone = [r for (r,) in conn.execute(
+                "DELETE FROM traces WHERE container = %s AND root_span_id = ANY(%s) "
+                "RETURNING root_span_id", (container, roots)).fetchall()]
+            rows = conn.execute("DELETE FROM rows WHERE container = %s AND root_span_id = "
+                                "ANY(%s)", (container, gone)).rowcount
+        counts["traces"] += len(gone)
+        counts["rows"] += rows
+        if len(traces) < batch:
+            return None
+        return traces[-1][1], traces[-1][0]
+
+    def _rows_without_trace(self, before: float, project: str | None) -> list[tuple[str, str]]:
+        """The keys of the rows with no trace (no ``root_span_id``) created before
+        ``before``."""
+        sql = "SELECT container, id, created FROM rows WHERE root_span_id IS NULL"
+        args: list[object] = []
+        if project is not None:
+            sql += f" AND container IN ({_pg(PROJECT_CONTAINERS)})"
+            args.append(_text(project))
+        found = self._call(lambda conn: conn.execute(sql, args).fetchall())
+        return [(c, i) for c, i, created in found
+                if (when := created_epoch(created)) is not None and when < before]
+
+    def _prune_rows(self, conn: psycopg.Connection, keys: list[tuple[str, str]]) -> int:
+        with conn.transaction():
+            conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
+                         (sorted({_lock_key(k) for k in keys}),))
+            return conn.execute(
+                "DELETE FROM rows WHERE root_span_id IS NULL AND (container, id) IN (SELECT * "
+                "FROM unnest(%s::text[], %s::text[]))",
+                ([c for c, _ in keys], [i for _, i in keys])).rowcount
+
+    def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
+                            dry_run: bool = False,
+                            pruned: tuple[float, str | None] | None = None
+                            ) -> tuple[int, set[str]]:
+        candidates = {key for (key,) in self._call(lambda conn: conn.execute(
+            "SELECT key FROM attachments WHERE coalesce(stored, 0) < %s",
+            (stored_before,)).fetchall())}
+        candidates.difference_update(keep)
+        sql = ("SELECT seq, data, root_span_id, created, container FROM rows r WHERE seq > %s "
+               "AND position(%s::bytea IN data) > 0")
+        args: list[object] = [ATTACHMENT_MARK]
+        containers = None
+        if pruned is not None:  # (the rows of the traces a prune would remove count as gone)
+            sql += " AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.container = r.container " \
+                   "AND t.root_span_id = r.root_span_id AND t.start < %s"
+            args.append(pruned[0])
+            if pruned[1] is not None:
+                sql += f" AND t.container IN ({_pg(PROJECT_CONTAINERS)})"
+                args.append(_text(pruned[1]))
+                containers = {c for (c,) in self._call(lambda conn: conn.execute(
+                    _pg(PROJECT_CONTAINERS), (_text(pruned[1]),)).fetchall())}
+            sql += ")"
+        gone = Gone(pruned, containers)
+        last = 0
+        while candidates:  # (rows without the mark refer to no attachment: not read)
+            chunk = self._call(lambda conn, last=last: conn.execute(
+                f"{sql} ORDER BY seq LIMIT 500", [last, *args]).fetchall())
+            if not chunk:
+                break
+            for _, data, root, created, container in chunk:
+                if not gone.loose(root, created, container):
+                    candidates.difference_update(attachment_keys(wire.unpack_stored(data)))
+            last = chunk[-1][0]
+        removed = sorted(candidates)
+        if not dry_run:
+            for start in range(0, len(removed), 500):
+                part = removed[start:start + 500]
+                self._call(lambda conn, part=part: conn.execute(
+                    "DELETE FROM attachments WHERE key = ANY(%s)", (part,)))
+        kept = self._call(lambda conn: conn.execute(
+            "SELECT key, sha256 FROM attachments WHERE sha256 IS NOT NULL").fetchall())
+        return len(removed), {sha for key, sha in kept if not dry_run or key not in candidates}
+
+    def recorded_blobs(self, sha256s: Collection[str]) -> set[str]:
+        return {sha for (sha,) in self._call(lambda conn: conn.execute(
+            "SELECT DISTINCT sha256 FROM attachments WHERE sha256 = ANY(%s)",
+            (list(sha256s),)).fetchall())}
 
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         found = self._call(lambda conn: conn.execute(
