@@ -282,8 +282,8 @@ def make_newer(store_url: str) -> tuple[int, str]:
         import psycopg
 
         newer = postgres.VERSION + 1
-        with psycopg.connect(store_url, autocommit=True) as conn:
-            conn.execute("UPDATE tracer_schema SET version = %s", (newer,))
+        with psycopg.connect(store_url, autocommit=True) as database:
+            database.execute("UPDATE tracer_schema SET version = %s", (newer,))
     else:
         newer = schema.VERSION + 1
         conn = sqlite3.connect(store_url, isolation_level=None)
