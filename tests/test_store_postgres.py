@@ -240,3 +240,29 @@ def test_tracer_serve_answers_503_while_its_database_is_away_and_serves_again_af
     assert PASSWORD not in away.text and PASSWORD not in server.log()
     assert back is not None and back.status_code == 200
     assert [p["name"] for p in back.json()["projects"]] == ["served"]
+
+
+def test_rows_and_stored_rows_are_read_in_chunks_through_a_server_side_cursor(postgres_url):
+    with open_store(postgres_url) as writer:
+        writer.write([pending("chunks", f"r{i:02d}", metrics={"start": float(i)}, output=i)
+                      for i in range(10)])
+
+    def cursors_open(reader: PostgresReader) -> int:
+        found = reader.conn.execute("SELECT count(*) FROM pg_cursors WHERE name LIKE "
+                                    "'tracer_rows_%'").fetchone()
+        return found[0] if found else 0
+
+    with open_store(postgres_url, readonly=True) as reader:
+        assert isinstance(reader, PostgresReader)
+        reader.chunk_rows = 3  # 10 rows: four fetches
+        rows = reader.rows(project="chunks")
+        first = next(rows)
+        open_while_reading = cursors_open(reader)
+        rest = list(rows)
+        stored = [row["id"] for _, row in reader.stored_rows()]
+        open_after = cursors_open(reader)
+
+    assert [first["id"], *(row["id"] for row in rest)] == [f"r{i:02d}" for i in range(10)]
+    assert [row["output"] for row in rest] == list(range(1, 10))
+    assert stored == [f"r{i:02d}" for i in range(10)]
+    assert (open_while_reading, open_after) == (1, 0)

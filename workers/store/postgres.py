@@ -44,6 +44,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -747,6 +748,9 @@ class PostgresWriter(StoreWriter):
                 self._conn = None
 
 
+_cursor_names = itertools.count(1)  # (next() is atomic: a name per server-side cursor)
+
+
 class PostgresReader(SharedQueries):
     """Reads a PostgreSQL store (see ``StoreReader``): connects now; the database must have a
     store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file).
@@ -754,6 +758,10 @@ class PostgresReader(SharedQueries):
     A connection the database ended (a restart, an administrator, a network cut) is replaced:
     a query that finds it broken connects again and runs once more (reads can be repeated), so
     a long-lived reader (one of ``tracer serve``'s) fails only while the database is away."""
+
+    #: Rows fetched from the server at a time by ``rows`` and ``stored_rows`` (``tracer
+    #: export``, ``tracer migrate``): a result of millions of rows is never held whole.
+    chunk_rows = 1000
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -801,8 +809,33 @@ class PostgresReader(SharedQueries):
     def _query(self, sql: str, args: Sequence[Any] = ()) -> Iterable[tuple]:
         # The shared queries' placeholders, and their text arguments as a text column holds
         # them (no NUL).
-        return self._all(sql.replace("?", "%s"),
-                         [_text(a) if isinstance(a, str) else a for a in args])
+        return self._all(_pg(sql), [_text(a) if isinstance(a, str) else a for a in args])
+
+    def _stream(self, sql: str, args: Sequence[Any] = ()) -> Iterator[tuple]:
+        """The result of a query (the shared queries' ``?`` placeholders, or psycopg's),
+        fetched ``chunk_rows`` at a time through a server-side cursor, in a transaction of its
+        own: one snapshot of the store, however long the reading takes, and never the whole
+        result in memory. A connection found broken before the first row is replaced (as
+        ``_read`` does); one that breaks later fails the reading (``StoreError``)."""
+        query = _pg(sql)
+        params = [_text(a) if isinstance(a, str) else a for a in args]
+        for attempt in (1, 2):
+            started = False
+            try:
+                with _translated(self.location), self.conn.transaction(), \
+                        self.conn.cursor(name=f"tracer_rows_{next(_cursor_names)}") as cursor:
+                    cursor.itersize = self.chunk_rows
+                    cursor.execute(query, params)
+                    for found in cursor:
+                        started = True
+                        yield found
+                return
+            except StoreError:
+                if started or attempt == 2 or not (self.conn.broken or self.conn.closed):
+                    raise
+                self.conn.close()
+                with _translated(self.location):
+                    self.conn = _connect(self.url)
 
     def _decode(self, value: Any) -> Any:
         return value  # jsonb: psycopg decodes it
@@ -825,8 +858,8 @@ class PostgresReader(SharedQueries):
         return self._dicts("SELECT * FROM aggregator_runs ORDER BY started DESC NULLS LAST")
 
     def stored_rows(self) -> Iterator[tuple[str, dict]]:
-        # As stored (not load_row's JSON view), in the order first stored.
-        for container, data in self._all("SELECT container, data FROM rows ORDER BY seq"):
+        # As stored (not load_row's JSON view), in the order first stored, in chunks.
+        for container, data in self._stream("SELECT container, data FROM rows ORDER BY seq"):
             row = wire.unpack_stored(data)
             if not isinstance(row, dict):  # (only rows are written to `data`)
                 raise ValueError(f"a stored row of {container!r} is not a map")
