@@ -76,16 +76,22 @@ def pending(project: str, row_id: str, **fields: object) -> Pending:
     return Pending((container.id, row_id), row, 10, 0, container)
 
 
-def test_a_new_store_has_the_current_schema_version(tmp_path):
-    path = str(tmp_path / "traces.db")
-    with open_store(path) as writer:
+def test_a_new_store_has_the_current_schema_version(store_url):
+    current = postgres.VERSION if config.is_postgres(store_url) else schema.VERSION
+    with open_store(store_url) as writer:
         writer.write([pending("new", "a", output=1)])
-        assert writer.schema_version() == schema.VERSION
+        assert writer.schema_version() == current
 
-    assert user_version(path) == schema.VERSION
-    assert {"rows", "containers", "aggregator_runs", "attachments"} <= objects(path)
+    with open_store(store_url, readonly=True) as reader:
+        assert reader.schema_version() == current
+        assert [row["output"] for row in reader.rows(project="new")] == [1]
+    if not config.is_postgres(store_url):
+        assert user_version(store_url) == schema.VERSION
+        assert {"rows", "containers", "aggregator_runs", "attachments"} <= objects(store_url)
 
 
+# SQLite only, from here to the older stores: how a store file comes to be, the versions
+# before PostgreSQL stores existed, a path or a sqlite:/// URL.
 def test_a_new_store_appears_with_its_whole_schema_and_nothing_beside_it(tmp_path):
     """A reader polling for the file while a writer makes it never finds it without its tables
     (the schema is written beside it, then linked into place). The watcher reads the version
