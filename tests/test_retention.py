@@ -176,6 +176,18 @@ def test_a_large_prune_goes_in_batches_reporting_progress_after_each(store_url):
     assert len(roots(store_url)) == 1
 
 
+def test_a_batch_holds_about_prune_rows_rows_and_never_splits_a_trace(store_url,
+                                                                       monkeypatch):
+    monkeypatch.setattr("workers.store.base.PRUNE_ROWS", 4)
+    write(store_url, *(trace("p", OLD + i, spans=3) for i in range(3)), trace("p", NEW, spans=9))
+    told: list[dict[str, int]] = []
+
+    counts = prune(store_url, progress=told.append)
+
+    assert counts == {"traces": 3, "rows": 9}
+    assert [t["traces"] for t in told] == [1, 2, 3]  # 3 rows a batch: two traces would be 6
+
+
 def test_rows_without_a_trace_go_by_their_created_time(store_url):
     container = Container(wire.logs_container("p"))
 

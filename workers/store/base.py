@@ -45,6 +45,10 @@ _Handle = TypeVar("_Handle", bound="StoreHandle")
 #: traces takes a fraction of a second, shorter than a SQLite writer waits for the lock.
 PRUNE_BATCH = 200
 
+#: Rows removed per transaction by ``StoreWriter.prune``, about: a batch ends before the trace
+#: that would take it past this (a trace is never split; a larger one goes alone).
+PRUNE_ROWS = 2000
+
 #: What a stored row holds where it refers to a stored attachment (the reference's ``type``):
 #: a row whose data lacks these bytes refers to none (the backends' scans skip it unread).
 ATTACHMENT_MARK = tracer_attachments.BRAINTRUST_ATTACHMENT.encode()
@@ -56,6 +60,17 @@ PRUNE_PAUSE = 0.02
 
 #: A project's containers, in the SQL of both backends (``?``: the project's name).
 PROJECT_CONTAINERS = "SELECT id FROM containers WHERE project_name = ?"
+
+
+def up_to_rows(traces: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """The first of these traces (``(root_span_id, start, spans)``) that hold about
+    ``PRUNE_ROWS`` rows between them (the first one whatever its size)."""
+    total = 0
+    for n, (_, _, spans) in enumerate(traces):
+        total += spans
+        if total > PRUNE_ROWS and n > 0:
+            return traces[:n]
+    return traces
 
 
 def created_epoch(created: object) -> float | None:

@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
-import itertools
 import json
 import threading
 import time
@@ -65,6 +63,7 @@ from .base import (
     PROJECT_CONTAINERS,
     PRUNE_BATCH,
     PRUNE_PAUSE,
+    PRUNE_ROWS,
     Cursor,
     Gone,
     RowUpdate,
@@ -75,6 +74,7 @@ from .base import (
     TracePage,
     attachment_keys,
     created_epoch,
+    up_to_rows,
 )
 from .queries import SharedQueries
 
@@ -271,11 +271,6 @@ def _number(value: Any) -> float | None:
 
 def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
-
-
-def _pg(sql: str) -> str:
-    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
-    return sql.replace("?", "%s")
 
 
 def _lock_key(key: Key) -> int:
@@ -562,11 +557,12 @@ class PostgresWriter(StoreWriter):
 
     # -- retention ---------------------------------------------------------------------------
     #
-    # A prune batch takes the advisory locks of the rows it removes, in the writers' order, so
-    # that no write merges into a row as it goes; then it removes the traces' summaries before
-    # their rows: a writer adding a new row to one of these traces meanwhile waits for the
-    # summary and then starts it anew, with its row, once the prune commits. A deadlock with a
-    # writer (a row added between the prune's look and its locks) costs one of them a retry.
+    # A prune batch first holds the rows it removes (``_hold``), so that no write merges into
+    # them as they go, then removes the traces' summaries, then their rows: the order of the
+    # writers (rows, then summaries). A writer adding a new row to one of these traces meanwhile
+    # waits for its summary, and starts it anew with its row once the prune commits; one that
+    # added it before is waited for, and its row goes with the rest. A deadlock with a writer
+    # (a row added between the prune's look and its locks) costs one of them a retry.
 
     def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
               batch: int = PRUNE_BATCH,
@@ -597,19 +593,24 @@ class PostgresWriter(StoreWriter):
         for container in containers:
             position: tuple[float, str] | None = None
             while True:
-                position = self._retried(functools.partial(
-                    self._prune_traces, container=container, before=before, position=position,
-                    batch=batch, counts=counts))
+                def work(conn: psycopg.Connection, container: str = container,
+                         position: tuple[float, str] | None = position
+                         ) -> tuple[float, str] | None:
+                    return self._prune_traces(conn, container, before, position, batch, counts)
+
+                position = self._retried(work)
                 if progress is not None:
                     progress(dict(counts))
                 if position is None:
                     break
                 time.sleep(PRUNE_PAUSE)
         loose = self._rows_without_trace(before, project)
-        step = batch * 10
-        for start in range(0, len(loose), step):
-            keys = loose[start:start + step]
-            counts["rows"] += self._retried(functools.partial(self._prune_rows, keys=keys))
+        for start in range(0, len(loose), PRUNE_ROWS):
+            def remove(conn: psycopg.Connection,
+                       keys: list[tuple[str, str]] = loose[start:start + PRUNE_ROWS]) -> int:
+                return self._prune_rows(conn, keys)
+
+            counts["rows"] += self._retried(remove)
             if progress is not None:
                 progress(dict(counts))
             time.sleep(PRUNE_PAUSE)
@@ -628,28 +629,40 @@ class PostgresWriter(StoreWriter):
                 time.sleep(PRUNE_PAUSE * 2 ** attempt)
         raise AssertionError("unreachable")
 
+    def _hold(self, conn: psycopg.Connection, container: str, ids: list[str]) -> None:
+        """Keep writers from merging into these rows until this transaction ends: each row's
+        lock, taken in the writers' order (key order), and, first, the advisory lock per key
+        that this writer takes before it reads a row (``_write``). (A writer that reads its
+        rows ``FOR UPDATE`` in key order needs the row locks alone.)"""
+        conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
+                     (sorted({_lock_key((container, i)) for i in ids}),))
+        conn.execute("SELECT count(*) FROM (SELECT 1 FROM rows WHERE container = %s AND id = "
+                     "ANY(%s) ORDER BY id FOR UPDATE) locked", (container, ids))
+
     def _prune_traces(self, conn: psycopg.Connection, container: str, before: float,
                       position: tuple[float, str] | None, batch: int,
                       counts: dict[str, int]) -> tuple[float, str] | None:
         """Remove up to ``batch`` traces of ``container`` that started before ``before``,
-        after ``position`` (``(start, root_span_id)``), in one transaction (counted into
-        ``counts`` once committed); the position of the last one, or None once none is
-        left."""
-        sql = "SELECT root_span_id, start FROM traces WHERE container = %s AND start < %s"
+        after ``position`` (``(start, root_span_id)``), of about ``PRUNE_ROWS`` rows in all,
+        in one transaction (counted into ``counts`` once committed); the position of the last
+        one, or None once none is left."""
+        sql = ("SELECT root_span_id, start, spans FROM traces WHERE container = %s AND "
+               "start < %s")
         args: list[object] = [container, before]
         if position is not None:
             sql += " AND (start, root_span_id) > (%s, %s)"
             args += position
         with conn.transaction():
-            traces = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT %s",
-                                  [*args, batch]).fetchall()
+            found = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT %s",
+                                 [*args, batch]).fetchall()
+            traces = up_to_rows(found)
             if not traces:
                 return None
-            roots = [r for r, _ in traces]
-            keys = conn.execute("SELECT id FROM rows WHERE container = %s AND root_span_id = "
-                                "ANY(%s)", (container, roots)).fetchall()
-            conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
-                         (sorted({_lock_key((container, i)) for (i,) in keys}),))
+            roots = [r for r, _, _ in traces]
+            ids = [i for (i,) in conn.execute(
+                "SELECT id FROM rows WHERE container = %s AND root_span_id = ANY(%s)",
+                (container, roots)).fetchall()]
+            self._hold(conn, container, ids)
             # (a trace's start only ever moves earlier: old when selected, old now)
             gone = [r for (r,) in conn.execute(
                 "DELETE FROM traces WHERE container = %s AND root_span_id = ANY(%s) "
@@ -658,30 +671,33 @@ class PostgresWriter(StoreWriter):
                                 "ANY(%s)", (container, gone)).rowcount
         counts["traces"] += len(gone)
         counts["rows"] += rows
-        if len(traces) < batch:
+        if len(traces) == len(found) < batch:
             return None
         return traces[-1][1], traces[-1][0]
 
     def _rows_without_trace(self, before: float, project: str | None) -> list[tuple[str, str]]:
         """The keys of the rows with no trace (no ``root_span_id``) created before
-        ``before``."""
+        ``before``, in key order."""
         sql = "SELECT container, id, created FROM rows WHERE root_span_id IS NULL"
         args: list[object] = []
         if project is not None:
             sql += f" AND container IN ({_pg(PROJECT_CONTAINERS)})"
             args.append(_text(project))
-        found = self._call(lambda conn: conn.execute(sql, args).fetchall())
+        found = self._call(lambda conn: conn.execute(sql + " ORDER BY container, id",
+                                                     args).fetchall())
         return [(c, i) for c, i, created in found
                 if (when := created_epoch(created)) is not None and when < before]
 
     def _prune_rows(self, conn: psycopg.Connection, keys: list[tuple[str, str]]) -> int:
+        removed = 0
         with conn.transaction():
-            conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
-                         (sorted({_lock_key(k) for k in keys}),))
-            return conn.execute(
-                "DELETE FROM rows WHERE root_span_id IS NULL AND (container, id) IN (SELECT * "
-                "FROM unnest(%s::text[], %s::text[]))",
-                ([c for c, _ in keys], [i for _, i in keys])).rowcount
+            for container in sorted({c for c, _ in keys}):
+                ids = [i for c, i in keys if c == container]
+                self._hold(conn, container, ids)
+                removed += conn.execute(
+                    "DELETE FROM rows WHERE root_span_id IS NULL AND container = %s AND id = "
+                    "ANY(%s)", (container, ids)).rowcount
+        return removed
 
     def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
                             dry_run: bool = False,
@@ -748,9 +764,6 @@ class PostgresWriter(StoreWriter):
                 self._conn = None
 
 
-_cursor_names = itertools.count(1)  # (next() is atomic: a name per server-side cursor)
-
-
 class PostgresReader(SharedQueries):
     """Reads a PostgreSQL store (see ``StoreReader``): connects now; the database must have a
     store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file).
@@ -762,6 +775,7 @@ class PostgresReader(SharedQueries):
     #: Rows fetched from the server at a time by ``rows`` and ``stored_rows`` (``tracer
     #: export``, ``tracer migrate``): a result of millions of rows is never held whole.
     chunk_rows = 1000
+    _cursors = 0  # server-side cursors opened (their names)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -783,6 +797,11 @@ class PostgresReader(SharedQueries):
     def schema_version(self) -> int:
         found = self._read(_version)
         return 0 if found is None else found
+
+    def _cursor_name(self) -> str:
+        """A new name for a server-side cursor of this reader's connection."""
+        self._cursors += 1
+        return f"tracer_rows_{self._cursors}"
 
     def close(self) -> None:
         self.conn.close()
@@ -823,7 +842,7 @@ class PostgresReader(SharedQueries):
             started = False
             try:
                 with _translated(self.location), self.conn.transaction(), \
-                        self.conn.cursor(name=f"tracer_rows_{next(_cursor_names)}") as cursor:
+                        self.conn.cursor(name=self._cursor_name()) as cursor:
                     cursor.itersize = self.chunk_rows
                     cursor.execute(query, params)
                     for found in cursor:
@@ -1001,6 +1020,11 @@ class PostgresReader(SharedQueries):
         if found[2] is not None:
             row["experiment_name"] = found[2]
         return row
+
+
+def _pg(sql: str) -> str:
+    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
+    return sql.replace("?", "%s")
 
 
 def _words(text: str) -> str | None:

@@ -37,6 +37,7 @@ from .base import (
     PROJECT_CONTAINERS,
     PRUNE_BATCH,
     PRUNE_PAUSE,
+    PRUNE_ROWS,
     Cursor,
     Gone,
     RowUpdate,
@@ -48,6 +49,7 @@ from .base import (
     UpgradeRequired,
     attachment_keys,
     created_epoch,
+    up_to_rows,
 )
 from .queries import SharedQueries
 
@@ -533,9 +535,9 @@ class SQLiteWriter(StoreWriter):
                     break
                 time.sleep(PRUNE_PAUSE)
         loose = self._rows_without_trace(before, project)
-        for start in range(0, len(loose), batch * 10):
+        for start in range(0, len(loose), PRUNE_ROWS):
             with self._lock:
-                counts["rows"] += self._prune_rows(self.conn, loose[start:start + batch * 10])
+                counts["rows"] += self._prune_rows(self.conn, loose[start:start + PRUNE_ROWS])
             if progress is not None:
                 progress(dict(counts))
             time.sleep(PRUNE_PAUSE)
@@ -545,34 +547,37 @@ class SQLiteWriter(StoreWriter):
                       position: tuple[float, str] | None, batch: int,
                       counts: dict[str, int]) -> tuple[float, str] | None:
         """Remove up to ``batch`` traces of ``container`` that started before ``before``,
-        after ``position`` (``(start, root_span_id)``), in one transaction; the position of the
-        last one removed, or None once none is left."""
-        sql = "SELECT root_span_id, start FROM traces WHERE container = ? AND start < ?"
+        after ``position`` (``(start, root_span_id)``), of about ``PRUNE_ROWS`` rows in all,
+        in one transaction; the position of the last one removed, or None once none is
+        left."""
+        sql = ("SELECT root_span_id, start, spans FROM traces WHERE container = ? AND "
+               "start < ?")
         args: list[object] = [container, before]
         if position is not None:
             sql += " AND (start, root_span_id) > (?, ?)"
             args += position
         conn.execute("BEGIN IMMEDIATE")
         try:
-            traces = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT ?",
-                                  [*args, batch]).fetchall()
+            found = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT ?",
+                                 [*args, batch]).fetchall()
+            traces = up_to_rows(found)
             mode = summary.search_mode(conn)
-            for root, _ in traces:  # (+container: through rows_by_root, as _SKELETON_JSON)
-                found = conn.execute("SELECT rowid, data FROM rows WHERE root_span_id = ? AND "
-                                     "+container = ?", (root, container)).fetchall()
-                _unindex(conn, found, mode)
+            for root, _, _ in traces:  # (+container: through rows_by_root, as _SKELETON_JSON)
+                stored = conn.execute("SELECT rowid, data FROM rows WHERE root_span_id = ? "
+                                      "AND +container = ?", (root, container)).fetchall()
+                _unindex(conn, stored, mode)
                 conn.execute("DELETE FROM rows WHERE root_span_id = ? AND +container = ?",
                              (root, container))
                 conn.execute("DELETE FROM traces WHERE container = ? AND root_span_id = ?",
                              (container, root))
-                counts["rows"] += len(found)
+                counts["rows"] += len(stored)
             counts["traces"] += len(traces)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if len(traces) < batch:
+        if len(traces) == len(found) < batch:
             return None
         return traces[-1][1], traces[-1][0]
 
