@@ -223,6 +223,11 @@ def redact(url: str) -> str:
         return "postgresql://***"
 
 
+def _pg(sql: str) -> str:
+    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
+    return sql.replace("?", "%s")
+
+
 def _text(value: Any) -> str | None:
     """A string for a text column (NUL, which PostgreSQL's text cannot hold, as U+FFFD); None
     for anything else."""
@@ -1020,11 +1025,6 @@ class PostgresReader(SharedQueries):
         if found[2] is not None:
             row["experiment_name"] = found[2]
         return row
-
-
-def _pg(sql: str) -> str:
-    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
-    return sql.replace("?", "%s")
 
 
 def _words(text: str) -> str | None:
