@@ -637,8 +637,9 @@ class PostgresWriter(StoreWriter):
     def _hold(self, conn: psycopg.Connection, container: str, ids: list[str]) -> None:
         """Keep writers from merging into these rows until this transaction ends: each row's
         lock, taken in the writers' order (key order), and, first, the advisory lock per key
-        that this writer takes before it reads a row (``_write``). (A writer that reads its
-        rows ``FOR UPDATE`` in key order needs the row locks alone.)"""
+        that ``_write`` takes before it reads a row (it reads without a row lock)."""
+        # (A writer that reads its rows FOR UPDATE in key order needs the row locks alone:
+        # with one, this first statement goes, and _lock_key with it.)
         conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
                      (sorted({_lock_key((container, i)) for i in ids}),))
         conn.execute("SELECT count(*) FROM (SELECT 1 FROM rows WHERE container = %s AND id = "
