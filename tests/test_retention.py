@@ -178,7 +178,7 @@ def test_a_large_prune_goes_in_batches_reporting_progress_after_each(store_url):
 
 def test_a_batch_holds_about_prune_rows_rows_and_never_splits_a_trace(store_url,
                                                                        monkeypatch):
-    monkeypatch.setattr("workers.store.base.PRUNE_ROWS", 4)
+    monkeypatch.setattr("workers.store.pruning.PRUNE_ROWS", 4)
     write(store_url, *(trace("p", OLD + i, spans=3) for i in range(3)), trace("p", NEW, spans=9))
     told: list[dict[str, int]] = []
 

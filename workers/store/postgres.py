@@ -59,19 +59,21 @@ from tracer import wire
 from ..rows import Key, load_row, merge, pack_row
 from . import summary
 from .base import (
-    ATTACHMENT_MARK,
-    PROJECT_CONTAINERS,
-    PRUNE_BATCH,
-    PRUNE_PAUSE,
-    PRUNE_ROWS,
     Cursor,
-    Gone,
     RowUpdate,
     SchemaVersionError,
     StoreError,
     StoreWriter,
     TraceFilter,
     TracePage,
+)
+from .pruning import (
+    ATTACHMENT_MARK,
+    PROJECT_CONTAINERS,
+    PRUNE_BATCH,
+    PRUNE_PAUSE,
+    PRUNE_ROWS,
+    Gone,
     attachment_keys,
     created_epoch,
     up_to_rows,
@@ -560,6 +562,16 @@ class PostgresWriter(StoreWriter):
             tuple(run[f] for f in ("run_id", "pid", "host", "endpoint", "started", "updated",
                                    "ended", "counters"))))
 
+    def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
+        found = self._call(lambda conn: conn.execute(
+            "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND "
+            "project_name = %s AND experiment_name = %s ORDER BY created LIMIT 1",
+            (_text(project_name), _text(experiment_name))).fetchone())
+        return found[0] if found else None
+
+    def schema_version(self) -> int:
+        return int(self._call(_version) or 0)
+
     # -- retention ---------------------------------------------------------------------------
     #
     # A prune batch first holds the rows it removes (``_hold``), so that no write merges into
@@ -752,16 +764,6 @@ class PostgresWriter(StoreWriter):
         return {sha for (sha,) in self._call(lambda conn: conn.execute(
             "SELECT DISTINCT sha256 FROM attachments WHERE sha256 = ANY(%s)",
             (list(sha256s),)).fetchall())}
-
-    def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
-        found = self._call(lambda conn: conn.execute(
-            "SELECT experiment_id FROM containers WHERE kind = 'experiment' AND "
-            "project_name = %s AND experiment_name = %s ORDER BY created LIMIT 1",
-            (_text(project_name), _text(experiment_name))).fetchone())
-        return found[0] if found else None
-
-    def schema_version(self) -> int:
-        return int(self._call(_version) or 0)
 
     def close(self) -> None:
         with self._lock:

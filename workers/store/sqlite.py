@@ -33,13 +33,7 @@ from tracer import config, wire
 from ..rows import Key, load_row, merge, pack_row
 from . import schema, summary
 from .base import (
-    ATTACHMENT_MARK,
-    PROJECT_CONTAINERS,
-    PRUNE_BATCH,
-    PRUNE_PAUSE,
-    PRUNE_ROWS,
     Cursor,
-    Gone,
     RowUpdate,
     SchemaVersionError,
     SearchOff,
@@ -47,6 +41,14 @@ from .base import (
     TraceFilter,
     TracePage,
     UpgradeRequired,
+)
+from .pruning import (
+    ATTACHMENT_MARK,
+    PROJECT_CONTAINERS,
+    PRUNE_BATCH,
+    PRUNE_PAUSE,
+    PRUNE_ROWS,
+    Gone,
     attachment_keys,
     created_epoch,
     up_to_rows,
