@@ -53,6 +53,15 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, for a test that stops and starts it
+    (``shut_down``, ``start``): the session's server stays up for the others."""
+    server = postgres.start(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a new, empty PostgreSQL database (password included)."""
     return postgres_server.database()

@@ -61,16 +61,25 @@ class PostgresServer:
         self._ids = itertools.count(1)
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
+        self.admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.start()
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE tracer LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+
+    def start(self) -> None:
+        """Start the server (again, after ``shut_down``) and wait until it accepts connections."""
         # Sockets in our own directory (not /var/run/postgresql, which may not exist), fsync
         # off (a test cluster need not survive a crash), enough connections for the
         # concurrency tests.
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.directory, "log"), "-w",
-                  "-o", f"-p {port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+                  "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
                         "-c fsync=off -c max_connections=200", "start")
-        self.admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         wait_until(self._accepts, 30, "PostgreSQL never accepted connections")
-        with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE tracer LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+
+    def shut_down(self) -> None:
+        """Stop the server as an administrator does (``pg_ctl stop -m fast``: every session
+        ended, every open transaction rolled back), keeping its data for ``start``."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         cmd = [os.path.join(self.bin_dir, tool), *args]

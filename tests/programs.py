@@ -702,3 +702,54 @@ def traces_spans_an_experiment_and_an_attachment(store: str) -> None:
     with experiment.start_span("case", type="eval") as case:
         case.log(input={"n": 1}, output={"n": 2}, scores={"accuracy": 1.0})
     tracer.flush(timeout=30)
+
+
+def logs_while_its_database_goes_away(project: str, n: int) -> None:
+    """Driven by its test over stdin and stdout, a line at a time: log "before" into
+    ``project`` (a PostgreSQL store) and flush, then say ``ready``; once told ``stopped`` (the
+    database is down) log ``n`` spans "during <i>" and flush, printing the FlushError and the
+    aggregator's counters as a JSON line; once told ``started`` (it is back) log "after" and
+    flush, printing the counters again."""
+    import sys
+
+    tracer.init_logger(project)
+    with tracer.start_span("before"):
+        pass
+    tracer.flush(timeout=30)
+    print("ready", flush=True)
+    assert sys.stdin.readline().strip() == "stopped"
+    for i in range(n):
+        with tracer.start_span(f"during {i}") as span:
+            span.log(output=i)
+    error = None
+    try:
+        tracer.flush(timeout=120)
+    except tracer.FlushError as exc:
+        error = str(exc)
+    print(json.dumps({"error": error, "counters": aggregator_counters()}), flush=True)
+    assert sys.stdin.readline().strip() == "started"
+    with tracer.start_span("after"):
+        pass
+    tracer.flush(timeout=60)
+    print(json.dumps({"counters": aggregator_counters()}), flush=True)
+
+
+def summarizes_an_experiment(store: str) -> None:
+    """Log two traces into an experiment in ``store`` (scores 1.0 and 0.5, 30 and 12 tokens,
+    one error) and print its ``summarize()`` as a JSON line: spans, traces, errors, score
+    means, the token total, the store named and the summary's text."""
+    experiment = tracer.init("summarized", "exp", store=store)
+    with experiment.start_span("first") as root:
+        root.log(scores={"accuracy": 1.0})
+        with root.start_span("llm") as llm:
+            llm.log(metrics={"tokens": 30})
+    with experiment.start_span("second") as root:
+        root.log(scores={"accuracy": 0.5})
+        with root.start_span("failing llm") as llm:
+            llm.log(metrics={"tokens": 12}, error="rate limited")
+    summary = experiment.summarize()
+    print(json.dumps({"spans": summary.spans, "traces": summary.traces,
+                      "errors": summary.errors,
+                      "scores": {k: v.score for k, v in summary.scores.items()},
+                      "tokens": summary.metrics["tokens"].total, "store": summary.store,
+                      "text": str(summary)}))

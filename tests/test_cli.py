@@ -48,7 +48,8 @@ def test_help_exits_zero_and_lists_every_command():
 
     assert proc.returncode == 0, proc.stderr
     assert "Multiprocessing-safe tracing" in proc.stdout
-    for command in ("demo", "export", "import", "show", "stats", "import-payloads", "aggregator"):
+    for command in ("demo", "export", "import", "show", "stats", "import-payloads", "prune",
+                    "aggregator"):
         assert command in proc.stdout
 
 
@@ -59,6 +60,7 @@ COMMAND_DESCRIPTIONS = {
     "show": "trace as a tree",
     "stats": "counters",
     "import-payloads": "payload files",
+    "prune": "started more than DURATION ago",
     "aggregator": "Run an aggregator",
 }
 

@@ -2,6 +2,11 @@
 rows in the underlying format), run as real subprocesses against real stores; and the
 reference's "Importing spans" example, end to end.
 
+What the aggregator stores goes to this process's SQLite store; the filters, the imports and
+the round trips run on a store of each backend too (``store_url``: for the filters, the logged
+rows are copied into the PostgreSQL one as they are first). The output formats are the same
+code whatever the backend: SQLite's.
+
 Every CLI child gets ``clean_env()``, so it never attaches to this test process's aggregator.
 """
 
@@ -15,8 +20,10 @@ import subprocess
 import sys
 
 import tracer
-from tests.conftest import ROOT, Store, by_name, clean_env, run_cli
+from tests.conftest import ROOT, by_name, clean_env, run_cli
 from tests.openai_server import CHAT_USAGE
+from tracer import config
+from workers.store import open_store
 
 EXAMPLE = os.path.join(ROOT, "scripts", "import_example")
 REFERENCE_SPANS = os.path.join(EXAMPLE, "spans.jsonl")  # the reference's printed output
@@ -38,8 +45,28 @@ def import_(store: str, *args: str, stdin: str | None = None) -> subprocess.Comp
 
 def stored(store: str, project: str | None = None,
            experiment: str | None = None) -> list[dict]:
-    with Store(store) as reader:
+    with open_store(store, readonly=True) as reader:
         return list(reader.rows(project=project, experiment=experiment))
+
+
+def made(store: str) -> bool:
+    """Whether the store exists (a SQLite file, a database with a store's tables)."""
+    try:
+        open_store(store, readonly=True).close()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def copied(store_path: str, project: str, store_url: str) -> str:
+    """Where the filters run: for the SQLite backend ``store_path`` itself (the aggregator's
+    SQLite store), for PostgreSQL ``store_url`` with the project's rows of ``store_path``
+    imported as they are."""
+    if not config.is_postgres(store_url):
+        return store_path
+    proc = import_(store_url, "-", stdin=export(store_path, "--project", project))
+    assert proc.returncode == 0, proc.stderr
+    return store_url
 
 
 def log_timed_spans() -> None:
@@ -83,11 +110,13 @@ def test_export_csv_has_a_column_per_top_level_field_and_nested_values_as_json(
     assert row["id"] == row["span_id"] == row["root_span_id"]
 
 
-def test_export_since_and_until_keep_spans_started_in_that_range(logger, store_path, project):
+def test_export_since_and_until_keep_spans_started_in_that_range(logger, store_path, project,
+                                                                 store_url):
     log_timed_spans()
+    store = copied(store_path, project, store_url)
 
-    epoch = export(store_path, "--project", project, "--since", "150", "--until", "300")
-    iso = export(store_path, "--project", project, "--since", "1970-01-01T00:02:30",
+    epoch = export(store, "--project", project, "--since", "150", "--until", "300")
+    iso = export(store, "--project", project, "--since", "1970-01-01T00:02:30",
                  "--until", "1970-01-01T00:05:00+00:00")
 
     assert [json.loads(line)["span_attributes"]["name"] for line in epoch.splitlines()] == \
@@ -95,29 +124,33 @@ def test_export_since_and_until_keep_spans_started_in_that_range(logger, store_p
     assert iso == epoch
 
 
-def test_export_type_keeps_spans_of_that_type(logger, store_path, project):
+def test_export_type_keeps_spans_of_that_type(logger, store_path, project, store_url):
     log_timed_spans()
+    store = copied(store_path, project, store_url)
 
-    out = export(store_path, "--project", project, "--type", "task")
+    out = export(store, "--project", project, "--type", "task")
 
     assert [json.loads(line)["span_attributes"]["name"] for line in out.splitlines()] == \
         ["at 100", "at 300"]
 
 
-def test_export_errors_keeps_spans_with_an_error(logger, store_path, project):
+def test_export_errors_keeps_spans_with_an_error(logger, store_path, project, store_url):
     log_timed_spans()
+    store = copied(store_path, project, store_url)
 
-    out = export(store_path, "--project", project, "--errors")
+    out = export(store, "--project", project, "--errors")
 
     assert [json.loads(line)["error"] for line in out.splitlines()] == ["timed out"]
 
 
-def test_export_experiment_takes_its_name_or_its_id(experiment, store_path):
+def test_export_experiment_takes_its_name_or_its_id(experiment, store_path, project,
+                                                   store_url):
     experiment.log(output="in the experiment")
     tracer.flush(timeout=30)
+    store = copied(store_path, project, store_url)
 
-    by_name_ = export(store_path, "--experiment", "exp")
-    by_id = export(store_path, "--experiment", experiment.id)
+    by_name_ = export(store, "--experiment", "exp")
+    by_id = export(store, "--experiment", experiment.id)
 
     assert by_id and [json.loads(line)["experiment_id"] for line in by_id.splitlines()] == \
         [experiment.id]
@@ -134,8 +167,8 @@ def test_export_rejects_a_time_it_cannot_read():
 # -- import: span trees ----------------------------------------------------------------------
 
 
-def test_import_of_span_trees_writes_spans_with_ids_parents_and_root(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_of_span_trees_writes_spans_with_ids_parents_and_root(store_url):
+    store = store_url
 
     proc = import_(store, REFERENCE_SPANS, "--project", "imported")
 
@@ -154,8 +187,8 @@ def test_import_of_span_trees_writes_spans_with_ids_parents_and_root(tmp_path):
         assert row["log_id"] == "g"
 
 
-def test_import_keeps_a_trees_fields_names_and_metrics(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_keeps_a_trees_fields_names_and_metrics(store_url):
+    store = store_url
     with open(REFERENCE_SPANS) as f:
         first = json.loads(f.readline())
 
@@ -173,8 +206,8 @@ def test_import_keeps_a_trees_fields_names_and_metrics(tmp_path):
         (child["input"], child["output"], child["metrics"])
 
 
-def test_import_reads_standard_input_when_the_file_is_a_dash(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_reads_standard_input_when_the_file_is_a_dash(store_url):
+    store = store_url
     tree = {"name": "from stdin", "output": "ok", "scores": {"good": 1},
             "children": [{"name": "child", "type": "tool"}]}
 
@@ -186,8 +219,8 @@ def test_import_reads_standard_input_when_the_file_is_a_dash(tmp_path):
     assert named["child"]["span_attributes"] == {"name": "child", "type": "tool"}
 
 
-def test_import_into_an_experiment_adds_to_the_one_of_that_name(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_into_an_experiment_adds_to_the_one_of_that_name(store_url):
+    store = store_url
 
     for _ in range(2):
         proc = import_(store, REFERENCE_SPANS, "--project", "support", "--experiment", "batch")
@@ -200,8 +233,8 @@ def test_import_into_an_experiment_adds_to_the_one_of_that_name(tmp_path):
     assert {row["project_name"] for row in rows} == {"support"}
 
 
-def test_import_rejects_a_malformed_line_naming_it_and_writes_nothing(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_rejects_a_malformed_line_naming_it_and_writes_nothing(store_url):
+    store = store_url
     assert import_(store, "-", "--project", "p", stdin='{"name": "before"}\n').returncode == 0
     good = json.dumps({"name": "good"})
 
@@ -212,19 +245,19 @@ def test_import_rejects_a_malformed_line_naming_it_and_writes_nothing(tmp_path):
     assert [row["span_attributes"]["name"] for row in stored(store)] == ["before"]
 
 
-def test_import_rejects_an_invalid_score_in_a_tree_naming_the_span(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_rejects_an_invalid_score_in_a_tree_naming_the_span(store_url):
+    store = store_url
     tree = {"name": "root", "children": [{"name": "judge", "scores": {"accuracy": 7}}]}
 
     proc = import_(store, "-", "--project", "p", stdin=json.dumps(tree) + "\n")
 
     assert proc.returncode == 2
     assert "<stdin>:1 children[0]: scores['accuracy'] = 7 is outside [0, 1]" in proc.stderr
-    assert not os.path.exists(store)
+    assert not made(store)
 
 
-def test_import_rejects_an_unknown_key_in_a_tree(tmp_path):
-    store = str(tmp_path / "imported.db")
+def test_import_rejects_an_unknown_key_in_a_tree(store_url):
+    store = store_url
 
     proc = import_(store, "-", "--project", "p", stdin='{"name": "x", "outptu": 1}\n')
 
@@ -250,10 +283,10 @@ def log_varied_traces(experiment: tracer.Experiment, logger: tracer.Logger) -> N
 
 
 def test_export_import_export_gives_byte_for_byte_the_same_rows(logger, experiment, store_path,
-                                                               project, tmp_path):
+                                                               project, store_url):
     log_varied_traces(experiment, logger)
     first = export(store_path, "--project", project)
-    copy = str(tmp_path / "copy.db")
+    copy = store_url
 
     proc = import_(copy, "-", stdin=first)
 
@@ -263,10 +296,10 @@ def test_export_import_export_gives_byte_for_byte_the_same_rows(logger, experime
 
 
 def test_rows_imported_as_they_are_keep_their_ids_and_containers(logger, experiment, store_path,
-                                                                  project, tmp_path):
+                                                                  project, store_url):
     log_varied_traces(experiment, logger)
     original = {row["id"]: row for row in stored(store_path, project=project)}
-    copy = str(tmp_path / "copy.db")
+    copy = store_url
 
     assert import_(copy, "-", stdin=export(store_path, "--project", project)).returncode == 0
 
@@ -276,12 +309,12 @@ def test_rows_imported_as_they_are_keep_their_ids_and_containers(logger, experim
     assert imported["chosen-id"]["created"] == original["chosen-id"]["created"]
 
 
-def test_importing_the_same_export_twice_changes_nothing(logger, store_path, project, tmp_path):
+def test_importing_the_same_export_twice_changes_nothing(logger, store_path, project, store_url):
     with tracer.start_span("once", output="only once"):
         pass
     tracer.flush(timeout=30)
     first = export(store_path, "--project", project)
-    copy = str(tmp_path / "copy.db")
+    copy = store_url
 
     for _ in range(2):
         assert import_(copy, "-", stdin=first).returncode == 0
@@ -289,7 +322,7 @@ def test_importing_the_same_export_twice_changes_nothing(logger, store_path, pro
     assert export(copy, "--project", project) == first
 
 
-def test_a_span_with_several_parents_round_trips(logger, store_path, project, tmp_path):
+def test_a_span_with_several_parents_round_trips(logger, store_path, project, store_url):
     with tracer.start_span("root") as root:
         with root.start_span("left") as left, root.start_span("right") as right:
             pass
@@ -297,7 +330,7 @@ def test_a_span_with_several_parents_round_trips(logger, store_path, project, tm
             pass
     tracer.flush(timeout=30)
     first = export(store_path, "--project", project)
-    copy = str(tmp_path / "copy.db")
+    copy = store_url
 
     assert import_(copy, "-", stdin=first).returncode == 0
 
@@ -308,11 +341,11 @@ def test_a_span_with_several_parents_round_trips(logger, store_path, project, tm
 
 
 def test_underlying_rows_imported_into_another_project_take_its_ids(logger, store_path, project,
-                                                                     tmp_path):
+                                                                     store_url):
     with tracer.start_span("moved"):
         pass
     tracer.flush(timeout=30)
-    copy = str(tmp_path / "copy.db")
+    copy = store_url
 
     proc = import_(copy, "-", "--project", "elsewhere", stdin=export(store_path, "--project",
                                                                    project))

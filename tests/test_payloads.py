@@ -1,7 +1,9 @@
 """Retries, payload dirs and oversized rows: a sink that fails never loses a row for good.
 
-The failing sink is the real SQLite store held locked by the producing child process; the
-replays go through the real ``tracer import-payloads`` command.
+The failing sink is the real SQLite store held locked by the producing child process (a
+PostgreSQL store that fails is tests/test_postgres_sink.py's); the replays go through the real
+``tracer import-payloads`` command. What a replay does to a store is checked on a store of each
+backend (``store_url``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 from workers import payloads
 from workers.queue import Pending
 from workers.rows import Container
+from workers.store import open_store
 
 from . import programs
-from .conftest import SQLiteSink, Store, clean_env, run_cli, run_function
+from .conftest import clean_env, run_cli, run_function
 
 
 def run_locked_child(tmp_path, program: Callable[[str, int], None], project: str, n: int,
@@ -29,8 +32,13 @@ def run_locked_child(tmp_path, program: Callable[[str, int], None], project: str
 
 
 def stored_rows(store_path: str, project: str) -> list[dict]:
-    with Store(store_path) as store:
-        return sorted(store.rows(project=project), key=lambda row: row["id"])
+    """A store's rows of a project (none if the store was never made), by id; the store is a
+    SQLite path or a PostgreSQL URL."""
+    try:
+        with open_store(store_path, readonly=True) as store:
+            return sorted(store.rows(project=project), key=lambda row: row["id"])
+    except FileNotFoundError:
+        return []
 
 
 def outputs_by_name(rows: list[dict]) -> dict[str, object]:
@@ -57,19 +65,19 @@ def test_a_sink_failing_twice_then_recovering_loses_and_duplicates_nothing(tmp_p
     assert not [name for name in counters if name.startswith("dropped")]
 
 
-def test_writing_a_batch_twice_leaves_each_row_as_written_once(tmp_path):
+def test_writing_a_batch_twice_leaves_each_row_as_written_once(store_url):
     container = Container("L\x1fidempotent")
     rows: list[dict[str, Any]] = [
         {"id": f"row-{i}", "span_id": f"row-{i}", "root_span_id": "row-0",
          "output": {"value": i, "items": [i, i]}, "metrics": {"start": 1.0, "end": 2.0},
          **container.columns} for i in range(5)]
     batch = [Pending((container.id, row["id"]), row, 100, 0, container) for row in rows]
-    sink = SQLiteSink(str(tmp_path / "traces.db"))
+    sink = open_store(store_url)
 
     sink.write(batch)
-    once = stored_rows(str(tmp_path / "traces.db"), "idempotent")
+    once = stored_rows(store_url, "idempotent")
     sink.write(batch)  # what a retry after an unknown outcome does
-    twice = stored_rows(str(tmp_path / "traces.db"), "idempotent")
+    twice = stored_rows(store_url, "idempotent")
     sink.close()
 
     assert len(once) == 5
@@ -95,8 +103,8 @@ def test_batches_given_up_go_to_the_failed_dir_and_import_payloads_restores_them
     assert outputs_by_name(stored_rows(store, "given-up")) == expected_outputs(40)
 
 
-def test_import_payloads_twice_changes_nothing(tmp_path):
-    store = str(tmp_path / "traces.db")
+def test_import_payloads_twice_changes_nothing(store_url, tmp_path):
+    store = store_url
     directory = tmp_path / "payloads"
     container = Container("L\x1ftwice")
     rows = [{"id": f"r{i}", "span_id": f"r{i}", "root_span_id": "r0", "output": i,
@@ -148,18 +156,18 @@ def test_a_row_over_max_request_size_is_stored_truncated_and_its_full_copy_set_a
     assert restored["huge"]["output"] == "x" * 100_000
 
 
-def test_import_payloads_refuses_a_malformed_file_naming_it_and_writes_nothing(tmp_path):
+def test_import_payloads_refuses_a_malformed_file_naming_it_and_writes_nothing(store_url,
+                                                                             tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"tracer_payload": 1, "reason": "batch", "rows": 2}\n'
                    '{"container": "L\\u001fbad", "row": {"id": "a", "output": 1}}\n'
                    'not json\n')
-    store = str(tmp_path / "traces.db")
 
-    proc = run_cli("import-payloads", str(bad), "--store", store)
+    proc = run_cli("import-payloads", str(bad), "--store", store_url)
 
     assert proc.returncode == 2
     assert f"{bad}:3" in proc.stderr
-    assert not os.path.exists(store) or stored_rows(store, "bad") == []
+    assert stored_rows(store_url, "bad") == []
 
 
 def test_a_store_that_is_not_a_database_fails_the_flush_with_the_cause_and_keeps_the_rows(

@@ -4,7 +4,8 @@ counted and set aside, and a flush tells the cause.
 
 The store is a real SQLite file (on a real 2 MB tmpfs for the full disk); the aggregator is the
 real one an application starts, but for the thread that dies: an uploader of this process, with
-a real queue and store, ended by an exception raised in it.
+a real queue and store, ended by an exception raised in it. SQLite only: these are faults of a
+store file (a PostgreSQL database that goes away is tests/test_postgres_sink.py's).
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ experiment by its container (``E<project><experiment id><experiment name>`` on t
 ``exp:<experiment id>`` in the store). Start one with ``tracer.init(project, experiment)``.
 
 ``Experiment.summarize()`` reads the experiment's rows back from the SQLite store with the
-standard library's ``sqlite3``, after a flush: the recorder knows the store's path whenever the
-aggregator is local (started by ``init``/``init_logger``, or inherited from a parent), and this
-keeps the wire and the aggregator as they are. An experiment sending to a standalone aggregator
+standard library's ``sqlite3``, after a flush; from a PostgreSQL store, through ``tracer export``
+in a child process (tracer never imports the database's driver: an optional extra, and half the
+aggregator's start-up; the password goes to the child in ``PGPASSWORD``, never on its command
+line). The recorder knows the store whenever the aggregator is local (started by
+``init``/``init_logger``, or inherited from a parent), and this keeps the wire and the
+aggregator as they are. An experiment sending to a standalone aggregator
 by its address alone (``endpoint=``, ``TRACER_ENDPOINT``) does not know where its rows are, and
 ``summarize()`` says so.
 """
@@ -15,10 +18,12 @@ by its address alone (``endpoint=``, ``TRACER_ENDPOINT``) does not know where it
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import secrets
 import sqlite3
+import sys
 import time
 import uuid
 from typing import TypeGuard, cast
@@ -137,13 +142,12 @@ class Experiment(SpanContainer):
                 f"Experiment.summarize: this process sends to the aggregator at "
                 f"{self.recorder.endpoint} and does not know its store; summarise where the "
                 f"store is: tracer export --experiment {self.id} --store STORE")
-        # Reading PostgreSQL needs psycopg, which tracer never imports.
-        if config.is_postgres(store):
-            raise RuntimeError(
-                f"Experiment.summarize reads SQLite stores only, so far; summarise with: "
-                f"tracer export --experiment {self.id} --store {config.without_password(store)}")
         self.flush(timeout)
-        rows = _stored_rows(store, wire.experiment_store_id(self.id))
+        if config.is_postgres(store):
+            rows = _exported_rows(store, self.id, timeout)
+            store = config.without_password(store)  # (the summary is printed)
+        else:
+            rows = _stored_rows(store, wire.experiment_store_id(self.id))
         return summarize_rows(rows, self.project, self.name, self.id, store, summarize_scores)
 
     def __repr__(self) -> str:
@@ -212,3 +216,32 @@ def _number(value: float) -> str:
     if isinstance(value, int) or float(value).is_integer():
         return str(int(value))
     return f"{value:.4g}"
+
+
+def _exported_rows(store: str, experiment_id: str, timeout: float | None) -> list[dict]:
+    """The rows of an experiment in a PostgreSQL store, read by ``tracer export`` in a child
+    process (see the module); RuntimeError, naming the store without its password, if it
+    fails."""
+    import subprocess  # (here: import tracer stays light)
+
+    url, password = config.split_password(store)
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    # The child imports ``workers`` from wherever this process found ``tracer``.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "workers.cli", "export", "--experiment", experiment_id,
+           "--store", url]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8",
+                              timeout=max(timeout or 0.0, 60.0), check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"Experiment.summarize: reading {config.without_password(store)} "
+                           "took too long") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"Experiment.summarize: reading {config.without_password(store)} "
+                           f"failed: {proc.stderr.strip()}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line]
+    # (--experiment matches a name too: only this experiment's rows count)
+    return [row for row in rows if row.get("experiment_id") == experiment_id]

@@ -6,8 +6,9 @@ content type, or the error that kept it from being read). The mover, one thread 
 aggregator beside the row uploader, takes each published ``<key>.json``:
 
 - content addressed: the data is renamed to ``blobs/<sha256[:2]>/<sha256>`` (same file system:
-  no copy), or deleted if that blob exists already, so identical content is stored once however
-  many keys refer to it;
+  no copy), or deleted if that blob exists already (the blob touched: retention,
+  ``workers.retention``, keeps blobs touched within its grace period), so identical content is
+  stored once however many keys refer to it;
 - recorded: ``key -> sha256, size, filename, content_type, status ("done" | "error"), error`` in
   the store (``StoreWriter.record_attachment``), read by ``tracer show``, ``tracer export
   --with-attachments`` and ``tracer attachment get`` (``references`` and ``status`` below);
@@ -321,7 +322,7 @@ class AttachmentMover:
 
     def _move(self, data_path: str, sha: str) -> None:
         blob = attachments.blob_path(self.store, sha)
-        if os.path.exists(blob):
+        if _reuse(blob):
             if os.path.exists(data_path):
                 os.unlink(data_path)
             self.counters["attachments_deduplicated"] += 1
@@ -443,7 +444,7 @@ class AttachmentMover:
     def _write_blob(self, content: bytes) -> str:
         sha = hashlib.sha256(content).hexdigest()
         blob = attachments.blob_path(self.store, sha)
-        if os.path.exists(blob):
+        if _reuse(blob):
             self.counters["attachments_deduplicated"] += 1
             return sha
         attachments.make_private(os.path.dirname(blob))
@@ -455,6 +456,20 @@ class AttachmentMover:
         self.counters["attachments_stored"] += 1
         self.counters["attachment_bytes_stored"] += len(content)
         return sha
+
+
+def _reuse(blob: str) -> bool:
+    """Whether the blob is there to store the same content again: touched, so that retention
+    (``workers.retention``), which removes only blobs untouched for its grace period and looks
+    at a blob's time once more after taking it out of the way, keeps it; False if it is not
+    there (taken away: the content is stored anew)."""
+    try:
+        os.utime(blob)
+    except FileNotFoundError:
+        return False
+    except OSError:  # there, but not ours to touch (another user's area): reused as it is
+        return os.path.exists(blob)
+    return True
 
 
 class _Missing(Exception):

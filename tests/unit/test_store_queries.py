@@ -524,6 +524,7 @@ def test_compare_pairs_rows_by_input_then_by_name_and_says_what_changed(store):
 # -- schema ----------------------------------------------------------------------------------
 
 
+# SQLite only: a SQLite store of version 1 had no summaries (PostgreSQL's version 1 has them).
 def test_an_older_store_gets_its_summaries_built_when_a_writer_upgrades_it(tmp_path):
     path = str(tmp_path / "traces.db")
     with SQLiteWriter(path) as writer:
@@ -578,6 +579,7 @@ def test_summaries_match_the_rows_after_many_merges(store):
 
 
 # -- what the text index covers (TRACER_SEARCH_INDEX) ------------------------------------------
+# SQLite only: the setting is SQLite's (a PostgreSQL store indexes every span).
 
 
 def search_store(path: str, mode: str) -> SQLiteWriter:

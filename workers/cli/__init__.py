@@ -1,11 +1,11 @@
 """The ``tracer`` command line: demo, export, import, show, stats, import-payloads, attachment,
-keys, serve, migrate, aggregator.
+keys, serve, migrate, prune, aggregator.
 
 This module is the wiring: every command's arguments (``parser``) and ``main``, which resolves
 ``--store`` and runs the command. Each group of commands runs in a module of its own: ``read``
 (export, show), ``write`` (import, import-payloads, demo), ``stats``, ``attachments`` (attachment
-get, and the attachment parts of export and show), ``keys``, ``serve`` (serve, migrate);
-``tree`` and ``csv_writer`` are their output. ``tracer aggregator`` is
+get, and the attachment parts of export and show), ``keys``, ``serve`` (serve, migrate),
+``prune``; ``tree`` and ``csv_writer`` are their output. ``tracer aggregator`` is
 ``workers.aggregator.main``, with arguments of its own.
 """
 
@@ -20,7 +20,7 @@ from tracer import config
 from tracer.event import SPAN_TYPES
 
 from ..store import STORE_ERRORS
-from . import attachments, keys, read, serve, stats, write
+from . import attachments, keys, prune, read, serve, stats, write
 
 # A bad argument or a store that cannot be read: a message and exit status 2, no traceback.
 _FAILURES: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, *STORE_ERRORS)
@@ -36,6 +36,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keys": keys.cmd_keys,
     "serve": serve.cmd_serve,
     "migrate": serve.cmd_migrate,
+    "prune": prune.cmd_prune,
 }
 
 
@@ -174,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
     keys.add_arguments(commands)
     serve.add_arguments(commands)
+    prune.add_arguments(commands)
 
     commands.add_parser("aggregator", add_help=False,
                         help="run a standalone aggregator (see tracer aggregator --help)")

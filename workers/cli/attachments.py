@@ -26,7 +26,7 @@ def cmd_attachment(args: argparse.Namespace) -> int:
     if "path" not in state:
         why = state.get("error_message") or "it is still being stored; try again in a moment"
         if recorded is None and state["upload_status"] == "missing":
-            why = f"no attachment with this key in {path}"
+            why = f"no attachment with this key in {store.location}"
         print(f"tracer attachment get: {args.key}: {why}", file=sys.stderr)
         return 1
     if args.output:

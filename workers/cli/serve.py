@@ -1,5 +1,6 @@
-"""``tracer serve``: the trace server over a store (``workers.server``), under uvicorn; and
-``tracer migrate``, which brings a store's schema up to date (what the server needs)."""
+"""``tracer serve``: the trace server over a store (``workers.server``), under uvicorn, pruning
+it periodically with ``--prune-older-than`` (``workers.server.retention``); and ``tracer
+migrate``, which brings a store's schema up to date (what the server needs)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from tracer import config as tracer_config
 from ..store import open_store
 from ..store.sqlite import SUMMARIES_VERSION
 from . import migrate as copy
+from . import prune
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8585
+PRUNE_EVERY = 3600.0  # seconds between two prunes of --prune-older-than
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +83,13 @@ def add_arguments(commands: argparse._SubParsersAction) -> None:
                        help="serve HTTPS with this certificate (chain) file; with --tls-key")
     serve.add_argument("--tls-key", metavar="PEM",
                        help="the certificate's private key file; with --tls-cert")
+    serve.add_argument("--prune-older-than", metavar="DURATION",
+                       type=prune.duration("--prune-older-than"),
+                       help="also prune the store (as tracer prune --older-than DURATION does) "
+                            "at start and then every --prune-every, in a thread with a store "
+                            "writer of its own")
+    serve.add_argument("--prune-every", metavar="DURATION", type=prune.duration("--prune-every"),
+                       help="how often to prune (with --prune-older-than; default: 1h)")
     migrate = commands.add_parser(
         "migrate", help="bring a store's schema up to date, or copy a store into another",
         description="Upgrade the store to the schema this tracer writes (aggregators do it "
@@ -117,6 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tracer serve: warning: serving {args.host} over plain HTTP: API keys and "
               "traces cross the network in clear (--tls-cert and --tls-key serve HTTPS)",
               file=sys.stderr)
+    if args.prune_every is not None and args.prune_older_than is None:
+        raise ValueError("--prune-every goes with --prune-older-than")
     database = args.store.startswith(tracer_config.POSTGRES_SCHEMES)
     found = None
     if os.path.exists(args.store) or database:
@@ -153,12 +165,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             access_log=False, server_header=False, proxy_headers=False,
                             lifespan="on", ssl_certfile=tls and tls[0], ssl_keyfile=tls and tls[1])
     server = uvicorn.Server(config)
+    pruning = None
+    if args.prune_older_than is not None:
+        from ..server.retention import PruneThread
+
+        pruning = PruneThread(args.store, args.prune_older_than,
+                              args.prune_every or PRUNE_EVERY)
+        pruning.start()
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind: said on stderr already
         return 2 if exc.code else 0
     except KeyboardInterrupt:
         return 0
+    finally:
+        if pruning is not None:
+            pruning.stop()
     return 0 if server.started else 2
 
 

@@ -19,9 +19,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     endpoints = [args.endpoint or os.environ.get("TRACER_ENDPOINT")]
     runs: list[dict] = []
     store_path = args.store
-    if os.path.exists(store_path):
-        with open_store(store_path, readonly=True) as store:
-            runs = store.runs()
+    if config.is_postgres(store_path) or os.path.exists(store_path):
+        try:
+            with open_store(store_path, readonly=True) as store:
+                runs = store.runs()
+        except FileNotFoundError:  # a database without a store's tables: no runs recorded
+            pass
     if endpoints[0] is None:
         endpoints = [run["endpoint"] for run in runs if run["ended"] is None]
     key = config.load().aggregator_key  # a tcp:// aggregator with a secret key wants it

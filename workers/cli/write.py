@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from tracer.config import without_password
+
 from ..rows import Container
 from ..store import open_store
 from .tree import print_tree
@@ -16,10 +18,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``tracer demo``: run the demo workload into the store, then show its trace."""
     from ..demo import run_demo
 
-    store = args.store
-    root_id, link = run_demo(store, args.tasks)
-    with open_store(store, readonly=True) as reader:
+    root_id, link = run_demo(args.store, args.tasks)
+    with open_store(args.store, readonly=True) as reader:
         print_tree(reader, root_id)
+    store = without_password(args.store)  # (what is printed never carries a password)
     print(f"\nrows stored in {store}")
     print(f"permalink: {link}")
     print(f"  (`tracer serve --store {store}` serves it; then open the permalink)")
@@ -46,7 +48,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         sink.close()
     where = sorted({_describe_container(p.container) for p in pending})
-    print(f"imported {len(pending)} rows ({traces} traces) into {store}: {', '.join(where)}")
+    print(f"imported {len(pending)} rows ({traces} traces) into {without_password(store)}: "
+          f"{', '.join(where)}")
     return 0
 
 
@@ -72,5 +75,6 @@ def cmd_import_payloads(args: argparse.Namespace) -> int:
                 os.unlink(name)
     finally:
         sink.close()
-    print(f"replayed {rows} rows from {len(names)} payload files into {store}")
+    print(f"replayed {rows} rows from {len(names)} payload files into "
+          f"{without_password(store)}")
     return 0

@@ -3,8 +3,9 @@
 Every endpoint is a GET, answers JSON and reads through ``workers.store.base.StoreReader``
 (never SQL). Each checks its parameters and answers ``{"error": "<message>"}`` with 400 for a
 bad one, 404 for what does not exist, 503 for a store of a schema it cannot serve (replaced
-while serving); nothing a client sends reaches a traceback (``app`` answers any other failure
-with a bare 500).
+while serving) or a database it cannot reach (the message names it without its password; the
+reader connects again once it is back); nothing a client sends reaches a traceback (``app``
+answers any other failure with a bare 500).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.responses import FileResponse, Response
 from tracer import attachments as tracer_attachments
 
 from ..attachments import REFERENCE_KEY, references, status
-from ..store import SchemaVersionError, StoreReader
+from ..store import SchemaVersionError, StoreError, StoreReader
 from ..store.base import Cursor, SearchOff, TraceFilter, UpgradeRequired
 from ..store.summary import TYPE_BITS
 
@@ -105,6 +106,8 @@ def endpoint(empty: dict | Callable[[Request], dict] | None = None
             except NotFound as exc:
                 return error(404, str(exc))
             except (UpgradeRequired, SchemaVersionError) as exc:  # the store was replaced
+                return error(503, str(exc))
+            except StoreError as exc:  # a database away (PostgreSQL): until it is back
                 return error(503, str(exc))
             return result if isinstance(result, Response) else JSON(result)
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from tracer import wire
 
 from ..rows import Container, Key
+from .pruning import PRUNE_BATCH
 
 _Handle = TypeVar("_Handle", bound="StoreHandle")
 
@@ -263,6 +264,52 @@ class StoreWriter(StoreHandle):
     def find_experiment(self, project_name: str, experiment_name: str) -> str | None:
         """The id of the oldest experiment named ``experiment_name`` in the project, if any (what
         ``tracer import --experiment`` adds to)."""
+
+    # -- retention (``tracer prune``, ``tracer serve --prune-older-than``) ---------------------
+    # Stores implement these; the aggregator's other destinations (a trace server, an OTLP
+    # receiver: ``workers/sinks.py``) are not stores, and retention runs where the store is.
+
+    def _not_a_store(self, what: str) -> str:
+        return (f"{type(self).__name__} writes to {self.location}, not to a store: {what} "
+                "runs on the store itself (tracer prune --store ..., or tracer serve "
+                "--prune-older-than on the server)")
+
+
+    def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
+              batch: int = PRUNE_BATCH,
+              progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        """Remove every trace that started before ``before`` (epoch seconds): its rows, its
+        summary and its rows' text index entries; with ``project``, only the traces of that
+        project's logs and experiments (ValueError if the store has no such project).
+
+        A trace's start is its summary's (``trace_summaries``: the earliest start of its
+        spans); a row with no trace (no ``root_span_id``) goes by its ``created`` time (one
+        that cannot be read as a time is kept). Whole traces go, ``batch`` traces a
+        transaction, so that a large prune never holds the store for long: writers go on
+        between batches. ``progress`` is told the counts so far after each batch. With
+        ``dry_run`` nothing is removed: the counts are what would be. Returns ``traces`` and
+        ``rows`` (removed, or that would be). Containers stay, even when no row is left in
+        them. Attachments are ``collect_attachments``'s."""
+        raise NotImplementedError(self._not_a_store("retention"))
+
+    def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
+                            dry_run: bool = False,
+                            pruned: tuple[float, str | None] | None = None
+                            ) -> tuple[int, set[str]]:
+        """Remove the attachment records that no stored row refers to, recorded before
+        ``stored_before`` (epoch seconds: a younger record may belong to a row that has not
+        landed yet) and whose key is not in ``keep`` (keys still in the spool). Returns how
+        many were removed (with ``dry_run``: would be) and the sha256 of every blob a record
+        that stays names (``workers.retention`` removes the other blobs). Finding the rows'
+        references reads every row that holds one (the rows with none are passed over in
+        the database). ``pruned``: the ``(before, project)`` of a prune that did not happen
+        (a dry run's): the rows it would remove count as gone."""
+        raise NotImplementedError(self._not_a_store("retention"))
+
+    def recorded_blobs(self, sha256s: Collection[str]) -> set[str]:
+        """Which of these sha256s an attachment record names now (a last look before their
+        blobs are removed)."""
+        raise NotImplementedError(self._not_a_store("retention"))
 
     # -- copying a whole store (``tracer migrate --from --to``) ------------------------------
 

@@ -70,8 +70,8 @@ import json
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -91,9 +91,22 @@ from .base import (
     TraceFilter,
     TracePage,
 )
+from .pruning import (
+    ATTACHMENT_MARK,
+    PROJECT_CONTAINERS,
+    PRUNE_BATCH,
+    PRUNE_PAUSE,
+    PRUNE_ROWS,
+    Gone,
+    attachment_keys,
+    created_epoch,
+    up_to_rows,
+)
 from .queries import SharedQueries
 
 SCHEMES = ("postgresql://", "postgres://")
+
+_T = TypeVar("_T")
 
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n, in one transaction. Version 1
 # is the whole schema as SQLite's version 2 has it (summaries and text index included);
@@ -316,6 +329,11 @@ def redact(url: str) -> str:
         return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
     except ValueError:  # not a URL we can take apart: say nothing of it
         return "postgresql://***"
+
+
+def _pg(sql: str) -> str:
+    """SQL written for both backends (``?`` placeholders) in psycopg's (``%s``)."""
+    return sql.replace("?", "%s")
 
 
 def _text(value: Any) -> str | None:
@@ -758,6 +776,195 @@ class PostgresWriter(StoreWriter):
     def schema_version(self) -> int:
         return int(self._call(_version) or 0)
 
+    # -- retention ---------------------------------------------------------------------------
+    #
+    # A prune batch first holds the rows it removes (``_hold``), so that no write merges into
+    # them as they go, then removes the traces' summaries, then their rows: the order of the
+    # writers (rows, then summaries). A writer adding a new row to one of these traces meanwhile
+    # waits for its summary, and starts it anew with its row once the prune commits; one that
+    # added it before is waited for, and its row goes with the rest. A deadlock with a writer
+    # (a row added between the prune's look and its locks) costs one of them a retry.
+
+    def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
+              batch: int = PRUNE_BATCH,
+              progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        if batch < 1:
+            raise ValueError(f"batch={batch}: expected at least 1")
+        where = "t.start < %s"
+        args: list[object] = [before]
+        if project is not None:
+            if self._call(lambda conn: conn.execute(
+                    _pg(PROJECT_CONTAINERS), (_text(project),)).fetchone()) is None:
+                raise ValueError(f"no project {project!r} in store {self.location}")
+            where += f" AND t.container IN ({_pg(PROJECT_CONTAINERS)})"
+            args.append(_text(project))
+        counts = {"traces": 0, "rows": 0}
+        if dry_run:
+            traces, rows = self._call(lambda conn: conn.execute(
+                "SELECT count(*), coalesce(sum((SELECT count(*) FROM rows r WHERE "
+                "r.root_span_id = t.root_span_id AND r.container = t.container)), 0) "
+                f"FROM traces t WHERE {where}", args).fetchone())
+            counts.update(traces=traces, rows=int(rows) + len(self._rows_without_trace(
+                before, project)))
+            return counts
+        # Container by container, each from its oldest trace on (as SQLite's prune does).
+        containers = [c for (c,) in self._call(lambda conn: conn.execute(
+            "SELECT id FROM containers" + (" WHERE project_name = %s" if project else "")
+            + " ORDER BY id", (_text(project),) if project else ()).fetchall())]
+        for container in containers:
+            position: tuple[float, str] | None = None
+            while True:
+                def work(conn: psycopg.Connection, container: str = container,
+                         position: tuple[float, str] | None = position
+                         ) -> tuple[float, str] | None:
+                    return self._prune_traces(conn, container, before, position, batch, counts)
+
+                position = self._retried(work)
+                if progress is not None:
+                    progress(dict(counts))
+                if position is None:
+                    break
+                time.sleep(PRUNE_PAUSE)
+        loose = self._rows_without_trace(before, project)
+        for start in range(0, len(loose), PRUNE_ROWS):
+            def remove(conn: psycopg.Connection,
+                       keys: list[tuple[str, str]] = loose[start:start + PRUNE_ROWS]) -> int:
+                return self._prune_rows(conn, keys)
+
+            counts["rows"] += self._retried(remove)
+            if progress is not None:
+                progress(dict(counts))
+            time.sleep(PRUNE_PAUSE)
+        return counts
+
+    def _retried(self, work: Callable[[psycopg.Connection], _T], attempts: int = 5) -> _T:
+        """``work`` in ``_call``, run again (a few times) when the database rolled it back for
+        a deadlock or a serialization failure."""
+        for attempt in range(attempts):
+            try:
+                return self._call(work)
+            except StoreError as exc:
+                if attempt == attempts - 1 or not isinstance(
+                        exc.__cause__, psycopg.errors.TransactionRollback):
+                    raise
+                time.sleep(PRUNE_PAUSE * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _hold(self, conn: psycopg.Connection, container: str, ids: list[str]) -> None:
+        """Keep writers from merging into these rows until this transaction ends: each row's
+        lock, taken in the writers' order (key order: ``_write`` locks the stored rows it
+        merges into FOR UPDATE in that order, and inserts a key deleted meanwhile anew)."""
+        conn.execute("SELECT count(*) FROM (SELECT 1 FROM rows WHERE container = %s AND id = "
+                     "ANY(%s) ORDER BY id FOR UPDATE) locked", (container, ids))
+
+    def _prune_traces(self, conn: psycopg.Connection, container: str, before: float,
+                      position: tuple[float, str] | None, batch: int,
+                      counts: dict[str, int]) -> tuple[float, str] | None:
+        """Remove up to ``batch`` traces of ``container`` that started before ``before``,
+        after ``position`` (``(start, root_span_id)``), of about ``PRUNE_ROWS`` rows in all,
+        in one transaction (counted into ``counts`` once committed); the position of the last
+        one, or None once none is left."""
+        sql = ("SELECT root_span_id, start, spans FROM traces WHERE container = %s AND "
+               "start < %s")
+        args: list[object] = [container, before]
+        if position is not None:
+            sql += " AND (start, root_span_id) > (%s, %s)"
+            args += position
+        with conn.transaction():
+            found = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT %s",
+                                 [*args, batch]).fetchall()
+            traces = up_to_rows(found)
+            if not traces:
+                return None
+            roots = [r for r, _, _ in traces]
+            ids = [i for (i,) in conn.execute(
+                "SELECT id FROM rows WHERE container = %s AND root_span_id = ANY(%s)",
+                (container, roots)).fetchall()]
+            self._hold(conn, container, ids)
+            # (a trace's start only ever moves earlier: old when selected, old now)
+            gone = [r for (r,) in conn.execute(
+                "DELETE FROM traces WHERE container = %s AND root_span_id = ANY(%s) "
+                "RETURNING root_span_id", (container, roots)).fetchall()]
+            rows = conn.execute("DELETE FROM rows WHERE container = %s AND root_span_id = "
+                                "ANY(%s)", (container, gone)).rowcount
+        counts["traces"] += len(gone)
+        counts["rows"] += rows
+        if len(traces) == len(found) < batch:
+            return None
+        return traces[-1][1], traces[-1][0]
+
+    def _rows_without_trace(self, before: float, project: str | None) -> list[tuple[str, str]]:
+        """The keys of the rows with no trace (no ``root_span_id``) created before
+        ``before``, in key order."""
+        sql = "SELECT container, id, created FROM rows WHERE root_span_id IS NULL"
+        args: list[object] = []
+        if project is not None:
+            sql += f" AND container IN ({_pg(PROJECT_CONTAINERS)})"
+            args.append(_text(project))
+        found = self._call(lambda conn: conn.execute(sql + " ORDER BY container, id",
+                                                     args).fetchall())
+        return [(c, i) for c, i, created in found
+                if (when := created_epoch(created)) is not None and when < before]
+
+    def _prune_rows(self, conn: psycopg.Connection, keys: list[tuple[str, str]]) -> int:
+        removed = 0
+        with conn.transaction():
+            for container in sorted({c for c, _ in keys}):
+                ids = [i for c, i in keys if c == container]
+                self._hold(conn, container, ids)
+                removed += conn.execute(
+                    "DELETE FROM rows WHERE root_span_id IS NULL AND container = %s AND id = "
+                    "ANY(%s)", (container, ids)).rowcount
+        return removed
+
+    def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
+                            dry_run: bool = False,
+                            pruned: tuple[float, str | None] | None = None
+                            ) -> tuple[int, set[str]]:
+        candidates = {key for (key,) in self._call(lambda conn: conn.execute(
+            "SELECT key FROM attachments WHERE coalesce(stored, 0) < %s",
+            (stored_before,)).fetchall())}
+        candidates.difference_update(keep)
+        sql = ("SELECT seq, data, root_span_id, created, container FROM rows r WHERE seq > %s "
+               "AND position(%s::bytea IN data) > 0")
+        args: list[object] = [ATTACHMENT_MARK]
+        containers = None
+        if pruned is not None:  # (the rows of the traces a prune would remove count as gone)
+            sql += " AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.container = r.container " \
+                   "AND t.root_span_id = r.root_span_id AND t.start < %s"
+            args.append(pruned[0])
+            if pruned[1] is not None:
+                sql += f" AND t.container IN ({_pg(PROJECT_CONTAINERS)})"
+                args.append(_text(pruned[1]))
+                containers = {c for (c,) in self._call(lambda conn: conn.execute(
+                    _pg(PROJECT_CONTAINERS), (_text(pruned[1]),)).fetchall())}
+            sql += ")"
+        gone = Gone(pruned, containers)
+        last = 0
+        while candidates:  # (rows without the mark refer to no attachment: not read)
+            chunk = self._call(lambda conn, last=last: conn.execute(
+                f"{sql} ORDER BY seq LIMIT 500", [last, *args]).fetchall())
+            if not chunk:
+                break
+            for _, data, root, created, container in chunk:
+                if not gone.loose(root, created, container):
+                    candidates.difference_update(attachment_keys(wire.unpack_stored(data)))
+            last = chunk[-1][0]
+        removed = sorted(candidates)
+        if not dry_run:
+            for start in range(0, len(removed), 500):
+                part = removed[start:start + 500]
+                self._call(lambda conn, part=part: conn.execute(
+                    "DELETE FROM attachments WHERE key = ANY(%s)", (part,)))
+        kept = self._call(lambda conn: conn.execute(
+            "SELECT key, sha256 FROM attachments WHERE sha256 IS NOT NULL").fetchall())
+        return len(removed), {sha for key, sha in kept if not dry_run or key not in candidates}
+
+    def recorded_blobs(self, sha256s: Collection[str]) -> set[str]:
+        return {sha for (sha,) in self._call(lambda conn: conn.execute(
+            "SELECT DISTINCT sha256 FROM attachments WHERE sha256 = ANY(%s)",
+            (list(sha256s),)).fetchall())}
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -767,7 +974,16 @@ class PostgresWriter(StoreWriter):
 
 class PostgresReader(SharedQueries):
     """Reads a PostgreSQL store (see ``StoreReader``): connects now; the database must have a
-    store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file)."""
+    store's tables (FileNotFoundError otherwise, as for a SQLite store's missing file).
+
+    A connection the database ended (a restart, an administrator, a network cut) is replaced:
+    a query that finds it broken connects again and runs once more (reads can be repeated), so
+    a long-lived reader (one of ``tracer serve``'s) fails only while the database is away."""
+
+    #: Rows fetched from the server at a time by ``rows`` and ``stored_rows`` (``tracer
+    #: export``, ``tracer migrate``): a result of millions of rows is never held whole.
+    chunk_rows = 1000
+    _cursors = 0  # server-side cursors opened (their names)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -787,34 +1003,75 @@ class PostgresReader(SharedQueries):
         self._version = found
 
     def schema_version(self) -> int:
-        with _translated(self.location):
-            found = _version(self.conn)
+        found = self._read(_version)
         return 0 if found is None else found
+
+    def _cursor_name(self) -> str:
+        """A new name for a server-side cursor of this reader's connection."""
+        self._cursors += 1
+        return f"tracer_rows_{self._cursors}"
 
     def close(self) -> None:
         self.conn.close()
 
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, work: Callable[[psycopg.Connection], _T]) -> _T:
+        """``work(connection)``, its errors as ``StoreError``; a connection found broken is
+        replaced and ``work`` run once more on the new one."""
         with _translated(self.location):
-            return self.conn.execute(sql, args).fetchall()
+            try:
+                return work(self.conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if not (self.conn.broken or self.conn.closed):
+                    raise  # (the query failed, not the connection)
+                self.conn.close()
+                self.conn = _connect(self.url)  # (fails again while the database is away)
+                return work(self.conn)
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self._read(lambda conn: conn.execute(sql, args).fetchall())
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
-        with _translated(self.location):
-            return self.conn.execute(sql, args).fetchone()
+        return self._read(lambda conn: conn.execute(sql, args).fetchone())
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> Iterable[tuple]:
         # The shared queries' placeholders, and their text arguments as a text column holds
         # them (no NUL).
-        return self._all(sql.replace("?", "%s"),
-                         [_text(a) if isinstance(a, str) else a for a in args])
+        return self._all(_pg(sql), [_text(a) if isinstance(a, str) else a for a in args])
+
+    def _stream(self, sql: str, args: Sequence[Any] = ()) -> Iterator[tuple]:
+        """The result of a query (the shared queries' ``?`` placeholders, or psycopg's),
+        fetched ``chunk_rows`` at a time through a server-side cursor, in a transaction of its
+        own: one snapshot of the store, however long the reading takes, and never the whole
+        result in memory. A connection found broken before the first row is replaced (as
+        ``_read`` does); one that breaks later fails the reading (``StoreError``)."""
+        query = _pg(sql)
+        params = [_text(a) if isinstance(a, str) else a for a in args]
+        for attempt in (1, 2):
+            started = False
+            try:
+                with _translated(self.location), self.conn.transaction(), \
+                        self.conn.cursor(name=self._cursor_name()) as cursor:
+                    cursor.itersize = self.chunk_rows
+                    cursor.execute(query, params)
+                    for found in cursor:
+                        started = True
+                        yield found
+                return
+            except StoreError:
+                if started or attempt == 2 or not (self.conn.broken or self.conn.closed):
+                    raise
+                self.conn.close()
+                with _translated(self.location):
+                    self.conn = _connect(self.url)
 
     def _decode(self, value: Any) -> Any:
         return value  # jsonb: psycopg decodes it
 
     def _dicts(self, sql: str) -> list[dict]:
-        with _translated(self.location), \
-                self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            return cur.execute(sql).fetchall()
+        def work(conn: psycopg.Connection) -> list[dict]:
+            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                return cur.execute(sql).fetchall()
+        return self._read(work)
 
     def containers(self) -> list[dict]:
         return self._dicts("SELECT * FROM containers ORDER BY created, id")
@@ -835,8 +1092,8 @@ class PostgresReader(SharedQueries):
                            "ORDER BY created, name")
 
     def stored_rows(self) -> Iterator[tuple[str, dict]]:
-        # As stored (not load_row's JSON view), in the order first stored.
-        for container, data in self._all("SELECT container, data FROM rows ORDER BY seq"):
+        # As stored (not load_row's JSON view), in the order first stored, in chunks.
+        for container, data in self._stream("SELECT container, data FROM rows ORDER BY seq"):
             row = wire.unpack_stored(data)
             if not isinstance(row, dict):  # (only rows are written to `data`)
                 raise ValueError(f"a stored row of {container!r} is not a map")

@@ -29,6 +29,12 @@ class SharedQueries(StoreReader):
     def _decode(self, value: Any) -> Any:
         """A JSON column's value (not NULL) as Python values."""
 
+    def _stream(self, sql: str, args: Sequence[Any] = ()) -> Iterator[tuple]:
+        """``_query`` for a result that may be too large to hold (``rows``): a backend that
+        would fetch it whole (PostgreSQL's) reads it in chunks instead. SQLite's cursor steps
+        through the result as it is read already."""
+        return iter(self._query(sql, args))
+
     def _require_summaries(self) -> None:
         """Raise if the store is too old for the trace server's tables (``UpgradeRequired``)."""
 
@@ -56,7 +62,7 @@ class SharedQueries(StoreReader):
             sql += " WHERE " + " AND ".join(where)
         # A missing start first (SQLite's default order; PostgreSQL's puts NULLs last).
         sql += " ORDER BY r.start NULLS FIRST, r.created, r.id, r.container"
-        for data, project_name, experiment_name in self._query(sql, args):
+        for data, project_name, experiment_name in self._stream(sql, args):
             row = load_row(data)
             row["project_name"] = project_name
             if experiment_name is not None:

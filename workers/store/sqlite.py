@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from tracer import config, wire
@@ -42,6 +42,17 @@ from .base import (
     TraceFilter,
     TracePage,
     UpgradeRequired,
+)
+from .pruning import (
+    ATTACHMENT_MARK,
+    PROJECT_CONTAINERS,
+    PRUNE_BATCH,
+    PRUNE_PAUSE,
+    PRUNE_ROWS,
+    Gone,
+    attachment_keys,
+    created_epoch,
+    up_to_rows,
 )
 from .queries import SharedQueries
 
@@ -272,16 +283,21 @@ SQLITE_FULL = 13
 SQLITE_IOERR = 10
 
 
+#: A writer's ``search_index`` that keeps the store's own (what ``tracer prune`` and the trace
+#: server's retention write with: pruning never rebuilds the text index to another setting).
+STORE_SEARCH_INDEX = "store"
+
+
 class SQLiteWriter(StoreWriter):
     """Writes to a SQLite store; the file is opened on first use (see ``StoreWriter``)."""
 
     def __init__(self, path: str, search_index: str | None = None) -> None:
         self.path = self.location = path
         # What the text index covers (summary.SEARCH_MODES): a store set otherwise has its index
-        # rebuilt when this writer opens it.
+        # rebuilt when this writer opens it (unless STORE_SEARCH_INDEX: the store's own).
         self.search_index: str = (search_index if search_index is not None
                                   else config.value_or_default("SEARCH_INDEX"))
-        if self.search_index not in summary.SEARCH_MODES:
+        if self.search_index not in (*summary.SEARCH_MODES, STORE_SEARCH_INDEX):
             raise ValueError(f"search_index={self.search_index!r}: expected one of "
                              f"{', '.join(summary.SEARCH_MODES)}")
         self._conn: sqlite3.Connection | None = None
@@ -315,7 +331,8 @@ class SQLiteWriter(StoreWriter):
     def _set_search_mode(self, conn: sqlite3.Connection) -> None:
         """Rebuild the text index if the store covers other spans than this writer is set to
         (under the write lock: two writers opening one store at once rebuild it once)."""
-        if summary.search_mode(conn) == self.search_index:
+        if self.search_index == STORE_SEARCH_INDEX or \
+                summary.search_mode(conn) == self.search_index:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -543,6 +560,190 @@ class SQLiteWriter(StoreWriter):
                 (project_name, experiment_name)).fetchone()
         return found[0] if found else None
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(self, before: float, project: str | None = None, *, dry_run: bool = False,
+              batch: int = PRUNE_BATCH,
+              progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+        if batch < 1:
+            raise ValueError(f"batch={batch}: expected at least 1")
+        where: str = "t.start < ?"
+        args: list[object] = [before]
+        with self._lock:
+            if project is not None:
+                if self.conn.execute(PROJECT_CONTAINERS, (project,)).fetchone() is None:
+                    raise ValueError(f"no project {project!r} in store {self.location}")
+                where += f" AND t.container IN ({PROJECT_CONTAINERS})"
+                args.append(project)
+        counts = {"traces": 0, "rows": 0}
+        if dry_run:
+            with self._lock:
+                traces, rows = self.conn.execute(
+                    "SELECT count(*), coalesce(sum((SELECT count(*) FROM rows r WHERE "
+                    "r.root_span_id = t.root_span_id AND +r.container = t.container)), 0) "
+                    f"FROM traces t WHERE {where}", args).fetchone()
+            counts.update(traces=traces, rows=rows + len(self._rows_without_trace(
+                before, project)))
+            return counts
+        # Container by container, each from its oldest trace on (the summaries' index): a
+        # batch reads only what it removes, and a trace written meanwhile behind the prune's
+        # position waits for the next prune (one that kept arriving would keep it going).
+        with self._lock:
+            containers = [c for (c,) in self.conn.execute(
+                "SELECT id FROM containers" + (" WHERE project_name = ?" if project else "")
+                + " ORDER BY id", (project,) if project else ())]
+        for container in containers:
+            position: tuple[float, str] | None = None
+            while True:
+                with self._lock:
+                    position = self._prune_traces(self.conn, container, before, position,
+                                                  batch, counts)
+                if progress is not None:
+                    progress(dict(counts))
+                if position is None:
+                    break
+                time.sleep(PRUNE_PAUSE)
+        loose = self._rows_without_trace(before, project)
+        for start in range(0, len(loose), PRUNE_ROWS):
+            with self._lock:
+                counts["rows"] += self._prune_rows(self.conn, loose[start:start + PRUNE_ROWS])
+            if progress is not None:
+                progress(dict(counts))
+            time.sleep(PRUNE_PAUSE)
+        return counts
+
+    def _prune_traces(self, conn: sqlite3.Connection, container: str, before: float,
+                      position: tuple[float, str] | None, batch: int,
+                      counts: dict[str, int]) -> tuple[float, str] | None:
+        """Remove up to ``batch`` traces of ``container`` that started before ``before``,
+        after ``position`` (``(start, root_span_id)``), of about ``PRUNE_ROWS`` rows in all,
+        in one transaction; the position of the last one removed, or None once none is
+        left."""
+        sql = ("SELECT root_span_id, start, spans FROM traces WHERE container = ? AND "
+               "start < ?")
+        args: list[object] = [container, before]
+        if position is not None:
+            sql += " AND (start, root_span_id) > (?, ?)"
+            args += position
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute(f"{sql} ORDER BY start, root_span_id LIMIT ?",
+                                 [*args, batch]).fetchall()
+            traces = up_to_rows(found)
+            mode = summary.search_mode(conn)
+            for root, _, _ in traces:  # (+container: through rows_by_root, as _SKELETON_JSON)
+                stored = conn.execute("SELECT rowid, data FROM rows WHERE root_span_id = ? "
+                                      "AND +container = ?", (root, container)).fetchall()
+                _unindex(conn, stored, mode)
+                conn.execute("DELETE FROM rows WHERE root_span_id = ? AND +container = ?",
+                             (root, container))
+                conn.execute("DELETE FROM traces WHERE container = ? AND root_span_id = ?",
+                             (container, root))
+                counts["rows"] += len(stored)
+            counts["traces"] += len(traces)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if len(traces) == len(found) < batch:
+            return None
+        return traces[-1][1], traces[-1][0]
+
+    def _rows_without_trace(self, before: float, project: str | None) -> list[int]:
+        """The rowids of the rows with no trace (no ``root_span_id``) created before
+        ``before``."""
+        sql = "SELECT rowid, created FROM rows WHERE root_span_id IS NULL"
+        args: list = []
+        if project is not None:
+            sql += f" AND container IN ({PROJECT_CONTAINERS})"
+            args.append(project)
+        with self._lock:
+            found = self.conn.execute(sql, args).fetchall()
+        return [rowid for rowid, created in found
+                if (when := created_epoch(created)) is not None and when < before]
+
+    def _prune_rows(self, conn: sqlite3.Connection, rowids: list[int]) -> int:
+        """Remove these rows if they still have no trace; how many were."""
+        removed = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            mode = summary.search_mode(conn)
+            for rowid in rowids:
+                found = conn.execute("SELECT rowid, data FROM rows WHERE rowid = ? AND "
+                                     "root_span_id IS NULL", (rowid,)).fetchall()
+                _unindex(conn, found, mode)
+                conn.execute("DELETE FROM rows WHERE rowid = ? AND root_span_id IS NULL",
+                             (rowid,))
+                removed += len(found)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return removed
+
+    def collect_attachments(self, stored_before: float, keep: Collection[str] = (), *,
+                            dry_run: bool = False,
+                            pruned: tuple[float, str | None] | None = None
+                            ) -> tuple[int, set[str]]:
+        with self._lock:
+            conn = self.conn
+            candidates = {key for (key,) in conn.execute(
+                "SELECT key FROM attachments WHERE coalesce(stored, 0) < ?", (stored_before,))}
+        candidates.difference_update(keep)
+        sql = ("SELECT rowid, data, root_span_id, created, container FROM rows r WHERE "
+               "rowid > ? AND instr(data, ?) > 0")
+        args: list[object] = [ATTACHMENT_MARK]
+        gone = Gone(pruned, self._project_containers(pruned[1]) if pruned else None)
+        if pruned is not None:  # (the rows of the traces a prune would remove count as gone)
+            sql += " AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.container = r.container " \
+                   "AND t.root_span_id = r.root_span_id AND t.start < ?"
+            args.append(pruned[0])
+            if pruned[1] is not None:
+                sql += f" AND t.container IN ({PROJECT_CONTAINERS})"
+                args.append(pruned[1])
+            sql += ")"
+        last = 0
+        while candidates:  # (rows without the mark refer to no attachment: not read)
+            with self._lock:
+                chunk = self.conn.execute(f"{sql} ORDER BY rowid LIMIT 500",
+                                          [last, *args]).fetchall()
+            if not chunk:
+                break
+            for _, data, root, created, container in chunk:
+                if not gone.loose(root, created, container):
+                    candidates.difference_update(attachment_keys(wire.unpack_stored(data)))
+            last = chunk[-1][0]
+        removed = sorted(candidates)
+        if not dry_run:
+            for start in range(0, len(removed), 500):
+                with self._lock:
+                    self.conn.executemany("DELETE FROM attachments WHERE key = ?",
+                                          [(key,) for key in removed[start:start + 500]])
+        with self._lock:
+            shas = {sha for (key, sha) in self.conn.execute(
+                "SELECT key, sha256 FROM attachments WHERE sha256 IS NOT NULL")
+                if not dry_run or key not in candidates}
+        return len(removed), shas
+
+    def _project_containers(self, project: str | None) -> set[str] | None:
+        if project is None:
+            return None
+        with self._lock:
+            return {c for (c,) in self.conn.execute(PROJECT_CONTAINERS, (project,))}
+
+    def recorded_blobs(self, sha256s: Collection[str]) -> set[str]:
+        wanted = list(sha256s)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            with self._lock:
+                found.update(sha for (sha,) in self.conn.execute(
+                    f"SELECT DISTINCT sha256 FROM attachments WHERE sha256 IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
+        return found
+
     def schema_version(self) -> int:
         with self._lock:
             return schema.version(self.conn)
@@ -552,6 +753,22 @@ class SQLiteWriter(StoreWriter):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _unindex(conn: sqlite3.Connection, found: list[tuple[int, bytes | str]], mode: str) -> None:
+    """Take rows (``(rowid, data)``) out of the text index, with the words they went in with
+    (``summary.indexed_text`` of the row as stored: the contentless index keeps no copy)."""
+    if mode == "off":
+        return
+    texts = []
+    for rowid, data in found:
+        row = wire.unpack_stored(data)
+        text = summary.indexed_text(row, mode) if isinstance(row, dict) else ""
+        if text:
+            texts.append((rowid, text))
+    if texts:
+        conn.executemany("INSERT INTO rows_fts (rows_fts, rowid, text) VALUES ('delete', ?, ?)",
+                         texts)
 
 
 def _identity(path: str) -> tuple[int, int]:
