@@ -276,12 +276,19 @@ def logs_under_load_for_3_seconds() -> None:
 
 
 def logs_50_spans_and_is_killed() -> None:
-    tracer.init_logger("killed-owner")
+    logger = tracer.init_logger("killed-owner")
     for i in range(50):
         with tracer.start_span(f"span {i}"):
             pass
     print(os.environ["_TRACER_AGGREGATOR_PID"], flush=True)
-    time.sleep(0.5)  # the recorder sends within 0.1 s; no flush, no exit handler
+    # The flusher sends within 0.1 s, on a quiet machine: wait (bounded) until it has handed
+    # everything to the socket, then give ZeroMQ's I/O thread a moment to put it on the wire.
+    # No flush, no exit handler: what this shows is that sent records outlive their sender.
+    recorder = logger.recorder
+    deadline = time.monotonic() + 30
+    while (recorder._buffer or recorder._channel.seq == 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
