@@ -4,6 +4,7 @@ durations, errors and attachments."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from ..store import StoreReader
 from .attachments import span_lines
@@ -18,8 +19,24 @@ def print_tree(store: StoreReader, root_span_id: str) -> bool:
     """Print one trace as an indented tree; False if it has no rows. Any depth is drawn (the
     tree is walked with a stack of its own, not by recursion)."""
     rows = list(store.rows(root_span_id=root_span_id))
+    return print_rows(rows, root_span_id, extra_lines=lambda row: span_lines(store, row))
+
+
+def print_rows(rows: list[dict], root_span_id: str,
+               extra_lines: Callable[[dict], list[str]] | None = None,
+               label: Callable[[dict], str] | None = None) -> bool:
+    """``print_tree`` for rows got elsewhere (a server's API): ``extra_lines`` gives the lines
+    drawn under a span (its attachments), ``label`` a column drawn left of each span (where it
+    ran). False if there are no rows."""
     if not rows:
         return False
+    labels = {row["span_id"]: label(row) for row in rows} if label is not None else {}
+    width = max((len(text) for text in labels.values()), default=0)
+
+    def column(row: dict | None) -> str:
+        if label is None:
+            return ""
+        return (labels.get(row["span_id"], "") if row is not None else "").ljust(width) + "  "
     by_span = {row["span_id"]: row for row in rows}
     children = defaultdict(list)
     tops = []
@@ -49,13 +66,13 @@ def print_tree(store: StoreReader, root_span_id: str) -> bool:
         if others:
             names = ", ".join(repr((o.get("span_attributes") or {}).get("name")) for o in others)
             text += f"  (also under {names})"
-        print(prefix + branch + text)
+        print(column(row) + prefix + branch + text)
         kids = sorted(children[row["span_id"]], key=_start)
         extension = "" if top else ("   " if last else "│  ")
-        for line in span_lines(store, row):
-            print(prefix + extension + ("│  " if kids else "   ") + line)
+        for line in (extra_lines(row) if extra_lines is not None else []):
+            print(column(None) + prefix + extension + ("│  " if kids else "   ") + line)
         if kids and level == MAX_INDENT:
-            print(prefix + f"┆  deeper than {MAX_INDENT} levels: drawn at this "
+            print(column(None) + prefix + f"┆  deeper than {MAX_INDENT} levels: drawn at this "
                   "indentation, each with its level")
         inner = prefix + extension if level < MAX_INDENT else prefix
         stack += [(kid, inner, i == len(kids) - 1, False, level + 1)
