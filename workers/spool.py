@@ -324,7 +324,6 @@ class SpoolingWriter(StoreWriter):
         self._refused: Refused | None = None  # the destination refused us while draining
         self._closing = False
         self._failures = 0  # drain attempts failed in a row
-        self._asked_to_wait = False  # the last failed attempt was a busy server (Retry-After)
         self._next_scan = time.monotonic() + ORPHAN_SCAN
         self.stopping = threading.Event()  # cuts waits short at close
         self.thread = self._new_thread()
@@ -411,10 +410,11 @@ class SpoolingWriter(StoreWriter):
         self.inner.import_run(run)
 
     def close(self) -> None:
-        """Drain while the destination takes batches or asks to be waited for (429/503 with
-        ``Retry-After``: a busy server, not a gone one), until ``EXIT_DRAIN`` seconds pass
-        without a batch getting through (``EXIT_DRAIN_MAX`` in all); send the last run record,
-        then stop. What is still spooled then waits for the next aggregator."""
+        """Drain until the spool is empty or ``EXIT_DRAIN`` seconds pass without a batch getting
+        through, whether the destination is busy (429/503 with ``Retry-After``) or away (a
+        restart, a network cut: the traced program that ended has no reason to wait for it,
+        this process does); ``EXIT_DRAIN_MAX`` in all. Send the last run record, then stop.
+        What is still spooled then waits for the next aggregator."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -435,13 +435,10 @@ class SpoolingWriter(StoreWriter):
             try:
                 if self._closing and deadline == math.inf:
                     deadline = time.monotonic() + EXIT_DRAIN
-                self._asked_to_wait = False
                 progressed = self._turn()
                 if self._closing and progressed:
                     deadline = time.monotonic() + EXIT_DRAIN  # it takes batches: go on
-                if self._closing and ((not progressed and not self._asked_to_wait)
-                                      or time.monotonic() > deadline
-                                      or not self.spool.batches):
+                if self._closing and (time.monotonic() > deadline or not self.spool.batches):
                     return
                 if not progressed:
                     with self._cond:
@@ -488,9 +485,6 @@ class SpoolingWriter(StoreWriter):
             log.log(f"spool: {len(rows)} rows wait for {self.location}: {exc}",
                     key="spool-retry", every=LOG_EVERY)
             asked = self.inner.retry_after(exc)
-            if self._closing and asked is None:
-                return False  # gone, not busy: the next aggregator drains what is left
-            self._asked_to_wait = asked is not None
             delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(self._failures - 1, 16))
             delay = delay * random.uniform(0.5, 1.5)
             self.stopping.wait(max(delay, asked or 0.0))
