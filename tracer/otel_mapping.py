@@ -425,15 +425,8 @@ def _genai(attrs: dict, fields: dict, metadata: dict, metrics: dict) -> str | No
         metadata[name[len("gen_ai.request."):]] = bounded(attrs.pop(name))
         seen = True
 
-    inp = _messages_attribute(attrs, "gen_ai.input.messages")
+    inp = _messages_of(attrs, "gen_ai.input.messages", _PROMPT, "gen_ai.prompt")
     system = attrs.pop("gen_ai.system_instructions", None)
-    indexed = _indexed_messages(attrs, _PROMPT)
-    prompt = attrs.pop("gen_ai.prompt", None)
-    if inp is None:
-        inp = indexed
-    if inp is None and prompt is not None:
-        ok, parsed = _json_value(prompt)
-        inp = parsed if ok and isinstance(parsed, (list, dict)) else prompt
     if system is not None and isinstance(inp, list):
         ok, parsed = _json_value(system)
         parts = parsed if ok else system
@@ -442,14 +435,7 @@ def _genai(attrs: dict, fields: dict, metadata: dict, metrics: dict) -> str | No
         fields["input"] = inp
         seen = True
 
-    out = _messages_attribute(attrs, "gen_ai.output.messages")
-    indexed = _indexed_messages(attrs, _COMPLETION)
-    completion = attrs.pop("gen_ai.completion", None)
-    if out is None:
-        out = indexed
-    if out is None and completion is not None:
-        ok, parsed = _json_value(completion)
-        out = parsed if ok and isinstance(parsed, (list, dict)) else completion
+    out = _messages_of(attrs, "gen_ai.output.messages", _COMPLETION, "gen_ai.completion")
     if out is not None:
         fields["output"] = out
         seen = True
@@ -481,6 +467,21 @@ def _first_number(attrs: dict, names: tuple[str, ...]) -> int | float | None:
             if found is None:
                 found = value
     return found
+
+
+def _messages_of(attrs: dict, name: str, prefix: str, flat: str) -> Any:
+    """A span's input or output messages, taken out of ``attrs``: the structured attribute
+    (``gen_ai.input.messages``), else the indexed form (``gen_ai.prompt.0.role`` ...), else the
+    flat attribute (``gen_ai.prompt``: JSON of a list or an object, else its text)."""
+    messages = _messages_attribute(attrs, name)
+    indexed = _indexed_messages(attrs, prefix)
+    text = attrs.pop(flat, None)
+    if messages is None:
+        messages = indexed
+    if messages is None and text is not None:
+        ok, parsed = _json_value(text)
+        messages = parsed if ok and isinstance(parsed, (list, dict)) else text
+    return messages
 
 
 def _messages_attribute(attrs: dict, name: str) -> Any:
