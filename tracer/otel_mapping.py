@@ -1,20 +1,18 @@
 """OpenTelemetry spans as our rows' fields: the mapping of README.md's table ("OpenTelemetry"),
 from a span's parts as plain Python values. No dependencies (neither OpenTelemetry nor its
-protobuf messages): the in-process bridge (``tracer.integrations.opentelemetry``) calls it with an
-SDK span's parts.
-
-The field choices are those of the OTLP receiver (``workers/otlp.py``'s ``span_row``, which
-decodes OTLP's messages into the same parts), so that a span reads the same whichever way it
-came: ids by ``tracer.w3c``; the name to ``span_attributes.name``; exception events, else an
-ERROR status, to ``error`` (``"<type>: <message>\\n\\n<stacktrace>"``, as our spans write one);
-the GenAI semantic conventions (``gen_ai.*``) to ``input``, ``output``, ``metadata.model`` /
-``provider`` / the request's parameters and the token metrics, span type ``llm`` (``tool``,
-``task`` for tool and agent operations); the reference's ``braintrust.*`` attributes to the
-fields they name (winning over ``gen_ai.*``); everything else under ``metadata.otel``: kind,
-status, W3C ids, trace state, the attributes nothing took, other events, links, the resource's
-attributes and the scope, bounded as there (256 attributes, keys of 256 characters, 64 events
-and links, strings of 16 KiB, JSON 64 levels deep), with what was dropped counted in
-``metadata.otel.dropped``.
+protobuf messages): the in-process bridge (``tracer.integrations.opentelemetry``) calls it with
+an SDK span's parts, and the OTLP receiver (``workers/otlp.py``'s ``span_row``) with the parts
+it decodes from OTLP's messages (``strict``, ``parent_as_is``, ``own_end``: its differences), so
+that a span reads the same whichever way it came: ids by ``tracer.w3c``; the name to
+``span_attributes.name``; exception events, else an ERROR status, to ``error`` (``"<type>:
+<message>\\n\\n<stacktrace>"``, as our spans write one); the GenAI semantic conventions
+(``gen_ai.*``) to ``input``, ``output``, ``metadata.model`` / ``provider`` / the request's
+parameters and the token metrics, span type ``llm`` (``tool``, ``task`` for tool and agent
+operations); the reference's ``braintrust.*`` attributes to the fields they name (winning over
+``gen_ai.*``); everything else under ``metadata.otel``: kind, status, W3C ids, trace state, the
+attributes nothing took, other events, links, the resource's attributes and the scope, bounded
+as there (256 attributes, keys of 256 characters, 64 events and links, strings of 16 KiB, JSON
+64 levels deep), with what was dropped counted in ``metadata.otel.dropped``.
 
 Where a process cannot do what the receiver does, it says so here: a span whose ``braintrust.*``
 attribute is not what its field takes (the receiver rejects the span) keeps its row, those
@@ -59,10 +57,11 @@ class Event(NamedTuple):
 
 
 class Link(NamedTuple):
-    """A link to another span: its W3C ids and the link's attributes."""
+    """A link to another span: its W3C ids (numbers, or OTLP's bytes as they came, of any
+    length) and the link's attributes."""
 
-    trace_id: int
-    span_id: int
+    trace_id: int | bytes
+    span_id: int | bytes
     attributes: Mapping[str, Any]
 
 
@@ -70,12 +69,17 @@ class MappedSpan(NamedTuple):
     """What a span becomes: its name and type (``span_attributes``), the fields of its row as
     ``Span.log`` takes them (``input``, ``output``, ``expected``, ``error``, ``scores``,
     ``tags``, ``metadata``, ``metrics`` without the times), and the project its
-    ``braintrust.parent`` names (None: the caller's container)."""
+    ``braintrust.parent`` names (None: the caller's container). ``span_attributes``: all of
+    them (the name, the type and any other ``braintrust.span_attributes`` keys); ``parent``:
+    the ``braintrust.parent`` value as it came, when ``map_span`` was asked for it
+    (``parent_as_is``)."""
 
     name: str | None
     type: str | None
     fields: dict[str, Any]
     project: str | None
+    span_attributes: dict[str, Any] | None = None
+    parent: str | None = None
 
 
 # Names already worked out, by kind or status code (enum members, names, numbers): the enum's
@@ -133,11 +137,20 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
              status_code: object = "UNSET", status_message: str = "", trace_state: str = "",
              events: Iterable[Event] = (), links: Iterable[Link] = (),
              resource: Mapping[str, Any] | None = None, scope: Mapping[str, str] | None = None,
-             dropped: Mapping[str, int] | None = None) -> MappedSpan:
+             dropped: Mapping[str, int] | None = None, strict: bool = False,
+             parent_as_is: bool = False, own_end: bool = True) -> MappedSpan:
     """Map one span's parts (see the module's docstring). ``scope``: ``{"name", "version"}``;
-    ``dropped``: what the span's producer already dropped, by ``attributes``, ``events``,
-    ``links``. Never raises on odd values: what cannot be mapped stays under
-    ``metadata.otel``."""
+    ``dropped``: what the span's producer (or its decoder) already dropped, by ``attributes``,
+    ``events``, ``links``, ``resource_attributes``. Never raises on odd values: what cannot be
+    mapped stays under ``metadata.otel``.
+
+    The OTLP receiver's differences (``workers/otlp.py``), asked for explicitly: ``strict``, a
+    ``braintrust.*`` attribute that is not what its field takes raises ValueError naming it
+    (the receiver rejects the span) instead of staying in ``metadata.otel.attributes`` with
+    the reason in ``metadata.otel.error``; ``parent_as_is``, any ``braintrust.parent`` value is
+    taken out of the attributes into ``MappedSpan.parent`` (the receiver resolves ids in its
+    store) instead of a project by name alone into ``MappedSpan.project``; ``own_end=False``,
+    the span has no end time of its own, so a ``braintrust.metrics`` end is kept."""
     attrs, attrs_dropped = plain_attributes(attributes)
     metadata: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
@@ -151,7 +164,9 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
             span_attributes["type"] = span_type
     problem = None
     parent_value = None
-    if any(key.startswith(_BT) for key in attrs):
+    if strict:  # a ValueError rejects the span: nothing to keep copies for
+        parent_value = _braintrust(attrs, fields, metadata, metrics, span_attributes)
+    elif any(key.startswith(_BT) for key in attrs):
         # On copies: an attribute that is not what its field takes leaves them all unmapped.
         copies = (dict(attrs), dict(fields), dict(metadata), dict(metrics),
                   dict(span_attributes))
@@ -162,11 +177,12 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
         else:
             attrs, fields, metadata, metrics, span_attributes = copies
     project = None
-    if parent_value is not None:
+    if parent_value is not None and not parent_as_is:
         project = _project(parent_value)
         if project is None:  # not a project by name: left for the reader
             attrs["braintrust.parent"] = parent_value
-    for key in ("start", "end"):  # the span's own times win over braintrust.metrics'
+    # The span's own times win over braintrust.metrics'.
+    for key in ("start", "end") if own_end else ("start",):
         metrics.pop(key, None)
 
     otel: dict[str, Any] = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}",
@@ -203,7 +219,8 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
         ("attributes", attrs_dropped + dropped.get("attributes", 0)),
         ("events", dropped.get("events", 0) + events_dropped),
         ("links", dropped.get("links", 0) + max(0, len(links) - MAX_LINKS)),
-        ("resource_attributes", resource_dropped)) if count}
+        ("resource_attributes", resource_dropped + dropped.get("resource_attributes", 0)))
+        if count}
     if lost:
         otel["dropped"] = lost
     if problem is not None:
@@ -212,7 +229,8 @@ def map_span(*, name: str, kind: object, trace_id: int, span_id: int,
     fields["metadata"] = metadata
     if metrics:
         fields["metrics"] = metrics
-    return MappedSpan(span_attributes.get("name"), span_attributes.get("type"), fields, project)
+    return MappedSpan(span_attributes.get("name"), span_attributes.get("type"), fields, project,
+                      span_attributes, parent_value if parent_as_is else None)
 
 
 def default_type(kind: object, has_parent: bool) -> str:
@@ -356,15 +374,23 @@ def exception_error(attrs: Mapping[str, Any]) -> str:
 
 
 def _link(link: Link) -> dict:
-    entry: dict[str, Any] = {"trace_id": f"{link.trace_id:032x}",
-                             "span_id": f"{link.span_id:016x}"}
-    if link.trace_id and link.span_id:  # as our ids, to find the linked span in the store
-        entry["row_span_id"], entry["row_root_span_id"] = w3c.row_ids(link.trace_id,
-                                                                      link.span_id)
+    trace_id, trace_hex = _link_id(link.trace_id, 16)
+    span_id, span_hex = _link_id(link.span_id, 8)
+    entry: dict[str, Any] = {"trace_id": trace_hex, "span_id": span_hex}
+    if trace_id and span_id:  # as our ids, to find the linked span in the store
+        entry["row_span_id"], entry["row_root_span_id"] = w3c.row_ids(trace_id, span_id)
     attrs, _ = plain_attributes(link.attributes)
     if attrs:
         entry["attributes"] = bounded(attrs)
     return entry
+
+
+def _link_id(value: int | bytes, size: int) -> tuple[int | None, str]:
+    """A link's id as a number (None: bytes not of the id's ``size``) and as hex (bytes as
+    they came)."""
+    if isinstance(value, bytes):
+        return (int.from_bytes(value, "big") if len(value) == size else None), value.hex()
+    return value, f"{value:0{size * 2}x}"
 
 
 # -- the GenAI semantic conventions -------------------------------------------------------------
@@ -399,15 +425,8 @@ def _genai(attrs: dict, fields: dict, metadata: dict, metrics: dict) -> str | No
         metadata[name[len("gen_ai.request."):]] = bounded(attrs.pop(name))
         seen = True
 
-    inp = _messages_attribute(attrs, "gen_ai.input.messages")
+    inp = _messages_of(attrs, "gen_ai.input.messages", _PROMPT, "gen_ai.prompt")
     system = attrs.pop("gen_ai.system_instructions", None)
-    indexed = _indexed_messages(attrs, _PROMPT)
-    prompt = attrs.pop("gen_ai.prompt", None)
-    if inp is None:
-        inp = indexed
-    if inp is None and prompt is not None:
-        ok, parsed = _json_value(prompt)
-        inp = parsed if ok and isinstance(parsed, (list, dict)) else prompt
     if system is not None and isinstance(inp, list):
         ok, parsed = _json_value(system)
         parts = parsed if ok else system
@@ -416,14 +435,7 @@ def _genai(attrs: dict, fields: dict, metadata: dict, metrics: dict) -> str | No
         fields["input"] = inp
         seen = True
 
-    out = _messages_attribute(attrs, "gen_ai.output.messages")
-    indexed = _indexed_messages(attrs, _COMPLETION)
-    completion = attrs.pop("gen_ai.completion", None)
-    if out is None:
-        out = indexed
-    if out is None and completion is not None:
-        ok, parsed = _json_value(completion)
-        out = parsed if ok and isinstance(parsed, (list, dict)) else completion
+    out = _messages_of(attrs, "gen_ai.output.messages", _COMPLETION, "gen_ai.completion")
     if out is not None:
         fields["output"] = out
         seen = True
@@ -455,6 +467,21 @@ def _first_number(attrs: dict, names: tuple[str, ...]) -> int | float | None:
             if found is None:
                 found = value
     return found
+
+
+def _messages_of(attrs: dict, name: str, prefix: str, flat: str) -> Any:
+    """A span's input or output messages, taken out of ``attrs``: the structured attribute
+    (``gen_ai.input.messages``), else the indexed form (``gen_ai.prompt.0.role`` ...), else the
+    flat attribute (``gen_ai.prompt``: JSON of a list or an object, else its text)."""
+    messages = _messages_attribute(attrs, name)
+    indexed = _indexed_messages(attrs, prefix)
+    text = attrs.pop(flat, None)
+    if messages is None:
+        messages = indexed
+    if messages is None and text is not None:
+        ok, parsed = _json_value(text)
+        messages = parsed if ok and isinstance(parsed, (list, dict)) else text
+    return messages
 
 
 def _messages_attribute(attrs: dict, name: str) -> Any:

@@ -2,7 +2,9 @@
 
 ``tracer serve`` receives OTLP/HTTP at ``/v1/traces`` (``workers/server/otlp.py``) and writes
 what this module makes of it through the ingest write path. The mapping is the README's table
-("OpenTelemetry" → "Receiving OTLP"); in short:
+("OpenTelemetry" → "Receiving OTLP"). This module decodes the protobuf (ids, times, attribute
+values) and resolves containers; the mapping itself is ``tracer.otel_mapping.map_span``, the
+one the in-process bridge calls, asked for the receiver's differences by parameter. In short:
 
 - ids by ``tracer.w3c`` (the one mapping of every interop piece): the W3C trace id and span id
   give ``span_id`` and ``root_span_id``, the parent span id ``span_parents``; the row's ``id`` is
@@ -31,7 +33,7 @@ import base64
 import datetime
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,29 +43,30 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tracer import event, w3c, wire
+# The mapping, its bounds and helpers are the in-process bridge's (one mapping, two front ends);
+# the bounds re-exported here (``otlp.MAX_META_STRING`` ...) are the receiver's too.
+from tracer import otel_mapping, w3c, wire
+from tracer.otel_mapping import MAX_ATTRIBUTES as MAX_ATTRIBUTES
+from tracer.otel_mapping import MAX_EVENTS as MAX_EVENTS
+from tracer.otel_mapping import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from tracer.otel_mapping import MAX_KEY as MAX_KEY
+from tracer.otel_mapping import MAX_LINKS as MAX_LINKS
+from tracer.otel_mapping import MAX_META_STRING as MAX_META_STRING
+from tracer.otel_mapping import seconds
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 ENCODINGS = (PROTOBUF, JSON)
 
-# Bounds on what one span brings (hostile input costs only itself).
-MAX_ATTRIBUTES = 256  # attributes kept per span, per resource, per event or link
-MAX_KEY = 256  # characters of an attribute key (longer: dropped, counted)
+# Bounds on what one span brings (hostile input costs only itself); the rest are
+# tracer.otel_mapping's, imported above.
 MAX_DEPTH = 16  # levels of nested arrays and key-value lists in one attribute value
-MAX_META_STRING = 16 * 1024  # characters of a string kept under metadata.otel
-MAX_EVENTS = 64  # events kept per span (besides the exception that becomes ``error``)
-MAX_LINKS = 64
-MAX_JSON_DEPTH = 64  # levels of a JSON attribute parsed into a field (braintrust.*_json ...)
 MAX_PROJECT = 256  # characters of a project name taken from a header or an attribute
 MAX_ERRORS = 5  # distinct rejection messages named in a response
 DEFAULT_PROJECT = "default"
 
 _KINDS = {value: name[len("SPAN_KIND_"):].lower()
           for name, value in trace_pb2.Span.SpanKind.items()}
-_STATUS = {value: name[len("STATUS_CODE_"):]
-           for name, value in trace_pb2.Status.StatusCode.items()}
-_SPAN_TYPES = frozenset(event.SPAN_TYPES)
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
@@ -248,7 +251,7 @@ def request_rows(request: trace_service_pb2.ExportTraceServiceRequest, *,
                 default_key = _resource_container(resource, container_of)
             except ValueError as exc:
                 problem = str(exc)
-        context = _Context(resource=bounded(resource), resource_dropped=dropped,
+        context = _Context(resource=resource, resource_dropped=dropped,
                            origin=_origin(resource))
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope
@@ -275,7 +278,7 @@ def request_rows(request: trace_service_pb2.ExportTraceServiceRequest, *,
 class _Context:
     """What the spans of one resource and scope share."""
 
-    resource: dict
+    resource: dict  # its attributes decoded (map_span bounds a copy for each row)
     resource_dropped: int = 0
     scope: dict | None = None
     origin: dict | None = None
@@ -348,7 +351,10 @@ def parent_container(value: str, resolve: Resolve | None, where: str) -> str:
 
 def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
              container_of: Callable[[str, str], str]) -> tuple[str, dict]:
-    """``(container key, row)`` of one span; SpanRejected (a ValueError) if it cannot be one."""
+    """``(container key, row)`` of one span; SpanRejected (a ValueError) if it cannot be one.
+    The protobuf decoded into plain values, mapped by ``tracer.otel_mapping`` (as the
+    in-process bridge maps SDK spans), strictly: a ``braintrust.*`` attribute that is not what
+    its field takes rejects the span, and ``braintrust.parent`` is resolved here."""
     trace_id, span_id = _id(span.trace_id, 16, "trace_id"), _id(span.span_id, 8, "span_id")
     parent = (int.from_bytes(span.parent_span_id, "big") if len(span.parent_span_id) == 8
               else None)
@@ -364,6 +370,32 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         metrics["end"] = seconds(span.end_time_unix_nano)
     attrs, dropped = attributes(span.attributes)
     where = f"span {span_id:016x}"
+    links = span.links
+    try:
+        mapped = otel_mapping.map_span(
+            name=span.name, kind=span.kind, trace_id=trace_id, span_id=span_id,
+            parent_span_id=parent, attributes=attrs, status_code=span.status.code,
+            status_message=span.status.message, trace_state=span.trace_state,
+            events=_events(span.events),
+            links=[otel_mapping.Link(link.trace_id, link.span_id, attributes(link.attributes)[0])
+                   for link in links[:MAX_LINKS]],
+            # map_span bounds a copy of the resource's attributes for each row: rows merge in
+            # place (rows.merge), and a row must never share a dict with another.
+            resource=context.resource, scope=context.scope,
+            dropped={"attributes": dropped + span.dropped_attributes_count,
+                     "events": span.dropped_events_count,
+                     "links": span.dropped_links_count + max(0, len(links) - MAX_LINKS),
+                     "resource_attributes": context.resource_dropped},
+            strict=True, parent_as_is=True, own_end=bool(span.end_time_unix_nano))
+    except ValueError as exc:  # a braintrust.* attribute that is not what its field takes
+        raise SpanRejected(f"{where}: {exc}") from None
+    key = default_key
+    if mapped.parent is not None:
+        key = container_of(mapped.parent, f"{where}: attribute braintrust.parent")
+    fields = mapped.fields
+    otel = fields["metadata"]["otel"]
+    # OTLP's own names for its kinds, unknown numbers as they came (map_span: "internal").
+    otel["kind"] = _KINDS.get(span.kind, str(span.kind))
     row: dict[str, Any] = {
         "id": row_span_id,
         "span_id": row_span_id,
@@ -372,81 +404,13 @@ def span_row(span: trace_pb2.Span, context: _Context, default_key: str,
         "span_parents": [w3c.row_ids(trace_id, parent)[0]] if parent else None,
         "created": datetime.datetime.fromtimestamp(start, datetime.timezone.utc).isoformat(),
     }
-    span_attributes: dict[str, Any] = {"name": span.name or None}
-    metadata: dict[str, Any] = {}
-    fields: dict[str, Any] = {}  # input, output, expected, error, scores, tags
-
-    # gen_ai.* first: braintrust.* then replaces what both set.
-    span_type = _genai(attrs, fields, metadata, metrics)
-    if span_type is not None:
-        span_attributes["type"] = span_type
-    key = default_key
-    braintrust_parent = _braintrust(attrs, fields, metadata, metrics, span_attributes, where)
-    if braintrust_parent is not None:
-        key = container_of(braintrust_parent, f"{where}: attribute braintrust.parent")
-    # The span's own times win over braintrust.metrics' start and end.
-    metrics["start"] = start
-    if span.end_time_unix_nano:
-        metrics["end"] = seconds(span.end_time_unix_nano)
-
-    otel: dict[str, Any] = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}",
-                            "kind": _KINDS.get(span.kind, str(span.kind))}
-    if parent:
-        otel["parent_span_id"] = f"{parent:016x}"
-    if span.trace_state:
-        otel["trace_state"] = span.trace_state[:MAX_META_STRING]
-    status = _STATUS.get(span.status.code, str(span.status.code))
-    if status != "UNSET" or span.status.message:
-        otel["status"] = {"code": status, **({"message": span.status.message[:MAX_META_STRING]}
-                                             if span.status.message else {})}
-    error, events, events_dropped = _events(span.events)
-    if error is None and span.status.code == trace_pb2.Status.STATUS_CODE_ERROR:
-        error = span.status.message or "OpenTelemetry status ERROR"
-    if error is not None and "error" not in fields:
-        fields["error"] = error
-    if events:
-        otel["events"] = events
-    links = [_link(link) for link in span.links[:MAX_LINKS]]
-    if links:
-        otel["links"] = links
-    if attrs:
-        otel["attributes"] = bounded(attrs)
-    # Copies: rows merge in place (rows.merge), and a row must never share a dict with another.
-    if context.resource:
-        otel["resource"] = _copy(context.resource)
-    if context.scope:
-        otel["scope"] = dict(context.scope)
-    lost = {name: count for name, count in (
-        ("attributes", dropped + span.dropped_attributes_count),
-        ("events", span.dropped_events_count + events_dropped),
-        ("links", span.dropped_links_count + max(0, len(span.links) - MAX_LINKS)),
-        ("resource_attributes", context.resource_dropped)) if count}
-    if lost:
-        otel["dropped"] = lost
-    metadata["otel"] = otel
     if context.origin is not None:
         row["origin"] = dict(context.origin)
-    row["span_attributes"] = span_attributes
-    row["metrics"] = metrics
-    row["metadata"] = metadata
-    row.update(fields)
+    row["span_attributes"] = mapped.span_attributes
+    row["metrics"] = {**metrics, **fields.pop("metrics", {})}
+    row["metadata"] = fields.pop("metadata")
+    row.update(fields)  # input, output, expected, error, scores, tags
     return key, row
-
-
-def _copy(value: Any) -> Any:
-    """A copy of a plain value's dicts and lists (the resource's attributes, for each row)."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
-def seconds(nanoseconds: int) -> float:
-    """Unix nanoseconds as the seconds our rows' times are (whole and fraction apart: as
-    exact as a float of today's times can be, where ``ns / 1e9`` is off in the 7th decimal)."""
-    whole, fraction = divmod(nanoseconds, 1_000_000_000)
-    return whole + fraction / 1e9
 
 
 def _id(raw: bytes, size: int, name: str) -> int:
@@ -458,53 +422,18 @@ def _id(raw: bytes, size: int, name: str) -> int:
     return value
 
 
-def _events(events: Iterable[trace_pb2.Span.Event]) -> tuple[str | None, list[dict], int]:
-    """The error (the last exception event, as our rows write errors), the other events (at
-    most MAX_EVENTS) and how many of those were dropped."""
-    error = None
-    kept: list[dict] = []
-    dropped = 0
+def _events(events: Iterable[trace_pb2.Span.Event]) -> Iterator[otel_mapping.Event]:
+    """The span's events as ``otel_mapping``'s, the attributes decoded only of those it keeps
+    (the exceptions, and the first MAX_EVENTS others): the rest are only counted."""
+    others = 0
     for item in events:
-        if item.name == "exception":
-            attrs, _ = attributes(item.attributes)
-            error = exception_error(attrs)
-            continue
-        if len(kept) < MAX_EVENTS:
-            attrs, _ = attributes(item.attributes)
-            entry: dict[str, Any] = {"name": item.name[:MAX_KEY],
-                                     "time": seconds(item.time_unix_nano)}
-            if attrs:
-                entry["attributes"] = bounded(attrs)
-            kept.append(entry)
-        else:
-            dropped += 1
-    return error, kept, dropped
-
-
-def exception_error(attrs: dict) -> str:
-    """An exception event's attributes as our rows' ``error``: ``"<type>: <message>"``, then a
-    blank line and the stack trace when there is one (``tracer.span.error_of``'s shape)."""
-    kind, message, stack = (attrs.get(f"exception.{name}") for name in
-                            ("type", "message", "stacktrace"))
-    kind = kind if isinstance(kind, str) and kind else None
-    message = message if isinstance(message, str) else None
-    head = f"{kind}: {message}" if kind and message else kind or message or "exception"
-    if isinstance(stack, str) and stack:
-        return f"{head}\n\n{stack}"
-    return head
-
-
-def _link(link: trace_pb2.Span.Link) -> dict:
-    entry: dict[str, Any] = {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
-    if len(link.trace_id) == 16 and len(link.span_id) == 8:
-        trace_id = int.from_bytes(link.trace_id, "big")
-        span_id = int.from_bytes(link.span_id, "big")
-        if trace_id and span_id:  # as our ids, to find the linked span in the store
-            entry["row_span_id"], entry["row_root_span_id"] = w3c.row_ids(trace_id, span_id)
-    attrs, _ = attributes(link.attributes)
-    if attrs:
-        entry["attributes"] = bounded(attrs)
-    return entry
+        if item.name != "exception":
+            others += 1
+            if others > MAX_EVENTS:
+                yield otel_mapping.Event(item.name, 0.0, {})
+                continue
+        yield otel_mapping.Event(item.name, seconds(item.time_unix_nano),
+                                 attributes(item.attributes)[0])
 
 
 # -- attribute values ---------------------------------------------------------------------------
@@ -547,316 +476,6 @@ def value_of(value: common_pb2.AnyValue, depth: int = 0) -> Any:
         return {pair.key[:MAX_KEY]: value_of(pair.value, depth + 1)
                 for pair in value.kvlist_value.values}
     return None  # empty, or a form (string_value_strindex) that traces do not use
-
-
-def bounded(value: Any) -> Any:
-    """A copy of ``value`` with its strings cut to MAX_META_STRING characters and its bytes to
-    as many bytes (what is kept under ``metadata.otel``)."""
-    if isinstance(value, str):
-        if len(value) <= MAX_META_STRING:
-            return value
-        return f"{value[:MAX_META_STRING]}…[{len(value) - MAX_META_STRING} more characters]"
-    if isinstance(value, bytes):
-        return value[:MAX_META_STRING]
-    if isinstance(value, dict):
-        return {k: bounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [bounded(v) for v in value]
-    return value
-
-
-def _json_value(value: Any) -> tuple[bool, Any]:
-    """``(True, parsed)`` if ``value`` is a string of JSON nested at most MAX_JSON_DEPTH
-    levels, else ``(False, None)``."""
-    if not isinstance(value, str):
-        return False, None
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):
-        return False, None
-    if _depth(parsed) > MAX_JSON_DEPTH:
-        return False, None
-    return True, parsed
-
-
-def _depth(value: Any) -> int:
-    """How deeply ``value`` nests (a scalar: 0), walked with a stack of our own."""
-    deepest = 0
-    stack = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            items: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            items = item
-        else:
-            continue
-        level += 1
-        deepest = max(deepest, level)
-        if deepest > MAX_JSON_DEPTH:
-            return deepest
-        stack.extend((child, level) for child in items)
-    return deepest
-
-
-def _number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-# -- the GenAI semantic conventions -------------------------------------------------------------
-
-_PROMPT, _COMPLETION = "gen_ai.prompt.", "gen_ai.completion."
-# Token counts: the current names, then the older ones, then OpenLLMetry's (``llm.usage.*``).
-_PROMPT_TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
-                  "llm.usage.prompt_tokens")
-_COMPLETION_TOKENS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
-                      "llm.usage.completion_tokens")
-_TOTAL_TOKENS = ("gen_ai.usage.total_tokens", "llm.usage.total_tokens")
-# Operations (gen_ai.operation.name) whose spans are not LLM calls.
-_GENAI_TYPES = {"execute_tool": "tool", "invoke_agent": "task", "create_agent": "task"}
-
-
-def _genai(attrs: dict, fields: dict, metadata: dict, metrics: dict) -> str | None:
-    """Take the GenAI attributes out of ``attrs`` into the row's fields; the span type they
-    make (``llm``, or ``tool``/``task`` for tool and agent operations), or None if none."""
-    seen = False
-    model = attrs.pop("gen_ai.request.model", None)
-    response_model = attrs.pop("gen_ai.response.model", None)
-    if isinstance(model, str) or isinstance(response_model, str):
-        metadata["model"] = model if isinstance(model, str) else response_model
-        seen = True
-    for name in ("gen_ai.system", "gen_ai.provider.name"):
-        provider = attrs.pop(name, None)
-        if isinstance(provider, str) and "provider" not in metadata:
-            metadata["provider"] = provider
-            seen = True
-    for name in [k for k in attrs if k.startswith("gen_ai.request.")]:
-        metadata[name[len("gen_ai.request."):]] = bounded(attrs.pop(name))
-        seen = True
-
-    inp = _messages_attribute(attrs, "gen_ai.input.messages")
-    system = attrs.pop("gen_ai.system_instructions", None)
-    indexed = _indexed_messages(attrs, _PROMPT)
-    prompt = attrs.pop("gen_ai.prompt", None)
-    if inp is None:
-        inp = indexed
-    if inp is None and prompt is not None:
-        ok, parsed = _json_value(prompt)
-        inp = parsed if ok and isinstance(parsed, (list, dict)) else prompt
-    if system is not None and isinstance(inp, list):
-        ok, parsed = _json_value(system)
-        parts = parsed if ok else system
-        inp = [{"role": "system", "content": _text_of(parts)}, *inp]
-    if inp is not None:
-        fields["input"] = inp
-        seen = True
-
-    out = _messages_attribute(attrs, "gen_ai.output.messages")
-    indexed = _indexed_messages(attrs, _COMPLETION)
-    completion = attrs.pop("gen_ai.completion", None)
-    if out is None:
-        out = indexed
-    if out is None and completion is not None:
-        ok, parsed = _json_value(completion)
-        out = parsed if ok and isinstance(parsed, (list, dict)) else completion
-    if out is not None:
-        fields["output"] = out
-        seen = True
-
-    prompt_tokens = _first_number(attrs, _PROMPT_TOKENS)
-    completion_tokens = _first_number(attrs, _COMPLETION_TOKENS)
-    total = _first_number(attrs, _TOTAL_TOKENS)
-    if prompt_tokens is not None:
-        metrics["prompt_tokens"] = prompt_tokens
-    if completion_tokens is not None:
-        metrics["completion_tokens"] = completion_tokens
-    if total is None and (prompt_tokens is not None or completion_tokens is not None):
-        total = (prompt_tokens or 0) + (completion_tokens or 0)
-    if total is not None:
-        metrics["tokens"] = total
-        seen = True
-
-    operation = attrs.get("gen_ai.operation.name")
-    if isinstance(operation, str) and operation in _GENAI_TYPES:
-        return _GENAI_TYPES[operation]
-    return "llm" if seen else None
-
-
-def _first_number(attrs: dict, names: tuple[str, ...]) -> int | float | None:
-    found = None
-    for name in names:
-        if name in attrs and _number(attrs[name]):
-            value = attrs.pop(name)
-            if found is None:
-                found = value
-    return found
-
-
-def _messages_attribute(attrs: dict, name: str) -> Any:
-    """``gen_ai.input.messages`` / ``gen_ai.output.messages`` (a JSON string, or already a
-    structured value) as chat messages, or None if absent or not messages."""
-    if name not in attrs:
-        return None
-    value = attrs[name]
-    if isinstance(value, str):
-        ok, value = _json_value(value)
-        if not ok:
-            return None  # left in otel.attributes as it came
-    if not isinstance(value, list):
-        return None
-    del attrs[name]
-    return [_message(m) for m in value]
-
-
-def _message(message: Any) -> Any:
-    """A GenAI semantic-conventions message (``role`` and typed ``parts``) as a chat message
-    (``role`` and ``content``, ``tool_calls``, ``tool_call_id``), as our llm rows and the
-    viewer's conversation have them. A message in another shape is kept as it is."""
-    if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
-        return message
-    out: dict[str, Any] = {k: v for k, v in message.items() if k != "parts"}
-    texts: list[str] = []
-    calls: list[dict] = []
-    others: list[Any] = []
-    for part in message["parts"]:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("content"), str):
-            texts.append(part["content"])
-        elif kind == "tool_call":
-            arguments = part.get("arguments")
-            calls.append({"id": part.get("id"), "type": "function",
-                          "function": {"name": part.get("name"),
-                                       "arguments": arguments if isinstance(arguments, str)
-                                       else json.dumps(arguments)}})
-        elif kind == "tool_call_response":
-            out["role"] = message.get("role", "tool")
-            out["tool_call_id"] = part.get("id")
-            response = part.get("response")
-            texts.append(response if isinstance(response, str) else json.dumps(response))
-        else:
-            others.append(part)
-    if others:
-        out["content"] = [*({"type": "text", "text": t} for t in texts), *others]
-    else:
-        out["content"] = "".join(texts) if texts or not calls else None
-    if calls:
-        out["tool_calls"] = calls
-    return out
-
-
-def _text_of(value: Any) -> Any:
-    """System instructions (a string, or a list of text parts) as a message's content."""
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                       for p in value):
-        return "".join(str(p.get("content", "")) for p in value)
-    return value
-
-
-def _indexed_messages(attrs: dict, prefix: str) -> list | None:
-    """The indexed form (``gen_ai.prompt.0.role``, ``gen_ai.prompt.0.content``,
-    ``gen_ai.prompt.1.tool_calls.0.name`` ...) as a list of messages, in index order; the
-    attributes taken out of ``attrs``. None if there are none."""
-    names = [k for k in attrs if k.startswith(prefix)]
-    if not names:
-        return None
-    messages: dict[int, dict] = {}
-    for name in names:
-        index, _, path = name[len(prefix):].partition(".")
-        if not index.isdigit() or not path or len(index) > 6:
-            continue  # not the indexed form: left in otel.attributes
-        target = messages.setdefault(int(index), {})
-        parts = path.split(".")
-        for part in parts[:-1]:
-            nxt = target.get(part)
-            if not isinstance(nxt, dict):
-                nxt = target[part] = {}
-            target = nxt
-        target[parts[-1]] = attrs.pop(name)
-    return [_lists(messages[i]) for i in sorted(messages)] or None
-
-
-def _lists(value: Any) -> Any:
-    """Dicts whose keys are all indexes (``{"0": ..., "1": ...}``) as lists, all the way down."""
-    if not isinstance(value, dict):
-        return value
-    items = {k: _lists(v) for k, v in value.items()}
-    if items and all(k.isdigit() and len(k) <= 6 for k in items):
-        return [items[k] for k in sorted(items, key=int)]
-    return items
-
-
-# -- the reference's braintrust.* attributes ----------------------------------------------------
-
-_BT = "braintrust."
-_BT_DICTS = ("metadata", "metrics", "scores", "span_attributes")  # fields that are maps
-
-
-def _braintrust(attrs: dict, fields: dict, metadata: dict, metrics: dict,
-                span_attributes: dict, where: str) -> str | None:
-    """Take the ``braintrust.*`` attributes out of ``attrs`` into the row's fields; the
-    ``braintrust.parent`` value, if any. An attribute that is not what its field needs rejects
-    the span (SpanRejected naming it); a ``*_json`` attribute that is not JSON stays in
-    ``otel.attributes`` (as the reference keeps it in metadata)."""
-    names = [k for k in attrs if k.startswith(_BT)]
-    if not names:
-        return None
-    parent = None
-    maps: dict[str, dict] = {"metadata": metadata, "metrics": metrics, "scores": {},
-                             "span_attributes": span_attributes}
-    for name in sorted(names):  # the whole map (braintrust.metadata) before its flat keys
-        value = attrs[name]
-        rest = name[len(_BT):]
-        if rest == "parent":
-            if not isinstance(value, str):
-                raise SpanRejected(f"{where}: attribute {name} must be a string")
-            parent = value
-        elif rest in ("input", "output", "expected"):
-            fields[rest] = value
-        elif rest in ("input_json", "output_json", "expected_json"):
-            ok, parsed = _json_value(value)
-            if not ok:
-                continue  # stays in otel.attributes
-            fields[rest[:-len("_json")]] = parsed
-        elif rest in _BT_DICTS or (rest.endswith("_json") and rest[:-5] in _BT_DICTS):
-            field_name = rest[:-5] if rest.endswith("_json") else rest
-            if isinstance(value, str):
-                ok, value = _json_value(value)
-                if not ok:
-                    raise SpanRejected(f"{where}: attribute {name} is not a JSON object")
-            if not isinstance(value, dict):
-                raise SpanRejected(f"{where}: attribute {name} must be a map")
-            maps[field_name].update(value)
-        elif rest == "tags" or rest == "tags_json":
-            if isinstance(value, str):
-                ok, parsed = _json_value(value)
-                value = parsed if ok and isinstance(parsed, list) else [value]
-            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-                raise SpanRejected(f"{where}: attribute {name} must be a list of strings")
-            fields["tags"] = value
-        elif rest.partition(".")[0] in _BT_DICTS and rest.partition(".")[2]:
-            head, _, key = rest.partition(".")  # braintrust.metadata.<key> and the like
-            maps[head][key] = value
-        else:
-            continue  # not one of the reference's: stays in otel.attributes
-        del attrs[name]
-    if maps["scores"]:
-        fields["scores"] = maps["scores"]
-    kind = span_attributes.get("type")
-    if kind is not None and (not isinstance(kind, str) or kind not in _SPAN_TYPES):
-        raise SpanRejected(f"{where}: braintrust.span_attributes type {kind!r:.40} is not one "
-                           f"of {', '.join(event.SPAN_TYPES)}")
-    name_value = span_attributes.get("name")
-    if name_value is not None and not isinstance(name_value, str):
-        raise SpanRejected(f"{where}: braintrust.span_attributes name must be a string")
-    for key, number in metrics.items():
-        if not _number(number):
-            raise SpanRejected(f"{where}: braintrust.metrics {key!r:.40} must be a number")
-    for key, score in maps["scores"].items():
-        if score is not None and not (_number(score) and 0 <= score <= 1):
-            raise SpanRejected(f"{where}: braintrust.scores {key!r:.40} must be a number in "
-                               "[0, 1]")
-    return parent
 
 
 def _short(exc: BaseException, bound: int = 200) -> str:
