@@ -233,14 +233,7 @@ def single_host(orders: int, store_path: str | None, redis_server: str) -> int:
         expected = 1 + SPANS_PER_ORDER * orders
         hosts = {(r.get("metadata") or {}).get("celery", {}).get("hostname") for r in rows}
         print()
-        print(f"tasks ran on      {', '.join(sorted(h for h in hosts if h))}")
-        print(f"spans expected    {expected}")
-        print(f"spans stored      {len(rows)}")
-        print(f"fan-out finished  in {ran:.2f} s")
-        print(f"store             {store}")
-        ok = len(rows) == expected
-        print("PASS" if ok else "FAIL")
-        return 0 if ok else 1
+        return verdict(hosts, expected, len(rows), ran, "", [f"store             {store}"])
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -406,11 +399,21 @@ def _run_fleet(network: object, hosts: dict, workdir: str, orders: int,
                   and r.get("span_parents")}
     print()
     print(f"spans by host     {', '.join(f'{h} {n}' for h, n in sorted(by_host.items()))}")
+    return verdict(task_hosts, expected, len(rows), ran,
+                   " (in the server's store, read over HTTPS)", [])
+
+
+def verdict(task_hosts: set, expected: int, stored: int, ran: float, where: str,
+            more: list[str]) -> int:
+    """Print the demo's closing lines (both modes) and its exit status: 0 when every span
+    expected was stored, else 1."""
     print(f"tasks ran on      {', '.join(sorted(h for h in task_hosts if h))}")
     print(f"spans expected    {expected}")
-    print(f"spans stored      {len(rows)} (in the server's store, read over HTTPS)")
+    print(f"spans stored      {stored}{where}")
     print(f"fan-out finished  in {ran:.2f} s")
-    ok = len(rows) == expected
+    for line in more:
+        print(line)
+    ok = stored == expected
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
